@@ -1,0 +1,346 @@
+"""Detaching: the double fork, done right, with the startup outcome sent back.
+
+The sequence reads like the checklist it implements (see :func:`detach`).
+Beyond the classic recipe, the starting process does not report success
+when the fork succeeds: it waits on a pipe from the daemon, which says
+"ready" once it really is, or why it failed.  This module knows nothing of
+pidfiles or commands; it runs the ``serve`` callable it is given in the
+daemon.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import select
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, NoReturn, TextIO
+
+from ._errors import DetachError, describe
+from ._proc import open_pidfd
+
+__all__ = [
+    "StartupChannel",
+    "StartupReport",
+    "StartupWatcher",
+    "check_log_path",
+    "check_workdir",
+    "detach",
+    "ensure_standard_fds",
+]
+
+
+# -- the daemon's side of the startup pipe ---------------------------------
+
+
+class StartupChannel:
+    """The daemon's end of the startup pipe: one "pid", then "ready" or "fail"."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+        self.is_ready = False
+
+    def _send(self, line: str) -> bool:
+        if self._fd is None:
+            return False
+        try:
+            os.write(self._fd, (" ".join(line.split()) + "\n").encode("utf-8", "replace"))
+        except BrokenPipeError:
+            self.close()  # the starting process is gone (interrupted): nobody listens
+            return False
+        return True
+
+    def send_pid(self, pid: int) -> None:
+        """Tell the starting process which pid the daemon has."""
+        self._send(f"pid {pid}")
+
+    def ready(self) -> None:
+        """Report that the daemon is ready, once; later calls do nothing."""
+        if not self.is_ready:
+            self.is_ready = True
+            self._send("ready")
+            self.close()
+
+    def fail(self, reason: str) -> bool:
+        """Report why startup failed; False when nobody was listening any more."""
+        delivered = self._send(f"fail {reason}")
+        self.close()
+        return delivered
+
+    def close(self) -> None:
+        """Close the pipe (the starting process then sees end-of-file)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# -- the starting process's side --------------------------------------------
+
+
+@dataclass
+class StartupReport:
+    """What the starting process learned: the daemon's pid and how startup ended."""
+
+    outcome: Literal["ready", "failed", "timeout"]
+    pid: int | None = None
+    pidfd: int | None = None
+    reason: str = ""
+
+
+class StartupWatcher:
+    """Reads the startup pipe until the daemon is ready, fails, dies, or time runs out."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        os.set_blocking(fd, False)
+        self._buffer = b""
+        self._eof = False
+        self.report = StartupReport(outcome="timeout")
+
+    def wait(self, timeout: float) -> StartupReport:
+        """Wait up to ``timeout`` seconds for the outcome."""
+        deadline = time.monotonic() + timeout
+        try:
+            while not self._decided():
+                poller = select.poll()
+                if not self._eof:
+                    poller.register(self._fd, select.POLLIN)
+                if self.report.pidfd is not None:
+                    poller.register(self.report.pidfd, select.POLLIN)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return self.report
+                events = dict(poller.poll(remaining * 1000))
+                if self._fd in events:
+                    self._read_available()
+                if self.report.pidfd in events:
+                    self._read_available()  # its last words may still be in the pipe
+                    if not self._decided():
+                        self._failed("it exited before it was ready")
+                elif self._eof and self.report.pidfd is None:
+                    self._failed("it exited before it was ready")
+        finally:
+            os.close(self._fd)
+        return self.report
+
+    def _decided(self) -> bool:
+        return self.report.outcome != "timeout"
+
+    def _failed(self, reason: str) -> None:
+        self.report.outcome = "failed"
+        self.report.reason = reason
+
+    def _read_available(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self._eof = True
+                break
+            self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self._handle(line.decode("utf-8", "replace"))
+
+    def _handle(self, line: str) -> None:
+        word, _, rest = line.partition(" ")
+        if word == "pid" and rest.isdigit():
+            self.report.pid = int(rest)
+            self.report.pidfd = open_pidfd(self.report.pid)
+            if self.report.pidfd is None:
+                self._failed("it exited before it was ready")
+        elif word == "ready" and not self._decided():
+            self.report.outcome = "ready"
+        elif word == "fail" and not self._decided():
+            self._failed(rest)
+
+
+# -- checks made before forking --------------------------------------------
+
+
+def check_workdir(path: str) -> None:
+    """Fail before forking when the working directory does not exist."""
+    if not os.path.isdir(path):
+        raise DetachError(f"cannot change directory to {path}: it is not an existing directory")
+
+
+def check_log_path(path: str) -> None:
+    """Fail before forking when the log file could obviously not be opened."""
+    directory = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise DetachError(f"cannot open log file {path}: it is a directory")
+    if not os.path.isdir(directory):
+        raise DetachError(f"cannot open log file {path}: directory {directory} does not exist")
+    target = path if os.path.exists(path) else directory
+    if not os.access(target, os.W_OK):
+        raise DetachError(f"cannot open log file {path}: permission denied")
+
+
+# -- the steps, each a small function --------------------------------------
+
+
+def ensure_standard_fds() -> None:
+    """Open /dev/null on whichever of descriptors 0-2 is closed.
+
+    Started with ``<&- >&- 2>&-``, the next file opened (the pidfile!) would
+    land on 0, 1 or 2, and redirecting the standard streams would then
+    silently close it and drop the lock.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd, inheritable=True)
+                os.close(null)
+
+
+def flush_standard_streams() -> None:
+    """Flush Python's buffers, so a fork does not print them twice."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed or broken stream has nothing to lose
+
+
+def change_working_directory(path: str) -> None:
+    """chdir, so the daemon does not keep the directory it was started in busy."""
+    try:
+        os.chdir(path)
+    except OSError as exc:
+        raise DetachError(f"cannot change directory to {path}: {exc.strerror}") from exc
+
+
+def open_log(path: str) -> int:
+    """Open a log file for appending, created with the umask in force."""
+    # O_NONBLOCK only for the open: a FIFO with no reader fails instead of hanging.
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOCTTY | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        raise DetachError(f"cannot open log file {path}: {exc.strerror}") from exc
+    os.set_blocking(fd, True)
+    return fd
+
+
+def redirect_standard_streams(stdout: str | None, stderr: str | None) -> None:
+    """stdin from /dev/null, stdout and stderr to the log files (or /dev/null).
+
+    dup2 over descriptors 0-2 also closes the launcher's pipes and terminal
+    in the daemon, so ``subprocess.run(..., capture_output=True)`` of the
+    start command returns as soon as that command does.
+    """
+    null = os.open(os.devnull, os.O_RDWR)
+    out = open_log(stdout) if stdout else null
+    if stderr is None or stderr == stdout:
+        err = out if stdout else null
+    else:
+        err = open_log(stderr)
+    for source, target in ((null, 0), (out, 1), (err, 2)):
+        os.dup2(source, target)
+    for fd in {null, out, err}:
+        os.close(fd)
+    _line_buffer_python_streams()
+
+
+def _line_buffered(stream: TextIO | None, fd: int, mode: str) -> TextIO:
+    # Reconfigure the existing object when it writes to this fd, so objects
+    # holding a reference to it (a logging handler) are line-buffered too.
+    if isinstance(stream, io.TextIOWrapper):
+        try:
+            if stream.fileno() == fd:
+                stream.reconfigure(line_buffering=True)
+                return stream
+        except (OSError, ValueError):
+            pass  # detached or closed: replace it
+    return open(fd, mode, buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+
+
+def _line_buffer_python_streams() -> None:
+    """Make print() reach the log at once, even when nothing is a terminal."""
+    sys.stdout = _line_buffered(sys.stdout, 1, "w")
+    sys.stderr = _line_buffered(sys.stderr, 2, "w")
+    if sys.stdin is None:
+        sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 -- lives as long as the process
+
+
+# -- the sequence ------------------------------------------------------------
+
+
+def detach(
+    serve: Callable[[StartupChannel], int],
+    *,
+    workdir: str,
+    umask: int,
+    stdout: str | None,
+    stderr: str | None,
+) -> StartupWatcher:
+    """Start ``serve`` in a detached daemon; return a watcher for its startup outcome.
+
+    Only the starting process returns.  The daemon runs ``serve(channel)`` and
+    exits with its result.  Raises :class:`DetachError` when forking fails.
+    """
+    flush_standard_streams()
+    read_end, write_end = os.pipe()
+    try:
+        child = os.fork()
+    except OSError as exc:
+        os.close(read_end)
+        os.close(write_end)
+        raise DetachError(f"cannot fork: {exc.strerror}") from exc
+    if child == 0:
+        os.close(read_end)
+        _become_daemon(StartupChannel(write_end), serve, workdir, umask, stdout, stderr)
+    os.close(write_end)
+    # Reap the intermediate child at once: it exits right after the second fork,
+    # and a long-lived program calling start must not collect zombies.
+    os.waitpid(child, 0)
+    return StartupWatcher(read_end)
+
+
+def _become_daemon(
+    channel: StartupChannel,
+    serve: Callable[[StartupChannel], int],
+    workdir: str,
+    umask: int,
+    stdout: str | None,
+    stderr: str | None,
+) -> NoReturn:
+    status = 1
+    try:
+        # setsid: leave the launcher's session and terminal, and its process
+        # group, so job control and terminal hangups no longer reach us.
+        os.setsid()
+        # Second fork: the session leader could acquire a controlling terminal
+        # by merely opening a tty; its child is not a leader and never can.
+        # The intermediate exits, so the daemon is re-parented to init.
+        if os.fork() != 0:
+            os._exit(0)
+        channel.send_pid(os.getpid())
+        change_working_directory(workdir)
+        # A known umask: files the daemon creates get the modes it was
+        # configured with, not whatever the launching shell had.
+        os.umask(umask)
+        redirect_standard_streams(stdout, stderr)
+        status = serve(channel)
+    except BaseException as exc:  # noqa: BLE001 -- everything must reach the starter and end here
+        channel.fail(describe(exc))
+    finally:
+        _exit_daemon(status)
+
+
+def _exit_daemon(status: int) -> NoReturn:
+    """Leave with os._exit: the caller's stack and atexit handlers belong to the starter."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.shutdown()  # flush the program's log handlers, as interpreter exit would
+    flush_standard_streams()
+    os._exit(status & 0xFF)

@@ -1,0 +1,244 @@
+"""The pidfile: the daemon's pid in a file that stays ``flock``-ed for its whole life.
+
+"Running" means "the lock is held", never "a file with a number in it
+exists": pids are reused, and a daemon killed with SIGKILL leaves its file
+behind.  A pid read from the file is trusted only while the lock is held and
+only if that process really has the file open, so a stale or forged number
+never leads to a signal.
+
+The order of steps follows what lock-file libraries learned the hard way:
+open without following symlinks and without truncating (a contender that
+loses the race must not wipe the holder's pid), take the lock, check that
+the locked file is still the one at the path (a daemon that was exiting may
+have unlinked it meanwhile), and only then truncate and write.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import time
+from dataclasses import dataclass
+
+from ._errors import PidFileError
+from ._proc import holds_file
+
+__all__ = ["PidFile", "PidFileState", "parse_pid"]
+
+PIDFILE_MODE = 0o644
+_PID_MAX = 4_194_304  # PID_MAX_LIMIT on 64-bit Linux
+_RETRY_INTERVAL = 0.01
+
+
+def parse_pid(content: bytes) -> int | None:
+    """Return the pid a pidfile's content names, or None for anything else."""
+    text = content.strip()
+    if not text or not text.isdigit() or len(text) > 7:
+        return None
+    pid = int(text)
+    return pid if 0 < pid <= _PID_MAX else None
+
+
+@dataclass(frozen=True)
+class PidFileState:
+    """What a pidfile says: whether it exists, whether its lock is held, and the pid."""
+
+    exists: bool
+    running: bool
+    pid: int | None = None
+
+
+_ABSENT = PidFileState(exists=False, running=False)
+
+
+def _describe_open_error(path: str, exc: OSError) -> str:
+    reasons = {
+        errno.ELOOP: "it is a symbolic link, which is refused rather than followed",
+        errno.EISDIR: "it is a directory",
+        errno.ENOTDIR: "a component of the path is not a directory",
+        errno.EACCES: "permission denied",
+        errno.EROFS: "read-only file system",
+    }
+    if exc.errno == errno.ENOENT:
+        reason = f"directory {os.path.dirname(path)} does not exist"
+    else:
+        reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
+    return f"cannot use pidfile {path}: {reason}"
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISDIR: "a directory",
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class PidFile:
+    """A pidfile at ``path``, locked with ``flock`` by the process that runs the service."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    # -- opening -----------------------------------------------------------
+
+    def _open(self, flags: int) -> int:
+        """Open the path as a regular file, never following a symlink, never blocking."""
+        # O_NONBLOCK: opening a FIFO for reading would otherwise hang forever.
+        flags |= os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+        try:
+            fd = os.open(self.path, flags, PIDFILE_MODE)
+        except OSError as exc:
+            raise PidFileError(_describe_open_error(self.path, exc)) from exc
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise PidFileError(f"cannot use pidfile {self.path}: it is {_file_kind(mode)}")
+        return fd
+
+    def _open_existing(self) -> int | None:
+        """Open the pidfile for reading only; None when there is none (nothing is created)."""
+        try:
+            return self._open(os.O_RDONLY)
+        except PidFileError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                return None
+            raise
+
+    def _names(self, fd: int) -> bool:
+        """Whether the path still names the file open on ``fd`` (it was not unlinked)."""
+        try:
+            at_path = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
+
+    # -- the holder's side -------------------------------------------------
+
+    def acquire(self) -> bool:
+        """Take the lock; False when another process holds it.
+
+        On success the file is emptied and set to mode 0644; the pid is written
+        later by :meth:`write_pid`.  Raises :class:`PidFileError` when the path
+        cannot be used.
+        """
+        while True:
+            fd = self._open(os.O_RDWR | os.O_CREAT)
+            if not _try_lock(fd):
+                os.close(fd)
+                return False
+            if self._names(fd):
+                break
+            os.close(fd)  # an exiting holder unlinked it between our open and lock: reopen
+        try:
+            os.ftruncate(fd, 0)
+            if stat.S_IMODE(os.fstat(fd).st_mode) != PIDFILE_MODE:
+                os.fchmod(fd, PIDFILE_MODE)  # fixed whatever the umask says
+        except OSError as exc:
+            os.close(fd)
+            raise PidFileError(f"cannot write pidfile {self.path}: {exc.strerror}") from exc
+        self._fd = fd
+        return True
+
+    def write_pid(self, pid: int) -> None:
+        """Write ``pid`` as the file's whole content."""
+        fd = self._held_fd()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{pid}\n".encode("ascii"), 0)
+
+    def keep_out_of_forks(self) -> None:
+        """Close the lock's descriptor in children this process forks from now on.
+
+        A child forked without exec (``multiprocessing``) would otherwise share
+        the lock and keep it after the daemon died, blocking every later start.
+        """
+        global _held  # noqa: PLW0603 -- one holder per process, read by the fork hook
+        if _held is None:
+            os.register_at_fork(after_in_child=_forget_in_child)
+        _held = self
+
+    def hand_over(self) -> None:
+        """Close our descriptor; the lock stays with the daemon, which shares it."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def remove(self) -> None:
+        """Unlink the pidfile, if the path still names ours, then release the lock."""
+        if self._fd is None:
+            return
+        if self._names(self._fd):
+            try:
+                os.unlink(self.path)
+            except (FileNotFoundError, PermissionError):
+                pass  # the lock is released below all the same; a stale file is harmless
+        self.hand_over()
+
+    def _held_fd(self) -> int:
+        if self._fd is None:
+            raise PidFileError(f"pidfile {self.path} is not locked by this process")
+        return self._fd
+
+    # -- everyone else's side ----------------------------------------------
+
+    def inspect(self, settle: float = 1.0) -> PidFileState:
+        """Tell whether the service runs, without creating, truncating or locking for long.
+
+        While the lock is held but the file names no process that has it open
+        (a start between lock and pid write), look again for up to ``settle``
+        seconds; after that the state is "running" with an unknown pid.
+        """
+        deadline = time.monotonic() + settle
+        while True:
+            fd = self._open_existing()
+            if fd is None:
+                return _ABSENT
+            try:
+                pid = parse_pid(os.pread(fd, 32, 0))
+                if _try_lock(fd):
+                    return PidFileState(exists=True, running=False, pid=pid)
+                held = os.fstat(fd)
+                if pid is not None and holds_file(pid, (held.st_dev, held.st_ino)) is not False:
+                    return PidFileState(exists=True, running=True, pid=pid)
+            finally:
+                os.close(fd)  # also drops the probing lock, if we took it
+            if time.monotonic() >= deadline:
+                return PidFileState(exists=True, running=True, pid=None)
+            time.sleep(_RETRY_INTERVAL)
+
+    def remove_if_stale(self) -> bool:
+        """Unlink the pidfile if nobody holds its lock; True when it was removed."""
+        fd = self._open_existing()
+        if fd is None:
+            return False
+        try:
+            if not _try_lock(fd) or not self._names(fd):
+                return False
+            os.unlink(self.path)
+            return True
+        finally:
+            os.close(fd)
+
+
+_held: PidFile | None = None
+
+
+def _forget_in_child() -> None:
+    if _held is not None and _held._fd is not None:
+        os.close(_held._fd)
+        _held._fd = None

@@ -1,0 +1,142 @@
+"""Processes seen from outside: /proc, pidfds, and stopping a process.
+
+Pids are reused, so nothing here signals a bare pid.  A process is first
+pinned with a pidfd (``pidfd_open``), checked, and then signalled through the
+pidfd, so the signal can only reach the process that was checked.  A pidfd
+also becomes readable the moment its process exits, before anyone reaps it,
+which is what "gone" means here: init may reap orphans late.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["ProcStat", "holds_file", "open_pidfd", "read_stat", "terminate", "uptime", "wait_exit"]
+
+_KILL_WAIT = 5.0
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of ``/proc/PID/stat`` this library looks at."""
+
+    state: str
+    ppid: int
+    pgrp: int
+    session: int
+    tty_nr: int
+    starttime_ticks: int
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """Return the stat fields of ``pid``, or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name may hold spaces and parentheses: split after the last ")".
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return ProcStat(
+        state=fields[0],
+        ppid=int(fields[1]),
+        pgrp=int(fields[2]),
+        session=int(fields[3]),
+        tty_nr=int(fields[4]),
+        starttime_ticks=int(fields[19]),
+    )
+
+
+def uptime(pid: int) -> float | None:
+    """Seconds since ``pid`` started, or None when it is gone."""
+    stat = read_stat(pid)
+    if stat is None:
+        return None
+    with open("/proc/uptime", "rb") as f:
+        system_uptime = float(f.read().split()[0])
+    return max(0.0, system_uptime - stat.starttime_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def holds_file(pid: int, identity: tuple[int, int]) -> bool | None:
+    """Whether ``pid`` has a descriptor open on the file ``(st_dev, st_ino)``.
+
+    None when we may not look (another user's process, and we are not root):
+    then we could not signal it either.
+    """
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        entries = os.listdir(fd_dir)
+    except PermissionError:
+        return None
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    for entry in entries:
+        try:
+            st = os.stat(f"{fd_dir}/{entry}")
+        except OSError:
+            continue  # closed meanwhile, or a descriptor that is not a file
+        if (st.st_dev, st.st_ino) == identity:
+            return True
+    return False
+
+
+def open_pidfd(pid: int) -> int | None:
+    """Pin ``pid`` with a pidfd; None when it no longer exists."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+
+
+def wait_exit(pidfd: int, timeout: float | None) -> bool:
+    """Wait until the pidfd's process has exited; False when ``timeout`` passed first."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+
+
+def _own_process_group(pid: int) -> int | None:
+    """The process group to kill with ``pid``, if ``pid`` leads a detached session.
+
+    A detached daemon sits in a group and session of its own (made by the
+    intermediate child's setsid), so killing that group takes the daemon's
+    children with it.  A process run in the foreground shares its group with
+    whoever launched it; then only the process itself is killed.
+    """
+    stat = read_stat(pid)
+    if stat is None or stat.pgrp != stat.session or stat.pgrp == pid:
+        return None
+    if stat.pgrp in (os.getpgrp(), 0, 1):
+        return None
+    return stat.pgrp
+
+
+def terminate(pidfd: int, pid: int, timeout: float) -> Literal["stopped", "killed"]:
+    """Send SIGTERM and wait up to ``timeout`` seconds; then SIGKILL its group.
+
+    Returns "stopped" when the process exited on SIGTERM, "killed" when it had
+    to be killed.  Raises PermissionError when it may not be signalled and
+    TimeoutError when even SIGKILL did not end it.
+    """
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+    except ProcessLookupError:
+        return "stopped"
+    if wait_exit(pidfd, timeout):
+        return "stopped"
+    group = _own_process_group(pid)
+    try:
+        # The daemon is still alive here, so its group id cannot have been reused.
+        if group is not None:
+            os.killpg(group, signal.SIGKILL)
+        else:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        return "stopped"
+    if not wait_exit(pidfd, _KILL_WAIT):
+        raise TimeoutError(f"pid {pid} is still alive {_KILL_WAIT:g}s after SIGKILL")
+    return "killed"
