@@ -1,15 +1,15 @@
 """daemonize_deco: turn an ordinary ``main()`` into a well-behaved Unix service.
 
-    from daemonize_deco import daemon, should_stop, sleep
+from daemonize_deco import daemon, should_stop, sleep
 
-    @daemon(pidfile="/tmp/ticker.pid", stdout="/tmp/ticker.log")
-    def main():
-        while not should_stop():
-            print("tick")
-            sleep(5)
+@daemon(pidfile="/tmp/ticker.pid", stdout="/tmp/ticker.log")
+def main():
+    while not should_stop():
+        print("tick")
+        sleep(5)
 
-    if __name__ == "__main__":
-        main()          # python ticker.py start | stop | restart | status | run
+if __name__ == "__main__":
+    main()          # python ticker.py start | stop | restart | status | run
 """
 
 from ._errors import DaemonError

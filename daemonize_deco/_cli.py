@@ -129,10 +129,14 @@ def start(service: Service) -> int:
             stdout=config.stdout,
             stderr=config.stderr,
         )
-        report = watcher.wait(config.start_timeout)
     except BaseException:
         pidfile.remove()
         raise
+    try:
+        report = watcher.wait(config.start_timeout)
+    except KeyboardInterrupt:
+        report = watcher.report
+        report.outcome = "interrupted"
     if report.outcome == "ready":
         pidfile.hand_over()
         say(f"{service.name} started (pid {report.pid})")
@@ -143,16 +147,18 @@ def start(service: Service) -> int:
 
 def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport) -> str:
     """Make sure the failed daemon is gone, remove the pidfile; return the reason."""
-    reason = report.reason
+    config = service.config
+    waiting = {
+        "timeout": f"not ready within {config.start_timeout:g}s",
+        "interrupted": "interrupted before it was ready",
+    }
+    reason = waiting.get(report.outcome, report.reason)
     if report.pidfd is not None and report.pid is not None:
-        if report.outcome == "timeout":
-            how = terminate(report.pidfd, report.pid, service.config.stop_timeout)
-            reason = f"not ready within {service.config.start_timeout:g}s; {how} it"
-        elif not wait_exit(report.pidfd, service.config.stop_timeout):
+        if report.outcome in waiting:
+            reason += f"; {terminate(report.pidfd, report.pid, config.stop_timeout)} it"
+        elif not wait_exit(report.pidfd, config.stop_timeout):
             terminate(report.pidfd, report.pid, 0)
         os.close(report.pidfd)
-    elif report.outcome == "timeout":
-        reason = f"no word from the daemon within {service.config.start_timeout:g}s"
     pidfile.remove()
     return reason
 

@@ -67,7 +67,9 @@ class ServiceConfig:
 
 def _path(keyword: str, value: object) -> str:
     if not isinstance(value, str | os.PathLike):
-        raise TypeError(f"{keyword} must be a path (str or os.PathLike), not {type(value).__name__}")
+        raise TypeError(
+            f"{keyword} must be a path (str or os.PathLike), not {type(value).__name__}"
+        )
     path = os.fspath(value)
     if not isinstance(path, str):
         raise TypeError(f"{keyword} must be a text path, not {type(path).__name__}")

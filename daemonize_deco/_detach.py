@@ -84,7 +84,7 @@ class StartupChannel:
 class StartupReport:
     """What the starting process learned: the daemon's pid and how startup ended."""
 
-    outcome: Literal["ready", "failed", "timeout"]
+    outcome: Literal["ready", "failed", "timeout", "interrupted"]
     pid: int | None = None
     pidfd: int | None = None
     reason: str = ""
@@ -232,7 +232,7 @@ def open_log(path: str) -> int:
 
 
 def redirect_standard_streams(stdout: str | None, stderr: str | None) -> None:
-    """stdin from /dev/null, stdout and stderr to the log files (or /dev/null).
+    """Stdin from /dev/null, stdout and stderr to the log files (or /dev/null).
 
     dup2 over descriptors 0-2 also closes the launcher's pipes and terminal
     in the daemon, so ``subprocess.run(..., capture_output=True)`` of the
@@ -240,10 +240,7 @@ def redirect_standard_streams(stdout: str | None, stderr: str | None) -> None:
     """
     null = os.open(os.devnull, os.O_RDWR)
     out = open_log(stdout) if stdout else null
-    if stderr is None or stderr == stdout:
-        err = out if stdout else null
-    else:
-        err = open_log(stderr)
+    err = out if stderr in (None, stdout) else open_log(stderr)
     for source, target in ((null, 0), (out, 1), (err, 2)):
         os.dup2(source, target)
     for fd in {null, out, err}:
@@ -251,7 +248,7 @@ def redirect_standard_streams(stdout: str | None, stderr: str | None) -> None:
     _line_buffer_python_streams()
 
 
-def _line_buffered(stream: TextIO | None, fd: int, mode: str) -> TextIO:
+def _line_buffered(stream: TextIO | None, fd: int) -> TextIO:
     # Reconfigure the existing object when it writes to this fd, so objects
     # holding a reference to it (a logging handler) are line-buffered too.
     if isinstance(stream, io.TextIOWrapper):
@@ -261,13 +258,13 @@ def _line_buffered(stream: TextIO | None, fd: int, mode: str) -> TextIO:
                 return stream
         except (OSError, ValueError):
             pass  # detached or closed: replace it
-    return open(fd, mode, buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    return open(fd, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
 
 
 def _line_buffer_python_streams() -> None:
     """Make print() reach the log at once, even when nothing is a terminal."""
-    sys.stdout = _line_buffered(sys.stdout, 1, "w")
-    sys.stderr = _line_buffered(sys.stderr, 2, "w")
+    sys.stdout = _line_buffered(sys.stdout, 1)
+    sys.stderr = _line_buffered(sys.stderr, 2)
     if sys.stdin is None:
         sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 -- lives as long as the process
 
@@ -298,7 +295,14 @@ def detach(
         raise DetachError(f"cannot fork: {exc.strerror}") from exc
     if child == 0:
         os.close(read_end)
-        _become_daemon(StartupChannel(write_end), serve, workdir, umask, stdout, stderr)
+        _become_daemon(
+            StartupChannel(write_end),
+            serve,
+            workdir=workdir,
+            umask=umask,
+            stdout=stdout,
+            stderr=stderr,
+        )
     os.close(write_end)
     # Reap the intermediate child at once: it exits right after the second fork,
     # and a long-lived program calling start must not collect zombies.
@@ -309,6 +313,7 @@ def detach(
 def _become_daemon(
     channel: StartupChannel,
     serve: Callable[[StartupChannel], int],
+    *,
     workdir: str,
     umask: int,
     stdout: str | None,
@@ -331,7 +336,7 @@ def _become_daemon(
         os.umask(umask)
         redirect_standard_streams(stdout, stderr)
         status = serve(channel)
-    except BaseException as exc:  # noqa: BLE001 -- everything must reach the starter and end here
+    except BaseException as exc:
         channel.fail(describe(exc))
     finally:
         _exit_daemon(status)

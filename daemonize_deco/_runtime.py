@@ -59,7 +59,7 @@ def _call_main(main: Callable[[], object]) -> tuple[int, str]:
         result = main()
     except SystemExit as exc:
         return exit_status(exc.code), f"SystemExit: {exc.code}"
-    except BaseException as exc:  # noqa: BLE001 -- a daemon's last words go to its log
+    except BaseException as exc:
         traceback.print_exc()
         return 1, describe(exc)
     return exit_status(result), "main returned before it was ready"

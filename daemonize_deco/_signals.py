@@ -17,10 +17,12 @@ sleeper blocks in ``select`` without a timeout tick: it wakes zero times.
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -30,6 +32,8 @@ __all__ = ["install", "request_stop", "restore", "should_stop", "sleep", "stop_s
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # A stray SIGHUP (a closing terminal, logrotate) must never kill a daemon.
 IGNORED_SIGNALS = (signal.SIGHUP,)
+
+_LONGEST_POLL_MS = 86_400_000  # poll() takes an int of milliseconds: wait a day at a time
 
 Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -74,16 +78,23 @@ def sleep(seconds: float) -> bool:
     """Sleep up to ``seconds``; return True at once when a stop is requested.
 
     Returns False when the whole time passed without a stop request.  Works
-    in any thread.  Raises ValueError for a negative or NaN duration.
+    in any thread; ``math.inf`` sleeps until a stop.  Raises ValueError for a
+    negative or NaN duration.
     """
     if not seconds >= 0:
         raise ValueError(f"sleep length must be a non-negative number, not {seconds!r}")
     read_end, _ = _wake_pipe()
-    # Checked after the pipe exists: a request made before it had nowhere to write.
-    if _state.stop_requested:
-        return True
-    readable, _, _ = select.select([read_end], [], [], seconds)
-    return bool(readable) or _state.stop_requested
+    poller = select.poll()
+    poller.register(read_end, select.POLLIN)
+    deadline = time.monotonic() + seconds if math.isfinite(seconds) else math.inf
+    # The flag is checked after the pipe exists: a request made before had nowhere to write.
+    while not _state.stop_requested:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if poller.poll(math.ceil(min(remaining * 1000, _LONGEST_POLL_MS))):
+            return True
+    return True
 
 
 def request_stop(signum: int | None = None) -> None:
@@ -125,8 +136,8 @@ def install(on_repeat: Callable[[int], None] | None = None) -> None:
     _state.stop_requested = False
     _state.on_repeat = on_repeat
     _wake_pipe()
-    handlers = {sig: _on_stop_signal for sig in STOP_SIGNALS}
-    handlers.update({sig: _on_ignored_signal for sig in IGNORED_SIGNALS})
+    handlers = dict.fromkeys(STOP_SIGNALS, _on_stop_signal)
+    handlers.update(dict.fromkeys(IGNORED_SIGNALS, _on_ignored_signal))
     try:
         for sig, handler in handlers.items():
             _state.previous.setdefault(sig, signal.signal(sig, handler))

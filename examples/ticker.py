@@ -1,9 +1,9 @@
 """The minimal service: a line in its log every few seconds.
 
-    python examples/ticker.py start     # "ticker started (pid N)"
-    python examples/ticker.py status
-    tail -f /tmp/ticker.log
-    python examples/ticker.py stop
+python examples/ticker.py start     # "ticker started (pid N)"
+python examples/ticker.py status
+tail -f /tmp/ticker.log
+python examples/ticker.py stop
 """
 
 import os

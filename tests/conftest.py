@@ -153,7 +153,7 @@ class Service:
 
     @staticmethod
     def pid_from(output: str) -> int:
-        return int(output.split("(pid ")[1].split(")")[0].split(",")[0])
+        return int(output.split("(pid ")[1].split(")", maxsplit=1)[0].split(",", maxsplit=1)[0])
 
     def read_pid(self) -> int | None:
         try:
@@ -192,9 +192,7 @@ def make_service(tmp_path: Path, mark: str) -> Iterator[Callable[..., Service]]:
     """Write a service script; ``body`` is main's body, keywords go to @daemon."""
     services: list[Service] = []
 
-    def make(
-        body: str = IDLE, prelude: str = "", name: str = "svc", **options: Any
-    ) -> Service:
+    def make(body: str = IDLE, prelude: str = "", name: str = "svc", **options: Any) -> Service:
         folder = tmp_path / name
         folder.mkdir(exist_ok=True)
         options.setdefault("pidfile", str(folder / f"{name}.pid"))

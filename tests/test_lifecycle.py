@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -177,7 +179,9 @@ def test_stop_escalates_to_sigkill_of_the_group(make_service):
     """
     svc = make_service(body=body, stop_timeout=1.0)
     pid = svc.start()
-    child = int(wait_for(lambda: "child" in svc.log_text() and svc.log_text(), what="child").split()[1])
+    child = int(
+        wait_for(lambda: "child" in svc.log_text() and svc.log_text(), what="child").split()[1]
+    )
     result = svc.cli("stop")
     assert result.returncode == 0, result.stderr
     assert "killed" in result.stdout and f"pid {pid}" in result.stdout
@@ -202,15 +206,17 @@ def test_idle_daemon_wakes_zero_times(make_service):
         total = 0
         for task in os.listdir(f"/proc/{pid}/task"):
             status = dict(
-                line.split(":\t") for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines() if ":\t" in line
+                line.split(":\t")
+                for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines()
+                if ":\t" in line
             )
-            total += int(status["voluntary_ctxt_switches"]) + int(status["nonvoluntary_ctxt_switches"])
+            total += int(status["voluntary_ctxt_switches"]) + int(
+                status["nonvoluntary_ctxt_switches"]
+            )
         return total
 
     wait_for(lambda: proc_stat(pid)[0] == "S", what="the daemon to block")
     before = switches()
-    import time
-
     time.sleep(2.0)  # the measurement window itself, not synchronisation
     assert switches() == before, "an idle daemon must not wake up"
     assert svc.cli("stop").returncode == 0
@@ -266,7 +272,9 @@ def test_run_refuses_while_a_daemon_holds_the_pidfile(make_service):
     assert svc.cli("stop").returncode == 0
 
 
-@pytest.mark.parametrize(("body", "status"), [("return 3", 3), ("sys.exit(4)", 4), ("return None", 0)])
+@pytest.mark.parametrize(
+    ("body", "status"), [("return 3", 3), ("sys.exit(4)", 4), ("return None", 0)]
+)
 def test_run_exits_with_mains_status(make_service, body, status):
     svc = make_service(body=body)
     result = svc.cli("run")
@@ -296,7 +304,7 @@ def test_sleep_wakes_every_thread(make_service):
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     line = next(x for x in out.splitlines() if x.startswith("woke"))
-    woke = eval(line.split("woke ", 1)[1].split(" again")[0])  # noqa: S307 -- our own repr
+    woke = eval(line.split("woke ", 1)[1].split(" again")[0])
     assert [flag for flag, _ in woke] == [True, True, True]
     assert line.endswith("again True True"), "later sleeps return at once"
 
@@ -324,9 +332,9 @@ def test_start_from_a_long_lived_program(make_service):
     )
     env = dict(svc.env)
     env.pop("PYTHONUNBUFFERED", None)
-    import subprocess
-
-    result = subprocess.run([sys.executable, str(host)], capture_output=True, text=True, env=env, timeout=30)
+    result = subprocess.run(
+        [sys.executable, str(host)], capture_output=True, text=True, env=env, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.count("host-buffered") == 1
@@ -336,3 +344,43 @@ def test_start_from_a_long_lived_program(make_service):
     assert "host-" not in svc.log_text()
     assert len(svc.daemons()) == 1
     assert svc.cli("stop").returncode == 0
+
+
+def test_sighup_never_kills(make_service):
+    svc = make_service()
+    pid = svc.start()
+    for _ in range(3):
+        os.kill(pid, signal.SIGHUP)
+    assert svc.cli("status").returncode == 0  # a command round trip after the signals
+    assert alive(pid)
+    assert svc.cli("stop").returncode == 0
+    assert "stopping" in svc.log_text(), "SIGHUP must not count as a stop request"
+    assert svc.log_text().count("stopping") == 1
+
+
+def test_stop_of_a_foreground_run_spares_the_callers_group(make_service):
+    """run shares our process group: escalation kills the process, not the group."""
+    body = "print('up', flush=True)\nwhile True:\n    time.sleep(0.1)"
+    svc = make_service(body=body, stop_timeout=0.5)
+    proc = svc.popen("run")
+    assert proc.stdout.readline() == "up\n"
+    assert os.getpgid(proc.pid) == os.getpgrp()
+    result = svc.cli("stop")
+    assert result.returncode == 0, result.stderr
+    assert "killed" in result.stdout
+    proc.communicate(timeout=5)
+    assert proc.returncode == -signal.SIGKILL  # and this test process is still here
+
+
+def test_interrupted_start_stops_the_daemon(make_service):
+    svc = make_service(body="print('up', flush=True)\n" + IDLE, wait_ready=True)
+    proc = svc.popen("start")
+    wait_for(lambda: "up" in svc.log_text(), what="the daemon to be up, not ready")
+    pid = svc.read_pid()
+    assert pid is not None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 1
+    assert "interrupted before it was ready; stopped it" in err
+    assert is_gone(pid)
+    assert not svc.pidfile.exists()

@@ -1,0 +1,115 @@
+"""The pidfile under stale files, foreign pids and concurrent commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+from conftest import alive, is_gone, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_stale_pidfile_after_sigkill(make_service):
+    svc = make_service()
+    pid = svc.start()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: is_gone(pid), what="the daemon to die")
+    assert svc.pidfile.exists()
+    status = svc.cli("status")
+    assert status.returncode == 1, status.stdout
+    assert "left behind" in status.stdout
+    new_pid = svc.start()
+    assert new_pid != pid
+    assert svc.read_pid() == new_pid
+    assert svc.daemons() == [new_pid]
+    assert svc.cli("stop").returncode == 0
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage\n", b"-5\n", b"0\n", b"18446744073709551616\n"])
+def test_garbage_pidfile_is_stale_not_a_traceback(make_service, content):
+    svc = make_service()
+    svc.pidfile.write_bytes(content)
+    status = svc.cli("status")
+    assert status.returncode == 1 and "Traceback" not in status.stderr
+    stop = svc.cli("stop")
+    assert stop.returncode == 0 and "not running" in stop.stdout
+    assert not svc.pidfile.exists(), "stop removes a stale pidfile"
+    svc.pidfile.write_bytes(content)
+    svc.start()
+    assert svc.cli("stop").returncode == 0
+
+
+@pytest.fixture
+def bystander():
+    """An unrelated live process, as a pid reused from a dead daemon would be."""
+    proc = subprocess.Popen(["sleep", "300"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize("whose", ["bystander", "test process"])
+def test_stop_never_signals_the_pid_in_a_stale_pidfile(make_service, bystander, whose):
+    pid = bystander.pid if whose == "bystander" else os.getpid()
+    svc = make_service()
+    svc.pidfile.write_text(f"{pid}\n")
+    assert svc.cli("status").returncode == 1
+    stop = svc.cli("stop")
+    assert stop.returncode == 0 and "not running" in stop.stdout
+    assert bystander.poll() is None and alive(pid), "an unrelated process was signalled"
+
+
+def test_twenty_concurrent_starts_make_one_daemon(make_service):
+    svc = make_service()
+    procs = [svc.popen("start") for _ in range(20)]
+    results = [(p.wait(timeout=60), *p.communicate()) for p in procs]
+    assert all(code == 0 for code, _, _ in results), results
+    pids = {svc.pid_from(out) for _, out, _ in results}
+    assert len(pids) == 1, results
+    (pid,) = pids
+    assert svc.daemons() == [pid]
+    assert svc.read_pid() == pid
+    assert sum("started" in out for _, out, _ in results) == 1
+    assert svc.cli("stop").returncode == 0
+
+
+def test_a_hundred_tight_restarts(make_service):
+    svc = make_service()
+    previous = svc.start()
+    for _ in range(100):
+        result = svc.cli("restart")
+        assert result.returncode == 0, result.stderr
+        pid = svc.pid_from(result.stdout.split("started")[1])
+        assert is_gone(previous)
+        assert svc.read_pid() == pid
+        previous = pid
+    status = svc.cli("status")
+    assert status.returncode == 0 and f"pid {previous}," in status.stdout
+    assert svc.daemons() == [previous]
+    assert svc.cli("stop").returncode == 0
+
+
+def test_starts_racing_an_exiting_daemon(make_service):
+    # A slow graceful stop widens the window in which the old daemon exits.
+    body = "while not should_stop():\n    sleep(3600)\ntime.sleep(0.05)"
+    svc = make_service(body=body)
+    for _ in range(8):
+        if not svc.daemons():
+            svc.start()
+        racers = [svc.popen("stop")] + [svc.popen("start") for _ in range(4)]
+        for proc in racers:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+        running = svc.daemons()
+        assert len(running) <= 1, f"two daemons at once: {running}"
+        status = svc.cli("status")
+        if running:
+            assert status.returncode == 0 and f"pid {running[0]}," in status.stdout
+            assert svc.read_pid() == running[0]
+        else:
+            assert status.returncode == 3, status.stdout
+            assert not svc.pidfile.exists(), "an orphaned pidfile"
+    svc.cli("stop")
