@@ -234,10 +234,9 @@ def status(service: Service) -> int:
 def run(service: Service) -> int:
     """Run in the foreground: same pidfile and signals, no fork, no redirect."""
     pidfile = service.pidfile()
-    if not pidfile.acquire():
-        state = pidfile.inspect()
-        holder = f"pid {state.pid}" if state.pid is not None else "pid unknown"
-        raise AlreadyRunningError(f"already running ({holder}); not starting a second copy")
+    holder = _holder_or_lock(service, pidfile)
+    if holder is not None:
+        raise AlreadyRunningError(f"already running (pid {holder}); not starting a second copy")
     return serve(service.main, pidfile, wait_ready=service.config.wait_ready)
 
 

@@ -72,6 +72,7 @@ def _die_now(pidfile: PidFile) -> Callable[[int], None]:
         pidfile.remove()
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+        os._exit(128 + signum)  # still here: PID 1 of a container ignores default actions
 
     return die
 
@@ -90,14 +91,15 @@ def serve(
     removes the pidfile.  Without one (the foreground), a second stop signal
     exits at once.
     """
-    _signals.install(on_repeat=None if startup else _die_now(pidfile))
     try:
-        try:
-            pidfile.write_pid(os.getpid())
-        except OSError:
-            if startup is None:
-                pidfile.remove()
-            raise  # detached: the starting process reports it and removes the pidfile
+        _signals.install(on_repeat=None if startup else _die_now(pidfile))
+        pidfile.write_pid(os.getpid())
+    except BaseException:
+        _signals.restore()
+        if startup is None:
+            pidfile.remove()  # detached, the starting process reports it and removes it
+        raise
+    try:
         pidfile.keep_out_of_forks()
         _set_startup(startup)
         if not wait_ready:

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from ._errors import DaemonError
+
 __all__ = ["install", "request_stop", "restore", "should_stop", "sleep", "stop_signal"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -130,7 +132,7 @@ def install(on_repeat: Callable[[int], None] | None = None) -> None:
     main thread; :func:`restore` puts the previous handlers back.
     """
     if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("signal handlers can only be installed from the main thread")
+        raise DaemonError("run must be called from the main thread: signal handlers live there")
     _close_wake_pipe()  # a pipe inherited across fork is shared with the parent
     _state.stop_signal = None
     _state.stop_requested = False
