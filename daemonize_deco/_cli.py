@@ -176,7 +176,7 @@ def stop(service: Service) -> int:
     pidfd = open_pidfd(pid)
     # Pinned by the pidfd now; check again that it is still the lock holder,
     # so a pid reused since the first look is never signalled.
-    if pidfd is None or pidfile.inspect(settle=0) != state:
+    if pidfd is None or not pidfile.is_held_by(pid):
         if pidfd is not None:
             os.close(pidfd)
         _say_not_running(service, pidfile, pidfile.inspect())

@@ -221,6 +221,18 @@ class PidFile:
                 return PidFileState(exists=True, running=True, pid=None)
             time.sleep(_RETRY_INTERVAL)
 
+    def is_held_by(self, pid: int) -> bool:
+        """Whether the pidfile names ``pid`` and that process has it open."""
+        fd = self._open_existing()
+        if fd is None:
+            return False
+        try:
+            held = os.fstat(fd)
+            named = parse_pid(os.pread(fd, 32, 0))
+        finally:
+            os.close(fd)
+        return named == pid and holds_file(pid, (held.st_dev, held.st_ino)) is not False
+
     def remove_if_stale(self) -> bool:
         """Unlink the pidfile if nobody holds its lock; True when it was removed."""
         fd = self._open_existing()

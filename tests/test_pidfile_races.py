@@ -113,3 +113,19 @@ def test_starts_racing_an_exiting_daemon(make_service):
             assert status.returncode == 3, status.stdout
             assert not svc.pidfile.exists(), "an orphaned pidfile"
     svc.cli("stop")
+
+
+def test_status_probes_do_not_confuse_stop_or_run(make_service):
+    """status probes the lock by taking it briefly; stop and run must see through that."""
+    svc = make_service()
+    for _ in range(5):
+        pid = svc.start()
+        probes = [svc.popen("status") for _ in range(8)]
+        stop = svc.popen("stop")
+        out, err = stop.communicate(timeout=60)
+        assert stop.returncode == 0, err
+        assert f"stopped (pid {pid})" in out
+        assert is_gone(pid)
+        for probe in probes:
+            probe.communicate(timeout=60)
+            assert probe.returncode in (0, 3)

@@ -32,32 +32,26 @@ def test_exception_before_ready(make_service):
     assert "Traceback (most recent call last)" in log and "ValueError: bad config value" in log
 
 
-def test_exception_before_main_is_entered_without_wait_ready(make_service):
-    # With wait_ready=False the daemon is ready on entering main, so a later
-    # crash is the daemon's, not start's: start succeeded.
+def test_crash_after_entering_main_is_not_a_failed_start(make_service):
+    # With wait_ready=False the daemon is ready on entering main, so a crash
+    # after that is the daemon's, not start's.
     svc = make_service(body="raise ValueError('after ready')")
-    result = svc.cli("start")
-    assert result.returncode == 0
+    assert svc.cli("start").returncode == 0
 
 
-def test_main_returning_before_ready(make_service):
-    svc = make_service(body="return 0", wait_ready=True)
-    assert_failed_cleanly(svc, svc.cli("start"), "main returned before it was ready")
-
-
-def test_sys_exit_before_ready(make_service):
-    svc = make_service(body="sys.exit(3)", wait_ready=True)
-    assert_failed_cleanly(svc, svc.cli("start"), "SystemExit: 3")
-
-
-def test_process_dying_before_ready(make_service):
-    svc = make_service(body="os._exit(7)", wait_ready=True)
-    assert_failed_cleanly(svc, svc.cli("start"), "exited before it was ready")
-
-
-def test_killed_before_ready(make_service):
-    svc = make_service(body="os.kill(os.getpid(), signal.SIGKILL)", wait_ready=True)
-    assert_failed_cleanly(svc, svc.cli("start"), "exited before it was ready")
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("return 0", "main returned before it was ready"),
+        ("sys.exit(3)", "SystemExit: 3"),
+        ("os._exit(7)", "exited before it was ready"),
+        ("os.kill(os.getpid(), signal.SIGKILL)", "exited before it was ready"),
+    ],
+    ids=["return", "sys.exit", "os._exit", "SIGKILL"],
+)
+def test_ending_before_ready(make_service, body, reason):
+    svc = make_service(body=body, wait_ready=True)
+    assert_failed_cleanly(svc, svc.cli("start"), reason)
 
 
 def test_start_timeout_stops_the_daemon(make_service):
