@@ -13,8 +13,9 @@ if __name__ == "__main__":
 """
 
 from ._errors import DaemonError
+from ._notify import notify
 from ._runtime import ready
 from ._service import Daemon, daemon
 from ._signals import should_stop, sleep
 
-__all__ = ["Daemon", "DaemonError", "daemon", "ready", "should_stop", "sleep"]
+__all__ = ["Daemon", "DaemonError", "daemon", "notify", "ready", "should_stop", "sleep"]

@@ -9,48 +9,46 @@ five fixed words are worth.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from ._config import ServiceConfig
+from ._config import Service, ServiceConfig
+from ._control import ask
 from ._detach import StartupReport, check_log_path, check_workdir, detach, ensure_standard_fds
 from ._errors import (
     AlreadyRunningError,
     DaemonError,
+    NotRunningError,
     PidFileError,
+    ReloadError,
     StartupError,
     StopError,
     UsageError,
 )
+from ._hygiene import Credentials, close_inherited_fds, resolve_credentials
 from ._pidfile import PidFile, PidFileState
 from ._proc import open_pidfd, terminate, uptime, wait_exit
-from ._runtime import serve
+from ._runtime import exit_status, serve
+from ._unit import systemd_unit
 
 __all__ = ["COMMANDS", "dispatch", "usage"]
 
 # LSB: for "status" every error means "status unknown", whatever it is.
 STATUS_UNKNOWN = 4
 _RETRY_INTERVAL = 0.01
+# Set by the managers that want their service in the foreground.
+_MANAGER_VARIABLES = {
+    "NOTIFY_SOCKET": "systemd Type=notify",
+    "SUPERVISOR_ENABLED": "supervisord",
+}
 
 
-@dataclass(frozen=True)
-class Service:
-    """What a command works on: the configuration and the user's ``main``."""
-
-    config: ServiceConfig
-    main: Callable[[], object]
-
-    @property
-    def name(self) -> str:
-        """The service's name in messages."""
-        return self.config.name
-
-    def pidfile(self) -> PidFile:
-        """A handle on the service's pidfile."""
-        return PidFile(self.config.pidfile)
+def _pidfile(service: Service) -> PidFile:
+    return PidFile(service.config.pidfile)
 
 
 # -- output ------------------------------------------------------------------
@@ -104,30 +102,41 @@ def _holder_or_lock(service: Service, pidfile: PidFile) -> int | None:
     return None
 
 
-def _check_before_fork(config: ServiceConfig) -> None:
+def _check_before_fork(config: ServiceConfig) -> Credentials | None:
+    """Find what can be found before forking; return the credentials to drop to."""
     check_workdir(config.workdir)
     for log in {config.stdout, config.stderr} - {None}:
         check_log_path(str(log))
+    return resolve_credentials(config.user, config.group)
+
+
+def _manager() -> str | None:
+    """The process manager that wants us in the foreground, if any."""
+    return next((who for var, who in _MANAGER_VARIABLES.items() if os.environ.get(var)), None)
 
 
 def start(service: Service) -> int:
     """Detach and return once the daemon is ready, or say why it failed."""
+    manager = _manager()
+    if manager is not None:
+        # Forking away from a manager makes it think the service died.
+        complain(f"{service.name}: running in the foreground under {manager} (start acts as run)")
+        return run(service)
     config = service.config
-    _check_before_fork(config)
-    pidfile = service.pidfile()
+    credentials = _check_before_fork(config)
+    pidfile = _pidfile(service)
     holder = _holder_or_lock(service, pidfile)
     if holder is not None:
         say(f"{service.name} is already running (pid {holder})")
         return 0
     try:
         watcher = detach(
-            lambda channel: serve(
-                service.main, pidfile, wait_ready=config.wait_ready, startup=channel
-            ),
+            lambda channel: serve(service, pidfile, credentials=credentials, startup=channel),
             workdir=config.workdir,
             umask=config.umask,
             stdout=config.stdout,
             stderr=config.stderr,
+            close_inherited=partial(close_inherited_fds, config.descriptors_to_keep()),
         )
     except BaseException:
         pidfile.remove()
@@ -163,22 +172,38 @@ def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport)
     return reason
 
 
-def stop(service: Service) -> int:
-    """SIGTERM the daemon and wait until it is gone; SIGKILL its group after stop_timeout."""
-    pidfile = service.pidfile()
+def _running_pid(service: Service, pidfile: PidFile) -> int | None:
+    """The verified pid of the running service; None (after tidying up) when not running."""
     state = pidfile.inspect()
     if not state.running:
         _say_not_running(service, pidfile, state)
-        return 0
-    pid = state.pid
-    if pid is None:
+        return None
+    if state.pid is None:
         raise StopError(f"pidfile {pidfile.path} is locked, but names no process that holds it")
+    return state.pid
+
+
+def _pinned(pidfile: PidFile, pid: int) -> int | None:
+    """A pidfd for ``pid`` if, once pinned, it still holds the pidfile; else None.
+
+    Between reading the pid and pinning it the process may have exited and
+    the pid been reused: checking again after pinning rules that out.
+    """
     pidfd = open_pidfd(pid)
-    # Pinned by the pidfd now; check again that it is still the lock holder,
-    # so a pid reused since the first look is never signalled.
-    if pidfd is None or not pidfile.is_held_by(pid):
-        if pidfd is not None:
-            os.close(pidfd)
+    if pidfd is not None and not pidfile.is_held_by(pid):
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def stop(service: Service) -> int:
+    """SIGTERM the daemon and wait until it is gone; SIGKILL its group after stop_timeout."""
+    pidfile = _pidfile(service)
+    pid = _running_pid(service, pidfile)
+    if pid is None:
+        return 0
+    pidfd = _pinned(pidfile, pid)
+    if pidfd is None:
         _say_not_running(service, pidfile, pidfile.inspect())
         return 0
     try:
@@ -189,10 +214,12 @@ def stop(service: Service) -> int:
         raise StopError(f"cannot stop pid {pid}: {exc}") from exc
     finally:
         os.close(pidfd)
+    # Left behind after SIGKILL, or by a daemon that dropped privileges and
+    # could not unlink it from a root-owned directory.
+    pidfile.remove_if_stale()
     if how == "stopped":
         say(f"{service.name} stopped (pid {pid})")
     else:
-        pidfile.remove_if_stale()
         timeout = service.config.stop_timeout
         say(f"{service.name} killed (pid {pid}): still running {timeout:g}s after SIGTERM")
     return 0
@@ -213,7 +240,7 @@ def restart(service: Service) -> int:
 
 def status(service: Service) -> int:
     """0 running, 1 dead but pidfile left behind, 3 not running."""
-    pidfile = service.pidfile()
+    pidfile = _pidfile(service)
     state = pidfile.inspect()
     if state.running:
         pid = state.pid
@@ -233,16 +260,59 @@ def status(service: Service) -> int:
 
 def run(service: Service) -> int:
     """Run in the foreground: same pidfile and signals, no fork, no redirect."""
-    pidfile = service.pidfile()
+    credentials = resolve_credentials(service.config.user, service.config.group)
+    pidfile = _pidfile(service)
     holder = _holder_or_lock(service, pidfile)
     if holder is not None:
         raise AlreadyRunningError(f"already running (pid {holder}); not starting a second copy")
-    return serve(service.main, pidfile, wait_ready=service.config.wait_ready)
+    return serve(service, pidfile, credentials=credentials)
+
+
+def reload(service: Service) -> int:
+    """Reopen the logs and run the reload callbacks; return once the daemon has."""
+    pidfile = _pidfile(service)
+    state = pidfile.inspect()
+    if not state.running or state.pid is None:
+        raise NotRunningError("is not running")
+    timeout = service.config.start_timeout
+    try:
+        answer = ask(pidfile.identity(), "reload", timeout)
+    except TimeoutError:
+        raise ReloadError(f"no answer from pid {state.pid} within {timeout:g}s") from None
+    except FileNotFoundError:
+        raise NotRunningError("is not running") from None
+    if answer is None:
+        return _reload_by_signal(service, pidfile, state.pid)
+    if answer != "ok":
+        raise ReloadError(f"reload failed in pid {state.pid}: {answer.removeprefix('error ')}")
+    say(f"{service.name} reloaded (pid {state.pid})")
+    return 0
+
+
+def _reload_by_signal(service: Service, pidfile: PidFile, pid: int) -> int:
+    """No control socket: fall back to SIGHUP, which nobody acknowledges."""
+    pidfd = _pinned(pidfile, pid)
+    if pidfd is None:
+        raise NotRunningError("is not running")
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGHUP)
+    except PermissionError as exc:
+        raise ReloadError(f"cannot signal pid {pid}: permission denied") from exc
+    finally:
+        os.close(pidfd)
+    say(f"{service.name}: sent SIGHUP to pid {pid} (no acknowledgement channel)")
+    return 0
+
+
+def print_systemd_unit(service: Service) -> int:
+    """Print a unit file that runs the service under systemd (Type=notify)."""
+    say(systemd_unit(service.config).rstrip("\n"))
+    return 0
 
 
 @dataclass(frozen=True)
 class Command:
-    """A command word: what it runs and its line in the usage text."""
+    """A built-in command word: what it runs and its line in the usage text."""
 
     run: Callable[[Service], int]
     help: str
@@ -254,30 +324,58 @@ COMMANDS: dict[str, Command] = {
     "restart": Command(restart, "stop if running, then start"),
     "status": Command(status, "0 running, 1 dead with a pidfile left, 3 not running"),
     "run": Command(run, "run in the foreground (Ctrl-C stops gracefully)"),
+    "reload": Command(reload, "reopen the logs and run the reload callbacks (SIGHUP)"),
+    "systemd-unit": Command(print_systemd_unit, "print a systemd unit file for this service"),
 }
+RESERVED_WORDS = frozenset({*COMMANDS, "help"})
 
 
-def usage(prog: str) -> str:
-    """The usage text."""
-    width = max(map(len, COMMANDS))
-    lines = [f"usage: {prog} {{{'|'.join(COMMANDS)}}}", "", "commands:"]
-    lines += [f"  {word:<{width}}  {command.help}" for word, command in COMMANDS.items()]
+def _first_line(func: Callable[..., object]) -> str:
+    doc = (getattr(func, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def usage(prog: str, service: Service) -> str:
+    """The usage text, custom commands included."""
+    helps = {word: command.help for word, command in COMMANDS.items()}
+    helps.update({word: _first_line(func) for word, func in service.hooks.commands.items()})
+    width = max(map(len, helps))
+    lines = [f"usage: {prog} {{{'|'.join(helps)}}} [ARG...]", "", "commands:"]
+    lines += [f"  {word:<{width}}  {text}".rstrip() for word, text in helps.items()]
     lines += ["", "exit statuses follow the LSB init-script conventions."]
     return "\n".join(lines)
 
 
-def parse(argv: Sequence[str]) -> str | None:
-    """The command word in ``argv``; None when help was asked for."""
-    if any(arg in ("-h", "--help", "help") for arg in argv):
+def parse(argv: Sequence[str], custom: Sequence[str] = ()) -> str | None:
+    """The command word in ``argv``; None when help was asked for.
+
+    Built-in commands take no arguments; custom ones take the rest of argv.
+    """
+    if any(arg in ("-h", "--help") for arg in argv) or list(argv[:1]) == ["help"]:
         return None
     if not argv:
         raise UsageError("no command given")
     word, *extra = argv
+    if word in custom:
+        return word
     if word not in COMMANDS:
         raise UsageError(f"unknown command {word!r}")
     if extra:
         raise UsageError(f"{word} takes no arguments, got {extra[0]!r}")
     return word
+
+
+def run_custom(func: Callable[..., object], word: str, args: Sequence[str]) -> int:
+    """Call a ``@main.command`` function with the remaining arguments; its result is the status."""
+    import inspect  # noqa: PLC0415 -- only custom commands pay for it
+
+    try:
+        inspect.signature(func).bind(*args)
+    except TypeError as exc:
+        raise UsageError(f"{word}: {exc}") from None
+    except ValueError:
+        pass  # no signature to check (a builtin): let the call decide
+    return exit_status(func(*args))
 
 
 def error_status(command: str | None, exc: DaemonError) -> int:
@@ -287,19 +385,22 @@ def error_status(command: str | None, exc: DaemonError) -> int:
     return exc.exit_status
 
 
-def dispatch(config: ServiceConfig, main: Callable[[], object], argv: Sequence[str]) -> int:
+def dispatch(service: Service, argv: Sequence[str]) -> int:
     """Run the command ``argv`` names and return its exit status; never raises DaemonError."""
     ensure_standard_fds()
-    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else config.name
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else service.name
     command: str | None = None
     try:
-        command = parse(argv)
+        command = parse(argv, list(service.hooks.commands))
         if command is None:
-            say(usage(prog))
+            say(usage(prog, service))
             return 0
-        return COMMANDS[command].run(Service(config, main))
+        custom = service.hooks.commands.get(command)
+        if custom is not None:
+            return run_custom(custom, command, argv[1:])
+        return COMMANDS[command].run(service)
     except DaemonError as exc:
-        complain(f"{config.name}: {exc}")
+        complain(f"{service.name}: {exc}")
         if isinstance(exc, UsageError):
-            complain(usage(prog))
+            complain(usage(prog, service))
         return error_status(command, exc)

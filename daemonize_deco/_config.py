@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
-__all__ = ["ServiceConfig"]
+from ._hooks import Hooks
+
+__all__ = ["Service", "ServiceConfig"]
 
 PathArg = str | os.PathLike[str]
 
@@ -33,6 +34,11 @@ class ServiceConfig:
     stop_timeout: float
     start_timeout: float
     wait_ready: bool
+    user: str | int | None = None
+    group: str | int | None = None
+    files_preserve: tuple[object, ...] = ()
+    prevent_core: bool = True
+    script: str = ""
 
     @classmethod
     def from_keywords(
@@ -48,10 +54,15 @@ class ServiceConfig:
         start_timeout: float,
         wait_ready: bool,
         name: str | None,
+        user: str | int | None,
+        group: str | int | None,
+        files_preserve: Iterable[object] | None,
+        prevent_core: bool,
     ) -> ServiceConfig:
         """Check and normalise the decorator's keywords."""
-        if not isinstance(wait_ready, bool):
-            raise TypeError(f"wait_ready must be True or False, not {wait_ready!r}")
+        for keyword, flag in (("wait_ready", wait_ready), ("prevent_core", prevent_core)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{keyword} must be True or False, not {flag!r}")
         return cls(
             name=_name(name, func),
             pidfile=_path("pidfile", pidfile),
@@ -62,7 +73,39 @@ class ServiceConfig:
             stop_timeout=_timeout("stop_timeout", stop_timeout),
             start_timeout=_timeout("start_timeout", start_timeout),
             wait_ready=wait_ready,
+            user=_account("user", user),
+            group=_account("group", group),
+            files_preserve=_files(files_preserve),
+            prevent_core=prevent_core,
+            script=_script(func),
         )
+
+    def descriptors_to_keep(self) -> set[int]:
+        """The descriptor numbers of ``files_preserve`` (files may have been opened since)."""
+        keep = set()
+        for item in self.files_preserve:
+            if isinstance(item, int):
+                keep.add(item)
+                continue
+            try:
+                keep.add(int(getattr(item, "fileno")()))  # noqa: B009 -- checked at decoration
+            except (OSError, ValueError):
+                continue  # closed since: nothing to keep
+        return keep
+
+
+@dataclass(frozen=True)
+class Service:
+    """What a command works on: the configuration, ``main`` and the registered hooks."""
+
+    config: ServiceConfig
+    main: Callable[[], object]
+    hooks: Hooks
+
+    @property
+    def name(self) -> str:
+        """The service's name in messages."""
+        return self.config.name
 
 
 def _path(keyword: str, value: object) -> str:
@@ -76,6 +119,36 @@ def _path(keyword: str, value: object) -> str:
     if not path or "\0" in path:
         raise ValueError(f"{keyword} must be a non-empty path without NUL characters")
     return os.path.abspath(path)
+
+
+def _account(keyword: str, value: object) -> str | int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError(f"{keyword} must be a name or a numeric id, not {type(value).__name__}")
+    if (isinstance(value, int) and value < 0) or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"{keyword} must be a name or a non-negative id, not {value!r}")
+    return value
+
+
+def _files(value: Iterable[object] | None) -> tuple[object, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError("files_preserve must be a list of descriptors or file objects")
+    items = tuple(value)
+    for item in items:
+        is_fd = isinstance(item, int) and not isinstance(item, bool) and item >= 0
+        if not is_fd and not callable(getattr(item, "fileno", None)):
+            raise TypeError(f"files_preserve: {item!r} is neither a descriptor nor a file object")
+    return items
+
+
+def _script(func: Callable[..., object]) -> str:
+    """The file that defines ``main``, for the systemd unit's ExecStart."""
+    module = sys.modules.get(getattr(func, "__module__", "") or "")
+    filename = getattr(module, "__file__", None) or (sys.argv[0] if sys.argv else "")
+    return os.path.abspath(filename) if filename else ""
 
 
 def _umask(value: object) -> int:
@@ -106,9 +179,8 @@ def _name(value: object, func: Callable[..., object]) -> str:
 
 def _default_name(func: Callable[..., object]) -> str:
     """The script's file stem; for a package's ``__main__.py``, the package's name."""
-    module = sys.modules.get(getattr(func, "__module__", "") or "")
-    filename = getattr(module, "__file__", None) or (sys.argv[0] if sys.argv else "")
-    path = Path(filename)
-    if path.stem == "__main__":
-        return path.parent.name or "daemon"
-    return path.stem or getattr(func, "__name__", "daemon")
+    script = _script(func)
+    stem = os.path.splitext(os.path.basename(script))[0]
+    if stem == "__main__":
+        return os.path.basename(os.path.dirname(script)) or "daemon"
+    return stem or getattr(func, "__name__", "daemon")

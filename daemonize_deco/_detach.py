@@ -30,6 +30,7 @@ __all__ = [
     "check_workdir",
     "detach",
     "ensure_standard_fds",
+    "reopen_logs",
 ]
 
 
@@ -239,13 +240,34 @@ def redirect_standard_streams(stdout: str | None, stderr: str | None) -> None:
     start command returns as soon as that command does.
     """
     null = os.open(os.devnull, os.O_RDWR)
-    out = open_log(stdout) if stdout else null
-    err = out if stderr in (None, stdout) else open_log(stderr)
-    for source, target in ((null, 0), (out, 1), (err, 2)):
-        os.dup2(source, target)
-    for fd in {null, out, err}:
-        os.close(fd)
+    os.dup2(null, 0)
+    os.close(null)
+    _point_output_at(stdout, stderr)
     _line_buffer_python_streams()
+
+
+def reopen_logs(stdout: str | None, stderr: str | None) -> None:
+    """Open the log files afresh and put them on stdout and stderr.
+
+    After logrotate moved ``app.log`` away, new lines go to a new ``app.log``.
+    dup2 swaps a descriptor atomically, so no write is lost in between.
+    """
+    flush_standard_streams()
+    _point_output_at(stdout, stderr)
+
+
+def _point_output_at(stdout: str | None, stderr: str | None) -> None:
+    """Descriptors 1 and 2 onto the log files, or /dev/null; stderr follows a lone stdout."""
+    out = open_log(stdout) if stdout else os.open(os.devnull, os.O_WRONLY)
+    try:
+        err = out if stderr in (None, stdout) else open_log(stderr)
+    except DetachError:
+        os.close(out)
+        raise
+    for source, target in ((out, 1), (err, 2)):
+        os.dup2(source, target)
+    for fd in {out, err}:
+        os.close(fd)
 
 
 def _line_buffered(stream: TextIO | None, fd: int) -> TextIO:
@@ -279,11 +301,13 @@ def detach(
     umask: int,
     stdout: str | None,
     stderr: str | None,
+    close_inherited: Callable[[], None],
 ) -> StartupWatcher:
     """Start ``serve`` in a detached daemon; return a watcher for its startup outcome.
 
     Only the starting process returns.  The daemon runs ``serve(channel)`` and
-    exits with its result.  Raises :class:`DetachError` when forking fails.
+    exits with its result.  ``close_inherited`` closes what the launcher
+    passed down.  Raises :class:`DetachError` when forking fails.
     """
     flush_standard_streams()
     read_end, write_end = os.pipe()
@@ -302,6 +326,7 @@ def detach(
             umask=umask,
             stdout=stdout,
             stderr=stderr,
+            close_inherited=close_inherited,
         )
     os.close(write_end)
     # Reap the intermediate child at once: it exits right after the second fork,
@@ -318,6 +343,7 @@ def _become_daemon(
     umask: int,
     stdout: str | None,
     stderr: str | None,
+    close_inherited: Callable[[], None],
 ) -> NoReturn:
     status = 1
     try:
@@ -330,13 +356,14 @@ def _become_daemon(
         if os.fork() != 0:
             os._exit(0)
         channel.send_pid(os.getpid())
+        close_inherited()
         change_working_directory(workdir)
         # A known umask: files the daemon creates get the modes it was
         # configured with, not whatever the launching shell had.
         os.umask(umask)
         redirect_standard_streams(stdout, stderr)
         status = serve(channel)
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 -- everything must reach the starter and end here
         channel.fail(describe(exc))
     finally:
         _exit_daemon(status)

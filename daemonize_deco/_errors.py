@@ -12,7 +12,9 @@ __all__ = [
     "AlreadyRunningError",
     "DaemonError",
     "DetachError",
+    "NotRunningError",
     "PidFileError",
+    "ReloadError",
     "StartupError",
     "StopError",
     "UsageError",
@@ -57,6 +59,16 @@ class StopError(DaemonError, OSError):
 
 class AlreadyRunningError(DaemonError):
     """``run`` found another process holding the pidfile."""
+
+
+class NotRunningError(DaemonError):
+    """``reload`` found no running service (LSB status 7, "program is not running")."""
+
+    exit_status = 7
+
+
+class ReloadError(DaemonError):
+    """A reload callback raised, or the daemon did not answer."""
 
 
 def describe(exc: BaseException) -> str:

@@ -1,9 +1,10 @@
 """The service's life inside the process that runs ``main``.
 
 The same steps whether that process is a detached daemon or ``run`` in the
-foreground: install the stop handlers, write our pid into the (already
-locked) pidfile, report readiness, call ``main``, turn its outcome into an
-exit status, and remove the pidfile.
+foreground: install the signal registry, write our pid into the (already
+locked) pidfile, name the process, drop privileges, start the dispatcher,
+report readiness, call ``main``, turn its outcome into an exit status, and
+remove the pidfile.
 """
 
 from __future__ import annotations
@@ -15,32 +16,65 @@ import threading
 import traceback
 from collections.abc import Callable
 
-from . import _signals
-from ._detach import StartupChannel
+from . import _notify, _signals
+from ._config import Service
+from ._control import ControlServer
+from ._detach import StartupChannel, flush_standard_streams
+from ._dispatch import Dispatcher
 from ._errors import describe
+from ._hygiene import Credentials, drop_privileges, prevent_core_dumps, set_process_name
 from ._pidfile import PidFile
 
 __all__ = ["ready", "serve"]
 
-_startup: StartupChannel | None = None
-_startup_lock = threading.Lock()
+# Variables through which a manager talks to its main process only; children
+# we spawn must not inherit them (sd_notify's unset_environment).
+_MANAGER_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+class _Readiness:
+    """Who hears about readiness in this process: the starting process and systemd."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.startup: StartupChannel | None = None
+        self.armed = False
+        self.done = False
+
+
+_readiness = _Readiness()
 
 
 def ready() -> None:
     """Declare the service ready: ``start`` returns now (with ``wait_ready=True``).
 
-    Call it once ``main`` can serve (port bound, data loaded).  Calling it
-    again, in the foreground, or outside a daemon does nothing.
+    Call it once ``main`` can serve (port bound, data loaded).  Also sends
+    systemd ``READY=1`` under ``Type=notify``.  Calling it again, or outside
+    a running service, does nothing.
     """
-    with _startup_lock:
-        if _startup is not None:
-            _startup.ready()
+    with _readiness.lock:
+        if not _readiness.armed or _readiness.done:
+            return
+        _readiness.done = True
+        if _readiness.startup is not None:
+            _readiness.startup.ready()
+        _notify.current().ready()
 
 
-def _set_startup(channel: StartupChannel | None) -> None:
-    global _startup  # noqa: PLW0603 -- the one startup channel of this process
-    with _startup_lock:
-        _startup = channel
+def _arm_readiness(startup: StartupChannel | None) -> None:
+    with _readiness.lock:
+        _readiness.startup = startup
+        _readiness.armed = True
+        _readiness.done = False
+
+
+def _disarm_readiness() -> bool:
+    """Stop reporting readiness; return whether the service had become ready."""
+    with _readiness.lock:
+        was_ready = _readiness.done
+        _readiness.startup = None
+        _readiness.armed = False
+        return was_ready
 
 
 def exit_status(code: object) -> int:
@@ -59,61 +93,108 @@ def _call_main(main: Callable[[], object]) -> tuple[int, str]:
         result = main()
     except SystemExit as exc:
         return exit_status(exc.code), f"SystemExit: {exc.code}"
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 -- a daemon's last words go to its log
         traceback.print_exc()
         return 1, describe(exc)
     return exit_status(result), "main returned before it was ready"
 
 
 def _die_now(pidfile: PidFile) -> Callable[[int], None]:
-    """A second Ctrl-C in the foreground: remove the pidfile and die by that signal."""
+    """A second Ctrl-C in the foreground: remove the pidfile and exit at once (128+signal)."""
 
     def die(signum: int) -> None:
         pidfile.remove()
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        os._exit(128 + signum)  # still here: PID 1 of a container ignores default actions
+        flush_standard_streams()
+        os._exit(128 + signum)
 
     return die
 
 
+def _link_manager() -> _notify.Notifier:
+    notifier = _notify.Notifier()
+    for variable in _MANAGER_VARIABLES:
+        os.environ.pop(variable, None)
+    _notify.attach(notifier)
+    return notifier
+
+
+def _listen(pidfile: PidFile) -> ControlServer | None:
+    try:
+        return ControlServer(pidfile.identity())
+    except OSError as exc:
+        print(
+            f"daemonize_deco: no control socket, reload is unacknowledged: {exc}", file=sys.stderr
+        )
+        return None
+
+
+def _prepare_process(service: Service, credentials: Credentials | None) -> None:
+    set_process_name(service.config.name)
+    if service.config.prevent_core:
+        prevent_core_dumps()
+    if credentials is not None:
+        # After the pidfile is locked and the logs are open: the service can
+        # still write them, and can never regain root.
+        drop_privileges(credentials)
+
+
 def serve(
-    main: Callable[[], object],
+    service: Service,
     pidfile: PidFile,
     *,
-    wait_ready: bool,
+    credentials: Credentials | None = None,
     startup: StartupChannel | None = None,
 ) -> int:
-    """Run ``main`` as the service holding ``pidfile``; return the exit status.
+    """Run ``service.main`` as the service holding ``pidfile``; return the exit status.
 
     With a ``startup`` channel (a detached daemon), a failure before ready is
     reported through it and the starting process, which shares the lock,
     removes the pidfile.  Without one (the foreground), a second stop signal
     exits at once.
     """
+    config, hooks = service.config, service.hooks
+    is_init = os.getpid() == 1
+    extra = [*hooks.on_signal, *([signal.SIGCHLD] if is_init else [])]
+    dispatcher: Dispatcher | None = None
+    control: ControlServer | None = None
     try:
-        _signals.install(on_repeat=None if startup else _die_now(pidfile))
+        record_fd = _signals.install(extra)
         pidfile.write_pid(os.getpid())
+        pidfile.keep_out_of_forks()
+        _prepare_process(service, credentials)
+        notifier = _link_manager()
+        control = _listen(pidfile)
+        dispatcher = Dispatcher(
+            record_fd=record_fd,
+            hooks=hooks,
+            notifier=notifier,
+            control=control,
+            logs=None if startup is None else (config.stdout, config.stderr),
+            on_repeat=_die_now(pidfile) if startup is None else None,
+            reap_children=is_init,
+        )
+        dispatcher.start()
+        _arm_readiness(startup)
+        if not config.wait_ready:
+            ready()
+        status, failure = _call_main(service.main)
     except BaseException:
-        _signals.restore()
         if startup is None:
             pidfile.remove()  # detached, the starting process reports it and removes it
         raise
-    try:
-        pidfile.keep_out_of_forks()
-        _set_startup(startup)
-        if not wait_ready:
-            ready()
-        status, failure = _call_main(main)
-        _set_startup(None)
-        if startup is not None and not startup.is_ready and startup.fail(_why_not_ready(failure)):
-            pidfile.hand_over()  # the starting process, which shares the lock, removes it
-        else:
-            pidfile.remove()
-        return status
     finally:
-        _set_startup(None)
+        was_ready = _disarm_readiness()
+        if dispatcher is not None:
+            dispatcher.stop(config.stop_timeout)
+        if control is not None:
+            control.close()
         _signals.restore()
+        _signals.close_record_pipe()
+    if startup is not None and not was_ready and startup.fail(_why_not_ready(failure)):
+        pidfile.hand_over()  # the starting process, which shares the lock, removes it
+    else:
+        pidfile.remove()
+    return status
 
 
 def _why_not_ready(failure: str) -> str:

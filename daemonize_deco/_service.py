@@ -1,4 +1,4 @@
-"""The ``@daemon`` decorator: wires the configuration, the CLI and the user's ``main``.
+"""The ``@daemon`` decorator: wires the configuration, the hooks, the CLI and ``main``.
 
 This module holds no fork, lock or signal code; it only puts the parts together.
 """
@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Iterable, Sequence
+from typing import NoReturn, TypeVar
 
-from ._cli import dispatch
-from ._config import PathArg, ServiceConfig
+from ._cli import RESERVED_WORDS, dispatch
+from ._config import PathArg, Service, ServiceConfig
+from ._hooks import Callback, CustomCommand, Hooks, checked_signal
 
 __all__ = ["Daemon", "daemon"]
+
+C = TypeVar("C", bound=Callback)
+F = TypeVar("F", bound=CustomCommand)
 
 
 class Daemon:
@@ -27,6 +31,7 @@ class Daemon:
     def __init__(self, func: Callable[[], object], config: ServiceConfig) -> None:
         self.__wrapped__ = func
         self.config = config
+        self.hooks = Hooks()
         functools.update_wrapper(self, func)
 
     def cli(self, argv: Sequence[str] | None = None) -> int:
@@ -34,11 +39,44 @@ class Daemon:
         args = sys.argv[1:] if argv is None else argv
         if isinstance(args, str):
             raise TypeError("argv must be a sequence of strings, not a str")
-        return dispatch(self.config, self.__wrapped__, list(args))
+        return dispatch(Service(self.config, self.__wrapped__, self.hooks), list(args))
 
     def __call__(self) -> NoReturn:
         """Dispatch on ``sys.argv[1:]`` and exit with the command's status."""
         sys.exit(self.cli())
+
+    def on_reload(self, callback: C) -> C:
+        """Decorator: run ``callback`` on ``reload`` and SIGHUP, after the logs are reopened."""
+        self.hooks.on_reload.append(callback)
+        return callback
+
+    def on_stop(self, callback: C) -> C:
+        """Decorator: run ``callback`` once when a stop is requested (SIGTERM, SIGINT, stop).
+
+        It runs on the dispatcher thread while ``main`` is still running: the
+        place to call ``server.shutdown()``.
+        """
+        self.hooks.on_stop.append(callback)
+        return callback
+
+    def on_signal(self, signum: int) -> Callable[[C], C]:
+        """Decorator: run the callback when ``signum`` arrives (not TERM, INT or HUP)."""
+        sig = checked_signal(signum)  # a wrong signal fails here, not at the def below
+
+        def register(callback: C) -> C:
+            self.hooks.add_signal(sig, callback)
+            return callback
+
+        return register
+
+    def command(self, func: F) -> F:
+        """Decorator: add ``python app.py NAME ARG...`` running ``func(*args)`` in the caller.
+
+        NAME is the function's name with ``_`` written ``-``; the return value
+        is the exit status (None means 0).
+        """
+        self.hooks.add_command(func, reserved=RESERVED_WORDS)
+        return func
 
     def __repr__(self) -> str:
         return f"<Daemon {self.config.name!r} pidfile={self.config.pidfile!r}>"
@@ -55,21 +93,32 @@ def daemon(
     start_timeout: float = 10.0,
     wait_ready: bool = False,
     name: str | None = None,
+    user: str | int | None = None,
+    group: str | int | None = None,
+    files_preserve: Iterable[object] | None = None,
+    prevent_core: bool = True,
 ) -> Callable[[Callable[[], object]], Daemon]:
     """Turn ``main()`` into a Unix service driven by its command line.
 
-    Parameters:
+    Args:
         pidfile: the pidfile, locked for the daemon's whole life (required).
-        stdout, stderr: log files, opened for appending.  With only
-            ``stdout``, stderr goes to the same file; unset means /dev/null
-            once detached.  ``run`` leaves the streams as they are.
+        stdout: log file for stdout, opened for appending; unset means
+            /dev/null once detached.  ``run`` leaves the streams as they are.
+        stderr: log file for stderr; with only ``stdout``, stderr goes there.
         workdir: the daemon's working directory.
         umask: the daemon's umask (log files follow it; the pidfile is 0644).
         stop_timeout: seconds ``stop`` waits after SIGTERM before SIGKILL.
         start_timeout: seconds ``start`` waits for the daemon to be ready.
         wait_ready: when True, ready means ``main`` called :func:`ready`;
             otherwise ready is when ``main`` is entered.
-        name: the service's name in messages (default: the script's stem).
+        name: the service's name in messages and its process name
+            (default: the script's file stem).
+        user: when started as root, drop to this user (name or uid) after
+            locking the pidfile and opening the logs.
+        group: the group to drop to (default: the user's primary group).
+        files_preserve: descriptors or file objects inherited from the
+            launcher that the daemon keeps open (others are closed).
+        prevent_core: set RLIMIT_CORE to 0 so no core dump spills secrets.
 
     Relative paths resolve against the current directory at decoration time.
     Raises TypeError or ValueError at once for a wrong keyword or value.
@@ -77,7 +126,8 @@ def daemon(
     options = {
         "pidfile": pidfile, "stdout": stdout, "stderr": stderr, "workdir": workdir,
         "umask": umask, "stop_timeout": stop_timeout, "start_timeout": start_timeout,
-        "wait_ready": wait_ready, "name": name,
+        "wait_ready": wait_ready, "name": name, "user": user, "group": group,
+        "files_preserve": files_preserve, "prevent_core": prevent_core,
     }  # fmt: skip
 
     def decorate(func: Callable[[], object]) -> Daemon:

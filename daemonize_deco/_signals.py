@@ -1,18 +1,22 @@
-"""The graceful-stop flag: SIGTERM and SIGINT ask ``main`` to finish, they do not kill it.
+"""The signal registry: a graceful-stop flag, and signals recorded for a dispatcher.
 
-Design.  A signal handler runs between two bytecodes of the main thread,
-whatever that thread was doing: in the middle of a print, holding a lock,
-half-way through writing a file.  So the handler here only records that a
-stop was requested and wakes sleepers; it takes no lock, prints nothing and
-raises nothing into the interrupted code.  ``main`` sees the request through
-:func:`should_stop` and decides itself when to return.
+Design.  A Python signal handler runs between two bytecodes of the main
+thread, whatever that thread was doing: in the middle of a print, holding a
+lock, half-way through writing a file.  So nothing here does work inside a
+handler.  Each handled signal is *recorded*, and the work (user callbacks,
+reopening logs) happens on the dispatcher thread (``_dispatch``).
 
-Waking uses a self-pipe rather than ``threading.Event``: ``Event.set()``
-takes a lock the interrupted code may hold, and ``time.sleep()`` is resumed
-after a handler returns (PEP 475).  The handler writes one byte and the pipe
-is never drained, so once a stop is requested the pipe stays readable and
-every :func:`sleep`, in every thread, now or later, returns at once.  An idle
-sleeper blocks in ``select`` without a timeout tick: it wakes zero times.
+Recording uses ``signal.set_wakeup_fd``: CPython's C-level handler writes the
+signal number to a pipe the moment the signal arrives, in whichever thread
+the kernel picked, even while the main thread is blocked in C code.  The
+dispatcher reads those bytes in arrival order.
+
+The stop flag has a pipe of its own that is never drained: once a stop is
+requested it stays readable, so every :func:`sleep`, in every thread, now or
+later, returns at once.  ``threading.Event`` is not used because ``set()``
+takes a lock the interrupted code may hold, and ``time.sleep()`` would be
+resumed after a handler returns (PEP 475).  An idle sleeper blocks in
+``poll`` without a timeout tick: it wakes zero times.
 """
 
 from __future__ import annotations
@@ -23,47 +27,58 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
 from ._errors import DaemonError
 
-__all__ = ["install", "request_stop", "restore", "should_stop", "sleep", "stop_signal"]
+__all__ = [
+    "STOP_SIGNALS",
+    "install",
+    "request_stop",
+    "restore",
+    "should_stop",
+    "sleep",
+    "stop_signal",
+]
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# A stray SIGHUP (a closing terminal, logrotate) must never kill a daemon.
-IGNORED_SIGNALS = (signal.SIGHUP,)
-
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+# SIGHUP reloads (and reopens logs); a stray one from a closing terminal or
+# logrotate must never kill a daemon.
+RELOAD_SIGNAL = signal.SIGHUP
+RESERVED_SIGNALS = STOP_SIGNALS | {RELOAD_SIGNAL}
 _LONGEST_POLL_MS = 86_400_000  # poll() takes an int of milliseconds: wait a day at a time
 
 Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 class _State:
-    """Per-process state: the flag, the wake-up pipe and the handlers we replaced."""
+    """Per-process state: the flag, the pipes, and what we replaced."""
 
     def __init__(self) -> None:
         self.stop_signal: int | None = None
         self.stop_requested = False
-        self.wake_read: int | None = None
-        self.wake_write: int | None = None
-        self.on_repeat: Callable[[int], None] | None = None
+        self.stop_read: int | None = None
+        self.stop_write: int | None = None
         self.previous: dict[int, Handler] = {}
+        self.previous_wakeup_fd: int | None = None
+        self.record_read: int | None = None
+        self.record_write: int | None = None
         self.pipe_lock = threading.Lock()
 
 
 _state = _State()
 
 
-def _wake_pipe() -> tuple[int, int]:
-    """Create the wake-up pipe on first use (never from a signal handler)."""
+def _stop_pipe() -> tuple[int, int]:
+    """Create the stop pipe on first use (never from a signal handler)."""
     with _state.pipe_lock:
-        if _state.wake_read is None or _state.wake_write is None:
+        if _state.stop_read is None or _state.stop_write is None:
             read_end, write_end = os.pipe()
             os.set_blocking(write_end, False)
-            _state.wake_read, _state.wake_write = read_end, write_end
-        return _state.wake_read, _state.wake_write
+            _state.stop_read, _state.stop_write = read_end, write_end
+        return _state.stop_read, _state.stop_write
 
 
 def should_stop() -> bool:
@@ -85,7 +100,7 @@ def sleep(seconds: float) -> bool:
     """
     if not seconds >= 0:
         raise ValueError(f"sleep length must be a non-negative number, not {seconds!r}")
-    read_end, _ = _wake_pipe()
+    read_end, _ = _stop_pipe()
     poller = select.poll()
     poller.register(read_end, select.POLLIN)
     deadline = time.monotonic() + seconds if math.isfinite(seconds) else math.inf
@@ -99,66 +114,91 @@ def sleep(seconds: float) -> bool:
     return True
 
 
-def request_stop(signum: int | None = None) -> None:
-    """Set the stop flag and wake every sleeper.  Safe inside a signal handler."""
+def request_stop(signum: int | None = None) -> bool:
+    """Set the stop flag and wake every sleeper; True if this was the first request.
+
+    Safe inside a signal handler and from any thread.
+    """
     if _state.stop_requested:
-        return
+        return False
     _state.stop_signal = signum
     _state.stop_requested = True
-    write_end = _state.wake_write
+    write_end = _state.stop_write
     if write_end is not None:
         try:
             os.write(write_end, b"\0")
         except OSError:
-            pass  # the pipe is full or closed: it is readable already or nobody waits
+            pass  # full or closed: then it is readable already, or nobody waits
+    return True
 
 
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
-    if _state.stop_requested and _state.on_repeat is not None:
-        _state.on_repeat(signum)
-        return
+    # The flag is set here too, not only by the dispatcher, so should_stop()
+    # is True by the time the main thread runs its next line.
     request_stop(signum)
 
 
-def _on_ignored_signal(signum: int, frame: FrameType | None) -> None:
-    """Swallow the signal.  A Python handler, not SIG_IGN, so exec'd children get the default."""
+def _on_recorded_signal(signum: int, frame: FrameType | None) -> None:
+    """Nothing to do: the wakeup fd already recorded the signal for the dispatcher."""
 
 
-def install(on_repeat: Callable[[int], None] | None = None) -> None:
-    """Install the stop handlers, starting from a clear flag and a fresh wake-up pipe.
+def install(extra_signals: Iterable[int] = ()) -> int:
+    """Install the handlers; return the pipe from which the dispatcher reads signal numbers.
 
-    ``on_repeat(signum)`` runs when a stop signal arrives while already
-    stopping (a second Ctrl-C in the foreground).  Must be called from the
-    main thread; :func:`restore` puts the previous handlers back.
+    Starts from a clear flag and fresh pipes (pipes inherited across fork are
+    shared with the parent).  Must be called from the main thread;
+    :func:`restore` puts the previous handlers and wakeup fd back.
     """
     if threading.current_thread() is not threading.main_thread():
         raise DaemonError("run must be called from the main thread: signal handlers live there")
-    _close_wake_pipe()  # a pipe inherited across fork is shared with the parent
+    _close_pipes()
     _state.stop_signal = None
     _state.stop_requested = False
-    _state.on_repeat = on_repeat
-    _wake_pipe()
-    handlers = dict.fromkeys(STOP_SIGNALS, _on_stop_signal)
-    handlers.update(dict.fromkeys(IGNORED_SIGNALS, _on_ignored_signal))
+    _stop_pipe()
+    record_read, record_write = os.pipe()
+    os.set_blocking(record_write, False)
+    _state.record_read, _state.record_write = record_read, record_write
+    handlers: dict[int, Handler] = dict.fromkeys(extra_signals, _on_recorded_signal)
+    handlers[RELOAD_SIGNAL] = _on_recorded_signal
+    handlers.update(dict.fromkeys(STOP_SIGNALS, _on_stop_signal))
     try:
+        _state.previous_wakeup_fd = signal.set_wakeup_fd(record_write, warn_on_full_buffer=False)
         for sig, handler in handlers.items():
             _state.previous.setdefault(sig, signal.signal(sig, handler))
     except BaseException:
         restore()
         raise
+    return record_read
+
+
+def wake_dispatcher() -> None:
+    """Write a 0 byte to the record pipe: the dispatcher's signal to quit."""
+    if _state.record_write is not None:
+        os.write(_state.record_write, b"\0")
 
 
 def restore() -> None:
-    """Put back the handlers :func:`install` replaced."""
+    """Put back the handlers and wakeup fd :func:`install` replaced."""
     while _state.previous:
         sig, handler = _state.previous.popitem()
         signal.signal(sig, handler)
-    _state.on_repeat = None
+    if _state.previous_wakeup_fd is not None:
+        signal.set_wakeup_fd(_state.previous_wakeup_fd)
+        _state.previous_wakeup_fd = None
 
 
-def _close_wake_pipe() -> None:
+def close_record_pipe() -> None:
+    """Close the record pipe, once the dispatcher has quit and the handlers are restored."""
+    for fd in (_state.record_read, _state.record_write):
+        if fd is not None:
+            os.close(fd)
+    _state.record_read = _state.record_write = None
+
+
+def _close_pipes() -> None:
+    close_record_pipe()
     with _state.pipe_lock:
-        for fd in (_state.wake_read, _state.wake_write):
+        for fd in (_state.stop_read, _state.stop_write):
             if fd is not None:
                 os.close(fd)
-        _state.wake_read = _state.wake_write = None
+        _state.stop_read = _state.stop_write = None

@@ -255,7 +255,7 @@ def test_run_second_ctrl_c_exits_at_once(make_service):
     assert proc.poll() is None, "the first Ctrl-C only asks"
     os.kill(proc.pid, signal.SIGINT)
     proc.communicate(timeout=5)
-    assert proc.returncode == -signal.SIGINT
+    assert proc.returncode == 128 + signal.SIGINT
     assert not svc.pidfile.exists()
 
 

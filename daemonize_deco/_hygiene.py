@@ -1,0 +1,121 @@
+"""Process hygiene for a service: its name, core dumps, privileges, inherited descriptors.
+
+Each step is a small function that raises :class:`DetachError` with the
+reason, so a failure before ready reaches ``start``'s caller.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Collection
+
+from ._errors import DetachError
+
+__all__ = [
+    "Credentials",
+    "close_inherited_fds",
+    "drop_privileges",
+    "prevent_core_dumps",
+    "resolve_credentials",
+    "set_process_name",
+]
+
+COMM_LENGTH = 15  # TASK_COMM_LEN less the terminating NUL
+
+
+def set_process_name(name: str) -> None:
+    """Set the kernel's name for this process (comm), as ``ps``, ``top`` and ``pidof`` show.
+
+    Writing /proc/self/comm is what ``prctl(PR_SET_NAME)`` does (proc(5)),
+    without loading ctypes into every daemon.  Longer names are cut to 15 bytes.
+    """
+    encoded = name.encode("utf-8", "replace")[:COMM_LENGTH]
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/comm", "wb") as comm:
+            comm.write(encoded)
+    except OSError:
+        pass  # cosmetic: a service without a name still runs
+
+
+def prevent_core_dumps() -> None:
+    """RLIMIT_CORE to 0: a core dump would spill the service's secrets to disk."""
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (OSError, ValueError) as exc:
+        raise DetachError(f"cannot prevent core dumps: {exc}") from exc
+
+
+class Credentials:
+    """The user and groups a service drops to, resolved before forking."""
+
+    def __init__(self, user: str | None, uid: int, gid: int, groups: list[int]) -> None:
+        self.user = user
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+
+    def __repr__(self) -> str:
+        return f"Credentials(user={self.user!r}, uid={self.uid}, gid={self.gid})"
+
+
+def resolve_credentials(user: str | int | None, group: str | int | None) -> Credentials | None:
+    """Look up ``user``/``group``; None when neither is set.
+
+    Raises DetachError when not running as root or when either does not exist.
+    """
+    if user is None and group is None:
+        return None
+    import grp  # noqa: PLC0415 -- only services that drop privileges pay for these
+    import pwd  # noqa: PLC0415
+
+    if os.geteuid() != 0:
+        raise DetachError("user= and group= need root: start the service as root")
+    try:
+        entry = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user or 0)
+    except KeyError:
+        raise DetachError(f"no such user: {user}") from None
+    uid, gid, name = entry.pw_uid, entry.pw_gid, entry.pw_name
+    if user is None:
+        uid, name = 0, "root"
+    if group is not None:
+        try:
+            gid = (grp.getgrnam(group) if isinstance(group, str) else grp.getgrgid(group)).gr_gid
+        except KeyError:
+            raise DetachError(f"no such group: {group}") from None
+    groups = os.getgrouplist(name, gid) if user is not None else [gid]
+    return Credentials(name, uid, gid, groups)
+
+
+def drop_privileges(credentials: Credentials) -> None:
+    """setgroups, setgid, setuid, in that order; then check root cannot be regained."""
+    try:
+        os.setgroups(credentials.groups)
+        os.setresgid(credentials.gid, credentials.gid, credentials.gid)
+        os.setresuid(credentials.uid, credentials.uid, credentials.uid)
+    except OSError as exc:
+        raise DetachError(f"cannot drop privileges to {credentials.user}: {exc.strerror}") from exc
+    if credentials.uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            return
+        raise DetachError("privileges were not dropped: setuid(0) still succeeds")
+
+
+def close_inherited_fds(keep: Collection[int]) -> None:
+    """Close every descriptor inherited from the launcher, except 0-2 and ``keep``.
+
+    Since PEP 446, descriptors a Python program opens itself are
+    non-inheritable; the inheritable ones above 2 came from whoever launched
+    us (a harness's pipe, a shell's redirection) and would hold them open.
+    """
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        if fd <= 2 or fd in keep:
+            continue
+        try:
+            if os.get_inheritable(fd):
+                os.close(fd)
+        except OSError:
+            continue  # the listing's own descriptor, closed by now

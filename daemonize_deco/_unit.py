@@ -1,0 +1,51 @@
+"""A systemd unit file for a service, printed by ``python app.py systemd-unit``.
+
+``Type=notify``: systemd runs the service in the foreground (``run``) and
+learns from ``READY=1`` when it is up, so nothing forks away from it.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+
+from ._config import ServiceConfig
+
+__all__ = ["systemd_unit"]
+
+# Beyond stop_timeout, time for the on_stop callbacks and the exit itself.
+_STOP_MARGIN = 5
+
+
+def _quote(word: str) -> str:
+    # systemd's ExecStart= splits like a shell but expands "$" and "%" itself.
+    return shlex.quote(word).replace("%", "%%").replace("$", "$$")
+
+
+def systemd_unit(config: ServiceConfig) -> str:
+    """The text of a ready-to-install ``NAME.service`` for ``config``."""
+    exec_start = " ".join(_quote(word) for word in (sys.executable, config.script, "run"))
+    lines = [
+        "[Unit]",
+        f"Description={config.name} (daemonize_deco service)",
+        "After=network.target",
+        "",
+        "[Service]",
+        "Type=notify",
+        "NotifyAccess=main",
+        f"ExecStart={exec_start}",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        # SIGTERM to the main process only; what is left after the timeout is killed.
+        "KillMode=mixed",
+        f"TimeoutStopSec={math.ceil(config.stop_timeout) + _STOP_MARGIN}",
+        f"TimeoutStartSec={math.ceil(config.start_timeout)}",
+        "Restart=on-failure",
+        "RestartSec=1",
+        f"WorkingDirectory={config.workdir}",
+        f"UMask={config.umask:04o}",
+    ]
+    # No User=: the service starts as root, locks its pidfile, opens its logs
+    # and then drops to its user= itself.
+    lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)
