@@ -100,7 +100,11 @@ def _call_main(main: Callable[[], object]) -> tuple[int, str]:
 
 
 def _die_now(pidfile: PidFile) -> Callable[[int], None]:
-    """A second Ctrl-C in the foreground: remove the pidfile and exit at once (128+signal)."""
+    """A second Ctrl-C in the foreground: remove the pidfile and exit at once (128+signal).
+
+    It runs on the dispatcher thread, where a signal's default action cannot
+    be restored (only the main thread may set handlers), hence ``_exit``.
+    """
 
     def die(signum: int) -> None:
         pidfile.remove()

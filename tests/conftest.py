@@ -136,12 +136,14 @@ class Service:
             self.argv(*args), capture_output=True, text=True, timeout=timeout, env=env, **kw
         )
 
-    def popen(self, *args: str, **kw: Any) -> subprocess.Popen[str]:
+    def popen(
+        self, *args: str, command_prefix: list[str] | None = None, **kw: Any
+    ) -> subprocess.Popen[str]:
         """Start a command without waiting for it."""
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
         kw.setdefault("env", self.env)
-        proc = subprocess.Popen(self.argv(*args), text=True, **kw)
+        proc = subprocess.Popen([*(command_prefix or []), *self.argv(*args)], text=True, **kw)
         self.popens.append(proc)
         return proc
 
