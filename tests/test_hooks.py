@@ -183,7 +183,7 @@ def hup():
     assert result.returncode == 0
     assert "stopped" in result.stdout, result.stdout
     print(f"stop after the storm took {elapsed:.3f}s")
-    assert elapsed < 5, "stop must finish promptly after a storm (about 0.1s here)"
+    assert elapsed < 1.0, "stop must finish within a second after a storm (about 0.1s here)"
     log = svc.log_text()
     assert "reentrant" not in log and "Traceback" not in log
     assert "\nusr1 " in log and "\nhup " in log, "the callbacks ran"
