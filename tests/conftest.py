@@ -153,6 +153,13 @@ class Service:
         assert result.returncode == 0, result.stderr
         return self.pid_from(result.stdout)
 
+    def stop_gracefully(self, pid: int) -> None:
+        """Stop, insisting that it exited on SIGTERM (not killed) and is gone."""
+        result = self.cli("stop")
+        assert result.returncode == 0, result.stderr
+        assert f"{self.name} stopped (pid {pid})" in result.stdout, result.stdout
+        assert is_gone(pid)
+
     @staticmethod
     def pid_from(output: str) -> int:
         return int(output.split("(pid ")[1].split(")", maxsplit=1)[0].split(",", maxsplit=1)[0])

@@ -120,10 +120,7 @@ def close_listener():
     svc = with_hooks(make_service, hooks, body=body, prelude=prelude, stop_timeout=10.0)
     pid = svc.start()
     wait_for(lambda: "serving" in svc.log_text(), what="the server")
-    result = svc.cli("stop")
-    assert result.returncode == 0
-    assert "stopped" in result.stdout and "killed" not in result.stdout
-    assert is_gone(pid)
+    svc.stop_gracefully(pid)
     log = svc.log_text()
     assert "on_stop ran in daemonize_deco" in log and "served" in log
     assert log.count("on_stop ran") == 1
