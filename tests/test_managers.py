@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shutil
@@ -15,6 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import IDLE, alive, is_gone, proc_stat, proc_status, wait_for
 from test_hooks import RELOAD_HOOK, with_hooks
+
+from daemonize_deco._errors import DetachError
+from daemonize_deco._hygiene import resolve_credentials
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -317,3 +321,21 @@ def test_core_dumps(make_service, prevent_core):
     else:
         assert line == mine
     assert svc.cli("stop").returncode == 0
+
+
+@needs_root
+def test_group_alone_keeps_the_user(make_service):
+    svc = make_service(group="nogroup")
+    pid = svc.start()
+    status = proc_status(pid)
+    assert status["Uid"].split()[0] == "0"
+    assert status["Gid"].split() == [str(grp.getgrnam("nogroup").gr_gid)] * 4
+    assert status["Groups"].split() == [str(grp.getgrnam("nogroup").gr_gid)]
+    assert svc.cli("stop").returncode == 0
+
+
+def test_user_without_root_is_refused(monkeypatch):
+    """In-process: the check itself (this machine runs the suite as root)."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(DetachError, match="need root"):
+        resolve_credentials("nobody", None)
