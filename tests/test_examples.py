@@ -52,3 +52,49 @@ def test_ticker_round_trip(ticker_env, tmp_path):
     assert stopped.returncode == 0
     assert is_gone(pid)
     assert log.read_text().rstrip().endswith("ticker: stopping")
+
+
+# -- worker ------------------------------------------------------------------
+
+WORKER = REPO / "examples" / "worker.py"
+
+
+def worker(env, *args):
+    return subprocess.run(
+        [sys.executable, str(WORKER), *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+@pytest.mark.timeout(120)
+def test_worker_does_every_job_exactly_once_across_restarts(tmp_path, mark):
+    spool = tmp_path / "spool"
+    (spool / "incoming").mkdir(parents=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO), WORKER_SPOOL=str(spool), **{MARK: mark})
+    env.update(WORKER_JOB_SECONDS="0.3", WORKER_POLL_SECONDS="0.05")
+    jobs = {f"job-{i:02d}": f"payload {i}\n" for i in range(30)}
+    for name, text in jobs.items():
+        (spool / "incoming" / name).write_text(text)
+    assert worker(env, "start").returncode == 0
+    done = spool / "done"
+
+    def done_count() -> int:
+        return len(list(done.iterdir())) if done.exists() else 0
+
+    for restart in range(5):
+        wait_for(lambda n=restart: done_count() >= 4 * (n + 1), timeout=30, what="progress")
+        result = worker(env, "restart")
+        assert result.returncode == 0, result.stderr
+    wait_for(lambda: done_count() == 30, timeout=60, what="all 30 jobs")
+    assert worker(env, "pending").stdout.strip() == "no pending jobs"
+    assert worker(env, "stop").returncode == 0
+
+    assert sorted(p.name for p in done.iterdir()) == sorted(jobs)
+    for name, text in jobs.items():
+        assert (done / name).read_text() == text.upper()
+    assert list((spool / "incoming").iterdir()) == [] and list((spool / "work").iterdir()) == []
+    log = (spool / "worker.log").read_text()
+    for name in jobs:
+        assert log.count(f"worker: done {name} ") == 1, f"{name} not done exactly once"
+    assert log.count("worker: ready") == 6
+    assert log.count("worker: stopped, no job in flight") == 6
+    assert "requeued" not in log, "a graceful stop leaves no job half done"

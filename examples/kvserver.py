@@ -1,0 +1,534 @@
+"""A small Redis-protocol (RESP2) key-value server that redis-cli and redis-py can talk to.
+
+It binds its port before calling ready(), so ``start`` fails with "address
+already in use" when the port is taken, and ``start && redis-cli -p PORT
+ping`` works with no sleep in between.  On a graceful stop it stops
+accepting, lets connected clients finish the command in flight, and writes
+its data to a snapshot that the next start loads.
+
+One thread and a selectors loop, like Redis itself: each command runs to
+completion before the next, so no locks are needed.
+
+Try it::
+
+    mkdir -p /tmp/kvserver
+    KV_PORT=6399 python examples/kvserver.py start
+    redis-cli -p 6399 set greeting hello
+    KV_PORT=6399 python examples/kvserver.py restart
+    redis-cli -p 6399 get greeting          # "hello": kept across the restart
+    KV_PORT=6399 python examples/kvserver.py stop
+
+Settings (environment): KV_HOST (127.0.0.1), KV_PORT (6399), KV_DIR
+(/tmp/kvserver: pidfile, log and snapshot).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from daemonize_deco import daemon, ready, should_stop
+
+HOST = os.environ.get("KV_HOST", "127.0.0.1")
+PORT = int(os.environ.get("KV_PORT", "6399"))
+DATA = Path(os.environ.get("KV_DIR", "/tmp/kvserver")).resolve()
+SNAPSHOT = DATA / "dump.resp"
+DRAIN_SECONDS = 3.0  # how long a stop waits for a client's half-received command
+MAX_BULK = 512 * 1024 * 1024
+MAX_ARGS = 1024 * 1024
+
+Reply = bytes
+
+
+class ProtocolError(Exception):
+    """The client sent something that is not RESP."""
+
+
+# -- RESP ------------------------------------------------------------------------
+
+
+def parse_command(buf: bytearray, start: int) -> tuple[list[bytes], int] | None:
+    """One command from ``buf`` at ``start``: (arguments, end), or None if incomplete."""
+    if buf[start : start + 1] != b"*":
+        end = buf.find(b"\n", start)  # an inline command, as typed into telnet
+        return None if end < 0 else (bytes(buf[start:end]).split(), end + 1)
+    header = _line(buf, start + 1, MAX_ARGS)
+    if header is None:
+        return None
+    count, pos = header
+    args = []
+    for _ in range(count):
+        if pos < len(buf) and buf[pos] != ord("$"):
+            raise ProtocolError("expected '$'")
+        item = _line(buf, pos + 1, MAX_BULK)
+        if item is None or len(buf) < item[1] + item[0] + 2:
+            return None
+        size, pos = item
+        args.append(bytes(buf[pos : pos + size]))
+        pos += size + 2
+    return args, pos
+
+
+def _line(buf: bytearray, start: int, limit: int) -> tuple[int, int] | None:
+    """The length written from ``start`` up to CRLF, and where the data begins."""
+    end = buf.find(b"\r\n", start)
+    if end < 0:
+        return None
+    try:
+        value = int(buf[start:end])
+    except ValueError:
+        raise ProtocolError("invalid length") from None
+    if not 0 <= value <= limit:
+        raise ProtocolError("invalid length")
+    return value, end + 2
+
+
+def bulk(value: bytes | None) -> Reply:
+    """A bulk string, or the nil bulk string."""
+    if value is None:
+        return b"$-1\r\n"
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def array(items: list[bytes]) -> Reply:
+    """An array of bulk strings."""
+    return b"*%d\r\n" % len(items) + b"".join(bulk(item) for item in items)
+
+
+def integer(value: int) -> Reply:
+    """An integer reply."""
+    return b":%d\r\n" % value
+
+
+def error(text: str) -> Reply:
+    """An error reply."""
+    return b"-ERR " + text.encode() + b"\r\n"
+
+
+OK = b"+OK\r\n"
+
+
+# -- the data ---------------------------------------------------------------------
+
+
+class Database:
+    """Keys to values, with optional expiry (wall-clock seconds), expired lazily."""
+
+    def __init__(self) -> None:
+        self.values: dict[bytes, bytes] = {}
+        self.expires: dict[bytes, float] = {}
+
+    def alive(self, key: bytes) -> bool:
+        """Whether ``key`` exists, dropping it if it has expired."""
+        deadline = self.expires.get(key)
+        if deadline is not None and deadline <= time.time():
+            self.delete(key)
+            return False
+        return key in self.values
+
+    def delete(self, key: bytes) -> bool:
+        """Remove ``key``; True if it existed."""
+        self.expires.pop(key, None)
+        return self.values.pop(key, None) is not None
+
+    def live_keys(self) -> list[bytes]:
+        """Every key that has not expired."""
+        return [key for key in list(self.values) if self.alive(key)]
+
+    def save(self, path: Path) -> int:
+        """Write every live key as RESP arrays [key, value, expiry-ms]; atomically."""
+        tmp = path.with_name(path.name + ".tmp")
+        keys = self.live_keys()
+        with open(tmp, "wb") as f:
+            for key in keys:
+                deadline = self.expires.get(key)
+                expiry = b"%d" % int(deadline * 1000) if deadline is not None else b""
+                f.write(array([key, self.values[key], expiry]))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        return len(keys)
+
+    @classmethod
+    def load(cls, path: Path) -> Database:
+        """Read a snapshot written by :meth:`save`; an empty database if there is none."""
+        db = cls()
+        try:
+            data = bytearray(path.read_bytes())
+        except FileNotFoundError:
+            return db
+        pos = 0
+        while pos < len(data):
+            parsed = parse_command(data, pos)
+            if parsed is None:
+                raise ValueError(f"snapshot {path} is truncated at byte {pos}")
+            (key, value, expiry), pos = parsed
+            db.values[key] = value
+            if expiry:
+                db.expires[key] = int(expiry) / 1000
+        db.live_keys()  # drop what expired while we were down
+        return db
+
+
+# -- the commands -----------------------------------------------------------------
+
+
+def cmd_ping(db: Database, args: list[bytes]) -> Reply:
+    return bulk(args[0]) if args else b"+PONG\r\n"
+
+
+def cmd_echo(db: Database, args: list[bytes]) -> Reply:
+    return bulk(args[0]) if len(args) == 1 else wrong_args("echo")
+
+
+def cmd_set(db: Database, args: list[bytes]) -> Reply:
+    if len(args) < 2:
+        return wrong_args("set")
+    key, value, options = args[0], args[1], [a.upper() for a in args[2:]]
+    ttl: float | None = None
+    only_if: bytes | None = None
+    i = 0
+    while i < len(options):
+        option = options[i]
+        if option in (b"EX", b"PX") and i + 1 < len(options):
+            try:
+                amount = int(options[i + 1])
+            except ValueError:
+                return error("value is not an integer or out of range")
+            if amount <= 0:
+                return error("invalid expire time in 'set' command")
+            ttl = amount if option == b"EX" else amount / 1000
+            i += 2
+        elif option in (b"NX", b"XX"):
+            only_if = option
+            i += 1
+        else:
+            return error("syntax error")
+    exists = db.alive(key)
+    if (only_if == b"NX" and exists) or (only_if == b"XX" and not exists):
+        return bulk(None)
+    db.values[key] = value
+    db.expires.pop(key, None)
+    if ttl is not None:
+        db.expires[key] = time.time() + ttl
+    return OK
+
+
+def cmd_get(db: Database, args: list[bytes]) -> Reply:
+    if len(args) != 1:
+        return wrong_args("get")
+    return bulk(db.values[args[0]] if db.alive(args[0]) else None)
+
+
+def cmd_del(db: Database, args: list[bytes]) -> Reply:
+    return (
+        integer(sum(db.alive(key) and db.delete(key) for key in args))
+        if args
+        else wrong_args("del")
+    )
+
+
+def cmd_exists(db: Database, args: list[bytes]) -> Reply:
+    return integer(sum(db.alive(key) for key in args)) if args else wrong_args("exists")
+
+
+def cmd_incr(db: Database, args: list[bytes]) -> Reply:
+    return add(db, args[0], 1) if len(args) == 1 else wrong_args("incr")
+
+
+def cmd_incrby(db: Database, args: list[bytes]) -> Reply:
+    # redis-py's incr() sends INCRBY key 1.
+    if len(args) != 2:
+        return wrong_args("incrby")
+    try:
+        amount = int(args[1])
+    except ValueError:
+        return error("value is not an integer or out of range")
+    return add(db, args[0], amount)
+
+
+def add(db: Database, key: bytes, amount: int) -> Reply:
+    """INCR and INCRBY: a 64-bit signed integer stored as text."""
+    try:
+        value = int(db.values[key]) + amount if db.alive(key) else amount
+    except ValueError:
+        return error("value is not an integer or out of range")
+    if not -(2**63) <= value < 2**63:
+        return error("increment or decrement would overflow")
+    db.values[key] = b"%d" % value
+    return integer(value)
+
+
+def cmd_keys(db: Database, args: list[bytes]) -> Reply:
+    if len(args) != 1:
+        return wrong_args("keys")
+    pattern = args[0].decode("latin-1")
+    return array([k for k in db.live_keys() if fnmatch.fnmatchcase(k.decode("latin-1"), pattern)])
+
+
+def cmd_dbsize(db: Database, args: list[bytes]) -> Reply:
+    return integer(len(db.live_keys()))
+
+
+def cmd_flushdb(db: Database, args: list[bytes]) -> Reply:
+    db.values.clear()
+    db.expires.clear()
+    return OK
+
+
+def cmd_command(db: Database, args: list[bytes]) -> Reply:
+    # redis-cli asks for COMMAND DOCS to offer hints; an empty answer is enough.
+    return integer(len(COMMANDS)) if args[:1] == [b"COUNT"] else b"*0\r\n"
+
+
+def cmd_config(db: Database, args: list[bytes]) -> Reply:
+    # redis-benchmark reads "save" and "appendonly" before it starts.
+    settings = {b"save": b"", b"appendonly": b"no"}
+    if len(args) == 2 and args[0].upper() == b"GET":
+        name = args[1].lower()
+        return array([name, settings[name]]) if name in settings else b"*0\r\n"
+    return error("only CONFIG GET is supported")
+
+
+def cmd_info(db: Database, args: list[bytes]) -> Reply:
+    lines = [
+        "# Server",
+        "redis_version:7.0.0-kvserver",
+        f"process_id:{os.getpid()}",
+        f"tcp_port:{PORT}",
+        "# Keyspace",
+        f"db0:keys={len(db.live_keys())},expires={len(db.expires)}",
+    ]
+    return bulk("\r\n".join(lines).encode() + b"\r\n")
+
+
+def cmd_client(db: Database, args: list[bytes]) -> Reply:
+    # redis-py announces itself with CLIENT SETINFO; accept and ignore.
+    return OK
+
+
+def cmd_hello(db: Database, args: list[bytes]) -> Reply:
+    # RESP2 only: HELLO 3 gets the refusal clients expect from a RESP2 server
+    # (redis-py 8 defaults to RESP3: connect with protocol=2).
+    if args[:1] not in ([], [b"2"]):
+        return b"-NOPROTO this server speaks RESP2 only\r\n"
+    fields = [b"server", b"kvserver", b"version", b"7.0.0", b"proto"]
+    return (
+        b"*8\r\n"
+        + b"".join(bulk(f) for f in fields)
+        + integer(2)
+        + bulk(b"mode")
+        + bulk(b"standalone")
+    )
+
+
+def cmd_select(db: Database, args: list[bytes]) -> Reply:
+    return OK if args == [b"0"] else error("only database 0 exists")
+
+
+def wrong_args(name: str) -> Reply:
+    return error(f"wrong number of arguments for '{name}' command")
+
+
+COMMANDS: dict[bytes, Callable[[Database, list[bytes]], Reply]] = {
+    b"PING": cmd_ping, b"ECHO": cmd_echo, b"SET": cmd_set, b"GET": cmd_get,
+    b"DEL": cmd_del, b"EXISTS": cmd_exists, b"INCR": cmd_incr, b"INCRBY": cmd_incrby,
+    b"KEYS": cmd_keys,
+    b"DBSIZE": cmd_dbsize, b"FLUSHDB": cmd_flushdb, b"COMMAND": cmd_command,
+    b"CONFIG": cmd_config, b"INFO": cmd_info, b"CLIENT": cmd_client, b"SELECT": cmd_select,
+    b"HELLO": cmd_hello,
+}  # fmt: skip
+
+
+# -- the network ------------------------------------------------------------------
+
+
+class Client:
+    """One connection: bytes in, complete commands executed, replies out."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbox = bytearray()
+        self.outbox = bytearray()
+        self.closing = False
+
+    def on_readable(self, db: Database) -> None:
+        try:
+            chunk = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.closing = True
+            self.inbox.clear()
+            return
+        self.inbox += chunk
+        self.execute(db)
+
+    def execute(self, db: Database) -> None:
+        pos = 0
+        try:
+            while pos < len(self.inbox) and not self.closing:
+                parsed = parse_command(self.inbox, pos)
+                if parsed is None:
+                    break
+                args, pos = parsed
+                if args:
+                    self.outbox += self.run(db, args)
+        except ProtocolError as exc:
+            self.outbox += error(f"Protocol error: {exc}")
+            self.closing = True
+            pos = len(self.inbox)
+        del self.inbox[:pos]
+        self.flush()
+
+    def run(self, db: Database, args: list[bytes]) -> Reply:
+        name = args[0].upper()
+        if name == b"QUIT":
+            self.closing = True
+            return OK
+        command = COMMANDS.get(name)
+        if command is None:
+            return error(f"unknown command '{args[0].decode('latin-1')}'")
+        return command(db, args[1:])
+
+    def flush(self) -> None:
+        """Send what we can now; the rest when the socket is writable."""
+        if self.outbox:
+            try:
+                sent = self.sock.send(self.outbox)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.outbox.clear()
+                self.closing = True
+                return
+            del self.outbox[:sent]
+
+    @property
+    def has_partial_command(self) -> bool:
+        return bool(self.inbox)
+
+
+class Server:
+    """The listening socket, its clients, and a pipe that on_stop writes to."""
+
+    def __init__(self, host: str, port: int, db: Database) -> None:
+        self.db = db
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.listener.bind((host, port))
+        except OSError as exc:
+            self.listener.close()
+            reason = "address already in use" if exc.errno == 98 else exc.strerror
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {reason}") from None
+        self.listener.listen(512)
+        self.listener.setblocking(False)
+        self.wake_read, self.wake_write = os.pipe()
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, "accept")
+        self.selector.register(self.wake_read, selectors.EVENT_READ, "wake")
+        self.clients: dict[int, Client] = {}
+        self.stopping = False
+
+    def wake(self) -> None:
+        """Called from on_stop, on the dispatcher thread: end serve()."""
+        os.write(self.wake_write, b"x")
+
+    def serve(self) -> None:
+        """Serve until woken: no timeouts, so an idle server never wakes up."""
+        while not self.stopping:
+            self.step(None)
+
+    def step(self, timeout: float | None) -> None:
+        for key, mask in self.selector.select(timeout):
+            if key.data == "accept":
+                self.accept()
+            elif key.data == "wake":
+                self.stopping = True
+            else:
+                self.on_event(key.data, mask)
+
+    def accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client = Client(sock)
+            self.clients[sock.fileno()] = client
+            self.selector.register(sock, selectors.EVENT_READ, client)
+
+    def on_event(self, client: Client, mask: int) -> None:
+        if mask & selectors.EVENT_READ:
+            client.on_readable(self.db)
+        if mask & selectors.EVENT_WRITE:
+            client.flush()
+        self.update(client)
+
+    def update(self, client: Client) -> None:
+        if client.closing and not client.outbox:
+            self.drop(client)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.outbox else 0)
+        self.selector.modify(client.sock, events, client)
+
+    def drop(self, client: Client) -> None:
+        self.selector.unregister(client.sock)
+        del self.clients[client.sock.fileno()]
+        client.sock.close()
+
+    def drain(self, seconds: float) -> None:
+        """Stop accepting; finish half-received commands and pending replies; close all."""
+        self.selector.unregister(self.listener)
+        self.listener.close()
+        deadline = time.monotonic() + seconds
+        for client in list(self.clients.values()):
+            client.closing = client.closing or not client.has_partial_command
+            client.flush()
+            self.update(client)
+        while self.clients and time.monotonic() < deadline:
+            self.step(deadline - time.monotonic())
+            for client in list(self.clients.values()):
+                if not client.has_partial_command and not client.closing:
+                    client.closing = True  # its command in flight is done
+                    self.update(client)
+        for client in list(self.clients.values()):
+            self.drop(client)
+
+
+_server: Server | None = None
+
+
+@daemon(pidfile=DATA / "kvserver.pid", stdout=DATA / "kvserver.log", wait_ready=True)
+def main() -> None:
+    global _server  # noqa: PLW0603 -- on_stop needs to reach it
+    db = Database.load(SNAPSHOT)
+    _server = Server(HOST, PORT, db)  # raises "address already in use" before ready
+    if should_stop():
+        _server.wake()  # the stop came before on_stop could see the server
+    print(f"kvserver: listening on {HOST}:{PORT} with {len(db.values)} keys", flush=True)
+    ready()
+    _server.serve()
+    _server.drain(DRAIN_SECONDS)
+    saved = db.save(SNAPSHOT)
+    print(f"kvserver: stopped; saved {saved} keys to {SNAPSHOT}", flush=True)
+
+
+@main.on_stop
+def stop_serving() -> None:
+    if _server is not None:
+        _server.wake()
+
+
+if __name__ == "__main__":
+    main()
