@@ -220,6 +220,8 @@ class PidFile:
             try:
                 pid = parse_pid(os.pread(fd, 32, 0))
                 if _try_lock(fd):
+                    if not self._names(fd):
+                        continue  # an exiting holder unlinked it meanwhile: look again
                     return PidFileState(exists=True, running=False, pid=pid)
                 held = os.fstat(fd)
                 if pid is not None and holds_file(pid, (held.st_dev, held.st_ino)) is not False:
