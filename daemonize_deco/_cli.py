@@ -164,7 +164,7 @@ def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport)
     reason = waiting.get(report.outcome, report.reason)
     if report.pidfd is not None and report.pid is not None:
         if report.outcome in waiting:
-            reason += f"; {terminate(report.pidfd, report.pid, config.stop_timeout)} it"
+            reason += f"; {terminate(report.pidfd, report.pid, config.stop_timeout).how} it"
         elif not wait_exit(report.pidfd, config.stop_timeout):
             terminate(report.pidfd, report.pid, 0)
         os.close(report.pidfd)
@@ -207,7 +207,7 @@ def stop(service: Service) -> int:
         _say_not_running(service, pidfile, pidfile.inspect())
         return 0
     try:
-        how = terminate(pidfd, pid, service.config.stop_timeout)
+        ending = terminate(pidfd, pid, service.config.stop_timeout)
     except PermissionError as exc:
         raise StopError(f"cannot stop pid {pid}: permission denied") from exc
     except TimeoutError as exc:
@@ -217,8 +217,9 @@ def stop(service: Service) -> int:
     # Left behind after SIGKILL, or by a daemon that dropped privileges and
     # could not unlink it from a root-owned directory.
     pidfile.remove_if_stale()
-    if how == "stopped":
-        say(f"{service.name} stopped (pid {pid})")
+    if ending.how == "stopped":
+        also = f"; ended {ending.leftovers} process(es) it left running" if ending.leftovers else ""
+        say(f"{service.name} stopped (pid {pid}){also}")
     else:
         timeout = service.config.stop_timeout
         say(f"{service.name} killed (pid {pid}): still running {timeout:g}s after SIGTERM")

@@ -12,10 +12,20 @@ from __future__ import annotations
 import os
 import select
 import signal
+import time
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["ProcStat", "holds_file", "open_pidfd", "read_stat", "terminate", "uptime", "wait_exit"]
+__all__ = [
+    "Ending",
+    "ProcStat",
+    "holds_file",
+    "open_pidfd",
+    "read_stat",
+    "terminate",
+    "uptime",
+    "wait_exit",
+]
 
 _KILL_WAIT = 5.0
 
@@ -115,20 +125,30 @@ def _own_process_group(pid: int) -> int | None:
     return stat.pgrp
 
 
-def terminate(pidfd: int, pid: int, timeout: float) -> Literal["stopped", "killed"]:
+@dataclass(frozen=True)
+class Ending:
+    """How a process ended under :func:`terminate`."""
+
+    how: Literal["stopped", "killed"]
+    leftovers: int = 0  # processes still in its group afterwards, ended too
+
+
+def terminate(pidfd: int, pid: int, timeout: float) -> Ending:
     """Send SIGTERM and wait up to ``timeout`` seconds; then SIGKILL its group.
 
-    Returns "stopped" when the process exited on SIGTERM, "killed" when it had
-    to be killed.  Raises PermissionError when it may not be signalled and
+    After a graceful exit, what the daemon left running in its own process
+    group (workers it forked or spawned and never stopped) gets SIGTERM and,
+    after ``timeout`` more seconds, SIGKILL, so a stop leaves no orphan.
+    Raises PermissionError when the process may not be signalled and
     TimeoutError when even SIGKILL did not end it.
     """
+    group = _own_process_group(pid)  # read while the process is surely alive
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGTERM)
     except ProcessLookupError:
-        return "stopped"
+        return Ending("stopped")
     if wait_exit(pidfd, timeout):
-        return "stopped"
-    group = _own_process_group(pid)
+        return Ending("stopped", _end_group(group, timeout) if group is not None else 0)
     try:
         # The daemon is still alive here, so its group id cannot have been reused.
         if group is not None:
@@ -136,7 +156,42 @@ def terminate(pidfd: int, pid: int, timeout: float) -> Literal["stopped", "kille
         else:
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     except ProcessLookupError:
-        return "stopped"
+        return Ending("stopped")
     if not wait_exit(pidfd, _KILL_WAIT):
         raise TimeoutError(f"pid {pid} is still alive {_KILL_WAIT:g}s after SIGKILL")
-    return "killed"
+    return Ending("killed")
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not yet exited) processes in process group ``pgid``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = read_stat(int(entry))
+            if stat is not None and stat.pgrp == pgid and stat.state not in ("Z", "X"):
+                members.append(int(entry))
+    return members
+
+
+def _end_group(pgid: int, timeout: float) -> int:
+    """SIGTERM what is left in ``pgid``, SIGKILL it after ``timeout``; return how many."""
+    pidfds = [fd for fd in map(open_pidfd, _group_members(pgid)) if fd is not None]
+    if not pidfds:
+        return 0
+    try:
+        # Members are alive and hold the group id, so it names no one else.
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        remaining = list(pidfds)
+        while remaining and (left := deadline - time.monotonic()) > 0:
+            remaining = [fd for fd in remaining if not wait_exit(fd, 0)]
+            if remaining:
+                wait_exit(remaining[0], left)
+        if remaining:
+            os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # all gone meanwhile
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+    return len(pidfds)
