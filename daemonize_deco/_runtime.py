@@ -83,8 +83,20 @@ def exit_status(code: object) -> int:
         return 0
     if isinstance(code, int):
         return code
-    print(code, file=sys.stderr)  # as the interpreter does for sys.exit("message")
+    _last_words(lambda: print(code, file=sys.stderr))  # as the interpreter does for sys.exit("x")
     return 1
+
+
+def _last_words(write: Callable[[], object]) -> None:
+    """Write to stderr (the log) when it can take it.
+
+    With a full disk the write itself fails; the exit status and the removed
+    pidfile still tell what happened, so the failure must not skip them.
+    """
+    try:
+        write()
+    except (OSError, ValueError):
+        pass
 
 
 def _call_main(main: Callable[[], object]) -> tuple[int, str]:
@@ -94,7 +106,7 @@ def _call_main(main: Callable[[], object]) -> tuple[int, str]:
     except SystemExit as exc:
         return exit_status(exc.code), f"SystemExit: {exc.code}"
     except BaseException as exc:  # noqa: BLE001 -- a daemon's last words go to its log
-        traceback.print_exc()
+        _last_words(traceback.print_exc)
         return 1, describe(exc)
     return exit_status(result), "main returned before it was ready"
 

@@ -66,6 +66,7 @@ class _State:
         self.record_read: int | None = None
         self.record_write: int | None = None
         self.pipe_lock = threading.Lock()
+        self.fork_hook = False
 
 
 _state = _State()
@@ -151,6 +152,9 @@ def install(extra_signals: Iterable[int] = ()) -> int:
     """
     if threading.current_thread() is not threading.main_thread():
         raise DaemonError("run must be called from the main thread: signal handlers live there")
+    if not _state.fork_hook:
+        os.register_at_fork(after_in_child=_clean_slate_in_child)
+        _state.fork_hook = True
     _close_pipes()
     _state.stop_signal = None
     _state.stop_requested = False
@@ -193,6 +197,19 @@ def close_record_pipe() -> None:
         if fd is not None:
             os.close(fd)
     _state.record_read = _state.record_write = None
+
+
+def _clean_slate_in_child() -> None:
+    """In a child forked by the service (a multiprocessing worker): default handlers.
+
+    Otherwise SIGTERM would not end the worker, and its signals would reach
+    the parent's dispatcher through the inherited wakeup pipe.
+    """
+    _state.pipe_lock = threading.Lock()  # another thread may have held it at fork
+    restore()
+    _close_pipes()
+    _state.stop_signal = None
+    _state.stop_requested = False
 
 
 def _close_pipes() -> None:

@@ -22,6 +22,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from reliability_report import (  # noqa: F401 -- pytest finds these hooks by name
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 MARK = "DAEMONIZE_DECO_TEST_MARK"
