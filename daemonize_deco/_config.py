@@ -118,7 +118,12 @@ def _path(keyword: str, value: object) -> str:
         raise TypeError(f"{keyword} must be a text path, not {type(path).__name__}")
     if not path or "\0" in path:
         raise ValueError(f"{keyword} must be a non-empty path without NUL characters")
-    return os.path.abspath(path)
+    try:
+        return os.path.abspath(path)
+    except FileNotFoundError:
+        raise ValueError(
+            f"{keyword} {path!r} is relative, but the current directory no longer exists"
+        ) from None
 
 
 def _account(keyword: str, value: object) -> str | int | None:
@@ -148,7 +153,10 @@ def _script(func: Callable[..., object]) -> str:
     """The file that defines ``main``, for the systemd unit's ExecStart."""
     module = sys.modules.get(getattr(func, "__module__", "") or "")
     filename = getattr(module, "__file__", None) or (sys.argv[0] if sys.argv else "")
-    return os.path.abspath(filename) if filename else ""
+    try:
+        return os.path.abspath(filename) if filename else ""
+    except FileNotFoundError:  # started from a deleted directory: keep it as given
+        return filename
 
 
 def _umask(value: object) -> int:
