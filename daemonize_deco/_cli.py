@@ -174,7 +174,8 @@ def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport)
 
 def _running_pid(service: Service, pidfile: PidFile) -> int | None:
     """The verified pid of the running service; None (after tidying up) when not running."""
-    state = pidfile.inspect()
+    # A start holds the lock before its daemon writes the pid: wait as long as a start may.
+    state = pidfile.inspect(settle=service.config.start_timeout)
     if not state.running:
         _say_not_running(service, pidfile, state)
         return None

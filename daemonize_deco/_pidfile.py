@@ -30,6 +30,7 @@ __all__ = ["PidFile", "PidFileState", "parse_pid"]
 PIDFILE_MODE = 0o644
 _PID_MAX = 4_194_304  # PID_MAX_LIMIT on 64-bit Linux
 _RETRY_INTERVAL = 0.01
+_CREATION_WINDOW = 1.0
 
 
 def parse_pid(content: bytes) -> int | None:
@@ -54,8 +55,10 @@ _ABSENT = PidFileState(exists=False, running=False)
 
 
 def _describe_open_error(path: str, exc: OSError) -> str:
+    if exc.errno in (errno.ELOOP, errno.EACCES) and os.path.islink(path):
+        # EACCES too: with fs.protected_symlinks the kernel refuses first.
+        return f"cannot use pidfile {path}: it is a symbolic link, which is refused, not followed"
     reasons = {
-        errno.ELOOP: "it is a symbolic link, which is refused rather than followed",
         errno.EISDIR: "it is a directory",
         errno.ENOTDIR: "a component of the path is not a directory",
         errno.EACCES: "permission denied",
@@ -77,6 +80,11 @@ def _file_kind(mode: int) -> str:
         stat.S_ISBLK: "a block device",
     }
     return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+
+
+def _just_created(fd: int) -> bool:
+    """Whether the file changed within the last second (a start may be under way)."""
+    return time.time() - os.fstat(fd).st_ctime < _CREATION_WINDOW
 
 
 def _try_lock(fd: int) -> bool:
@@ -218,11 +226,14 @@ class PidFile:
             if fd is None:
                 return _ABSENT
             try:
-                pid = parse_pid(os.pread(fd, 32, 0))
+                content = os.pread(fd, 32, 0)
+                pid = parse_pid(content)
                 if _try_lock(fd):
                     if not self._names(fd):
                         continue  # an exiting holder unlinked it meanwhile: look again
-                    return PidFileState(exists=True, running=False, pid=pid)
+                    if not (content == b"" and _just_created(fd)):
+                        return PidFileState(exists=True, running=False, pid=pid)
+                    # else: a starter between creating and locking it; look again
                 held = os.fstat(fd)
                 if pid is not None and holds_file(pid, (held.st_dev, held.st_ino)) is not False:
                     return PidFileState(exists=True, running=True, pid=pid)

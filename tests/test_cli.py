@@ -93,6 +93,11 @@ def test_decorated_object_keeps_the_function(tmp_path):
     assert main.config.umask == 0o022 and main.config.stop_timeout == 10.0
 
 
+@pytest.mark.scenario(
+    "Bad input",
+    "Relative paths in the decorator",
+    lost="resolved against the launch directory at decoration time",
+)
 def test_relative_paths_resolve_against_the_launch_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
@@ -130,6 +135,11 @@ def test_default_name_is_the_script_stem():
      ({"pidfile": "/x", "pid_file": "/y"}, TypeError, "pid_file"),
      ({}, TypeError, "pidfile")],
 )  # fmt: skip
+@pytest.mark.scenario(
+    "Bad input",
+    "Decorator arguments",
+    lost="TypeError/ValueError at decoration time naming the keyword",
+)
 def test_bad_decorator_arguments_fail_at_decoration(keywords, error, message):
     with pytest.raises(error, match=message):
         daemon(**keywords)(lambda: None)
@@ -180,6 +190,11 @@ def test_import_loads_only_the_standard_library_it_needs():
      (["nope"], 2, "stderr", "'nope'"), (["--help"], 0, "stdout", "usage"),
      (["start", "--help"], 0, "stdout", "usage")],
 )  # fmt: skip
+@pytest.mark.scenario(
+    "Bad input",
+    "Command line",
+    lost="usage errors exit 2 naming the word; --help anywhere exits 0; no traceback",
+)
 def test_command_line_usage(make_service, args, status, stream, fragment):
     svc = make_service()
     result = svc.cli(*args)
@@ -189,6 +204,11 @@ def test_command_line_usage(make_service, args, status, stream, fragment):
     assert not svc.pidfile.exists()
 
 
+@pytest.mark.scenario(
+    "Bad input",
+    "Started with stdin, stdout and stderr closed",
+    lost="the pidfile lock never lands on fd 0-2; the daemon runs and stops",
+)
 def test_closed_standard_streams(make_service):
     svc = make_service()
     command = f"exec {sys.executable} {svc.script} start <&- >&- 2>&-"

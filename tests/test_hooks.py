@@ -62,6 +62,11 @@ def test_reload_callback_raising_gives_1_and_keeps_running(make_service):
     assert svc.cli("stop").returncode == 0
 
 
+@pytest.mark.scenario(
+    "Faults",
+    "Log file moved while running (logrotate)",
+    lost="the daemon keeps running; after reload a new file; no line lost or doubled",
+)
 def test_sighup_reopens_the_log_and_loses_no_line(make_service):
     body = """
         n = 0

@@ -86,6 +86,11 @@ def test_detached_process_properties(make_service, tmp_path):
     assert svc.cli("stop").returncode == 0
 
 
+@pytest.mark.scenario(
+    "Security",
+    "Pidfile and log modes",
+    lost="pidfile 0644 whatever the umask, never world-writable; logs follow the configured umask",
+)
 def test_pidfile_is_0644_and_logs_follow_umask(make_service):
     svc = make_service(umask=0o077)
     old = os.umask(0o077)  # the launching shell's umask must not matter either
@@ -142,6 +147,11 @@ def test_main_returning_after_ready_removes_pidfile(make_service):
     assert svc.cli("status").returncode == 3
 
 
+@pytest.mark.scenario(
+    "Faults",
+    "Daemon crashes after ready (exception in main)",
+    lost="traceback in the log, pidfile removed, status 3",
+)
 def test_crash_after_ready_logs_traceback_and_removes_pidfile(make_service):
     svc = make_service(body="sleep(0.3)\nraise RuntimeError('crashed late')")
     pid = svc.start()

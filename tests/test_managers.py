@@ -234,6 +234,11 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges n
 
 
 @needs_root
+@pytest.mark.scenario(
+    "Security",
+    "user= drop cannot be undone",
+    lost="setuid(0) fails in the daemon; it still writes its log and pidfile",
+)
 def test_drop_to_nobody(make_service):
     body = (
         "try:\n"

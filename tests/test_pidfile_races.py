@@ -12,6 +12,11 @@ from conftest import alive, is_gone, wait_for
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.mark.scenario(
+    "Faults",
+    "Daemon SIGKILLed",
+    lost="status says dead (1), never running; the next start succeeds; never two daemons",
+)
 def test_stale_pidfile_after_sigkill(make_service):
     svc = make_service()
     pid = svc.start()
@@ -62,6 +67,11 @@ def test_stop_never_signals_the_pid_in_a_stale_pidfile(make_service, bystander, 
     assert bystander.poll() is None and alive(pid), "an unrelated process was signalled"
 
 
+@pytest.mark.scenario(
+    "Load",
+    "20 concurrent starts",
+    lost="exactly one daemon; every command exits 0 naming it",
+)
 def test_twenty_concurrent_starts_make_one_daemon(make_service):
     svc = make_service()
     procs = [svc.popen("start") for _ in range(20)]
@@ -76,6 +86,11 @@ def test_twenty_concurrent_starts_make_one_daemon(make_service):
     assert svc.cli("stop").returncode == 0
 
 
+@pytest.mark.scenario(
+    "Load",
+    "100 back-to-back restarts",
+    lost="status always names the live daemon; one daemon at the end",
+)
 def test_a_hundred_tight_restarts(make_service):
     svc = make_service()
     previous = svc.start()
@@ -92,6 +107,11 @@ def test_a_hundred_tight_restarts(make_service):
     assert svc.cli("stop").returncode == 0
 
 
+@pytest.mark.scenario(
+    "Load",
+    "starts racing an exiting daemon",
+    lost="never two daemons, never an orphaned pidfile",
+)
 def test_starts_racing_an_exiting_daemon(make_service):
     # A slow graceful stop widens the window in which the old daemon exits.
     body = "while not should_stop():\n    sleep(3600)\ntime.sleep(0.05)"
