@@ -14,7 +14,7 @@ if __name__ == "__main__":
 
 from ._errors import DaemonError
 from ._notify import notify
-from ._runtime import ready
+from ._ready import ready
 from ._service import Daemon, daemon
 from ._signals import should_stop, sleep
 

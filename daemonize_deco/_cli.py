@@ -8,17 +8,13 @@ five fixed words are worth.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import partial
 
-from ._config import Service, ServiceConfig
 from ._control import ask
-from ._detach import StartupReport, check_log_path, check_workdir, detach, ensure_standard_fds
+from ._detach import check_log_path, check_workdir, detach, ensure_standard_fds
 from ._errors import (
     AlreadyRunningError,
     DaemonError,
@@ -29,11 +25,20 @@ from ._errors import (
     StopError,
     UsageError,
 )
-from ._hygiene import Credentials, close_inherited_fds, resolve_credentials
-from ._pidfile import PidFile, PidFileState
+from ._hygiene import close_inherited_fds, resolve_credentials
+from ._pidfile import PidFile
 from ._proc import open_pidfd, terminate, uptime, wait_exit
 from ._runtime import exit_status, serve
 from ._unit import systemd_unit
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from ._config import Service, ServiceConfig
+    from ._detach import StartupReport
+    from ._hygiene import Credentials
+    from ._pidfile import PidFileState
 
 __all__ = ["COMMANDS", "dispatch", "usage"]
 
@@ -65,8 +70,14 @@ def _write(stream_name: str, text: str) -> None:
         pass  # nobody reads our output (closed pipe): the exit status still tells
 
 
-say = partial(_write, "stdout")
-complain = partial(_write, "stderr")
+def say(text: str) -> None:
+    """A line on stdout: what went right."""
+    _write("stdout", text)
+
+
+def complain(text: str) -> None:
+    """A line on stderr: what went wrong."""
+    _write("stderr", text)
 
 
 def format_uptime(seconds: float) -> str:
@@ -136,7 +147,7 @@ def start(service: Service) -> int:
             umask=config.umask,
             stdout=config.stdout,
             stderr=config.stderr,
-            close_inherited=partial(close_inherited_fds, config.descriptors_to_keep()),
+            close_inherited=lambda: close_inherited_fds(config.descriptors_to_keep()),
         )
     except BaseException:
         pidfile.remove()
@@ -312,12 +323,14 @@ def print_systemd_unit(service: Service) -> int:
     return 0
 
 
-@dataclass(frozen=True)
 class Command:
     """A built-in command word: what it runs and its line in the usage text."""
 
-    run: Callable[[Service], int]
-    help: str
+    __slots__ = ("help", "run")
+
+    def __init__(self, run: Callable[[Service], int], help: str) -> None:
+        self.run = run
+        self.help = help
 
 
 COMMANDS: dict[str, Command] = {

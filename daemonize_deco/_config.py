@@ -8,77 +8,69 @@ program was launched from, since the daemon itself changes directory.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
-from ._hooks import Hooks
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from ._hooks import Hooks
+
+    PathArg = str | os.PathLike[str]
 
 __all__ = ["Service", "ServiceConfig"]
 
-PathArg = str | os.PathLike[str]
 
-
-@dataclass(frozen=True)
 class ServiceConfig:
-    """Everything the commands need to know about one service."""
+    """Everything the commands need to know about one service, checked and normalised.
 
-    name: str
-    pidfile: str
-    stdout: str | None
-    stderr: str | None
-    workdir: str
-    umask: int
-    stop_timeout: float
-    start_timeout: float
-    wait_ready: bool
-    user: str | int | None = None
-    group: str | int | None = None
-    files_preserve: tuple[object, ...] = ()
-    prevent_core: bool = True
-    script: str = ""
+    Built once by the decorator from its keywords; read-only afterwards.
+    """
 
-    @classmethod
-    def from_keywords(
-        cls,
+    __slots__ = (
+        "files_preserve", "group", "name", "pidfile", "prevent_core", "script", "start_timeout",
+        "stderr", "stdout", "stop_timeout", "umask", "user", "wait_ready", "workdir",
+    )  # fmt: skip
+
+    def __init__(
+        self,
         func: Callable[..., object],
         *,
         pidfile: PathArg,
-        stdout: PathArg | None,
-        stderr: PathArg | None,
-        workdir: PathArg,
-        umask: int,
-        stop_timeout: float,
-        start_timeout: float,
-        wait_ready: bool,
-        name: str | None,
-        user: str | int | None,
-        group: str | int | None,
-        files_preserve: Iterable[object] | None,
-        prevent_core: bool,
-    ) -> ServiceConfig:
-        """Check and normalise the decorator's keywords."""
+        stdout: PathArg | None = None,
+        stderr: PathArg | None = None,
+        workdir: PathArg = "/",
+        umask: int = 0o022,
+        stop_timeout: float = 10.0,
+        start_timeout: float = 10.0,
+        wait_ready: bool = False,
+        name: str | None = None,
+        user: str | int | None = None,
+        group: str | int | None = None,
+        files_preserve: Iterable[object] | None = None,
+        prevent_core: bool = True,
+    ) -> None:
         for keyword, flag in (("wait_ready", wait_ready), ("prevent_core", prevent_core)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{keyword} must be True or False, not {flag!r}")
-        return cls(
-            name=_name(name, func),
-            pidfile=_path("pidfile", pidfile),
-            stdout=None if stdout is None else _path("stdout", stdout),
-            stderr=None if stderr is None else _path("stderr", stderr),
-            workdir=_path("workdir", workdir),
-            umask=_umask(umask),
-            stop_timeout=_timeout("stop_timeout", stop_timeout),
-            start_timeout=_timeout("start_timeout", start_timeout),
-            wait_ready=wait_ready,
-            user=_account("user", user),
-            group=_account("group", group),
-            files_preserve=_files(files_preserve),
-            prevent_core=prevent_core,
-            script=_script(func),
-        )
+        self.name = _name(name, func)
+        self.pidfile = _path("pidfile", pidfile)
+        self.stdout = None if stdout is None else _path("stdout", stdout)
+        self.stderr = None if stderr is None else _path("stderr", stderr)
+        self.workdir = _path("workdir", workdir)
+        self.umask = _umask(umask)
+        self.stop_timeout = _timeout("stop_timeout", stop_timeout)
+        self.start_timeout = _timeout("start_timeout", start_timeout)
+        self.wait_ready = wait_ready
+        self.user = _account("user", user)
+        self.group = _account("group", group)
+        self.files_preserve = _files(files_preserve)
+        self.prevent_core = prevent_core
+        self.script = _script(func)
+
+    def __repr__(self) -> str:
+        return f"ServiceConfig(name={self.name!r}, pidfile={self.pidfile!r})"
 
     def descriptors_to_keep(self) -> set[int]:
         """The descriptor numbers of ``files_preserve`` (files may have been opened since)."""
@@ -94,13 +86,15 @@ class ServiceConfig:
         return keep
 
 
-@dataclass(frozen=True)
 class Service:
     """What a command works on: the configuration, ``main`` and the registered hooks."""
 
-    config: ServiceConfig
-    main: Callable[[], object]
-    hooks: Hooks
+    __slots__ = ("config", "hooks", "main")
+
+    def __init__(self, config: ServiceConfig, main: Callable[[], object], hooks: Hooks) -> None:
+        self.config = config
+        self.main = main
+        self.hooks = hooks
 
     @property
     def name(self) -> str:
@@ -139,9 +133,13 @@ def _account(keyword: str, value: object) -> str | int | None:
 def _files(value: Iterable[object] | None) -> tuple[object, ...]:
     if value is None:
         return ()
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise TypeError("files_preserve must be a list of descriptors or file objects")
-    items = tuple(value)
+    wrong = TypeError("files_preserve must be a list of descriptors or file objects")
+    if isinstance(value, str | bytes):
+        raise wrong
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise wrong from None
     for item in items:
         is_fd = isinstance(item, int) and not isinstance(item, bool) and item >= 0
         if not is_fd and not callable(getattr(item, "fileno", None)):
@@ -170,7 +168,7 @@ def _umask(value: object) -> int:
 def _timeout(keyword: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{keyword} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
+    if not 0 < value < float("inf"):  # also refuses NaN
         raise ValueError(f"{keyword} must be a positive, finite number of seconds, not {value!r}")
     return float(value)
 

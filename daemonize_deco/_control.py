@@ -8,19 +8,21 @@ daemon, with a new pidfile, gets a new name.  Only root and the daemon's own
 user may ask (checked with ``SO_PEERCRED``).
 
 One request a connection: a line ``reload``; one reply line, ``ok`` or
-``error <reason>``.
+``error <reason>``.  The C ``_socket`` module is used directly: ``socket.py``
+would cost every daemon milliseconds of imports before it is ready.
 """
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
-import struct
+import sys
 
-__all__ = ["ControlServer", "address_for", "ask"]
+__all__ = ["ControlServer", "address_for", "ask", "reply"]
 
-_PEERCRED = struct.Struct("3i")  # pid, uid, gid
+_PEERCRED_SIZE = 12  # struct ucred: pid, uid, gid as C ints
 _CLIENT_TIMEOUT = 1.0
+_LINE_LIMIT = 4096
 
 
 def address_for(identity: tuple[int, int]) -> str:
@@ -29,11 +31,28 @@ def address_for(identity: tuple[int, int]) -> str:
     return f"\0daemonize_deco/{dev:x}:{ino:x}"
 
 
+def _stream_socket(fileno: int | None = None) -> _socket.socket:
+    if fileno is not None:
+        return _socket.socket(fileno=fileno)
+    return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+
+
+def _read_line(sock: _socket.socket) -> bytes:
+    """Bytes up to the first newline (or end of stream), at most _LINE_LIMIT."""
+    data = b""
+    while b"\n" not in data and len(data) < _LINE_LIMIT:
+        chunk = sock.recv(_LINE_LIMIT)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0]
+
+
 class ControlServer:
     """The daemon's listening socket; :meth:`accept` returns one checked request."""
 
     def __init__(self, identity: tuple[int, int]) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock = _stream_socket()
         try:
             self.sock.bind(address_for(identity))
             self.sock.listen(8)
@@ -45,22 +64,23 @@ class ControlServer:
         """The listening descriptor, for select."""
         return self.sock.fileno()
 
-    def accept(self) -> tuple[socket.socket, str] | None:
+    def accept(self) -> tuple[_socket.socket, str] | None:
         """Accept one connection and read its request; None for a refused or mute peer."""
         try:
-            conn, _ = self.sock.accept()
+            fd, _ = self.sock._accept()  # type: ignore[attr-defined]  # C-level accept
+
         except OSError:
             return None
+        conn = _stream_socket(fd)
         conn.settimeout(_CLIENT_TIMEOUT)  # a peer that never writes must not block the dispatcher
         try:
-            _, uid, _ = _PEERCRED.unpack(
-                conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-            )
+            creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED_SIZE)
+            uid = int.from_bytes(creds[4:8], sys.byteorder)
             if uid not in (0, os.geteuid()):
                 conn.sendall(b"error permission denied\n")
                 conn.close()
                 return None
-            request = conn.makefile("rb").readline(256).decode("ascii", "replace").strip()
+            request = _read_line(conn).decode("ascii", "replace").strip()
         except OSError:
             conn.close()
             return None
@@ -71,7 +91,7 @@ class ControlServer:
         self.sock.close()
 
 
-def reply(conn: socket.socket, text: str) -> None:
+def reply(conn: _socket.socket, text: str) -> None:
     """Send the one reply line and close the connection."""
     try:
         conn.sendall((" ".join(text.split()) + "\n").encode("utf-8", "replace"))
@@ -86,7 +106,8 @@ def ask(identity: tuple[int, int], request: str, timeout: float) -> str | None:
 
     Raises TimeoutError when the daemon does not answer within ``timeout``.
     """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+    sock = _stream_socket()
+    try:
         sock.settimeout(timeout)
         try:
             sock.connect(address_for(identity))
@@ -94,9 +115,11 @@ def ask(identity: tuple[int, int], request: str, timeout: float) -> str | None:
             return None
         sock.sendall(request.encode("ascii") + b"\n")
         try:
-            answer = sock.makefile("rb").readline(4096)
+            answer = _read_line(sock)
         except TimeoutError:
             raise  # an OSError too, but one the caller must hear about
         except OSError:
             return None
-        return answer.decode("utf-8", "replace").strip() if answer else None
+        return answer.decode("utf-8", "replace").strip() or None
+    finally:
+        sock.close()

@@ -15,12 +15,14 @@ import os
 import select
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, NoReturn, TextIO
 
 from ._errors import DetachError, describe
 from ._proc import open_pidfd
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Literal, NoReturn, TextIO
 
 __all__ = [
     "StartupChannel",
@@ -81,14 +83,16 @@ class StartupChannel:
 # -- the starting process's side --------------------------------------------
 
 
-@dataclass
 class StartupReport:
     """What the starting process learned: the daemon's pid and how startup ended."""
 
-    outcome: Literal["ready", "failed", "timeout", "interrupted"]
-    pid: int | None = None
-    pidfd: int | None = None
-    reason: str = ""
+    __slots__ = ("outcome", "pid", "pidfd", "reason")
+
+    def __init__(self, outcome: Literal["ready", "failed", "timeout", "interrupted"]) -> None:
+        self.outcome = outcome
+        self.pid: int | None = None
+        self.pidfd: int | None = None
+        self.reason = ""
 
 
 class StartupWatcher:

@@ -14,20 +14,25 @@ only systemd's watchdog, when enabled, gives it a period.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py would import enum (milliseconds)
+import _thread
 import os
 import select
-import signal
 import sys
-import threading
 import time
-import traceback
-from collections.abc import Callable
 
 from . import _signals
-from ._control import ControlServer, reply
+from ._control import reply
 from ._detach import reopen_logs
-from ._hooks import Callback, Hooks
-from ._notify import Notifier
+from ._hygiene import set_thread_name
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._control import ControlServer
+    from ._hooks import Callback, Hooks
+    from ._notify import Notifier
 
 __all__ = ["Dispatcher"]
 
@@ -56,18 +61,32 @@ class Dispatcher:
         self._on_repeat = on_repeat
         self._reap_children = reap_children
         self._stop_requests = 0
-        self._thread = threading.Thread(target=self._loop, name="daemonize_deco", daemon=True)
+        self._finished = _thread.allocate_lock()
 
     def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
+        """Start the thread.
+
+        A bare ``_thread`` thread: importing ``threading`` (and through it
+        functools and collections) would cost every daemon milliseconds and
+        memory before it is ready.  ``threading.current_thread()`` in a
+        callback gives a dummy thread object; the kernel knows the thread as
+        ``daemonize_deco`` (``top -H``, ``ps -L``).
+        """
+        self._finished.acquire()
+        _thread.start_new_thread(self._run, ())
 
     def stop(self, timeout: float) -> None:
         """Ask the thread to quit and wait for it, up to ``timeout`` seconds."""
         _signals.wake_dispatcher()
-        self._thread.join(timeout)
+        if self._finished.acquire(timeout=timeout):
+            self._finished.release()
 
-    # -- the loop --------------------------------------------------------------
+    def _run(self) -> None:
+        set_thread_name("daemonize_deco")
+        try:
+            self._loop()
+        finally:
+            self._finished.release()
 
     def _loop(self) -> None:
         sources: list[int] = [self._record_fd]
@@ -106,7 +125,7 @@ class Dispatcher:
         elif signum == signal.SIGCHLD and self._reap_children:
             _reap_exited_children()
         for callback in self._hooks.on_signal.get(signum, ()):
-            _run(callback, f"on_signal({signal.Signals(signum).name})")
+            _run(callback, f"on_signal({_signals.signal_name(signum)})")
 
     def _stop_requested(self, signum: int) -> None:
         self._stop_requests += 1
@@ -153,6 +172,8 @@ def _run(callback: Callback, role: str) -> str | None:
     except Exception as exc:  # noqa: BLE001 -- a failing callback must not end the service
         name = getattr(callback, "__qualname__", repr(callback))
         print(f"daemonize_deco: {role} callback {name} raised:", file=sys.stderr)
+        import traceback  # noqa: PLC0415 -- only a failing callback pays for it
+
         traceback.print_exc()
         return f"{name}: {type(exc).__name__}: {exc}"
     return None

@@ -6,15 +6,18 @@ The registry only stores them; ``_dispatch`` runs the daemon-side ones and
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Callable, Collection
+import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 
-from ._signals import RESERVED_SIGNALS
+from ._signals import RESERVED_SIGNALS, signal_name
 
-__all__ = ["Callback", "CustomCommand", "Hooks", "checked_signal"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection
 
-Callback = Callable[[], object]
-CustomCommand = Callable[..., object]
+    Callback = Callable[[], object]
+    CustomCommand = Callable[..., object]
+
+__all__ = ["Hooks", "checked_signal"]
 
 _UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
 
@@ -45,17 +48,16 @@ class Hooks:
         self.commands[word] = func
 
 
-def checked_signal(signum: object) -> signal.Signals:
-    """``signum`` as a Signals member, if a service may register a callback for it."""
+def checked_signal(signum: object) -> int:
+    """``signum`` if a service may register a callback for it; TypeError or ValueError if not."""
     if isinstance(signum, bool) or not isinstance(signum, int):
         raise TypeError(f"on_signal takes a signal number such as signal.SIGUSR1, not {signum!r}")
-    try:
-        sig = signal.Signals(signum)
-    except ValueError:
-        raise ValueError(f"{signum} is not a signal number") from None
-    if sig in _UNCATCHABLE:
-        raise ValueError(f"{sig.name} cannot be caught")
-    if sig in RESERVED_SIGNALS:
-        use = "on_reload" if sig == signal.SIGHUP else "on_stop"
-        raise ValueError(f"{sig.name} is handled by daemonize_deco: use @main.{use}")
-    return sig
+    if signum not in signal.valid_signals():
+        raise ValueError(f"{signum} is not a signal number")
+    name = signal_name(signum)
+    if signum in _UNCATCHABLE:
+        raise ValueError(f"{name} cannot be caught")
+    if signum in RESERVED_SIGNALS:
+        use = "on_reload" if signum == signal.SIGHUP else "on_stop"
+        raise ValueError(f"{name} is handled by daemonize_deco: use @main.{use}")
+    return int(signum)

@@ -6,11 +6,15 @@ reason, so a failure before ready reaches ``start``'s caller.
 
 from __future__ import annotations
 
+import _thread
 import os
 import resource
-from collections.abc import Collection
 
 from ._errors import DetachError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 __all__ = [
     "Credentials",
@@ -19,20 +23,31 @@ __all__ = [
     "prevent_core_dumps",
     "resolve_credentials",
     "set_process_name",
+    "set_thread_name",
 ]
 
 COMM_LENGTH = 15  # TASK_COMM_LEN less the terminating NUL
 
 
 def set_process_name(name: str) -> None:
-    """Set the kernel's name for this process (comm), as ``ps``, ``top`` and ``pidof`` show.
+    """Set the kernel's name for this process (comm), as ``ps``, ``top`` and ``pgrep`` show.
 
-    Writing /proc/self/comm is what ``prctl(PR_SET_NAME)`` does (proc(5)),
-    without loading ctypes into every daemon.  Longer names are cut to 15 bytes.
+    Writing /proc/self/task/TID/comm is what ``prctl(PR_SET_NAME)`` does
+    (proc(5)), without loading ctypes into every daemon.  Longer names are
+    cut to 15 bytes.  Call it from the main thread: its name is the process's.
     """
+    _set_comm(os.getpid(), name)
+
+
+def set_thread_name(name: str) -> None:
+    """Set the kernel's name for the calling thread (``top -H``, ``ps -L``)."""
+    _set_comm(_thread.get_native_id(), name)
+
+
+def _set_comm(tid: int, name: str) -> None:
     encoded = name.encode("utf-8", "replace")[:COMM_LENGTH]
     try:
-        with open(f"/proc/self/task/{os.getpid()}/comm", "wb") as comm:
+        with open(f"/proc/self/task/{tid}/comm", "wb") as comm:
             comm.write(encoded)
     except OSError:
         pass  # cosmetic: a service without a name still runs

@@ -11,8 +11,11 @@ Without ``NOTIFY_SOCKET`` every call here does nothing.
 from __future__ import annotations
 
 import os
-import socket
 import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["Notifier", "notify"]
 
@@ -20,7 +23,7 @@ __all__ = ["Notifier", "notify"]
 class Notifier:
     """The service's link to its manager, read once from the environment."""
 
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
         address = env.get("NOTIFY_SOCKET", "")
         self.address: str | None = None
@@ -40,11 +43,17 @@ class Notifier:
         if self.address is None:
             return False
         message = "".join(f"{key.upper()}={value}\n" for key, value in fields.items())
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            try:
-                sock.sendto(message.encode("utf-8"), self.address)
-            except OSError:
-                return False  # the manager went away; the service carries on
+        # The C module, and only now: socket.py would import selectors and enum,
+        # and a service that is not under systemd never needs either.
+        import _socket  # noqa: PLC0415
+
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+        try:
+            sock.sendto(message.encode("utf-8"), self.address)
+        except OSError:
+            return False  # the manager went away; the service carries on
+        finally:
+            sock.close()
         return True
 
     def ready(self) -> None:
@@ -64,7 +73,7 @@ class Notifier:
         self.send(watchdog=1)
 
 
-def _watchdog_interval(env: dict[str, str] | os._Environ[str]) -> float | None:
+def _watchdog_interval(env: Mapping[str, str]) -> float | None:
     """Half of ``WATCHDOG_USEC``, in seconds, when the pings are meant for this process."""
     usec = env.get("WATCHDOG_USEC", "")
     watchdog_pid = env.get("WATCHDOG_PID", "")

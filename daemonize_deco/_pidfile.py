@@ -20,7 +20,6 @@ import fcntl
 import os
 import stat
 import time
-from dataclasses import dataclass
 
 from ._errors import PidFileError
 from ._proc import holds_file
@@ -42,13 +41,18 @@ def parse_pid(content: bytes) -> int | None:
     return pid if 0 < pid <= _PID_MAX else None
 
 
-@dataclass(frozen=True)
 class PidFileState:
     """What a pidfile says: whether it exists, whether its lock is held, and the pid."""
 
-    exists: bool
-    running: bool
-    pid: int | None = None
+    __slots__ = ("exists", "pid", "running")
+
+    def __init__(self, *, exists: bool, running: bool, pid: int | None = None) -> None:
+        self.exists = exists
+        self.running = running
+        self.pid = pid
+
+    def __repr__(self) -> str:
+        return f"PidFileState(exists={self.exists}, running={self.running}, pid={self.pid})"
 
 
 _ABSENT = PidFileState(exists=False, running=False)

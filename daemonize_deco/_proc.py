@@ -9,12 +9,14 @@ which is what "gone" means here: init may reap orphans late.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 import os
 import select
-import signal
 import time
-from dataclasses import dataclass
-from typing import Literal
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
 
 __all__ = [
     "Ending",
@@ -30,16 +32,20 @@ __all__ = [
 _KILL_WAIT = 5.0
 
 
-@dataclass(frozen=True)
 class ProcStat:
     """The fields of ``/proc/PID/stat`` this library looks at."""
 
-    state: str
-    ppid: int
-    pgrp: int
-    session: int
-    tty_nr: int
-    starttime_ticks: int
+    __slots__ = ("pgrp", "ppid", "session", "starttime_ticks", "state", "tty_nr")
+
+    def __init__(
+        self, *, state: str, ppid: int, pgrp: int, session: int, tty_nr: int, starttime_ticks: int
+    ) -> None:
+        self.state = state
+        self.ppid = ppid
+        self.pgrp = pgrp
+        self.session = session
+        self.tty_nr = tty_nr
+        self.starttime_ticks = starttime_ticks
 
 
 def read_stat(pid: int) -> ProcStat | None:
@@ -125,12 +131,17 @@ def _own_process_group(pid: int) -> int | None:
     return stat.pgrp
 
 
-@dataclass(frozen=True)
 class Ending:
-    """How a process ended under :func:`terminate`."""
+    """How a process ended under :func:`terminate`.
 
-    how: Literal["stopped", "killed"]
-    leftovers: int = 0  # processes still in its group afterwards, ended too
+    ``leftovers`` counts the processes still in its group afterwards, ended too.
+    """
+
+    __slots__ = ("how", "leftovers")
+
+    def __init__(self, how: Literal["stopped", "killed"], leftovers: int = 0) -> None:
+        self.how = how
+        self.leftovers = leftovers
 
 
 def terminate(pidfd: int, pid: int, timeout: float) -> Ending:

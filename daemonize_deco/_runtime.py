@@ -9,72 +9,34 @@ remove the pidfile.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 import os
-import signal
 import sys
-import threading
-import traceback
-from collections.abc import Callable
 
 from . import _notify, _signals
-from ._config import Service
 from ._control import ControlServer
-from ._detach import StartupChannel, flush_standard_streams
-from ._dispatch import Dispatcher
+from ._detach import flush_standard_streams
 from ._errors import describe
-from ._hygiene import Credentials, drop_privileges, prevent_core_dumps, set_process_name
-from ._pidfile import PidFile
+from ._hygiene import drop_privileges, prevent_core_dumps, set_process_name
+from ._ready import arm as _arm_readiness
+from ._ready import disarm as _disarm_readiness
+from ._ready import ready
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._config import Service
+    from ._detach import StartupChannel
+    from ._dispatch import Dispatcher
+    from ._hygiene import Credentials
+    from ._pidfile import PidFile
 
 __all__ = ["ready", "serve"]
 
 # Variables through which a manager talks to its main process only; children
 # we spawn must not inherit them (sd_notify's unset_environment).
 _MANAGER_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-
-
-class _Readiness:
-    """Who hears about readiness in this process: the starting process and systemd."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.startup: StartupChannel | None = None
-        self.armed = False
-        self.done = False
-
-
-_readiness = _Readiness()
-
-
-def ready() -> None:
-    """Declare the service ready: ``start`` returns now (with ``wait_ready=True``).
-
-    Call it once ``main`` can serve (port bound, data loaded).  Also sends
-    systemd ``READY=1`` under ``Type=notify``.  Calling it again, or outside
-    a running service, does nothing.
-    """
-    with _readiness.lock:
-        if not _readiness.armed or _readiness.done:
-            return
-        _readiness.done = True
-        if _readiness.startup is not None:
-            _readiness.startup.ready()
-        _notify.current().ready()
-
-
-def _arm_readiness(startup: StartupChannel | None) -> None:
-    with _readiness.lock:
-        _readiness.startup = startup
-        _readiness.armed = True
-        _readiness.done = False
-
-
-def _disarm_readiness() -> bool:
-    """Stop reporting readiness; return whether the service had become ready."""
-    with _readiness.lock:
-        was_ready = _readiness.done
-        _readiness.startup = None
-        _readiness.armed = False
-        return was_ready
 
 
 def exit_status(code: object) -> int:
@@ -106,6 +68,8 @@ def _call_main(main: Callable[[], object]) -> tuple[int, str]:
     except SystemExit as exc:
         return exit_status(exc.code), f"SystemExit: {exc.code}"
     except BaseException as exc:  # noqa: BLE001 -- a daemon's last words go to its log
+        import traceback  # noqa: PLC0415 -- only a failing main pays for it
+
         _last_words(traceback.print_exc)
         return 1, describe(exc)
     return exit_status(result), "main returned before it was ready"
@@ -171,6 +135,9 @@ def serve(
     config, hooks = service.config, service.hooks
     is_init = os.getpid() == 1
     extra = [*hooks.on_signal, *([signal.SIGCHLD] if is_init else [])]
+    # Imported here: the dispatcher needs threading, which only a service needs.
+    from ._dispatch import Dispatcher  # noqa: PLC0415
+
     dispatcher: Dispatcher | None = None
     control: ControlServer | None = None
     try:
@@ -216,5 +183,5 @@ def serve(
 def _why_not_ready(failure: str) -> str:
     signum = _signals.stop_signal()
     if _signals.should_stop() and signum is not None:
-        return f"stopped by {signal.Signals(signum).name} before it was ready"
+        return f"stopped by {_signals.signal_name(signum)} before it was ready"
     return failure

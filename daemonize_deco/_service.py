@@ -5,19 +5,25 @@ This module holds no fork, lock or signal code; it only puts the parts together.
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from typing import NoReturn, TypeVar
 
-from ._cli import RESERVED_WORDS, dispatch
-from ._config import PathArg, Service, ServiceConfig
-from ._hooks import Callback, CustomCommand, Hooks, checked_signal
+from ._config import Service, ServiceConfig
+from ._hooks import Hooks, checked_signal
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import NoReturn, TypeVar
+
+    from ._config import PathArg
+    from ._hooks import Callback, CustomCommand
+
+    C = TypeVar("C", bound=Callback)
+    F = TypeVar("F", bound=CustomCommand)
 
 __all__ = ["Daemon", "daemon"]
 
-C = TypeVar("C", bound=Callback)
-F = TypeVar("F", bound=CustomCommand)
+_WRAPPED = ("__module__", "__name__", "__qualname__", "__doc__")
 
 
 class Daemon:
@@ -32,13 +38,19 @@ class Daemon:
         self.__wrapped__ = func
         self.config = config
         self.hooks = Hooks()
-        functools.update_wrapper(self, func)
+        # What functools.update_wrapper does, without importing functools.
+        for attribute in _WRAPPED:
+            if hasattr(func, attribute):
+                setattr(self, attribute, getattr(func, attribute))
+        self.__dict__.update(getattr(func, "__dict__", {}))
 
     def cli(self, argv: Sequence[str] | None = None) -> int:
         """Run the command in ``argv`` (default ``sys.argv[1:]``); return its exit status."""
         args = sys.argv[1:] if argv is None else argv
         if isinstance(args, str):
             raise TypeError("argv must be a sequence of strings, not a str")
+        from ._cli import dispatch  # noqa: PLC0415 -- the CLI loads when a command runs
+
         return dispatch(Service(self.config, self.__wrapped__, self.hooks), list(args))
 
     def __call__(self) -> NoReturn:
@@ -75,6 +87,8 @@ class Daemon:
         NAME is the function's name with ``_`` written ``-``; the return value
         is the exit status (None means 0).
         """
+        from ._cli import RESERVED_WORDS  # noqa: PLC0415 -- the CLI loads when needed
+
         self.hooks.add_command(func, reserved=RESERVED_WORDS)
         return func
 
@@ -133,6 +147,6 @@ def daemon(
     def decorate(func: Callable[[], object]) -> Daemon:
         if not callable(func):
             raise TypeError(f"@daemon(...) decorates a function, not {type(func).__name__}")
-        return Daemon(func, ServiceConfig.from_keywords(func, **options))  # type: ignore[arg-type]
+        return Daemon(func, ServiceConfig(func, **options))  # type: ignore[arg-type]
 
     return decorate

@@ -21,17 +21,21 @@ resumed after a handler returns (PEP 475).  An idle sleeper blocks in
 
 from __future__ import annotations
 
-import math
+import _signal as signal  # the C module: signal.py would import enum (milliseconds)
+import _thread
 import os
 import select
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterable
-from types import FrameType
-from typing import Any
 
 from ._errors import DaemonError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from types import FrameType
+    from typing import Any
+
+    Handler = Callable[[int, FrameType | None], Any] | int | None
 
 __all__ = [
     "STOP_SIGNALS",
@@ -50,8 +54,6 @@ RELOAD_SIGNAL = signal.SIGHUP
 RESERVED_SIGNALS = STOP_SIGNALS | {RELOAD_SIGNAL}
 _LONGEST_POLL_MS = 86_400_000  # poll() takes an int of milliseconds: wait a day at a time
 
-Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
-
 
 class _State:
     """Per-process state: the flag, the pipes, and what we replaced."""
@@ -65,7 +67,7 @@ class _State:
         self.previous_wakeup_fd: int | None = None
         self.record_read: int | None = None
         self.record_write: int | None = None
-        self.pipe_lock = threading.Lock()
+        self.pipe_lock = _thread.allocate_lock()
         self.fork_hook = False
 
 
@@ -104,13 +106,14 @@ def sleep(seconds: float) -> bool:
     read_end, _ = _stop_pipe()
     poller = select.poll()
     poller.register(read_end, select.POLLIN)
-    deadline = time.monotonic() + seconds if math.isfinite(seconds) else math.inf
+    deadline = time.monotonic() + seconds  # inf for an endless sleep
     # The flag is checked after the pipe exists: a request made before had nowhere to write.
     while not _state.stop_requested:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        if poller.poll(math.ceil(min(remaining * 1000, _LONGEST_POLL_MS))):
+        # Rounded up, so a sleep never ends a fraction of a millisecond early.
+        if poller.poll(int(min(remaining * 1000, _LONGEST_POLL_MS)) + 1):
             return True
     return True
 
@@ -150,8 +153,6 @@ def install(extra_signals: Iterable[int] = ()) -> int:
     shared with the parent).  Must be called from the main thread;
     :func:`restore` puts the previous handlers and wakeup fd back.
     """
-    if threading.current_thread() is not threading.main_thread():
-        raise DaemonError("run must be called from the main thread: signal handlers live there")
     if not _state.fork_hook:
         os.register_at_fork(after_in_child=_clean_slate_in_child)
         _state.fork_hook = True
@@ -169,10 +170,26 @@ def install(extra_signals: Iterable[int] = ()) -> int:
         _state.previous_wakeup_fd = signal.set_wakeup_fd(record_write, warn_on_full_buffer=False)
         for sig, handler in handlers.items():
             _state.previous.setdefault(sig, signal.signal(sig, handler))
+    except ValueError as exc:  # not the main thread: only it may set handlers
+        restore()
+        _close_pipes()
+        raise DaemonError(
+            "run must be called from the main thread: signal handlers live there"
+        ) from exc
     except BaseException:
         restore()
         raise
     return record_read
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for 15: for messages only, so the enum module loads only then."""
+    import signal as signal_module  # noqa: PLC0415
+
+    try:
+        return signal_module.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def wake_dispatcher() -> None:
@@ -205,7 +222,7 @@ def _clean_slate_in_child() -> None:
     Otherwise SIGTERM would not end the worker, and its signals would reach
     the parent's dispatcher through the inherited wakeup pipe.
     """
-    _state.pipe_lock = threading.Lock()  # another thread may have held it at fork
+    _state.pipe_lock = _thread.allocate_lock()  # another thread may have held it at fork
     restore()
     _close_pipes()
     _state.stop_signal = None

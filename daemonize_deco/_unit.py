@@ -6,11 +6,11 @@ learns from ``READY=1`` when it is up, so nothing forks away from it.
 
 from __future__ import annotations
 
-import math
-import shlex
 import sys
 
-from ._config import ServiceConfig
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._config import ServiceConfig
 
 __all__ = ["systemd_unit"]
 
@@ -18,7 +18,13 @@ __all__ = ["systemd_unit"]
 _STOP_MARGIN = 5
 
 
+def _ceil(seconds: float) -> int:
+    return -int(-seconds // 1)
+
+
 def _quote(word: str) -> str:
+    import shlex  # noqa: PLC0415 -- only this command needs it
+
     # systemd's ExecStart= splits like a shell but expands "$" and "%" itself.
     return shlex.quote(word).replace("%", "%%").replace("$", "$$")
 
@@ -38,8 +44,8 @@ def systemd_unit(config: ServiceConfig) -> str:
         "ExecReload=/bin/kill -HUP $MAINPID",
         # SIGTERM to the main process only; what is left after the timeout is killed.
         "KillMode=mixed",
-        f"TimeoutStopSec={math.ceil(config.stop_timeout) + _STOP_MARGIN}",
-        f"TimeoutStartSec={math.ceil(config.start_timeout)}",
+        f"TimeoutStopSec={_ceil(config.stop_timeout) + _STOP_MARGIN}",
+        f"TimeoutStartSec={_ceil(config.start_timeout)}",
         "Restart=on-failure",
         "RestartSec=1",
         f"WorkingDirectory={config.workdir}",

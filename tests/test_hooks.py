@@ -120,7 +120,8 @@ def test_on_stop_shuts_down_a_blocked_server(make_service):
     hooks = """
 @main.on_stop
 def close_listener():
-    print('on_stop ran in', threading.current_thread().name, flush=True)
+    where = 'main' if threading.current_thread() is threading.main_thread() else 'dispatcher'
+    print('on_stop ran in', where, flush=True)
     server.shutdown()
 """
     svc = with_hooks(make_service, hooks, body=body, prelude=prelude, stop_timeout=10.0)
@@ -128,7 +129,7 @@ def close_listener():
     wait_for(lambda: "serving" in svc.log_text(), what="the server")
     svc.stop_gracefully(pid)
     log = svc.log_text()
-    assert "on_stop ran in daemonize_deco" in log and "served" in log
+    assert "on_stop ran in dispatcher" in log and "served" in log
     assert log.count("on_stop ran") == 1
 
 
@@ -136,7 +137,8 @@ def test_on_signal_runs_callbacks_off_the_handler(make_service):
     hooks = """
 @main.on_signal(signal.SIGUSR1)
 def dump_stats():
-    print('usr1 in', threading.current_thread().name, flush=True)
+    where = 'main' if threading.current_thread() is threading.main_thread() else 'dispatcher'
+    print('usr1 in', where, flush=True)
 
 @main.on_signal(signal.SIGUSR2)
 def broken():
@@ -145,7 +147,7 @@ def broken():
     svc = with_hooks(make_service, hooks)
     pid = svc.start()
     os.kill(pid, signal.SIGUSR1)
-    wait_for(lambda: "usr1 in daemonize_deco" in svc.log_text(), what="the USR1 callback")
+    wait_for(lambda: "usr1 in dispatcher" in svc.log_text(), what="the USR1 callback")
     os.kill(pid, signal.SIGUSR2)
     wait_for(lambda: "RuntimeError: callback bug" in svc.log_text(), what="the traceback")
     assert "on_signal(SIGUSR2) callback broken raised" in svc.log_text()

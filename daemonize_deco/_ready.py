@@ -1,0 +1,64 @@
+"""Readiness: the moment a service tells whoever waits for it that it can serve.
+
+``start`` waits for it on the startup pipe, systemd on its notify socket.
+:func:`ready` is armed by the runtime while a service runs and does nothing
+otherwise, so calling it from a script that is not a daemon is harmless.
+"""
+
+from __future__ import annotations
+
+import _thread
+
+from . import _notify
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._detach import StartupChannel
+
+__all__ = ["arm", "disarm", "ready"]
+
+
+class _Readiness:
+    """Who hears about readiness in this process: the starting process and systemd."""
+
+    def __init__(self) -> None:
+        self.lock = _thread.allocate_lock()
+        self.startup: StartupChannel | None = None
+        self.armed = False
+        self.done = False
+
+
+_readiness = _Readiness()
+
+
+def ready() -> None:
+    """Declare the service ready: ``start`` returns now (with ``wait_ready=True``).
+
+    Call it once ``main`` can serve (port bound, data loaded).  Also sends
+    systemd ``READY=1`` under ``Type=notify``.  Calling it again, or outside
+    a running service, does nothing.
+    """
+    with _readiness.lock:
+        if not _readiness.armed or _readiness.done:
+            return
+        _readiness.done = True
+        if _readiness.startup is not None:
+            _readiness.startup.ready()
+        _notify.current().ready()
+
+
+def arm(startup: StartupChannel | None) -> None:
+    """From now on, ready() tells ``startup`` (if any) and systemd, once."""
+    with _readiness.lock:
+        _readiness.startup = startup
+        _readiness.armed = True
+        _readiness.done = False
+
+
+def disarm() -> bool:
+    """Stop reporting readiness; return whether the service had become ready."""
+    with _readiness.lock:
+        was_ready = _readiness.done
+        _readiness.startup = None
+        _readiness.armed = False
+        return was_ready
