@@ -9,12 +9,19 @@ five fixed words are worth.
 from __future__ import annotations
 
 import _signal as signal  # the C module: signal.py would import enum (milliseconds)
+import atexit
 import os
 import sys
 import time
 
 from ._control import ask
-from ._detach import check_log_path, check_workdir, detach, ensure_standard_fds
+from ._detach import (
+    check_log_path,
+    check_workdir,
+    detach,
+    ensure_standard_fds,
+    flush_standard_streams,
+)
 from ._errors import (
     AlreadyRunningError,
     DaemonError,
@@ -28,19 +35,20 @@ from ._errors import (
 from ._hygiene import close_inherited_fds, resolve_credentials
 from ._pidfile import PidFile
 from ._proc import open_pidfd, terminate, uptime, wait_exit
-from ._runtime import exit_status, serve
+from ._runtime import exit_status, serve, served_here
 from ._unit import systemd_unit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from typing import NoReturn
 
     from ._config import Service, ServiceConfig
     from ._detach import StartupReport
     from ._hygiene import Credentials
     from ._pidfile import PidFileState
 
-__all__ = ["COMMANDS", "dispatch", "usage"]
+__all__ = ["COMMANDS", "dispatch", "exit_with", "usage"]
 
 # LSB: for "status" every error means "status unknown", whatever it is.
 STATUS_UNKNOWN = 4
@@ -419,3 +427,22 @@ def dispatch(service: Service, argv: Sequence[str]) -> int:
         if isinstance(exc, UsageError):
             complain(usage(prog, service))
         return error_status(command, exc)
+
+
+def exit_with(service: Service, argv: Sequence[str]) -> NoReturn:
+    """Run the command ``argv`` names and end the process with its status.
+
+    A command that only controls a service (start, stop, status, ...) ran
+    none of the service's code here beyond importing the script, so its
+    process leaves with ``os._exit`` after the atexit handlers and a flush:
+    the interpreter's teardown would add milliseconds to every start and stop
+    in a deploy script.  When this process ran the service (``run``, or
+    ``start`` under a manager) or a custom command, it exits normally, which
+    also waits for the program's threads.
+    """
+    status = dispatch(service, argv)
+    if argv[:1] and argv[0] in COMMANDS and argv[0] != "run" and not served_here():
+        atexit._run_exitfuncs()
+        flush_standard_streams()
+        os._exit(status & 0xFF)
+    sys.exit(status)

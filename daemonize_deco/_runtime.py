@@ -39,6 +39,14 @@ __all__ = ["ready", "serve"]
 _MANAGER_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
+_served_here = False
+
+
+def served_here() -> bool:
+    """Whether this process has run a service (and so may have its threads to wait for)."""
+    return _served_here
+
+
 def exit_status(code: object) -> int:
     """The exit status for a ``sys.exit`` argument or ``main``'s return value."""
     if code is None:
@@ -132,6 +140,8 @@ def serve(
     removes the pidfile.  Without one (the foreground), a second stop signal
     exits at once.
     """
+    global _served_here  # noqa: PLW0603 -- a fact about this process
+    _served_here = True
     config, hooks = service.config, service.hooks
     is_init = os.getpid() == 1
     extra = [*hooks.on_signal, *([signal.SIGCHLD] if is_init else [])]

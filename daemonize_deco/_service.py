@@ -55,7 +55,9 @@ class Daemon:
 
     def __call__(self) -> NoReturn:
         """Dispatch on ``sys.argv[1:]`` and exit with the command's status."""
-        sys.exit(self.cli())
+        from ._cli import exit_with  # noqa: PLC0415 -- the CLI loads when a command runs
+
+        exit_with(Service(self.config, self.__wrapped__, self.hooks), sys.argv[1:])
 
     def on_reload(self, callback: C) -> C:
         """Decorator: run ``callback`` on ``reload`` and SIGHUP, after the logs are reopened."""

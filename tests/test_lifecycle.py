@@ -270,6 +270,8 @@ def test_run_refuses_while_a_daemon_holds_the_pidfile(make_service):
     marker = "open(os.path.join(os.path.dirname(__file__), 'main-called'), 'w').close()\n"
     svc = make_service(body=marker + IDLE)
     pid = svc.start()
+    # wait_ready=False: start may return before main's first line has run
+    wait_for((svc.dir / "main-called").exists, what="the daemon's main to run")
     (svc.dir / "main-called").unlink()
     result = svc.cli("run")
     assert result.returncode != 0
