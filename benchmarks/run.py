@@ -439,6 +439,29 @@ def render(results: dict[str, Results], floor: list[float], bare_kib: int, runs:
     return "\n".join(lines) + "\n"
 
 
+NOTES = """
+## How to read it
+
+- **start returns** is when the `start` command exited; **live pid** is when the pidfile first
+  named a live process. daemonize_deco's start returns only once the daemon is *ready* (here:
+  `ready()` after the service's set-up, `wait_ready=True`), which is why it can report a startup
+  crash; python-daemon's, daemonize's and the recipe's return at their first fork, before the
+  daemon runs any service code. daemonocle's start waits about a second to see the child alive,
+  and its stop polls once a second, hence its 1–2 s figures.
+- **stop** ends when the command has returned *and* the process has exited (a zombie counts as
+  exited: this machine's PID 1 reaps orphans late). The peers' stop wrappers send SIGTERM and
+  return, so their figure is the daemon's own exit time.
+- **restarts** are stop-then-start as a deploy script runs them (daemonize_deco: `restart`); a
+  failure is a start that failed or did not leave exactly one live daemon named by the pidfile
+  within 3 s. The recipe fails when its start finds the pidfile of a daemon still exiting.
+- **Correctness**: "startup crash" runs a service that raises before its loop; "unrelated pid"
+  writes the pid of a live `sleep` into the pidfile and runs stop; "20 concurrent starts"
+  counts the detached daemons left running.
+- The machine is noisy (2 shared cores): compare the ratios within one run, not the absolute
+  times across runs. `python -c pass` is the floor every command pays.
+"""
+
+
 PEERS = {
     "daemonize_deco": "ours",
     "python-daemon": "python_daemon_peer",
@@ -482,7 +505,7 @@ def main() -> int:
             subprocess.run([sys.executable, "-c", "pass"], env=bench_env(), check=True)
             floor.append(time.perf_counter() - started)
         bare = bare_interpreter_rss()
-    table = render(results, floor, bare, options.runs)
+    table = render(results, floor, bare, options.runs) + NOTES
     print(table)
     Path(options.output).write_text(table)
     return 0
