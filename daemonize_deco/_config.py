@@ -25,7 +25,8 @@ __all__ = ["Service", "ServiceConfig"]
 class ServiceConfig:
     """Everything the commands need to know about one service, checked and normalised.
 
-    Built once by the decorator from its keywords; read-only afterwards.
+    Built once by the decorator from its keywords (whose defaults live in
+    ``daemon()``'s signature only); read-only afterwards.
     """
 
     __slots__ = (
@@ -38,18 +39,18 @@ class ServiceConfig:
         func: Callable[..., object],
         *,
         pidfile: PathArg,
-        stdout: PathArg | None = None,
-        stderr: PathArg | None = None,
-        workdir: PathArg = "/",
-        umask: int = 0o022,
-        stop_timeout: float = 10.0,
-        start_timeout: float = 10.0,
-        wait_ready: bool = False,
-        name: str | None = None,
-        user: str | int | None = None,
-        group: str | int | None = None,
-        files_preserve: Iterable[object] | None = None,
-        prevent_core: bool = True,
+        stdout: PathArg | None,
+        stderr: PathArg | None,
+        workdir: PathArg,
+        umask: int,
+        stop_timeout: float,
+        start_timeout: float,
+        wait_ready: bool,
+        name: str | None,
+        user: str | int | None,
+        group: str | int | None,
+        files_preserve: Iterable[object] | None,
+        prevent_core: bool,
     ) -> None:
         for keyword, flag in (("wait_ready", wait_ready), ("prevent_core", prevent_core)):
             if not isinstance(flag, bool):

@@ -1,12 +1,10 @@
 """python-daemon: DaemonContext with its PID lock file, and a small start/stop wrapper."""
 
-import os
-import signal
 import sys
 
 import daemon
 import daemon.pidfile
-from service import LOG, PIDFILE, service
+from service import LOG, PIDFILE, service, stop_by_pidfile
 
 
 def start():
@@ -16,10 +14,5 @@ def start():
         service()
 
 
-def stop():
-    with open(PIDFILE) as f:
-        os.kill(int(f.read().strip()), signal.SIGTERM)
-
-
 if __name__ == "__main__":
-    {"start": start, "stop": stop}[sys.argv[1]]()
+    {"start": start, "stop": stop_by_pidfile}[sys.argv[1]]()

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from service import LOG, PIDFILE, service
+from service import LOG, PIDFILE, service, stop_by_pidfile
 
 
 def start():
@@ -37,10 +37,5 @@ def start():
     service()
 
 
-def stop():
-    with open(PIDFILE) as f:
-        os.kill(int(f.read().strip()), signal.SIGTERM)
-
-
 if __name__ == "__main__":
-    {"start": start, "stop": stop}[sys.argv[1]]()
+    {"start": start, "stop": stop_by_pidfile}[sys.argv[1]]()

@@ -1,6 +1,7 @@
 """The trivial service every peer runs: print a line, sleep a second; or idle, or crash."""
 
 import os
+import signal
 import time
 
 MODE = os.environ.get("BENCH_MODE", "loop")
@@ -15,3 +16,9 @@ def service(sleep=time.sleep, running=lambda: True, ready=lambda: None):
     while running():
         print("tick", flush=True)
         sleep(3600 if MODE == "idle" else 1)
+
+
+def stop_by_pidfile():
+    """The stop most wrappers have: SIGTERM to the pid in the file, and return."""
+    with open(PIDFILE) as f:
+        os.kill(int(f.read().strip()), signal.SIGTERM)
