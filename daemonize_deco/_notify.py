@@ -33,11 +33,6 @@ class Notifier:
             self.address = address
         self.watchdog_interval = _watchdog_interval(env)
 
-    @property
-    def enabled(self) -> bool:
-        """Whether a manager listens."""
-        return self.address is not None
-
     def send(self, **fields: object) -> bool:
         """Send ``KEY=value`` lines in one datagram; False when nobody listens or it failed."""
         if self.address is None:
