@@ -16,6 +16,7 @@ import time
 
 from ._control import ask
 from ._detach import (
+    DeferredInterrupts,
     check_log_path,
     check_workdir,
     detach,
@@ -25,6 +26,7 @@ from ._detach import (
 from ._errors import (
     AlreadyRunningError,
     DaemonError,
+    DetachError,
     NotRunningError,
     PidFileError,
     ReloadError,
@@ -144,50 +146,78 @@ def start(service: Service) -> int:
     config = service.config
     credentials = _check_before_fork(config)
     pidfile = _pidfile(service)
-    holder = _holder_or_lock(service, pidfile)
-    if holder is not None:
-        say(f"{service.name} is already running (pid {holder})")
-        return 0
-    try:
-        watcher = detach(
-            lambda channel: serve(service, pidfile, credentials=credentials, startup=channel),
-            workdir=config.workdir,
-            umask=config.umask,
-            stdout=config.stdout,
-            stderr=config.stderr,
-            close_inherited=lambda: close_inherited_fds(config.descriptors_to_keep()),
-        )
-    except BaseException:
-        pidfile.remove()
-        raise
-    try:
-        report = watcher.wait(config.start_timeout)
-    except KeyboardInterrupt:
-        report = watcher.report
-        report.outcome = "interrupted"
-    if report.outcome == "ready":
-        pidfile.hand_over()
-        say(f"{service.name} started (pid {report.pid})")
-        return 0
-    reason = _end_failed_start(service, pidfile, report)
+    with DeferredInterrupts() as interrupts:
+        holder = _holder_or_lock(service, pidfile)
+        if holder is not None:
+            say(f"{service.name} is already running (pid {holder})")
+            return 0
+        if interrupts.signum is not None:
+            pidfile.remove()  # not forked yet: the lock is ours alone
+            raise StartupError("failed to start: interrupted before it was started")
+        try:
+            watcher = detach(
+                lambda channel: serve(service, pidfile, credentials=credentials, startup=channel),
+                workdir=config.workdir,
+                umask=config.umask,
+                stdout=config.stdout,
+                stderr=config.stderr,
+                close_inherited=lambda keep: close_inherited_fds(
+                    {*keep, pidfile.fileno(), *config.descriptors_to_keep()}
+                ),
+                in_child=interrupts.restore,
+            )
+        except DetachError:
+            pidfile.remove()  # the fork failed: no other process shares the lock
+            raise
+        with watcher:
+            report = watcher.wait(config.start_timeout, interrupt_fd=interrupts.fileno())
+            if report.outcome == "ready":
+                _close_pidfd(report)
+                pidfile.hand_over()
+                say(f"{service.name} started (pid {report.pid})")
+                return 0
+            if report.outcome == "interrupted":
+                watcher.learn_pid(config.start_timeout)
+            reason = _end_failed_start(service, pidfile, report)
     raise StartupError(f"failed to start: {reason}")
 
 
+def _close_pidfd(report: StartupReport) -> None:
+    if report.pidfd is not None:
+        os.close(report.pidfd)
+        report.pidfd = None
+
+
 def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport) -> str:
-    """Make sure the failed daemon is gone, remove the pidfile; return the reason."""
+    """Make sure the daemon that failed to start is gone; return the reason.
+
+    The daemon shares the pidfile's lock, so the pidfile is removed only once
+    it is known to be gone; otherwise it is left to the daemon, still locked.
+    """
     config = service.config
     waiting = {
         "timeout": f"not ready within {config.start_timeout:g}s",
         "interrupted": "interrupted before it was ready",
     }
     reason = waiting.get(report.outcome, report.reason)
+    # With no pid line, a daemon exists only if the pipe is still open.
+    gone = report.pid is not None or report.pipe_ended
     if report.pidfd is not None and report.pid is not None:
-        if report.outcome in waiting:
-            reason += f"; {terminate(report.pidfd, report.pid, config.stop_timeout).how} it"
-        elif not wait_exit(report.pidfd, config.stop_timeout):
-            terminate(report.pidfd, report.pid, 0)
-        os.close(report.pidfd)
-    pidfile.remove()
+        try:
+            if report.outcome in waiting:
+                reason += f"; {terminate(report.pidfd, report.pid, config.stop_timeout).how} it"
+            elif not wait_exit(report.pidfd, config.stop_timeout):
+                terminate(report.pidfd, report.pid, 0)
+        except (PermissionError, TimeoutError) as exc:
+            gone = False
+            reason += f"; could not stop pid {report.pid}: {exc}"
+        _close_pidfd(report)
+    elif not gone:
+        reason += "; its pid is unknown, so its pidfile is left to it"
+    if gone:
+        pidfile.remove()
+    else:
+        pidfile.hand_over()
     return reason
 
 
@@ -297,11 +327,12 @@ def reload(service: Service) -> int:
         raise NotRunningError("is not running")
     timeout = service.config.start_timeout
     try:
-        answer = ask(pidfile.identity(), "reload", timeout)
+        answer = ask(state.pid, "reload", timeout)
     except TimeoutError:
         raise ReloadError(f"no answer from pid {state.pid} within {timeout:g}s") from None
-    except FileNotFoundError:
-        raise NotRunningError("is not running") from None
+    except PermissionError as exc:
+        complain(f"{service.name}: {exc}; not trusting it")
+        answer = None
     if answer is None:
         return _reload_by_signal(service, pidfile, state.pid)
     if answer != "ok":

@@ -2,10 +2,11 @@
 
 A signal carries no answer, so ``reload`` asks over a Unix stream socket in
 the abstract namespace (nothing on disk to leave behind, even after
-SIGKILL).  Its name is derived from the pidfile's device and inode: the
-command finds it from the same file the daemon holds locked, and a new
-daemon, with a new pidfile, gets a new name.  Only root and the daemon's own
-user may ask (checked with ``SO_PEERCRED``).
+SIGKILL).  Its name is random, so no other user can take it first; the
+command finds it from the pid it verified through the pidfile, by looking
+at that process's own descriptors (``/proc/PID/fd``) in ``/proc/net/unix``,
+and checks with ``SO_PEERCRED`` that the process answering is that pid.
+Only root and the daemon's own user may ask (also ``SO_PEERCRED``).
 
 One request a connection: a line ``reload``; one reply line, ``ok`` or
 ``error <reason>``.  The C ``_socket`` module is used directly: ``socket.py``
@@ -18,17 +19,44 @@ import _socket
 import os
 import sys
 
-__all__ = ["ControlServer", "address_for", "ask", "reply"]
+__all__ = ["ControlServer", "ask", "find_address", "reply"]
 
 _PEERCRED_SIZE = 12  # struct ucred: pid, uid, gid as C ints
 _CLIENT_TIMEOUT = 1.0
 _LINE_LIMIT = 4096
+_PREFIX = "daemonize_deco/"
 
 
-def address_for(identity: tuple[int, int]) -> str:
-    """The abstract socket name for the pidfile ``(st_dev, st_ino)``."""
-    dev, ino = identity
-    return f"\0daemonize_deco/{dev:x}:{ino:x}"
+def find_address(pid: int) -> str | None:
+    """The name of the control socket ``pid`` listens on; None when it has none.
+
+    Found among the sockets the process itself holds, never guessed; None
+    too when we may not look at its descriptors (nor, then, signal it).
+    """
+    inodes = set()
+    try:
+        entries = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{entry}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    with open("/proc/net/unix", encoding="ascii", errors="replace") as table:
+        next(table)  # Num RefCount Protocol Flags Type St Inode Path
+        for line in table:
+            fields = line.split()
+            if len(fields) >= 8 and fields[6] in inodes and fields[7].startswith("@" + _PREFIX):
+                return "\0" + fields[7][1:]
+    return None
+
+
+def _peer_pid(sock: _socket.socket) -> int:
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED_SIZE)
+    return int.from_bytes(creds[0:4], sys.byteorder)
 
 
 def _stream_socket(fileno: int | None = None) -> _socket.socket:
@@ -51,10 +79,10 @@ def _read_line(sock: _socket.socket) -> bytes:
 class ControlServer:
     """The daemon's listening socket; :meth:`accept` returns one checked request."""
 
-    def __init__(self, identity: tuple[int, int]) -> None:
+    def __init__(self) -> None:
         self.sock = _stream_socket()
         try:
-            self.sock.bind(address_for(identity))
+            self.sock.bind(f"\0{_PREFIX}{os.getpid()}/{os.urandom(16).hex()}")
             self.sock.listen(8)
         except OSError:
             self.sock.close()
@@ -101,18 +129,25 @@ def reply(conn: _socket.socket, text: str) -> None:
         conn.close()
 
 
-def ask(identity: tuple[int, int], request: str, timeout: float) -> str | None:
-    """Send ``request``; return the reply line, or None when nobody listens.
+def ask(pid: int, request: str, timeout: float) -> str | None:
+    """Send ``request`` to the daemon ``pid``; return the reply line, or None when it has no socket.
 
-    Raises TimeoutError when the daemon does not answer within ``timeout``.
+    Raises TimeoutError when the daemon does not answer within ``timeout``,
+    and PermissionError when another process answers in its name.
     """
+    address = find_address(pid)
+    if address is None:
+        return None
     sock = _stream_socket()
     try:
         sock.settimeout(timeout)
         try:
-            sock.connect(address_for(identity))
+            sock.connect(address)
         except (ConnectionRefusedError, FileNotFoundError):
             return None
+        answering = _peer_pid(sock)
+        if answering != pid:
+            raise PermissionError(f"pid {answering} answers on the control socket of pid {pid}")
         sock.sendall(request.encode("ascii") + b"\n")
         try:
             answer = _read_line(sock)

@@ -10,21 +10,27 @@ daemon.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 import io
 import os
 import select
 import sys
 import time
 
-from ._errors import DetachError, describe
-from ._proc import open_pidfd
+from ._errors import DetachError, describe, exit_status, last_words
+from ._hygiene import log_handlers
+from ._proc import GROUP_BADGE, open_pidfd
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import FrameType, TracebackType
     from typing import Literal, NoReturn, TextIO
 
+    from ._signals import Handler
+
 __all__ = [
+    "DeferredInterrupts",
     "StartupChannel",
     "StartupReport",
     "StartupWatcher",
@@ -73,6 +79,10 @@ class StartupChannel:
         self.close()
         return delivered
 
+    def fileno(self) -> int:
+        """The pipe's descriptor (-1 once closed), to keep when closing inherited ones."""
+        return -1 if self._fd is None else self._fd
+
     def close(self) -> None:
         """Close the pipe (the starting process then sees end-of-file)."""
         if self._fd is not None:
@@ -86,17 +96,22 @@ class StartupChannel:
 class StartupReport:
     """What the starting process learned: the daemon's pid and how startup ended."""
 
-    __slots__ = ("outcome", "pid", "pidfd", "reason")
+    __slots__ = ("outcome", "pid", "pidfd", "pipe_ended", "reason")
 
     def __init__(self, outcome: Literal["ready", "failed", "timeout", "interrupted"]) -> None:
         self.outcome = outcome
         self.pid: int | None = None
         self.pidfd: int | None = None
         self.reason = ""
+        self.pipe_ended = False  # every process that could write to it is gone
 
 
 class StartupWatcher:
-    """Reads the startup pipe until the daemon is ready, fails, dies, or time runs out."""
+    """Reads the startup pipe until the daemon is ready, fails, dies, or time runs out.
+
+    Closing it (it is a context manager) closes the pipe; until then an
+    interrupted start can still learn the daemon's pid with :meth:`learn_pid`.
+    """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -105,31 +120,57 @@ class StartupWatcher:
         self._eof = False
         self.report = StartupReport(outcome="timeout")
 
-    def wait(self, timeout: float) -> StartupReport:
-        """Wait up to ``timeout`` seconds for the outcome."""
-        deadline = time.monotonic() + timeout
-        try:
-            while not self._decided():
-                poller = select.poll()
-                if not self._eof:
-                    poller.register(self._fd, select.POLLIN)
-                if self.report.pidfd is not None:
-                    poller.register(self.report.pidfd, select.POLLIN)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return self.report
-                events = dict(poller.poll(remaining * 1000))
-                if self._fd in events:
-                    self._read_available()
-                if self.report.pidfd in events:
-                    self._read_available()  # its last words may still be in the pipe
-                    if not self._decided():
-                        self._failed("it exited before it was ready")
-                elif self._eof and self.report.pidfd is None:
-                    self._failed("it exited before it was ready")
-        finally:
+    def __enter__(self) -> StartupWatcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pipe; the pidfd, if any, stays with the report."""
+        if self._fd >= 0:
             os.close(self._fd)
+            self._fd = -1
+
+    def wait(self, timeout: float, interrupt_fd: int | None = None) -> StartupReport:
+        """Wait up to ``timeout`` seconds for the outcome, or until ``interrupt_fd`` is readable."""
+        deadline = time.monotonic() + timeout
+        while not self._decided():
+            poller = select.poll()
+            if not self._eof:
+                poller.register(self._fd, select.POLLIN)
+            if self.report.pidfd is not None:
+                poller.register(self.report.pidfd, select.POLLIN)
+            if interrupt_fd is not None:
+                poller.register(interrupt_fd, select.POLLIN)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return self.report
+            events = dict(poller.poll(remaining * 1000))
+            if self._fd in events:
+                self._read_available()
+            if self.report.pidfd in events:
+                self._read_available()  # its last words may still be in the pipe
+                if not self._decided():
+                    self._failed("it exited before it was ready")
+            elif self._eof and self.report.pidfd is None and not self._decided():
+                self._failed("it exited before it was ready")
+            if interrupt_fd in events and not self._decided():
+                self.report.outcome = "interrupted"
         return self.report
+
+    def learn_pid(self, timeout: float) -> int | None:
+        """Read on until the daemon has said its pid (or the pipe ended); return it."""
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        while self.report.pid is None and not self._eof:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if poller.poll(remaining * 1000):
+                self._read_available()
+        return self.report.pid
 
     def _decided(self) -> bool:
         return self.report.outcome != "timeout"
@@ -145,7 +186,7 @@ class StartupWatcher:
             except BlockingIOError:
                 break
             if not chunk:
-                self._eof = True
+                self._eof = self.report.pipe_ended = True
                 break
             self._buffer += chunk
         *lines, self._buffer = self._buffer.split(b"\n")
@@ -156,13 +197,69 @@ class StartupWatcher:
         word, _, rest = line.partition(" ")
         if word == "pid" and rest.isdigit():
             self.report.pid = int(rest)
+            # None when it is gone already: its "fail" line, if any, follows
+            # in the pipe, and end-of-file decides if there is none.
             self.report.pidfd = open_pidfd(self.report.pid)
-            if self.report.pidfd is None:
-                self._failed("it exited before it was ready")
         elif word == "ready" and not self._decided():
             self.report.outcome = "ready"
         elif word == "fail" and not self._decided():
             self._failed(rest)
+
+
+class DeferredInterrupts:
+    """While a start is under way, SIGINT and SIGTERM are recorded instead of raised.
+
+    A KeyboardInterrupt raised at an arbitrary line of the starting process
+    (in ``waitpid``, between reading the daemon's pid and pinning it) would
+    leave a daemon nobody knows about.  Recorded, the interrupt is acted on
+    at one place: :meth:`fileno` becomes readable, the start is abandoned and
+    the daemon it created is stopped.  Outside the main thread nothing is
+    installed (no KeyboardInterrupt can reach another thread).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._owner = os.getpid()
+        self._previous: dict[int, Handler] = {}
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+
+    def __enter__(self) -> DeferredInterrupts:
+        try:
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._record)
+        except ValueError:
+            self.restore()  # not the main thread
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.restore()
+        for fd in (self._read, self._write):
+            os.close(fd)
+
+    def fileno(self) -> int:
+        """Readable once an interrupt was recorded."""
+        return self._read
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._owner:
+            return  # the child before setsid shares the terminal's Ctrl-C: the starter acts
+        if self.signum is None:
+            self.signum = signum
+        try:
+            os.write(self._write, b"!")
+        except OSError:
+            pass  # full: readable already
+
+    def restore(self) -> None:
+        """Put the previous handlers back (also the daemon's first step, for its children)."""
+        while self._previous:
+            signum, handler = self._previous.popitem()
+            signal.signal(signum, handler)
 
 
 # -- checks made before forking --------------------------------------------
@@ -201,7 +298,9 @@ def ensure_standard_fds() -> None:
             os.fstat(fd)
         except OSError:
             null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:
+            if null == fd:
+                os.set_inheritable(fd, True)  # a standard stream children must see
+            else:
                 os.dup2(null, fd, inheritable=True)
                 os.close(null)
 
@@ -214,6 +313,21 @@ def flush_standard_streams() -> None:
                 stream.flush()
             except (OSError, ValueError):
                 pass  # a closed or broken stream has nothing to lose
+
+
+def flush_before_fork() -> None:
+    """Flush the standard streams and every logging handler of the program.
+
+    What is still buffered at the fork exists twice; the daemon flushes its
+    copy at exit (``logging.shutdown``), so the starter must have flushed
+    its own first, and each line is written once.
+    """
+    flush_standard_streams()
+    for handler in log_handlers():
+        try:
+            handler.flush()
+        except (OSError, ValueError):
+            pass  # as above
 
 
 def change_working_directory(path: str) -> None:
@@ -295,6 +409,31 @@ def _line_buffer_python_streams() -> None:
         sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 -- lives as long as the process
 
 
+def wear_group_badge() -> int:
+    """Mark this process as the leader of a group daemonize_deco made for it.
+
+    ``stop`` ends what a daemon left running in its process group, and must
+    know that the group is the daemon's own and not its caller's (``run``
+    under sshd, cron or ``setsid`` shares a group with them).  The mark is a
+    memfd whose name carries the group id: only this process can open a
+    descriptor in itself, and ``/proc/PID/fd`` shows it to whoever may signal
+    it.  Children lose it at fork.
+    """
+    fd = os.memfd_create(f"{GROUP_BADGE}{os.getpgrp()}", os.MFD_CLOEXEC)
+    _badge.append(fd)
+    os.register_at_fork(after_in_child=_drop_group_badge)
+    return fd
+
+
+_badge: list[int] = []
+
+
+def _drop_group_badge() -> None:
+    # Forgotten once closed, so a grandchild never closes a reused number.
+    while _badge:
+        os.close(_badge.pop())
+
+
 # -- the sequence ------------------------------------------------------------
 
 
@@ -305,15 +444,17 @@ def detach(
     umask: int,
     stdout: str | None,
     stderr: str | None,
-    close_inherited: Callable[[], None],
+    close_inherited: Callable[[set[int]], None],
+    in_child: Callable[[], None],
 ) -> StartupWatcher:
     """Start ``serve`` in a detached daemon; return a watcher for its startup outcome.
 
     Only the starting process returns.  The daemon runs ``serve(channel)`` and
-    exits with its result.  ``close_inherited`` closes what the launcher
-    passed down.  Raises :class:`DetachError` when forking fails.
+    exits with its result.  ``in_child`` runs first in the forked child;
+    ``close_inherited(keep)`` closes what the launcher passed down but the
+    descriptors in ``keep``.  Raises :class:`DetachError` when forking fails.
     """
-    flush_standard_streams()
+    flush_before_fork()
     read_end, write_end = os.pipe()
     try:
         child = os.fork()
@@ -323,6 +464,7 @@ def detach(
         raise DetachError(f"cannot fork: {exc.strerror}") from exc
     if child == 0:
         os.close(read_end)
+        in_child()
         _become_daemon(
             StartupChannel(write_end),
             serve,
@@ -347,7 +489,7 @@ def _become_daemon(
     umask: int,
     stdout: str | None,
     stderr: str | None,
-    close_inherited: Callable[[], None],
+    close_inherited: Callable[[set[int]], None],
 ) -> NoReturn:
     status = 1
     try:
@@ -360,15 +502,22 @@ def _become_daemon(
         if os.fork() != 0:
             os._exit(0)
         channel.send_pid(os.getpid())
-        close_inherited()
+        badge = wear_group_badge()
+        close_inherited({channel.fileno(), badge})
         change_working_directory(workdir)
         # A known umask: files the daemon creates get the modes it was
         # configured with, not whatever the launching shell had.
         os.umask(umask)
         redirect_standard_streams(stdout, stderr)
         status = serve(channel)
-    except BaseException as exc:  # noqa: BLE001 -- everything must reach the starter and end here
+    except SystemExit as exc:  # a child forked in main leaves this way, as from any script
+        status = exit_status(exc.code)
         channel.fail(describe(exc))
+    except BaseException as exc:  # noqa: BLE001 -- everything must reach the starter and end here
+        if not channel.fail(describe(exc)):  # nobody listens: a forked child, or a gone starter
+            import traceback  # noqa: PLC0415 -- only a failure pays for it
+
+            last_words(traceback.print_exc)
     finally:
         _exit_daemon(status)
 

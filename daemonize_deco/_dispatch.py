@@ -8,7 +8,7 @@ log, take locks, or call ``server.shutdown()`` while ``main`` is blocked in
 ``serve_forever()``.  A callback that raises is logged with its traceback
 and the service carries on.
 
-It blocks in ``select`` with no timeout, so an idle daemon never wakes up;
+It blocks in ``poll`` with no timeout, so an idle daemon never wakes up;
 only systemd's watchdog, when enabled, gives it a period.
 """
 
@@ -34,13 +34,23 @@ if TYPE_CHECKING:
     from ._hooks import Callback, Hooks
     from ._notify import Notifier
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "wait_in_slices"]
 
-_QUIT = 0
+_WAKE = 0  # a byte that only wakes the thread; the flags say what to do
+_FORK_PAUSE_WAIT = 1.0
+_SLICE = 0.05
+_PIPE_CAPACITY = 65536  # Linux's default: what can be pending when a quit is asked for
 
 
 class Dispatcher:
-    """Runs on its own thread from :meth:`start` until :meth:`stop`."""
+    """Runs on its own thread from :meth:`start` until :meth:`stop`.
+
+    Across an ``os.fork()`` in the service the idle thread steps aside (see
+    :meth:`pause`): a process that forks with a second thread alive risks a
+    child deadlocked on a lock that thread held, which Python 3.12 warns about.
+    Nothing is lost meanwhile: signals wait in the record pipe and ``reload``
+    requests in the control socket's backlog.
+    """
 
     def __init__(
         self,
@@ -62,6 +72,13 @@ class Dispatcher:
         self._reap_children = reap_children
         self._stop_requests = 0
         self._finished = _thread.allocate_lock()
+        # Guards the flags below between the thread and the fork hooks.
+        self._lock = _thread.allocate_lock()
+        self._running = False
+        self._busy = False
+        self._pausing = False
+        self._quitting = False
+        self._native_id: int | None = None
 
     def start(self) -> None:
         """Start the thread.
@@ -72,50 +89,104 @@ class Dispatcher:
         callback gives a dummy thread object; the kernel knows the thread as
         ``daemonize_deco`` (``top -H``, ``ps -L``).
         """
+        _step_aside_at_fork(self)
+        with self._lock:
+            self._launch()
+
+    def _launch(self) -> None:
         self._finished.acquire()
+        self._running = True
         _thread.start_new_thread(self._run, ())
 
     def stop(self, timeout: float) -> None:
-        """Ask the thread to quit and wait for it, up to ``timeout`` seconds."""
+        """Ask the thread to quit and wait for it, up to ``timeout`` seconds; never raises."""
+        _step_aside_at_fork(None)
+        with self._lock:
+            self._quitting = True
         _signals.wake_dispatcher()
-        if self._finished.acquire(timeout=timeout):
+        if wait_in_slices(lambda left: self._finished.acquire(timeout=left), timeout):
             self._finished.release()
 
+    def pause(self) -> bool:
+        """Before a fork: let the idle thread quit and leave the kernel; False if it is busy."""
+        with self._lock:
+            if self._busy or not self._running or self._native_id == _thread.get_native_id():
+                return False
+            self._pausing = True
+        _signals.wake_dispatcher()
+        if not self._finished.acquire(timeout=_FORK_PAUSE_WAIT):
+            return False  # it took up a callback meanwhile; resume() sorts it out
+        self._finished.release()
+        # The lock is released a moment before the kernel lets the thread go,
+        # and the fork warning counts the kernel's threads.
+        task = f"/proc/self/task/{self._native_id}"
+        deadline = time.monotonic() + _FORK_PAUSE_WAIT
+        while os.path.exists(task) and time.monotonic() < deadline:
+            time.sleep(0.00005)
+        return True
+
+    def resume(self) -> None:
+        """After a fork, in the parent: carry on where the thread left off."""
+        with self._lock:
+            self._pausing = False
+            if not self._running and not self._quitting:
+                self._launch()
+
     def _run(self) -> None:
+        self._native_id = _thread.get_native_id()
+        _signals.keep_away_from_this_thread()
         set_thread_name("daemonize_deco")
         try:
             self._loop()
         finally:
+            with self._lock:
+                self._running = False
             self._finished.release()
 
     def _loop(self) -> None:
-        sources: list[int] = [self._record_fd]
+        poller = select.poll()  # not select(): descriptors above 1023 are fine
+        poller.register(self._record_fd, select.POLLIN)
         if self._control is not None:
-            sources.append(self._control.fileno())
+            poller.register(self._control.fileno(), select.POLLIN)
         interval = self._notifier.watchdog_interval
         next_ping = time.monotonic() if interval is not None else None
         while True:
             if next_ping is not None and interval is not None and time.monotonic() >= next_ping:
                 self._notifier.watchdog()
                 next_ping = time.monotonic() + interval
-            timeout = None if next_ping is None else max(0.0, next_ping - time.monotonic())
-            readable, _, _ = select.select(sources, [], [], timeout)
-            if self._record_fd in readable and not self._handle_signals():
-                return
-            if self._control is not None and self._control.fileno() in readable:
-                self._handle_request()
+            timeout = None if next_ping is None else max(0, next_ping - time.monotonic()) * 1000
+            ready = {fd for fd, _ in poller.poll(timeout)}
+            with self._lock:
+                if self._pausing:
+                    return  # what is unread waits in the pipe and the backlog
+                quitting = self._quitting
+                self._busy = True
+            try:
+                if quitting:
+                    # Signals that came before the quit still get their callbacks
+                    # (a SIGTERM's on_stop); what a storm adds meanwhile does not.
+                    self._handle_signals(limit=_PIPE_CAPACITY)
+                    return
+                if self._record_fd in ready:
+                    self._handle_signals()
+                if self._control is not None and self._control.fileno() in ready:
+                    self._handle_request()
+            finally:
+                self._busy = False
 
-    def _handle_signals(self) -> bool:
-        """Dispatch each recorded signal; False when told to quit."""
-        try:
-            recorded = os.read(self._record_fd, 4096)
-        except BlockingIOError:
-            return True
-        for signum in recorded:
-            if signum == _QUIT:
-                return False
-            self._dispatch(signum)
-        return True
+    def _handle_signals(self, limit: int = 4096) -> None:
+        """Dispatch each recorded signal, reading up to ``limit`` bytes of them."""
+        while limit > 0:
+            try:
+                recorded = os.read(self._record_fd, min(limit, 4096))
+            except BlockingIOError:
+                return
+            limit -= len(recorded)
+            for signum in recorded:
+                if signum == _signals.WAKEUP_TAKEN:
+                    _say_wakeup_taken()
+                elif signum != _WAKE:
+                    self._dispatch(signum)
 
     def _dispatch(self, signum: int) -> None:
         if signum in _signals.STOP_SIGNALS:
@@ -130,6 +201,8 @@ class Dispatcher:
     def _stop_requested(self, signum: int) -> None:
         self._stop_requests += 1
         if self._stop_requests > 1:
+            # The signal handler acts on a repeat itself; this covers a main
+            # thread stuck in C code, where Python-level handlers cannot run.
             if self._on_repeat is not None:
                 self._on_repeat(signum)
             return
@@ -165,11 +238,66 @@ class Dispatcher:
         reply(conn, self.reload() if request == "reload" else f"error unknown request {request!r}")
 
 
+_active: Dispatcher | None = None
+_fork_hooks_registered = False
+
+
+def _step_aside_at_fork(dispatcher: Dispatcher | None) -> None:
+    """Make ``dispatcher`` the one that pauses around forks in this process."""
+    global _active, _fork_hooks_registered  # noqa: PLW0603 -- one dispatcher per process
+    _active = dispatcher
+    if not _fork_hooks_registered:
+        os.register_at_fork(
+            before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_forget
+        )
+        _fork_hooks_registered = True
+
+
+def _before_fork() -> None:
+    if _active is not None:
+        _active.pause()
+
+
+def _after_fork_in_parent() -> None:
+    if _active is not None:
+        _active.resume()
+
+
+def _forget() -> None:
+    """In the child: the dispatcher is the parent's; the child is not the service."""
+    global _active  # noqa: PLW0603
+    _active = None
+
+
+def _say_wakeup_taken() -> None:
+    print(
+        "daemonize_deco: the service replaced the signal wakeup fd (asyncio's "
+        "loop.add_signal_handler?); stop and reload signals are now recorded by "
+        "daemonize_deco's handlers instead, so they still work",
+        file=sys.stderr,
+    )
+
+
+def wait_in_slices(wait: Callable[[float], bool], timeout: float) -> bool:
+    """Call ``wait(seconds)`` in slices of at most 50 ms until it is True or ``timeout`` passed.
+
+    For waits on the main thread while the service ends: between slices the
+    interpreter runs the Python-level handlers of signals that landed on
+    another thread (a second Ctrl-C), which a single long wait would defer.
+    """
+    deadline = time.monotonic() + timeout
+    while not wait(max(0.0, min(_SLICE, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            return False
+    return True
+
+
 def _run(callback: Callback, role: str) -> str | None:
     """Run one callback; log and return a one-line reason if it raised."""
     try:
         callback()
-    except Exception as exc:  # noqa: BLE001 -- a failing callback must not end the service
+    # BaseException: sys.exit() in a callback must not end the dispatcher either.
+    except BaseException as exc:  # noqa: BLE001
         name = getattr(callback, "__qualname__", repr(callback))
         print(f"daemonize_deco: {role} callback {name} raised:", file=sys.stderr)
         import traceback  # noqa: PLC0415 -- only a failing callback pays for it

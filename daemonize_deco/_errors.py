@@ -8,6 +8,12 @@ stderr and that status, in one place.  Errors about files also derive from
 
 from __future__ import annotations
 
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = [
     "AlreadyRunningError",
     "DaemonError",
@@ -19,6 +25,8 @@ __all__ = [
     "StopError",
     "UsageError",
     "describe",
+    "exit_status",
+    "last_words",
 ]
 
 
@@ -79,3 +87,25 @@ def describe(exc: BaseException) -> str:
         detail = str(exc)
         text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
     return " ".join(text.split())
+
+
+def exit_status(code: object) -> int:
+    """The exit status for a ``sys.exit`` argument or ``main``'s return value."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    last_words(lambda: print(code, file=sys.stderr))  # as the interpreter does for sys.exit("x")
+    return 1
+
+
+def last_words(write: Callable[[], object]) -> None:
+    """Write to stderr (the log) when it can take it.
+
+    With a full disk the write itself fails; the exit status and the removed
+    pidfile still tell what happened, so the failure must not skip them.
+    """
+    try:
+        write()
+    except (OSError, ValueError):
+        pass

@@ -9,17 +9,20 @@ from __future__ import annotations
 import _thread
 import os
 import resource
+import sys
 
 from ._errors import DetachError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Collection
+    from typing import Any
 
 __all__ = [
     "Credentials",
     "close_inherited_fds",
     "drop_privileges",
+    "log_handlers",
     "prevent_core_dumps",
     "resolve_credentials",
     "set_process_name",
@@ -119,18 +122,55 @@ def drop_privileges(credentials: Credentials) -> None:
 
 
 def close_inherited_fds(keep: Collection[int]) -> None:
-    """Close every descriptor inherited from the launcher, except 0-2 and ``keep``.
+    """Let go of every descriptor above 2 the daemon got from its launcher, but ``keep``.
 
-    Since PEP 446, descriptors a Python program opens itself are
-    non-inheritable; the inheritable ones above 2 came from whoever launched
-    us (a harness's pipe, a shell's redirection) and would hold them open.
+    Inheritable ones came from whoever launched us (a harness's pipe, a
+    shell's redirection): closed.  Non-inheritable ones (PEP 446) were opened
+    by this program before it forked (a host's listening socket): /dev/null
+    takes their place rather than closing them, because a Python object of
+    the host may still own the number and close it when collected, which
+    would close whatever the daemon opened since under that number (its log,
+    its pidfile).  Logging handlers' files are kept: the daemon logs there.
     """
-    for entry in os.listdir("/proc/self/fd"):
-        fd = int(entry)
-        if fd <= 2 or fd in keep:
-            continue
-        try:
-            if os.get_inheritable(fd):
-                os.close(fd)
-        except OSError:
-            continue  # the listing's own descriptor, closed by now
+    keep = {*keep, *_logging_descriptors()}
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for entry in os.listdir("/proc/self/fd"):
+            fd = int(entry)
+            if fd <= 2 or fd in keep or fd == null:
+                continue
+            try:
+                if os.get_inheritable(fd):
+                    os.close(fd)
+                else:
+                    os.dup2(null, fd, inheritable=False)
+            except OSError:
+                continue  # the listing's own descriptor, closed by now
+    finally:
+        os.close(null)
+
+
+def log_handlers() -> list[Any]:
+    """The program's logging handlers, a MemoryHandler's target too; [] without logging."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return []  # nothing logs: not worth importing it to find out
+    handlers = [
+        handler
+        for logger in (logging.getLogger(), *logging.Logger.manager.loggerDict.values())
+        for handler in getattr(logger, "handlers", ())  # placeholders have none
+    ]
+    return handlers + [h.target for h in handlers if getattr(h, "target", None) is not None]
+
+
+def _logging_descriptors() -> set[int]:
+    """Descriptors of the program's logging handlers (files, sockets)."""
+    found = set()
+    for handler in log_handlers():
+        for attribute in ("stream", "socket", "sock"):
+            holder = getattr(handler, attribute, None)
+            try:
+                found.add(int(holder.fileno()))  # type: ignore[union-attr]
+            except (AttributeError, OSError, ValueError, TypeError):
+                continue
+    return found

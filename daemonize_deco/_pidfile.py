@@ -173,14 +173,9 @@ class PidFile:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{pid}\n".encode("ascii"), 0)
 
-    def identity(self) -> tuple[int, int]:
-        """``(st_dev, st_ino)`` of the file we hold, or else of the file at the path."""
-        st = (
-            os.fstat(self._fd)
-            if self._fd is not None
-            else os.stat(self.path, follow_symlinks=False)
-        )
-        return st.st_dev, st.st_ino
+    def fileno(self) -> int:
+        """The locked descriptor (to keep open when detaching)."""
+        return self._held_fd()
 
     def keep_out_of_forks(self) -> None:
         """Close the lock's descriptor in children this process forks from now on.

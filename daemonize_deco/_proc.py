@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from typing import Literal
 
 __all__ = [
+    "GROUP_BADGE",
     "Ending",
     "ProcStat",
     "holds_file",
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 _KILL_WAIT = 5.0
+# The name of the memfd a detached daemon holds to say "this group is mine".
+GROUP_BADGE = "daemonize_deco-group-"
+_BADGE_LINK = f"/memfd:{GROUP_BADGE}"
 
 
 class ProcStat:
@@ -116,19 +120,31 @@ def wait_exit(pidfd: int, timeout: float | None) -> bool:
 
 
 def _own_process_group(pid: int) -> int | None:
-    """The process group to kill with ``pid``, if ``pid`` leads a detached session.
+    """The process group to kill with ``pid``: only one daemonize_deco made for it.
 
-    A detached daemon sits in a group and session of its own (made by the
-    intermediate child's setsid), so killing that group takes the daemon's
-    children with it.  A process run in the foreground shares its group with
-    whoever launched it; then only the process itself is killed.
+    A detached daemon wears a badge (a memfd named after its group, see
+    ``_detach.wear_group_badge``).  Without one (``run`` shares its caller's
+    group: a shell, sshd, cron) only the process itself is signalled, even
+    when the caller leads its own session.
     """
     stat = read_stat(pid)
-    if stat is None or stat.pgrp != stat.session or stat.pgrp == pid:
+    if stat is None:
         return None
-    if stat.pgrp in (os.getpgrp(), 0, 1):
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        entries = os.listdir(fd_dir)
+    except OSError:
         return None
-    return stat.pgrp
+    for entry in entries:
+        try:
+            target = os.readlink(f"{fd_dir}/{entry}")
+        except OSError:
+            continue
+        if target.startswith(_BADGE_LINK):
+            badge = target[len(_BADGE_LINK) :].split(" ", 1)[0]
+            mine = badge.isdigit() and int(badge) == stat.pgrp
+            return stat.pgrp if mine and stat.pgrp not in (os.getpgrp(), 0, 1) else None
+    return None
 
 
 class Ending:

@@ -15,7 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._detach import StartupChannel
 
-__all__ = ["arm", "disarm", "ready"]
+__all__ = ["arm", "disarm", "forget_in_child", "ready"]
 
 
 class _Readiness:
@@ -62,3 +62,17 @@ def disarm() -> bool:
         _readiness.startup = None
         _readiness.armed = False
         return was_ready
+
+
+def forget_in_child() -> None:
+    """In a child forked by the service: it is not the service, so ready() does nothing.
+
+    The startup pipe's copy is closed without a word (the starting process
+    listens to the daemon, not to its children).  The lock is new: another
+    thread may have held it at the fork.
+    """
+    _readiness.lock = _thread.allocate_lock()
+    if _readiness.startup is not None:
+        _readiness.startup.close()
+    _readiness.startup = None
+    _readiness.armed = False

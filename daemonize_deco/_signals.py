@@ -17,6 +17,16 @@ later, returns at once.  ``threading.Event`` is not used because ``set()``
 takes a lock the interrupted code may hold, and ``time.sleep()`` would be
 resumed after a handler returns (PEP 475).  An idle sleeper blocks in
 ``poll`` without a timeout tick: it wakes zero times.
+
+The wakeup fd is process-wide, and asyncio's ``loop.add_signal_handler``
+(for any signal) takes it over.  Our own Python-level handlers still run,
+so each one checks, cheaply, that the fd is still ours; once it is not, the
+handlers record the signal themselves and the dispatcher says so in the log.
+
+Two exceptions to "only record", both deliberate: a repeated stop signal in
+the foreground ends the process from the handler (the user asked twice; the
+dispatcher may be busy in a slow ``on_stop``), and the handlers set the
+wakeup fd back when probing it.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STOP_SIGNALS",
     "install",
+    "keep_away_from_this_thread",
     "request_stop",
     "restore",
     "should_stop",
@@ -52,6 +63,8 @@ STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 # logrotate must never kill a daemon.
 RELOAD_SIGNAL = signal.SIGHUP
 RESERVED_SIGNALS = STOP_SIGNALS | {RELOAD_SIGNAL}
+# A byte no signal number can be: "the wakeup fd was taken over", for the log.
+WAKEUP_TAKEN = 255
 _LONGEST_POLL_MS = 86_400_000  # poll() takes an int of milliseconds: wait a day at a time
 
 
@@ -69,6 +82,11 @@ class _State:
         self.record_write: int | None = None
         self.pipe_lock = _thread.allocate_lock()
         self.fork_hook = False
+        self.wakeup_taken = False
+        self.stop_signals_handled = 0
+        self.on_repeat: Callable[[int], object] | None = None
+        self.unblocked: set[int] = set()
+        self.handled: frozenset[int] = frozenset()
 
 
 _state = _State()
@@ -137,21 +155,56 @@ def request_stop(signum: int | None = None) -> bool:
 
 
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    _record_if_wakeup_taken(signum)
     # The flag is set here too, not only by the dispatcher, so should_stop()
     # is True by the time the main thread runs its next line.
     request_stop(signum)
+    # Counted here, not read from the flag: the dispatcher may have set the
+    # flag for this very signal before the main thread got to run its handler.
+    _state.stop_signals_handled += 1
+    if _state.stop_signals_handled > 1 and _state.on_repeat is not None:
+        _state.on_repeat(signum)  # a second Ctrl-C in the foreground: act now
 
 
 def _on_recorded_signal(signum: int, frame: FrameType | None) -> None:
-    """Nothing to do: the wakeup fd already recorded the signal for the dispatcher."""
+    """The wakeup fd recorded the signal for the dispatcher, unless it was taken over."""
+    _record_if_wakeup_taken(signum)
 
 
-def install(extra_signals: Iterable[int] = ()) -> int:
+def _record_if_wakeup_taken(signum: int) -> None:
+    """Record ``signum`` ourselves when the wakeup fd is no longer our record pipe."""
+    ours = _state.record_write
+    if ours is None:
+        return
+    if not _state.wakeup_taken:
+        current = signal.set_wakeup_fd(ours, warn_on_full_buffer=False)
+        if current == ours:
+            return  # the C handler has written this signal's byte already
+        signal.set_wakeup_fd(current)  # the service's (asyncio's): leave it to it
+        _state.wakeup_taken = True
+        _write_record(WAKEUP_TAKEN)
+    _write_record(signum)
+
+
+def _write_record(byte: int) -> None:
+    try:
+        if _state.record_write is not None:
+            os.write(_state.record_write, bytes((byte,)))
+    except OSError:
+        pass  # full: the dispatcher is awake already and reads what is there
+
+
+def install(
+    extra_signals: Iterable[int] = (), on_repeat: Callable[[int], object] | None = None
+) -> int:
     """Install the handlers; return the pipe from which the dispatcher reads signal numbers.
 
     Starts from a clear flag and fresh pipes (pipes inherited across fork are
-    shared with the parent).  Must be called from the main thread;
-    :func:`restore` puts the previous handlers and wakeup fd back.
+    shared with the parent), and unblocks the handled signals (a launcher may
+    have blocked them, and a blocked SIGTERM could only be answered with
+    SIGKILL).  ``on_repeat(signum)`` runs, from the handler, when a stop
+    signal comes again.  Must be called from the main thread;
+    :func:`restore` puts the previous handlers, wakeup fd and mask back.
     """
     if not _state.fork_hook:
         os.register_at_fork(after_in_child=_clean_slate_in_child)
@@ -159,9 +212,13 @@ def install(extra_signals: Iterable[int] = ()) -> int:
     _close_pipes()
     _state.stop_signal = None
     _state.stop_requested = False
+    _state.wakeup_taken = False
+    _state.stop_signals_handled = 0
+    _state.on_repeat = on_repeat
     _stop_pipe()
     record_read, record_write = os.pipe()
-    os.set_blocking(record_write, False)
+    for end in (record_read, record_write):
+        os.set_blocking(end, False)  # the dispatcher drains it; handlers never wait on it
     _state.record_read, _state.record_write = record_read, record_write
     handlers: dict[int, Handler] = dict.fromkeys(extra_signals, _on_recorded_signal)
     handlers[RELOAD_SIGNAL] = _on_recorded_signal
@@ -170,6 +227,9 @@ def install(extra_signals: Iterable[int] = ()) -> int:
         _state.previous_wakeup_fd = signal.set_wakeup_fd(record_write, warn_on_full_buffer=False)
         for sig, handler in handlers.items():
             _state.previous.setdefault(sig, signal.signal(sig, handler))
+        blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, handlers)
+        _state.unblocked = set(blocked) & set(handlers)
+        _state.handled = frozenset(handlers)
     except ValueError as exc:  # not the main thread: only it may set handlers
         restore()
         _close_pipes()
@@ -180,6 +240,18 @@ def install(extra_signals: Iterable[int] = ()) -> int:
         restore()
         raise
     return record_read
+
+
+def keep_away_from_this_thread() -> None:
+    """Block the handled signals in the calling (non-main) thread.
+
+    The kernel gives a process-directed signal to any thread that does not
+    block it.  Landing on a helper thread, it interrupts nothing on the main
+    thread, which then runs the Python handler only when it next executes
+    bytecode: a main thread blocked in a lock wait would not see it for long.
+    """
+    if _state.handled:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _state.handled)
 
 
 def signal_name(signum: int) -> str:
@@ -193,18 +265,25 @@ def signal_name(signum: int) -> str:
 
 
 def wake_dispatcher() -> None:
-    """Write a 0 byte to the record pipe: the dispatcher's signal to quit."""
-    if _state.record_write is not None:
-        os.write(_state.record_write, b"\0")
+    """Write a 0 byte to the record pipe, to wake the dispatcher; never fails.
+
+    A full pipe (a signal storm) wakes it just as well.
+    """
+    _write_record(0)
 
 
 def restore() -> None:
-    """Put back the handlers and wakeup fd :func:`install` replaced."""
+    """Put back the handlers, wakeup fd and signal mask :func:`install` replaced."""
+    _state.on_repeat = None
+    if _state.unblocked:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _state.unblocked)
+        _state.unblocked = set()
     while _state.previous:
         sig, handler = _state.previous.popitem()
         signal.signal(sig, handler)
     if _state.previous_wakeup_fd is not None:
-        signal.set_wakeup_fd(_state.previous_wakeup_fd)
+        if not _state.wakeup_taken:  # else it is the service's now, not ours to change
+            signal.set_wakeup_fd(_state.previous_wakeup_fd)
         _state.previous_wakeup_fd = None
 
 
@@ -223,6 +302,7 @@ def _clean_slate_in_child() -> None:
     the parent's dispatcher through the inherited wakeup pipe.
     """
     _state.pipe_lock = _thread.allocate_lock()  # another thread may have held it at fork
+    _state.unblocked = set()  # the launcher's mask was an accident; keep them unblocked
     restore()
     _close_pipes()
     _state.stop_signal = None
