@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from ._control import ask
+from ._control import ImpostorError, ask
 from ._detach import (
     DeferredInterrupts,
     check_log_path,
@@ -323,37 +323,37 @@ def reload(service: Service) -> int:
     """Reopen the logs and run the reload callbacks; return once the daemon has."""
     pidfile = _pidfile(service)
     state = pidfile.inspect()
-    if not state.running or state.pid is None:
+    pidfd = None if state.pid is None else _pinned(pidfile, state.pid)
+    if pidfd is None or state.pid is None:
         raise NotRunningError("is not running")
-    timeout = service.config.start_timeout
+    pid, timeout = state.pid, service.config.start_timeout
     try:
-        answer = ask(state.pid, "reload", timeout)
+        answer = ask(pid, "reload", timeout, lambda: _send_sighup(pidfd, pid))
+        if answer is None:
+            _send_sighup(pidfd, pid)
+            say(f"{service.name}: sent SIGHUP to pid {pid} (no acknowledgement channel)")
+            return 0
+    except ImpostorError as exc:
+        _send_sighup(pidfd, pid)
+        say(f"{service.name}: sent SIGHUP to pid {pid} ({exc}: not trusting it)")
+        return 0
     except TimeoutError:
-        raise ReloadError(f"no answer from pid {state.pid} within {timeout:g}s") from None
-    except PermissionError as exc:
-        complain(f"{service.name}: {exc}; not trusting it")
-        answer = None
-    if answer is None:
-        return _reload_by_signal(service, pidfile, state.pid)
+        raise ReloadError(f"no answer from pid {pid} within {timeout:g}s") from None
+    finally:
+        os.close(pidfd)
     if answer != "ok":
-        raise ReloadError(f"reload failed in pid {state.pid}: {answer.removeprefix('error ')}")
-    say(f"{service.name} reloaded (pid {state.pid})")
+        raise ReloadError(f"reload failed in pid {pid}: {answer.removeprefix('error ')}")
+    say(f"{service.name} reloaded (pid {pid})")
     return 0
 
 
-def _reload_by_signal(service: Service, pidfile: PidFile, pid: int) -> int:
-    """No control socket: fall back to SIGHUP, which nobody acknowledges."""
-    pidfd = _pinned(pidfile, pid)
-    if pidfd is None:
-        raise NotRunningError("is not running")
+def _send_sighup(pidfd: int, pid: int) -> None:
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGHUP)
     except PermissionError as exc:
         raise ReloadError(f"cannot signal pid {pid}: permission denied") from exc
-    finally:
-        os.close(pidfd)
-    say(f"{service.name}: sent SIGHUP to pid {pid} (no acknowledgement channel)")
-    return 0
+    except ProcessLookupError as exc:
+        raise NotRunningError("is not running") from exc
 
 
 def print_systemd_unit(service: Service) -> int:

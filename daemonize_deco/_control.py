@@ -1,6 +1,6 @@
 """The control socket: how ``reload`` hears back that the daemon has reloaded.
 
-A signal carries no answer, so ``reload`` asks over a Unix stream socket in
+A signal carries no answer, so ``reload`` connects to a Unix stream socket in
 the abstract namespace (nothing on disk to leave behind, even after
 SIGKILL).  Its name is random, so no other user can take it first; the
 command finds it from the pid it verified through the pidfile, by looking
@@ -9,7 +9,11 @@ and checks with ``SO_PEERCRED`` that the process answering is that pid.
 Only root and the daemon's own user may ask (also ``SO_PEERCRED``).
 
 One request a connection: a line ``reload``; one reply line, ``ok`` or
-``error <reason>``.  The C ``_socket`` module is used directly: ``socket.py``
+``error <reason>``.  The request is *triggered* by the SIGHUP the client
+sends once it is queued: the daemon accepts the waiting requests when it
+handles SIGHUP and answers each with that reload's outcome.  So ``kill -HUP``
+and ``reload`` are the same reload, and nothing needs to watch the socket
+between reloads.  The C ``_socket`` module is used directly: ``socket.py``
 would cost every daemon milliseconds of imports before it is ready.
 """
 
@@ -19,7 +23,11 @@ import _socket
 import os
 import sys
 
-__all__ = ["ControlServer", "ask", "find_address", "reply"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["ControlServer", "ImpostorError", "ask", "find_address", "reply"]
 
 _PEERCRED_SIZE = 12  # struct ucred: pid, uid, gid as C ints
 _CLIENT_TIMEOUT = 1.0
@@ -54,6 +62,10 @@ def find_address(pid: int) -> str | None:
     return None
 
 
+class ImpostorError(PermissionError):
+    """Another process than the daemon answers on its control socket."""
+
+
 def _peer_pid(sock: _socket.socket) -> int:
     creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED_SIZE)
     return int.from_bytes(creds[0:4], sys.byteorder)
@@ -77,46 +89,51 @@ def _read_line(sock: _socket.socket) -> bytes:
 
 
 class ControlServer:
-    """The daemon's listening socket; :meth:`accept` returns one checked request."""
+    """The daemon's listening socket; :meth:`accept_waiting` takes the queued requests."""
 
     def __init__(self) -> None:
         self.sock = _stream_socket()
         try:
             self.sock.bind(f"\0{_PREFIX}{os.getpid()}/{os.urandom(16).hex()}")
-            self.sock.listen(8)
+            self.sock.listen(64)
+            self.sock.setblocking(False)
         except OSError:
             self.sock.close()
             raise
 
-    def fileno(self) -> int:
-        """The listening descriptor, for select."""
-        return self.sock.fileno()
-
-    def accept(self) -> tuple[_socket.socket, str] | None:
-        """Accept one connection and read its request; None for a refused or mute peer."""
-        try:
-            fd, _ = self.sock._accept()  # type: ignore[attr-defined]  # C-level accept
-
-        except OSError:
-            return None
-        conn = _stream_socket(fd)
-        conn.settimeout(_CLIENT_TIMEOUT)  # a peer that never writes must not block the dispatcher
-        try:
-            creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED_SIZE)
-            uid = int.from_bytes(creds[4:8], sys.byteorder)
-            if uid not in (0, os.geteuid()):
-                conn.sendall(b"error permission denied\n")
-                conn.close()
-                return None
-            request = _read_line(conn).decode("ascii", "replace").strip()
-        except OSError:
-            conn.close()
-            return None
-        return conn, request
+    def accept_waiting(self) -> list[tuple[_socket.socket, str]]:
+        """Accept every queued connection and read its request; refused or mute peers dropped."""
+        waiting: list[tuple[_socket.socket, str]] = []
+        while True:
+            try:
+                fd, _ = self.sock._accept()  # type: ignore[attr-defined]  # C-level accept
+            except BlockingIOError:
+                return waiting
+            except OSError:
+                continue  # that peer gave up already
+            request = _checked_request(_stream_socket(fd))
+            if request is not None:
+                waiting.append(request)
 
     def close(self) -> None:
         """Stop listening."""
         self.sock.close()
+
+
+def _checked_request(conn: _socket.socket) -> tuple[_socket.socket, str] | None:
+    conn.settimeout(_CLIENT_TIMEOUT)  # a peer that never writes must not block the dispatcher
+    try:
+        creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED_SIZE)
+        uid = int.from_bytes(creds[4:8], sys.byteorder)
+        if uid not in (0, os.geteuid()):
+            conn.sendall(b"error permission denied\n")
+            conn.close()
+            return None
+        request = _read_line(conn).decode("ascii", "replace").strip()
+    except OSError:
+        conn.close()
+        return None
+    return conn, request
 
 
 def reply(conn: _socket.socket, text: str) -> None:
@@ -129,11 +146,13 @@ def reply(conn: _socket.socket, text: str) -> None:
         conn.close()
 
 
-def ask(pid: int, request: str, timeout: float) -> str | None:
-    """Send ``request`` to the daemon ``pid``; return the reply line, or None when it has no socket.
+def ask(pid: int, request: str, timeout: float, trigger: Callable[[], object]) -> str | None:
+    """Queue ``request`` for the daemon ``pid``, call ``trigger()``; return the reply line.
 
-    Raises TimeoutError when the daemon does not answer within ``timeout``,
-    and PermissionError when another process answers in its name.
+    ``trigger`` sends the signal that makes the daemon take up its requests.
+    Returns None, triggering nothing, when the daemon has no control socket.
+    Raises TimeoutError when it does not answer within ``timeout``, and
+    :class:`ImpostorError` when another process answers in its name.
     """
     address = find_address(pid)
     if address is None:
@@ -147,8 +166,9 @@ def ask(pid: int, request: str, timeout: float) -> str | None:
             return None
         answering = _peer_pid(sock)
         if answering != pid:
-            raise PermissionError(f"pid {answering} answers on the control socket of pid {pid}")
+            raise ImpostorError(f"pid {answering} answers on the control socket of pid {pid}")
         sock.sendall(request.encode("ascii") + b"\n")
+        trigger()
         try:
             answer = _read_line(sock)
         except TimeoutError:

@@ -1,7 +1,8 @@
 """The dispatcher: one thread that runs a service's callbacks, in arrival order.
 
 Signal handlers only record (see ``_signals``); this thread reads the
-recorded signal numbers and ``reload`` requests from the control socket and
+recorded signal numbers (a SIGHUP also takes up the ``reload`` requests
+waiting on the control socket) and
 does the work: reopen logs, run ``on_reload`` / ``on_stop`` / ``on_signal``
 callbacks, tell systemd.  Being an ordinary thread, a callback may print,
 log, take locks, or call ``server.shutdown()`` while ``main`` is blocked in
@@ -146,33 +147,33 @@ class Dispatcher:
     def _loop(self) -> None:
         poller = select.poll()  # not select(): descriptors above 1023 are fine
         poller.register(self._record_fd, select.POLLIN)
-        if self._control is not None:
-            poller.register(self._control.fileno(), select.POLLIN)
         interval = self._notifier.watchdog_interval
         next_ping = time.monotonic() if interval is not None else None
         while True:
-            if next_ping is not None and interval is not None and time.monotonic() >= next_ping:
-                self._notifier.watchdog()
-                next_ping = time.monotonic() + interval
-            timeout = None if next_ping is None else max(0, next_ping - time.monotonic()) * 1000
-            ready = {fd for fd, _ in poller.poll(timeout)}
             with self._lock:
                 if self._pausing:
                     return  # what is unread waits in the pipe and the backlog
                 quitting = self._quitting
                 self._busy = True
             try:
-                if quitting:
-                    # Signals that came before the quit still get their callbacks
-                    # (a SIGTERM's on_stop); what a storm adds meanwhile does not.
-                    self._handle_signals(limit=_PIPE_CAPACITY)
-                    return
-                if self._record_fd in ready:
-                    self._handle_signals()
-                if self._control is not None and self._control.fileno() in ready:
-                    self._handle_request()
+                # When quitting, signals that came before the quit still get
+                # their callbacks (a SIGTERM's on_stop); what a storm adds
+                # meanwhile does not.
+                self._handle_signals(limit=_PIPE_CAPACITY if quitting else 4096)
             finally:
                 self._busy = False
+            if quitting:
+                return
+            with self._lock:
+                # Looked at after reading: the wake byte that goes with a flag
+                # may have been read just now, and poll() would then not return.
+                if self._pausing or self._quitting:
+                    continue
+            if next_ping is not None and interval is not None and time.monotonic() >= next_ping:
+                self._notifier.watchdog()
+                next_ping = time.monotonic() + interval
+            timeout = None if next_ping is None else max(0, next_ping - time.monotonic()) * 1000
+            poller.poll(timeout)
 
     def _handle_signals(self, limit: int = 4096) -> None:
         """Dispatch each recorded signal, reading up to ``limit`` bytes of them."""
@@ -192,7 +193,7 @@ class Dispatcher:
         if signum in _signals.STOP_SIGNALS:
             self._stop_requested(signum)
         elif signum == _signals.RELOAD_SIGNAL:
-            self.reload()
+            self._reload_and_answer()
         elif signum == signal.SIGCHLD and self._reap_children:
             _reap_exited_children()
         for callback in self._hooks.on_signal.get(signum, ()):
@@ -229,17 +230,20 @@ class Dispatcher:
         self._notifier.ready()
         return "error " + "; ".join(failures) if failures else "ok"
 
-    def _handle_request(self) -> None:
-        assert self._control is not None
-        accepted = self._control.accept()
-        if accepted is None:
-            return
-        conn, request = accepted
-        reply(conn, self.reload() if request == "reload" else f"error unknown request {request!r}")
+    def _reload_and_answer(self) -> None:
+        """Reload once for this SIGHUP and answer the ``reload`` requests that sent it."""
+        # Taken before reloading: a request queued during the reload waits for
+        # its own SIGHUP, so its answer is never from a reload that began earlier.
+        waiting = [] if self._control is None else self._control.accept_waiting()
+        outcome = self.reload()
+        for conn, request in waiting:
+            reply(conn, outcome if request == "reload" else f"error unknown request {request!r}")
 
 
 _active: Dispatcher | None = None
 _fork_hooks_registered = False
+# Python 3.13 counts the threads for its fork warning after the after-fork hooks.
+_COUNTS_THREADS_AFTER_HOOKS = sys.version_info >= (3, 13)
 
 
 def _step_aside_at_fork(dispatcher: Dispatcher | None) -> None:
@@ -259,7 +263,13 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_parent() -> None:
-    if _active is not None:
+    if _active is None:
+        return
+    if _COUNTS_THREADS_AFTER_HOOKS:
+        # A thread started now would be counted by the very fork that paused
+        # it: resume at the first moment the service runs our code again.
+        _signals.call_soon(_active.resume)
+    else:
         _active.resume()
 
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STOP_SIGNALS",
+    "call_soon",
     "install",
     "keep_away_from_this_thread",
     "request_stop",
@@ -87,6 +88,7 @@ class _State:
         self.on_repeat: Callable[[int], object] | None = None
         self.unblocked: set[int] = set()
         self.handled: frozenset[int] = frozenset()
+        self.soon: Callable[[], object] | None = None
 
 
 _state = _State()
@@ -104,7 +106,20 @@ def _stop_pipe() -> tuple[int, int]:
 
 def should_stop() -> bool:
     """Return True once a graceful stop was requested (SIGTERM, SIGINT, ``stop``)."""
+    if _state.soon is not None:
+        _run_soon()
     return _state.stop_requested
+
+
+def call_soon(callback: Callable[[], object]) -> None:
+    """Run ``callback`` once, at the next handled signal or should_stop()/sleep() call."""
+    _state.soon = callback
+
+
+def _run_soon() -> None:
+    callback, _state.soon = _state.soon, None
+    if callback is not None:
+        callback()
 
 
 def stop_signal() -> int | None:
@@ -121,6 +136,8 @@ def sleep(seconds: float) -> bool:
     """
     if not seconds >= 0:
         raise ValueError(f"sleep length must be a non-negative number, not {seconds!r}")
+    if _state.soon is not None:
+        _run_soon()
     read_end, _ = _stop_pipe()
     poller = select.poll()
     poller.register(read_end, select.POLLIN)
@@ -173,6 +190,8 @@ def _on_recorded_signal(signum: int, frame: FrameType | None) -> None:
 
 def _record_if_wakeup_taken(signum: int) -> None:
     """Record ``signum`` ourselves when the wakeup fd is no longer our record pipe."""
+    if _state.soon is not None:
+        _run_soon()  # the dispatcher, paused for a fork, comes back to read it
     ours = _state.record_write
     if ours is None:
         return
@@ -275,6 +294,7 @@ def wake_dispatcher() -> None:
 def restore() -> None:
     """Put back the handlers, wakeup fd and signal mask :func:`install` replaced."""
     _state.on_repeat = None
+    _state.soon = None
     if _state.unblocked:
         signal.pthread_sigmask(signal.SIG_BLOCK, _state.unblocked)
         _state.unblocked = set()

@@ -171,6 +171,8 @@ def test_forked_child_exiting_is_not_the_service(make_service):
 
 # -- security ---------------------------------------------------------------------
 
+# nobody may not enter /root, where pyenv's interpreters live: Debian's python3 then.
+SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 SQUATTER = """
 import socket, sys, os
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -228,7 +230,7 @@ def test_control_socket_cannot_be_squatted_or_spoofed(make_service):
     predictable = f"@daemonize_deco/{st.st_dev:x}:{st.st_ino:x}"
     squatter = subprocess.Popen(
         ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-         sys.executable, "-c", SQUATTER, predictable],
+         SYSTEM_PYTHON, "-c", SQUATTER, predictable],
         stdout=subprocess.PIPE, text=True, env=svc.env,
     )  # fmt: skip
     svc.popens.append(squatter)
