@@ -37,7 +37,7 @@ from ._errors import (
 from ._hygiene import close_inherited_fds, resolve_credentials
 from ._pidfile import PidFile
 from ._proc import open_pidfd, terminate, uptime, wait_exit
-from ._runtime import exit_status, serve, served_here
+from ._runtime import exit_status, serve, served_here, threads_left_behind
 from ._unit import systemd_unit
 
 TYPE_CHECKING = False
@@ -108,13 +108,17 @@ def format_uptime(seconds: float) -> str:
 # -- the commands ------------------------------------------------------------
 
 
-def _holder_or_lock(service: Service, pidfile: PidFile) -> int | None:
+def _holder_or_lock(
+    service: Service, pidfile: PidFile, interrupts: DeferredInterrupts | None = None
+) -> int | None:
     """Take the pidfile's lock (None), or return the pid of the daemon that holds it."""
     deadline = time.monotonic() + service.config.start_timeout
     while not pidfile.acquire():
         state = pidfile.inspect(settle=0)
         if state.running and state.pid is not None:
             return state.pid
+        if interrupts is not None and interrupts.signum is not None:
+            raise StartupError("failed to start: interrupted before it was started")
         if time.monotonic() >= deadline:
             raise PidFileError(
                 f"pidfile {pidfile.path} is locked, but names no process that holds it"
@@ -147,7 +151,7 @@ def start(service: Service) -> int:
     credentials = _check_before_fork(config)
     pidfile = _pidfile(service)
     with DeferredInterrupts() as interrupts:
-        holder = _holder_or_lock(service, pidfile)
+        holder = _holder_or_lock(service, pidfile, interrupts)
         if holder is not None:
             say(f"{service.name} is already running (pid {holder})")
             return 0
@@ -472,7 +476,9 @@ def exit_with(service: Service, argv: Sequence[str]) -> NoReturn:
     also waits for the program's threads.
     """
     status = dispatch(service, argv)
-    if argv[:1] and argv[0] in COMMANDS and argv[0] != "run" and not served_here():
+    controlled_only = argv[:1] and argv[0] in COMMANDS and argv[0] != "run" and not served_here()
+    # The service's own threads ran past stop_timeout: sys.exit would wait for them forever.
+    if controlled_only or threads_left_behind():
         atexit._run_exitfuncs()
         flush_standard_streams()
         os._exit(status & 0xFF)

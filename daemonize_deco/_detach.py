@@ -450,7 +450,8 @@ def detach(
     """Start ``serve`` in a detached daemon; return a watcher for its startup outcome.
 
     Only the starting process returns.  The daemon runs ``serve(channel)`` and
-    exits with its result.  ``in_child`` runs first in the forked child;
+    exits with its result.  ``in_child`` runs first in the daemon, once it is
+    out of the starter's session;
     ``close_inherited(keep)`` closes what the launcher passed down but the
     descriptors in ``keep``.  Raises :class:`DetachError` when forking fails.
     """
@@ -464,10 +465,10 @@ def detach(
         raise DetachError(f"cannot fork: {exc.strerror}") from exc
     if child == 0:
         os.close(read_end)
-        in_child()
         _become_daemon(
             StartupChannel(write_end),
             serve,
+            in_daemon=in_child,
             workdir=workdir,
             umask=umask,
             stdout=stdout,
@@ -485,6 +486,7 @@ def _become_daemon(
     channel: StartupChannel,
     serve: Callable[[StartupChannel], int],
     *,
+    in_daemon: Callable[[], None],
     workdir: str,
     umask: int,
     stdout: str | None,
@@ -501,6 +503,7 @@ def _become_daemon(
         # The intermediate exits, so the daemon is re-parented to init.
         if os.fork() != 0:
             os._exit(0)
+        in_daemon()
         channel.send_pid(os.getpid())
         badge = wear_group_badge()
         close_inherited({channel.fileno(), badge})

@@ -6,6 +6,7 @@ with real processes; each was seen failing before its fix.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
@@ -606,3 +607,61 @@ def test_fork_in_main_has_no_threads_to_warn_about(make_service):
     assert svc.cli("reload", timeout=20).returncode == 0, "the dispatcher came back after the fork"
     assert "on_reload ran" in svc.log_text()
     svc.stop_gracefully(pid)
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "main returns while a non-daemon thread never ends",
+    lost="bounded: after stop_timeout the process ends, says which threads it left, and unlocks",
+)
+@pytest.mark.parametrize("command", ["start", "run"])
+def test_threads_that_never_end_are_left_after_stop_timeout(make_service, command):
+    body = """
+        def forever():
+            while True:
+                time.sleep(0.05)
+        threading.Thread(target=forever, name='forever').start()
+        print('main returned', flush=True)
+    """
+    svc = make_service(body=body, stop_timeout=1.0)
+    if command == "start":
+        pid = svc.start()
+    else:
+        runner = svc.popen("run", stdout=open(svc.log, "a"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        pid = runner.pid
+    wait_for(lambda: is_gone(pid), timeout=15, what="the process to end after stop_timeout")
+    assert "threads forever were still running 1s later" in svc.log_text()
+    assert not svc.pidfile.exists()
+    if command == "run":
+        assert runner.wait(timeout=5) == 0
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "Ctrl-C while start waits for a lock that names no process",
+    lost="start ends at once with status 1 and says so; the other holder's file is untouched",
+)
+def test_ctrl_c_while_start_waits_for_the_lock(make_service):
+    svc = make_service(start_timeout=30.0)
+    with open(svc.pidfile, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        starter = svc.popen("start")
+
+        def retrying() -> bool:
+            try:
+                links = [
+                    os.readlink(f"/proc/{starter.pid}/fd/{fd}")
+                    for fd in os.listdir(f"/proc/{starter.pid}/fd")
+                ]
+            except OSError:
+                return False
+            return str(svc.pidfile) in links
+
+        wait_for(retrying, what="start to retry the lock")
+        started = time.monotonic()
+        starter.send_signal(signal.SIGINT)
+        out, err = starter.communicate(timeout=10)
+        assert time.monotonic() - started < 5, "the interrupt waited for start_timeout"
+    assert starter.returncode == 1, (out, err)
+    assert "interrupted before it was started" in err and "Traceback" not in err
+    assert svc.pidfile.exists(), "the holder's file was removed"
