@@ -23,6 +23,8 @@ import _socket
 import os
 import sys
 
+from ._proc import fd_targets
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,18 +43,9 @@ def find_address(pid: int) -> str | None:
     Found among the sockets the process itself holds, never guessed; None
     too when we may not look at its descriptors (nor, then, signal it).
     """
-    inodes = set()
-    try:
-        entries = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
+    inodes = {t[len("socket:[") : -1] for t in fd_targets(pid) if t.startswith("socket:[")}
+    if not inodes:
         return None
-    for entry in entries:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{entry}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
     with open("/proc/net/unix", encoding="ascii", errors="replace") as table:
         next(table)  # Num RefCount Protocol Flags Type St Inode Path
         for line in table:

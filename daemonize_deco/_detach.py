@@ -456,7 +456,10 @@ def detach(
     descriptors in ``keep``.  Raises :class:`DetachError` when forking fails.
     """
     flush_before_fork()
-    read_end, write_end = os.pipe()
+    try:
+        read_end, write_end = os.pipe()
+    except OSError as exc:
+        raise DetachError(f"cannot create the startup pipe: {exc.strerror}") from exc
     try:
         child = os.fork()
     except OSError as exc:
@@ -478,7 +481,10 @@ def detach(
     os.close(write_end)
     # Reap the intermediate child at once: it exits right after the second fork,
     # and a long-lived program calling start must not collect zombies.
-    os.waitpid(child, 0)
+    try:
+        os.waitpid(child, 0)
+    except ChildProcessError:
+        pass  # the program ignores SIGCHLD: the kernel reaped it already
     return StartupWatcher(read_end)
 
 

@@ -128,10 +128,17 @@ class Dispatcher:
 
     def resume(self) -> None:
         """After a fork, in the parent: carry on where the thread left off."""
-        with self._lock:
+        # May run in a signal handler on the main thread, which may be inside
+        # stop() or pause() holding the lock: never wait for it, try again later.
+        if not self._lock.acquire(blocking=False):
+            _signals.call_soon(self.resume)
+            return
+        try:
             self._pausing = False
             if not self._running and not self._quitting:
                 self._launch()
+        finally:
+            self._lock.release()
 
     def _run(self) -> None:
         self._native_id = _thread.get_native_id()

@@ -22,6 +22,7 @@ __all__ = [
     "GROUP_BADGE",
     "Ending",
     "ProcStat",
+    "fd_targets",
     "holds_file",
     "open_pidfd",
     "read_stat",
@@ -104,6 +105,26 @@ def holds_file(pid: int, identity: tuple[int, int]) -> bool | None:
     return False
 
 
+def fd_targets(pid: int) -> list[str]:
+    """What ``pid``'s descriptors point at (``socket:[123]``, paths, ``/memfd:...``).
+
+    Empty when it is gone or we may not look (another user's, and we are
+    not root): then we could not signal it either.
+    """
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        entries = os.listdir(fd_dir)
+    except OSError:
+        return []
+    targets = []
+    for entry in entries:
+        try:
+            targets.append(os.readlink(f"{fd_dir}/{entry}"))
+        except OSError:
+            continue  # closed meanwhile
+    return targets
+
+
 def open_pidfd(pid: int) -> int | None:
     """Pin ``pid`` with a pidfd; None when it no longer exists."""
     try:
@@ -130,16 +151,7 @@ def _own_process_group(pid: int) -> int | None:
     stat = read_stat(pid)
     if stat is None:
         return None
-    fd_dir = f"/proc/{pid}/fd"
-    try:
-        entries = os.listdir(fd_dir)
-    except OSError:
-        return None
-    for entry in entries:
-        try:
-            target = os.readlink(f"{fd_dir}/{entry}")
-        except OSError:
-            continue
+    for target in fd_targets(pid):
         if target.startswith(_BADGE_LINK):
             badge = target[len(_BADGE_LINK) :].split(" ", 1)[0]
             mine = badge.isdigit() and int(badge) == stat.pgrp

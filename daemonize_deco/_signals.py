@@ -23,10 +23,12 @@ The wakeup fd is process-wide, and asyncio's ``loop.add_signal_handler``
 so each one checks, cheaply, that the fd is still ours; once it is not, the
 handlers record the signal themselves and the dispatcher says so in the log.
 
-Two exceptions to "only record", both deliberate: a repeated stop signal in
-the foreground ends the process from the handler (the user asked twice; the
-dispatcher may be busy in a slow ``on_stop``), and the handlers set the
-wakeup fd back when probing it.
+Three exceptions to "only record", each deliberate: a repeated stop signal
+in the foreground ends the process from the handler (the user asked twice;
+the dispatcher may be busy in a slow ``on_stop``); the handlers set the
+wakeup fd back when probing it; and a handler may restart the dispatcher
+thread that stepped aside for an ``os.fork()`` (:func:`call_soon`), so that
+the signal it records is read.
 """
 
 from __future__ import annotations

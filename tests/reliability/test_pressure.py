@@ -665,3 +665,24 @@ def test_ctrl_c_while_start_waits_for_the_lock(make_service):
     assert starter.returncode == 1, (out, err)
     assert "interrupted before it was started" in err and "Traceback" not in err
     assert svc.pidfile.exists(), "the holder's file was removed"
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "A host program that ignores SIGCHLD starts the daemon",
+    lost="start reports started and the pidfile stays with the daemon (the kernel reaps for us)",
+)
+def test_start_from_a_host_that_ignores_sigchld(make_service):
+    svc = make_service()
+    result = host_program(
+        svc,
+        """
+        import signal
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        assert main.cli(['start']) == 0
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    pid = svc.pid_from(result.stdout)
+    assert svc.cli("status").returncode == 0
+    svc.stop_gracefully(pid)
