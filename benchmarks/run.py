@@ -35,6 +35,7 @@ VENV = HERE / ".venv"
 PEERS_DIR = HERE / "peers"
 PEER_PACKAGES = ["python-daemon", "daemonocle", "daemonize"]
 TAG = "DAEMONIZE_DECO_BENCH_TAG"
+COMPARE_HEADING = "## Change against a base revision"
 
 
 # -- set-up --------------------------------------------------------------------------
@@ -507,7 +508,10 @@ def main() -> int:
         bare = bare_interpreter_rss()
     table = render(results, floor, bare, options.runs) + NOTES
     print(table)
-    Path(options.output).write_text(table)
+    output = Path(options.output)
+    # benchmarks/compare.py's section (a change against a base revision) is kept.
+    kept = output.read_text().partition(COMPARE_HEADING)[2] if output.exists() else ""
+    output.write_text(table + (f"\n{COMPARE_HEADING}{kept}" if kept else ""))
     return 0
 
 
