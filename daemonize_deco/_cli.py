@@ -22,6 +22,7 @@ from ._detach import (
     detach,
     ensure_standard_fds,
     flush_standard_streams,
+    line_buffer_python_streams,
 )
 from ._errors import (
     AlreadyRunningError,
@@ -294,7 +295,7 @@ def restart(service: Service) -> int:
 
 
 def status(service: Service) -> int:
-    """0 running, 1 dead but pidfile left behind, 3 not running."""
+    """0 running, 1 dead but pidfile left behind, 3 not running (4: see error_status)."""
     pidfile = _pidfile(service)
     state = pidfile.inspect()
     if state.running:
@@ -320,6 +321,7 @@ def run(service: Service) -> int:
     holder = _holder_or_lock(service, pidfile)
     if holder is not None:
         raise AlreadyRunningError(f"already running (pid {holder}); not starting a second copy")
+    line_buffer_python_streams()
     return serve(service, pidfile, credentials=credentials)
 
 
@@ -380,7 +382,7 @@ COMMANDS: dict[str, Command] = {
     "start": Command(start, "start in the background; return once it is ready"),
     "stop": Command(stop, "stop gracefully, wait until it is gone"),
     "restart": Command(restart, "stop if running, then start"),
-    "status": Command(status, "0 running, 1 dead with a pidfile left, 3 not running"),
+    "status": Command(status, "0 running, 1 dead with a pidfile left, 3 not running, 4 unknown"),
     "run": Command(run, "run in the foreground (Ctrl-C stops gracefully)"),
     "reload": Command(reload, "reopen the logs and run the reload callbacks (SIGHUP)"),
     "systemd-unit": Command(print_systemd_unit, "print a systemd unit file for this service"),
@@ -458,7 +460,7 @@ def dispatch(service: Service, argv: Sequence[str]) -> int:
             return run_custom(custom, command, argv[1:])
         return COMMANDS[command].run(service)
     except DaemonError as exc:
-        complain(f"{service.name}: {exc}")
+        complain(exc.line_for(service.name))
         if isinstance(exc, UsageError):
             complain(usage(prog, service))
         return error_status(command, exc)

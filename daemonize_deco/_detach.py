@@ -38,6 +38,7 @@ __all__ = [
     "check_workdir",
     "detach",
     "ensure_standard_fds",
+    "line_buffer_python_streams",
     "reopen_logs",
 ]
 
@@ -361,7 +362,7 @@ def redirect_standard_streams(stdout: str | None, stderr: str | None) -> None:
     os.dup2(null, 0)
     os.close(null)
     _point_output_at(stdout, stderr)
-    _line_buffer_python_streams()
+    line_buffer_python_streams()
 
 
 def reopen_logs(stdout: str | None, stderr: str | None) -> None:
@@ -401,8 +402,12 @@ def _line_buffered(stream: TextIO | None, fd: int) -> TextIO:
     return open(fd, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
 
 
-def _line_buffer_python_streams() -> None:
-    """Make print() reach the log at once, even when nothing is a terminal."""
+def line_buffer_python_streams() -> None:
+    """Make print() reach the log at once, even when nothing is a terminal.
+
+    Also in the foreground: under supervisord, runit's svlogd or the journal,
+    stdout is a pipe, which Python would otherwise fill 8 KiB at a time.
+    """
     sys.stdout = _line_buffered(sys.stdout, 1)
     sys.stderr = _line_buffered(sys.stderr, 2)
     if sys.stdin is None:

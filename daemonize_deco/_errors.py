@@ -42,6 +42,10 @@ class DaemonError(Exception):
         # OSError subclasses would otherwise format as "[Errno ...]" tuples.
         return str(self.args[0]) if self.args else self.__class__.__name__
 
+    def line_for(self, name: str) -> str:
+        """The line a command prints for this error in service ``name``."""
+        return f"{name}: {self}"
+
 
 class UsageError(DaemonError):
     """The command line is wrong: unknown command, extra argument, empty word."""
@@ -73,6 +77,10 @@ class NotRunningError(DaemonError):
     """``reload`` found no running service (LSB status 7, "program is not running")."""
 
     exit_status = 7
+
+    def line_for(self, name: str) -> str:
+        """``NAME is not running``, as every other command says it."""
+        return f"{name} {self}"
 
 
 class ReloadError(DaemonError):

@@ -68,8 +68,12 @@ def _describe_open_error(path: str, exc: OSError) -> str:
         errno.EACCES: "permission denied",
         errno.EROFS: "read-only file system",
     }
-    if exc.errno == errno.ENOENT:
-        reason = f"directory {os.path.dirname(path)} does not exist"
+    directory = os.path.dirname(path)
+    if exc.errno == errno.ENOENT and os.path.isdir(directory):
+        # The directory is there, yet the file cannot be made (procfs, sysfs).
+        reason = f"the file system of {directory} does not let files be created there"
+    elif exc.errno == errno.ENOENT:
+        reason = f"directory {directory} does not exist"
     else:
         reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
     return f"cannot use pidfile {path}: {reason}"

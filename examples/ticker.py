@@ -5,7 +5,7 @@ Try it::
     python examples/ticker.py start      # "ticker started (pid N)"
     python examples/ticker.py status
     python examples/ticker.py last       # a custom command: the log's last line
-    python examples/ticker.py reload     # reopen the log, re-read TICKER_INTERVAL
+    python examples/ticker.py reload     # reopen the log, read ticker.interval beside it
     python examples/ticker.py stop
     python examples/ticker.py --help     # lists the custom commands too
 """

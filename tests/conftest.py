@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 from reliability_report import (  # noqa: F401 -- pytest finds these hooks by name
+    pytest_addoption,
     pytest_collection_modifyitems,
     pytest_configure,
     pytest_runtest_logreport,

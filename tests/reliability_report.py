@@ -1,7 +1,9 @@
 """A pytest plugin: tests marked ``scenario`` become the rows of RELIABILITY.md.
 
-The file is written only from a full run of the suite (no -k, -m, --lf or
-explicit test paths), so it always shows every scenario from one run.
+The file is written only when asked (``pytest --reliability-report``), so a
+clone stays clean after ``pytest``, and only from a full run of the suite (no
+-k, -m, --lf or explicit test paths), so it always shows every scenario from
+one run.
 """
 
 from __future__ import annotations
@@ -98,6 +100,14 @@ class Collector:
 _collector = Collector()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reliability-report",
+        action="store_true",
+        help="rewrite RELIABILITY.md from this run (a full run only)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "scenario(group, name, lost=...): a row of RELIABILITY.md")
 
@@ -118,5 +128,6 @@ def _full_run(config: pytest.Config) -> bool:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _full_run(session.config) and _collector.rows and exitstatus != pytest.ExitCode.INTERRUPTED:
+    asked = session.config.getoption("--reliability-report")
+    if asked and _full_run(session.config) and exitstatus != pytest.ExitCode.INTERRUPTED:
         _collector.write()
