@@ -34,11 +34,12 @@ from ._errors import (
     StartupError,
     StopError,
     UsageError,
+    exit_status,
 )
 from ._hygiene import close_inherited_fds, resolve_credentials
 from ._pidfile import PidFile
 from ._proc import open_pidfd, terminate, uptime, wait_exit
-from ._runtime import exit_status, serve, served_here, threads_left_behind
+from ._runtime import serve, served_here, threads_left_behind
 from ._unit import systemd_unit
 
 TYPE_CHECKING = False

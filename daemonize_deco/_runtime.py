@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ._hygiene import Credentials
     from ._pidfile import PidFile
 
-__all__ = ["exit_status", "ready", "serve", "served_here", "threads_left_behind"]
+__all__ = ["ready", "serve", "served_here", "threads_left_behind"]
 
 # Variables through which a manager talks to its main process only; children
 # we spawn must not inherit them (sd_notify's unset_environment).

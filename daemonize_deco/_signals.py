@@ -297,6 +297,7 @@ def restore() -> None:
     """Put back the handlers, wakeup fd and signal mask :func:`install` replaced."""
     _state.on_repeat = None
     _state.soon = None
+    _state.handled = frozenset()
     if _state.unblocked:
         signal.pthread_sigmask(signal.SIG_BLOCK, _state.unblocked)
         _state.unblocked = set()

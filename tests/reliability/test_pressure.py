@@ -52,6 +52,12 @@ def sigblk(pid: int) -> int:
     return int(proc_status(pid)["SigBlk"], 16)
 
 
+def run_into_log(svc, **kw):
+    """``run`` with its output appended to the service's log, as a detached daemon's is."""
+    with open(svc.log, "a") as log:  # the child has its own copy once started
+        return svc.popen("run", stdout=log, **kw)
+
+
 def host_program(svc, code: str) -> subprocess.CompletedProcess[str]:
     """Run a program that imports the service script and drives it with main.cli()."""
     program = svc.dir / "host.py"
@@ -135,7 +141,6 @@ def test_stop_of_run_never_kills_the_callers_group(make_service, ignores_term):
     assert int(lines[0]) == wrapper.pid, "bash leads its session"
     sleeper = int(lines[1])
     svc_pid = wait_for(svc.read_pid, what="the service's pid")
-    wait_for(lambda: "up" in svc.log_text() or svc.pidfile.exists(), what="service up")
     result = svc.cli("stop")
     assert result.returncode == 0, result.stderr
     assert "left running" not in result.stdout
@@ -297,7 +302,7 @@ def test_dispatcher_works_with_descriptors_above_1023(make_service, command):
     if command == "start":
         pid = svc.start()
     else:
-        runner = svc.popen("run", stdout=open(svc.log, "a"))  # noqa: SIM115
+        runner = run_into_log(svc)
         pid = runner.pid
         wait_for(lambda: svc.read_pid() == pid, what="run to write its pid")
     result = svc.cli("reload", timeout=20)
@@ -403,7 +408,7 @@ def test_lock_is_held_until_non_daemon_threads_end(make_service, command):
     if command == "start":
         pid = svc.start()
     else:
-        runner = svc.popen("run", stdout=open(svc.log, "a"))  # noqa: SIM115
+        runner = run_into_log(svc)
         pid = runner.pid
     wait_for(lambda: "main returned" in svc.log_text(), what="main to return")
     status = svc.cli("status")
@@ -487,7 +492,8 @@ def test_failure_reason_survives_an_early_reap():
     read_end, write_end = os.pipe()
     os.write(write_end, f"pid {gone.pid}\nfail ValueError: bad port 99999\n".encode())
     os.close(write_end)
-    report = StartupWatcher(read_end).wait(5)
+    with StartupWatcher(read_end) as watcher:
+        report = watcher.wait(5)
     assert report.outcome == "failed"
     assert report.reason == "ValueError: bad port 99999"
 
@@ -627,7 +633,7 @@ def test_threads_that_never_end_are_left_after_stop_timeout(make_service, comman
     if command == "start":
         pid = svc.start()
     else:
-        runner = svc.popen("run", stdout=open(svc.log, "a"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        runner = run_into_log(svc, stderr=subprocess.STDOUT)
         pid = runner.pid
     wait_for(lambda: is_gone(pid), timeout=15, what="the process to end after stop_timeout")
     assert "threads forever were still running 1s later" in svc.log_text()
