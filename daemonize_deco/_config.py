@@ -30,8 +30,9 @@ class ServiceConfig:
     """
 
     __slots__ = (
-        "files_preserve", "group", "name", "pidfile", "prevent_core", "script", "start_timeout",
-        "stderr", "stdout", "stop_timeout", "umask", "user", "wait_ready", "workdir",
+        "files_preserve", "group", "name", "pidfile", "prevent_core", "script", "start_grace",
+        "start_timeout", "stderr", "stdout", "stop_timeout", "umask", "user", "wait_ready",
+        "workdir",
     )  # fmt: skip
 
     def __init__(
@@ -45,6 +46,7 @@ class ServiceConfig:
         umask: int,
         stop_timeout: float,
         start_timeout: float,
+        start_grace: float,
         wait_ready: bool,
         name: str | None,
         user: str | int | None,
@@ -63,6 +65,7 @@ class ServiceConfig:
         self.umask = _umask(umask)
         self.stop_timeout = _timeout("stop_timeout", stop_timeout)
         self.start_timeout = _timeout("start_timeout", start_timeout)
+        self.start_grace = _grace(start_grace, self.start_timeout)
         self.wait_ready = wait_ready
         self.user = _account("user", user)
         self.group = _account("group", group)
@@ -172,6 +175,15 @@ def _timeout(keyword: str, value: object) -> float:
     if not 0 < value < float("inf"):  # also refuses NaN
         raise ValueError(f"{keyword} must be a positive, finite number of seconds, not {value!r}")
     return float(value)
+
+
+def _grace(value: object, start_timeout: float) -> float:
+    """The start grace in force: at most half of start_timeout, so a start never times out on it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"start_grace must be a number of seconds, not {type(value).__name__}")
+    if not 0 <= value < float("inf"):  # also refuses NaN
+        raise ValueError(f"start_grace must be a finite number of seconds >= 0, not {value!r}")
+    return min(float(value), start_timeout / 2)
 
 
 def _name(value: object, func: Callable[..., object]) -> str:

@@ -29,7 +29,17 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["ControlServer", "ImpostorError", "ask", "find_address", "reply"]
+__all__ = [
+    "ControlServer",
+    "ImpostorError",
+    "ask",
+    "find_address",
+    "peer_credentials",
+    "peer_pid",
+    "read_line",
+    "reply",
+    "stream_socket",
+]
 
 _PEERCRED_SIZE = 12  # struct ucred: pid, uid, gid as C ints
 _CLIENT_TIMEOUT = 1.0
@@ -59,18 +69,25 @@ class ImpostorError(PermissionError):
     """Another process than the daemon answers on its control socket."""
 
 
-def _peer_pid(sock: _socket.socket) -> int:
+def peer_pid(sock: _socket.socket) -> int:
+    """The pid of the process at the other end of a connected Unix socket."""
+    return peer_credentials(sock)[0]
+
+
+def peer_credentials(sock: _socket.socket) -> tuple[int, int]:
+    """The pid and uid of the process at the other end of a connected Unix socket."""
     creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED_SIZE)
-    return int.from_bytes(creds[0:4], sys.byteorder)
+    return int.from_bytes(creds[0:4], sys.byteorder), int.from_bytes(creds[4:8], sys.byteorder)
 
 
-def _stream_socket(fileno: int | None = None) -> _socket.socket:
+def stream_socket(fileno: int | None = None) -> _socket.socket:
+    """A close-on-exec Unix stream socket (or one for an accepted ``fileno``)."""
     if fileno is not None:
         return _socket.socket(fileno=fileno)
     return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
 
 
-def _read_line(sock: _socket.socket) -> bytes:
+def read_line(sock: _socket.socket) -> bytes:
     """Bytes up to the first newline (or end of stream), at most _LINE_LIMIT."""
     data = b""
     while b"\n" not in data and len(data) < _LINE_LIMIT:
@@ -82,12 +99,17 @@ def _read_line(sock: _socket.socket) -> bytes:
 
 
 class ControlServer:
-    """The daemon's listening socket; :meth:`accept_waiting` takes the queued requests."""
+    """The daemon's listening socket; :meth:`accept_waiting` takes the queued requests.
 
-    def __init__(self) -> None:
-        self.sock = _stream_socket()
+    Bound to a random abstract name unless given an ``address``.
+    """
+
+    def __init__(self, address: str | bytes | None = None) -> None:
+        if address is None:
+            address = f"\0{_PREFIX}{os.getpid()}/{os.urandom(16).hex()}"
+        self.sock = stream_socket()
         try:
-            self.sock.bind(f"\0{_PREFIX}{os.getpid()}/{os.urandom(16).hex()}")
+            self.sock.bind(address)
             self.sock.listen(64)
             self.sock.setblocking(False)
         except OSError:
@@ -104,9 +126,13 @@ class ControlServer:
                 return waiting
             except OSError:
                 continue  # that peer gave up already
-            request = _checked_request(_stream_socket(fd))
+            request = _checked_request(stream_socket(fd))
             if request is not None:
                 waiting.append(request)
+
+    def fileno(self) -> int:
+        """The listening descriptor, to poll."""
+        return int(self.sock.fileno())
 
     def close(self) -> None:
         """Stop listening."""
@@ -122,7 +148,7 @@ def _checked_request(conn: _socket.socket) -> tuple[_socket.socket, str] | None:
             conn.sendall(b"error permission denied\n")
             conn.close()
             return None
-        request = _read_line(conn).decode("ascii", "replace").strip()
+        request = read_line(conn).decode("ascii", "replace").strip()
     except OSError:
         conn.close()
         return None
@@ -150,20 +176,20 @@ def ask(pid: int, request: str, timeout: float, trigger: Callable[[], object]) -
     address = find_address(pid)
     if address is None:
         return None
-    sock = _stream_socket()
+    sock = stream_socket()
     try:
         sock.settimeout(timeout)
         try:
             sock.connect(address)
         except (ConnectionRefusedError, FileNotFoundError):
             return None
-        answering = _peer_pid(sock)
+        answering = peer_pid(sock)
         if answering != pid:
             raise ImpostorError(f"pid {answering} answers on the control socket of pid {pid}")
         sock.sendall(request.encode("ascii") + b"\n")
         trigger()
         try:
-            answer = _read_line(sock)
+            answer = read_line(sock)
         except TimeoutError:
             raise  # an OSError too, but one the caller must hear about
         except OSError:

@@ -47,7 +47,7 @@ __all__ = [
 
 
 class StartupChannel:
-    """The daemon's end of the startup pipe: one "pid", then "ready" or "fail"."""
+    """The daemon's end of the startup pipe: one "pid", then "ready", "done" or "fail"."""
 
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
@@ -74,6 +74,12 @@ class StartupChannel:
             self._send("ready")
             self.close()
 
+    def finished(self, status: int) -> bool:
+        """Report that main ran to completion before it was ready (a one-shot job)."""
+        delivered = self._send(f"done {status}")
+        self.close()
+        return delivered
+
     def fail(self, reason: str) -> bool:
         """Report why startup failed; False when nobody was listening any more."""
         delivered = self._send(f"fail {reason}")
@@ -99,7 +105,9 @@ class StartupReport:
 
     __slots__ = ("outcome", "pid", "pidfd", "pipe_ended", "reason")
 
-    def __init__(self, outcome: Literal["ready", "failed", "timeout", "interrupted"]) -> None:
+    def __init__(
+        self, outcome: Literal["ready", "finished", "failed", "timeout", "interrupted"]
+    ) -> None:
         self.outcome = outcome
         self.pid: int | None = None
         self.pidfd: int | None = None
@@ -203,6 +211,9 @@ class StartupWatcher:
             self.report.pidfd = open_pidfd(self.report.pid)
         elif word == "ready" and not self._decided():
             self.report.outcome = "ready"
+        elif word == "done" and not self._decided():
+            self.report.outcome = "finished"
+            self.report.reason = f"status {rest}"
         elif word == "fail" and not self._decided():
             self._failed(rest)
 

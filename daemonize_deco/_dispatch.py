@@ -10,7 +10,8 @@ log, take locks, or call ``server.shutdown()`` while ``main`` is blocked in
 and the service carries on.
 
 It blocks in ``poll`` with no timeout, so an idle daemon never wakes up;
-only systemd's watchdog, when enabled, gives it a period.
+only systemd's watchdog, when enabled, gives it a period, and the start
+grace one deadline: the service is ready once ``main`` has run that long.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import sys
 import time
 
 from . import _signals
+from ._claim import answer_claimants
 from ._control import reply
 from ._detach import reopen_logs
 from ._hygiene import set_thread_name
+from ._ready import is_ready, ready
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,14 +63,18 @@ class Dispatcher:
         hooks: Hooks,
         notifier: Notifier,
         control: ControlServer | None,
+        claim: tuple[ControlServer, Callable[[], str]] | None = None,
         logs: tuple[str | None, str | None] | None,
         on_repeat: Callable[[int], None] | None,
         reap_children: bool,
+        ready_at: float | None = None,
     ) -> None:
         self._record_fd = record_fd
+        self._ready_at = ready_at
         self._hooks = hooks
         self._notifier = notifier
         self._control = control
+        self._claim = claim
         self._logs = logs
         self._on_repeat = on_repeat
         self._reap_children = reap_children
@@ -154,6 +161,8 @@ class Dispatcher:
     def _loop(self) -> None:
         poller = select.poll()  # not select(): descriptors above 1023 are fine
         poller.register(self._record_fd, select.POLLIN)
+        if self._claim is not None:
+            poller.register(self._claim[0].fileno(), select.POLLIN)
         interval = self._notifier.watchdog_interval
         next_ping = time.monotonic() if interval is not None else None
         while True:
@@ -167,6 +176,8 @@ class Dispatcher:
                 # their callbacks (a SIGTERM's on_stop); what a storm adds
                 # meanwhile does not.
                 self._handle_signals(limit=_PIPE_CAPACITY if quitting else 4096)
+                if self._claim is not None and not quitting:
+                    answer_claimants(*self._claim)
             finally:
                 self._busy = False
             if quitting:
@@ -179,8 +190,20 @@ class Dispatcher:
             if next_ping is not None and interval is not None and time.monotonic() >= next_ping:
                 self._notifier.watchdog()
                 next_ping = time.monotonic() + interval
-            timeout = None if next_ping is None else max(0, next_ping - time.monotonic()) * 1000
+            self._ready_after_grace()
+            deadlines = [t for t in (next_ping, self._ready_at) if t is not None]
+            timeout = max(0, min(deadlines) - time.monotonic()) * 1000 if deadlines else None
             poller.poll(timeout)
+
+    def _ready_after_grace(self) -> None:
+        """Declare the service ready once main has run its start grace; forget the deadline."""
+        if self._ready_at is None:
+            return
+        if is_ready():
+            self._ready_at = None
+        elif time.monotonic() >= self._ready_at:
+            self._ready_at = None
+            ready()
 
     def _handle_signals(self, limit: int = 4096) -> None:
         """Dispatch each recorded signal, reading up to ``limit`` bytes of them."""

@@ -192,6 +192,31 @@ class PidFile:
             os.register_at_fork(after_in_child=_forget_in_child)
         _held = self
 
+    def put_back(self, pid: int) -> bool:
+        """Recreate the pidfile at its path if it was deleted or replaced; True if it was.
+
+        The new file is locked and names ``pid``; it takes over our descriptor
+        number (dup2), so nothing that knows that number needs telling, and
+        the lock on the old, unreachable file goes with it.  Raises
+        :class:`PidFileError` when the path cannot be used or another process
+        holds the file now there.
+        """
+        held = self._held_fd()
+        if self._names(held):
+            return False
+        replacement = PidFile(self.path)
+        if not replacement.acquire():
+            raise PidFileError(f"another process holds the file now at {self.path}")
+        new = replacement._held_fd()
+        try:
+            replacement.write_pid(pid)
+            os.dup2(new, held, inheritable=False)
+        except OSError as exc:
+            replacement.remove()
+            raise PidFileError(f"cannot write pidfile {self.path}: {exc.strerror}") from exc
+        os.close(new)
+        return True
+
     def hand_over(self) -> None:
         """Close our descriptor; the lock stays with the daemon, which shares it."""
         if self._fd is not None:
@@ -259,7 +284,10 @@ class PidFile:
         return named == pid and holds_file(pid, (held.st_dev, held.st_ino)) is not False
 
     def remove_if_stale(self) -> bool:
-        """Unlink the pidfile if nobody holds its lock; True when it was removed."""
+        """Unlink the pidfile if nobody holds its lock; True when it was removed.
+
+        Raises :class:`PidFileError` when it is stale but may not be removed.
+        """
         fd = self._open_existing()
         if fd is None:
             return False
@@ -267,9 +295,19 @@ class PidFile:
             if not _try_lock(fd) or not self._names(fd):
                 return False
             os.unlink(self.path)
-            return True
+        except OSError as exc:
+            reason = "permission denied" if isinstance(exc, PermissionError) else exc.strerror
+            raise PidFileError(f"cannot remove its stale pidfile {self.path}: {reason}") from exc
         finally:
             os.close(fd)
+        return True
+
+    def owner(self) -> int:
+        """The uid that owns the pidfile (-1 when there is none)."""
+        try:
+            return os.stat(self.path, follow_symlinks=False).st_uid
+        except OSError:
+            return -1
 
 
 _held: PidFile | None = None

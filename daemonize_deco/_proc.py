@@ -22,6 +22,7 @@ __all__ = [
     "GROUP_BADGE",
     "Ending",
     "ProcStat",
+    "command_line",
     "fd_targets",
     "holds_file",
     "open_pidfd",
@@ -70,6 +71,16 @@ def read_stat(pid: int) -> ProcStat | None:
         tty_nr=int(fields[4]),
         starttime_ticks=int(fields[19]),
     )
+
+
+def command_line(pid: int) -> list[str]:
+    """The arguments ``pid`` was started with; [] when it is gone or hides them."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return []
+    return raw.decode("utf-8", "replace").split("\0")[:-1] if raw else []
 
 
 def uptime(pid: int) -> float | None:

@@ -15,7 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._detach import StartupChannel
 
-__all__ = ["arm", "disarm", "forget_in_child", "ready"]
+__all__ = ["arm", "disarm", "forget_in_child", "is_ready", "ready"]
 
 
 class _Readiness:
@@ -38,13 +38,25 @@ def ready() -> None:
     systemd ``READY=1`` under ``Type=notify``.  Calling it again, or outside
     a running service, does nothing.
     """
-    with _readiness.lock:
+    # Not waiting for the lock: whoever holds it is declaring readiness already
+    # (the dispatcher at the end of the start grace), or is this very thread,
+    # interrupted by a signal handler that calls should_stop() (a deadlock).
+    if not _readiness.lock.acquire(blocking=False):
+        return
+    try:
         if not _readiness.armed or _readiness.done:
             return
         _readiness.done = True
         if _readiness.startup is not None:
             _readiness.startup.ready()
         _notify.current().ready()
+    finally:
+        _readiness.lock.release()
+
+
+def is_ready() -> bool:
+    """Whether the running service has declared itself ready."""
+    return _readiness.done
 
 
 def arm(startup: StartupChannel | None) -> None:

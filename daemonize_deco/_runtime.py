@@ -18,11 +18,13 @@ import _signal as signal  # the C module: signal.py would import enum (milliseco
 import _thread
 import os
 import sys
+import time
 
-from . import _notify, _signals
+from . import _lastrun, _notify, _signals
+from ._claim import listen_for_claimants
 from ._control import ControlServer
 from ._detach import flush_standard_streams
-from ._errors import describe, exit_status, last_words
+from ._errors import PidFileError, describe, exit_status, last_words
 from ._hygiene import drop_privileges, prevent_core_dumps, set_process_name
 from ._ready import arm as _arm_readiness
 from ._ready import disarm as _disarm_readiness
@@ -33,7 +35,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._config import Service
+    from ._config import Service, ServiceConfig
     from ._detach import StartupChannel
     from ._dispatch import Dispatcher
     from ._hygiene import Credentials
@@ -42,8 +44,9 @@ if TYPE_CHECKING:
 __all__ = ["ready", "serve", "served_here", "threads_left_behind"]
 
 # Variables through which a manager talks to its main process only; children
-# we spawn must not inherit them (sd_notify's unset_environment).
-_MANAGER_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+# we spawn must not inherit them (sd_notify's unset_environment), nor take
+# supervisord's mark for "stay in the foreground" to a start of their own.
+_MANAGER_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "SUPERVISOR_ENABLED")
 
 
 class _Facts:
@@ -52,6 +55,7 @@ class _Facts:
     served = False
     threads_left: tuple[str, ...] = ()
     control: ControlServer | None = None
+    claim: ControlServer | None = None
     fork_hook = False
 
 
@@ -68,23 +72,49 @@ def threads_left_behind() -> tuple[str, ...]:
     return _facts.threads_left
 
 
-def _call_main(main: Callable[[], object], service_pid: int) -> tuple[int, str]:
-    """Run ``main``; return its exit status and, for a failure, a one-line reason."""
+class Outcome:
+    """How ``main`` ended: its exit status and, when it raised, ``Type: message``."""
+
+    __slots__ = ("exception", "returned", "status")
+
+    def __init__(self, status: int, *, exception: str | None = None, returned: bool = True):
+        self.status = status
+        self.exception = exception
+        self.returned = returned  # False: sys.exit() or an exception
+
+    def reason(self) -> str:
+        """Why a start failed, had this happened before the service was ready."""
+        if self.exception is not None:
+            return self.exception
+        if self.status != 0:
+            return f"main exited with status {self.status}"
+        return "main returned before it called ready()"
+
+
+def _call_main(main: Callable[[], object], service_pid: int, name: str) -> Outcome:
+    """Run ``main``; return how it ended, saying a non-zero status in the log."""
     try:
         result = main()
     except BaseException as exc:
         if os.getpid() != service_pid:
             raise  # a child main forked, leaving: not the service's outcome
         if isinstance(exc, SystemExit):
-            return exit_status(exc.code), f"SystemExit: {exc.code}"
-        import traceback  # noqa: PLC0415 -- only a failing main pays for it
+            outcome = Outcome(exit_status(exc.code), returned=False)
+        else:
+            import traceback  # noqa: PLC0415 -- only a failing main pays for it
 
-        last_words(traceback.print_exc)
-        return 1, describe(exc)
-    if os.getpid() != service_pid:
-        # A forked child returned from main: end it as main's return would end a script.
-        raise SystemExit(result)
-    return exit_status(result), "main returned before it was ready"
+            last_words(traceback.print_exc)
+            return Outcome(1, exception=describe(exc), returned=False)
+    else:
+        if os.getpid() != service_pid:
+            # A forked child returned from main: end it as main's return would end a script.
+            raise SystemExit(result)
+        outcome = Outcome(exit_status(result))
+    if outcome.status != 0:
+        # Python says nothing for a non-zero status: the log would be empty after a failure.
+        said = "returned" if outcome.returned else "exited with status"
+        last_words(lambda: print(f"{name}: main {said} {outcome.status}", file=sys.stderr))
+    return outcome
 
 
 def _wait_for_threads(timeout: float) -> tuple[str, ...]:
@@ -151,6 +181,29 @@ def _listen() -> ControlServer | None:
         return None
 
 
+def _claim_identity(pidfile: PidFile) -> ControlServer | None:
+    claim = listen_for_claimants(pidfile.path)
+    if claim is None:
+        print(
+            f"daemonize_deco: another process holds the claim on {pidfile.path}; "
+            "should the pidfile be deleted, commands will not find this service",
+            file=sys.stderr,
+        )
+    return claim
+
+
+def _putting_back(pidfile: PidFile) -> Callable[[], str]:
+    """What the dispatcher does when a command finds the pidfile gone: put it back."""
+
+    def put_back() -> str:
+        try:
+            return "ok put back" if pidfile.put_back(os.getpid()) else "ok"
+        except PidFileError as exc:
+            return f"error {exc}"
+
+    return put_back
+
+
 def _prepare_process(service: Service, credentials: Credentials | None) -> None:
     set_process_name(service.config.name)
     if service.config.prevent_core:
@@ -165,9 +218,10 @@ def _not_the_service_in_child() -> None:
     """At a fork in the service, in the child: let go of what only the service may use."""
     _forget_readiness()
     _notify.attach(_notify.Notifier({}))
-    if _facts.control is not None:
-        _facts.control.close()  # a leftover child must not keep the socket's name
-        _facts.control = None
+    for server in (_facts.control, _facts.claim):
+        if server is not None:
+            server.close()  # a leftover child must not keep the socket's name
+    _facts.control = _facts.claim = None
 
 
 def serve(
@@ -182,13 +236,14 @@ def serve(
     With a ``startup`` channel (a detached daemon), a failure before ready is
     reported through it and the starting process, which shares the lock,
     removes the pidfile.  Without one (the foreground), a second stop signal
-    exits at once.
+    exits at once.  Either way the run's end is recorded beside the pidfile.
     """
     _facts.served = True
     if not _facts.fork_hook:
         os.register_at_fork(after_in_child=_not_the_service_in_child)
         _facts.fork_hook = True
     service_pid = os.getpid()
+    started = time.time()
     config, hooks = service.config, service.hooks
     is_init = service_pid == 1
     extra = [*hooks.on_signal, *([signal.SIGCHLD] if is_init else [])]
@@ -201,63 +256,157 @@ def serve(
         record_fd = _signals.install(extra, on_repeat=on_repeat)
         pidfile.write_pid(service_pid)
         pidfile.keep_out_of_forks()
+        _lastrun.forget(config.pidfile)
         _prepare_process(service, credentials)
         notifier = _link_manager()
         _facts.control = _listen()
+        _facts.claim = _claim_identity(pidfile)
         dispatcher = Dispatcher(
             record_fd=record_fd,
             hooks=hooks,
             notifier=notifier,
             control=_facts.control,
+            claim=None if _facts.claim is None else (_facts.claim, _putting_back(pidfile)),
             logs=None if startup is None else (config.stdout, config.stderr),
             on_repeat=on_repeat,
             reap_children=is_init,
+            ready_at=_grace_deadline(config),
         )
+        _arm_readiness(startup)  # before the dispatcher may declare it
         dispatcher.start()
-        _arm_readiness(startup)
-        if not config.wait_ready:
-            ready()
-        status, failure = _call_main(service.main, service_pid)
+        _default_readiness(config)
+        outcome = _call_main(service.main, service_pid, config.name)
         _facts.threads_left = _wait_for_threads(config.stop_timeout)
-    except BaseException:
+    except BaseException as exc:
         if os.getpid() != service_pid:
             raise  # a forked child unwinding: nothing here is its to clean up
         _end_service(dispatcher, config.stop_timeout)
+        _record(config, service_pid, started, Outcome(1, exception=describe(exc)))
         if startup is None:
             pidfile.remove()  # detached, the starting process reports it and removes it
+        _release_signals()
         raise
     was_ready = _end_service(dispatcher, config.stop_timeout)
     if _facts.threads_left:
-        names = ", ".join(_facts.threads_left)
-        last_words(
-            lambda: print(
-                f"daemonize_deco: main returned, but its threads {names} were still running "
-                f"{config.stop_timeout:g}s later; exiting without them",
-                file=sys.stderr,
-            )
+        _say_threads_left(config.stop_timeout)
+    _record(config, service_pid, started, outcome)
+    finished = _ran_to_completion(config, outcome)
+    _let_go_of_pidfile(pidfile, startup, was_ready=was_ready, outcome=outcome, finished=finished)
+    _release_signals()
+    return outcome.status
+
+
+def _say_threads_left(stop_timeout: float) -> None:
+    names = ", ".join(_facts.threads_left)
+    last_words(
+        lambda: print(
+            f"daemonize_deco: main returned, but its threads {names} were still running "
+            f"{stop_timeout:g}s later; exiting without them",
+            file=sys.stderr,
         )
-    if startup is not None and not was_ready and startup.fail(_why_not_ready(failure)):
+    )
+
+
+def _let_go_of_pidfile(
+    pidfile: PidFile,
+    startup: StartupChannel | None,
+    *,
+    was_ready: bool,
+    outcome: Outcome,
+    finished: bool,
+) -> None:
+    """Remove the pidfile, or leave it to the starting process that reports a failed start."""
+    if startup is None or was_ready:
+        pidfile.remove()
+    elif finished:
+        pidfile.remove()  # before "done": start reports success and leaves it to us
+        startup.finished(outcome.status)
+    elif startup.fail(_why_not_ready(outcome)):
         pidfile.hand_over()  # the starting process, which shares the lock, removes it
     else:
         pidfile.remove()
-    return status
+
+
+def _grace_deadline(config: ServiceConfig) -> float | None:
+    """When main will have run its start grace (the dispatcher makes it ready then)."""
+    if config.wait_ready or config.start_grace == 0:
+        return None
+    return time.monotonic() + config.start_grace
+
+
+def _default_readiness(config: ServiceConfig) -> None:
+    """Unless ``wait_ready``, the moments that count as ready besides main's ready().
+
+    main's thread reaching its loop counts, and so does main running
+    ``start_grace`` seconds (the dispatcher's deadline); a grace of 0 is
+    ready at once.
+    """
+    if config.wait_ready:
+        return
+    if config.start_grace == 0:
+        ready()
+    else:
+        _signals.when_main_loops(_ready_and_tell_dispatcher)
+
+
+def _ready_and_tell_dispatcher() -> None:
+    ready()
+    _signals.wake_dispatcher()  # it forgets the grace deadline, so an idle daemon never wakes
+
+
+def _ran_to_completion(config: ServiceConfig, outcome: Outcome) -> bool:
+    """A one-shot job: main returned 0 before the grace ran out, without being stopped."""
+    return (
+        not config.wait_ready
+        and outcome.status == 0
+        and outcome.exception is None
+        and not _signals.should_stop()
+    )
+
+
+def _record(config: ServiceConfig, pid: int, started: float, outcome: Outcome) -> None:
+    """Write the run's last words beside the pidfile (best effort)."""
+    signum = _signals.stop_signal() if _signals.should_stop() else None
+    # Only SIGTERM and SIGINT stop a service; naming them needs no enum import at exit.
+    names: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+    _lastrun.write(
+        config.pidfile,
+        _lastrun.LastRun(
+            pid,
+            status=outcome.status,
+            started=started,
+            ended=time.time(),
+            exception=outcome.exception,
+            signal=None if signum is None else names.get(signum, str(signum)),
+        ),
+    )
 
 
 def _end_service(dispatcher: Dispatcher | None, stop_timeout: float) -> bool:
-    """Stop the dispatcher, the control socket and the handlers; return whether it was ready."""
+    """Stop the dispatcher and close the sockets; return whether the service was ready.
+
+    The signal handlers stay: a SIGTERM from a second ``stop`` must not kill
+    the process with the default action while it writes its record and
+    removes its pidfile (:func:`_release_signals` comes last).
+    """
     was_ready = _disarm_readiness()
     if dispatcher is not None:
         dispatcher.stop(stop_timeout)
-    if _facts.control is not None:
-        _facts.control.close()
-        _facts.control = None
-    _signals.restore()
-    _signals.close_record_pipe()
+    for server in (_facts.control, _facts.claim):
+        if server is not None:
+            server.close()
+    _facts.control = _facts.claim = None
     return was_ready
 
 
-def _why_not_ready(failure: str) -> str:
+def _release_signals() -> None:
+    """Put the previous handlers back, once the pidfile is let go of."""
+    _signals.restore()
+    _signals.close_record_pipe()
+
+
+def _why_not_ready(outcome: Outcome) -> str:
     signum = _signals.stop_signal()
     if _signals.should_stop() and signum is not None:
         return f"stopped by {_signals.signal_name(signum)} before it was ready"
-    return failure
+    return outcome.reason()

@@ -107,6 +107,7 @@ def daemon(
     umask: int = 0o022,
     stop_timeout: float = 10.0,
     start_timeout: float = 10.0,
+    start_grace: float = 1.0,
     wait_ready: bool = False,
     name: str | None = None,
     user: str | int | None = None,
@@ -125,8 +126,15 @@ def daemon(
         umask: the daemon's umask (log files follow it; the pidfile is 0644).
         stop_timeout: seconds ``stop`` waits after SIGTERM before SIGKILL.
         start_timeout: seconds ``start`` waits for the daemon to be ready.
-        wait_ready: when True, ready means ``main`` called :func:`ready`;
-            otherwise ready is when ``main`` is entered.
+        start_grace: with ``wait_ready=False``, the service is ready at the
+            first of: ``main`` calls :func:`ready`, ``main``'s thread calls
+            :func:`should_stop` or :func:`sleep` (it reached its loop), or
+            ``main`` has run this many seconds (at most half of
+            ``start_timeout``).  ``0``: ready when ``main`` is entered.  A
+            ``main`` that raises or exits before that fails the start; one
+            that returns 0 "ran and finished".
+        wait_ready: when True, ready means ``main`` called :func:`ready`,
+            and nothing else.
         name: the service's name in messages and its process name
             (default: the script's file stem).
         user: when started as root, drop to this user (name or uid) after
@@ -142,8 +150,8 @@ def daemon(
     options = {
         "pidfile": pidfile, "stdout": stdout, "stderr": stderr, "workdir": workdir,
         "umask": umask, "stop_timeout": stop_timeout, "start_timeout": start_timeout,
-        "wait_ready": wait_ready, "name": name, "user": user, "group": group,
-        "files_preserve": files_preserve, "prevent_core": prevent_core,
+        "start_grace": start_grace, "wait_ready": wait_ready, "name": name, "user": user,
+        "group": group, "files_preserve": files_preserve, "prevent_core": prevent_core,
     }  # fmt: skip
 
     def decorate(func: Callable[[], object]) -> Daemon:

@@ -59,6 +59,7 @@ __all__ = [
     "should_stop",
     "sleep",
     "stop_signal",
+    "when_main_loops",
 ]
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
@@ -91,6 +92,8 @@ class _State:
         self.unblocked: set[int] = set()
         self.handled: frozenset[int] = frozenset()
         self.soon: Callable[[], object] | None = None
+        self.main_loops: Callable[[], object] | None = None
+        self.main_thread = _thread.get_ident()
 
 
 _state = _State()
@@ -110,6 +113,8 @@ def should_stop() -> bool:
     """Return True once a graceful stop was requested (SIGTERM, SIGINT, ``stop``)."""
     if _state.soon is not None:
         _run_soon()
+    if _state.main_loops is not None:
+        _reached_main_loop()
     return _state.stop_requested
 
 
@@ -120,6 +125,23 @@ def call_soon(callback: Callable[[], object]) -> None:
 
 def _run_soon() -> None:
     callback, _state.soon = _state.soon, None
+    if callback is not None:
+        callback()
+
+
+def when_main_loops(callback: Callable[[], object] | None) -> None:
+    """Run ``callback`` once, when the main thread first calls should_stop() or sleep().
+
+    That call means ``main`` reached its loop: the service's default moment
+    of readiness.  Other threads' calls do not count.
+    """
+    _state.main_loops = callback
+
+
+def _reached_main_loop() -> None:
+    if _thread.get_ident() != _state.main_thread:
+        return
+    callback, _state.main_loops = _state.main_loops, None
     if callback is not None:
         callback()
 
@@ -140,6 +162,8 @@ def sleep(seconds: float) -> bool:
         raise ValueError(f"sleep length must be a non-negative number, not {seconds!r}")
     if _state.soon is not None:
         _run_soon()
+    if _state.main_loops is not None:
+        _reached_main_loop()
     read_end, _ = _stop_pipe()
     poller = select.poll()
     poller.register(read_end, select.POLLIN)
@@ -236,6 +260,7 @@ def install(
     _state.wakeup_taken = False
     _state.stop_signals_handled = 0
     _state.on_repeat = on_repeat
+    _state.main_thread = _thread.get_ident()
     _stop_pipe()
     record_read, record_write = os.pipe()
     for end in (record_read, record_write):
@@ -297,6 +322,7 @@ def restore() -> None:
     """Put back the handlers, wakeup fd and signal mask :func:`install` replaced."""
     _state.on_repeat = None
     _state.soon = None
+    _state.main_loops = None
     _state.handled = frozenset()
     if _state.unblocked:
         signal.pthread_sigmask(signal.SIG_BLOCK, _state.unblocked)

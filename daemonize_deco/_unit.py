@@ -31,7 +31,11 @@ def _quote(word: str) -> str:
 
 def systemd_unit(config: ServiceConfig) -> str:
     """The text of a ready-to-install ``NAME.service`` for ``config``."""
-    exec_start = " ".join(_quote(word) for word in (sys.executable, config.script, "run"))
+    command = [_quote(word) for word in (sys.executable, config.script)]
+    exec_start = " ".join([*command, "run"])
+    # The acknowledged reload: systemd.service(5) advises against an
+    # asynchronous "kill -HUP", after which systemd cannot tell when it ended.
+    exec_reload = " ".join([*command, "reload"])
     lines = [
         "[Unit]",
         f"Description={config.name} (daemonize_deco service)",
@@ -41,7 +45,7 @@ def systemd_unit(config: ServiceConfig) -> str:
         "Type=notify",
         "NotifyAccess=main",
         f"ExecStart={exec_start}",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        f"ExecReload={exec_reload}",
         # SIGTERM to the main process only; what is left after the timeout is killed.
         "KillMode=mixed",
         f"TimeoutStopSec={_ceil(config.stop_timeout) + _STOP_MARGIN}",

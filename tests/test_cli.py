@@ -12,8 +12,9 @@ from conftest import REPO
 
 import daemonize_deco
 from daemonize_deco import Daemon, DaemonError, daemon
-from daemonize_deco._cli import error_status, format_uptime, parse
+from daemonize_deco._cli import error_status, parse
 from daemonize_deco._errors import PidFileError, StartupError, StopError, UsageError
+from daemonize_deco._lastrun import format_duration
 from daemonize_deco._pidfile import parse_pid
 
 pytestmark = pytest.mark.timeout(30)
@@ -52,8 +53,8 @@ def test_status_errors_are_status_unknown():
     ("seconds", "text"),
     [(0, "0s"), (3.9, "3s"), (303, "5m 3s"), (7500, "2h 5m"), (266400, "3d 2h")],
 )
-def test_format_uptime(seconds, text):
-    assert format_uptime(seconds) == text
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
 
 
 @pytest.mark.parametrize(

@@ -115,11 +115,11 @@ def test_watchdog_pings_only_for_our_pid(make_service, listener):
     other.communicate(timeout=10)
 
 
-@pytest.mark.parametrize("variable", ["NOTIFY_SOCKET", "SUPERVISOR_ENABLED"])
-def test_start_under_a_manager_stays_in_the_foreground(make_service, tmp_path, variable):
+def test_start_under_systemd_notify_stays_in_the_foreground(make_service, tmp_path):
+    # supervisord: see test_under_a_real_supervisord
     svc = make_service(body="print('in main', os.getpid(), flush=True)\n" + IDLE, stdout=None)
-    value = str(tmp_path / "nobody-listens") if variable == "NOTIFY_SOCKET" else "true"
-    proc = svc.popen("start", env=dict(svc.env, **{variable: value}))
+    value = str(tmp_path / "nobody-listens")
+    proc = svc.popen("start", env=dict(svc.env, NOTIFY_SOCKET=value))
     assert proc.stdout.readline() == f"in main {proc.pid}\n", "start forked away"
     assert svc.read_pid() == proc.pid
     proc.send_signal(signal.SIGTERM)
@@ -174,7 +174,8 @@ def test_systemd_unit(make_service, tmp_path):
     fields = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line)
     assert fields["Type"] == "notify"
     assert fields["ExecStart"] == f"{sys.executable} {svc.script} run"
-    assert fields["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # The acknowledged reload, not an asynchronous kill -HUP (systemd.service(5)).
+    assert fields["ExecReload"] == f"{sys.executable} {svc.script} reload"
     assert fields["Restart"] == "on-failure"
     assert int(fields["TimeoutStopSec"]) >= 42
     if shutil.which("systemd-analyze"):
@@ -346,3 +347,132 @@ def test_user_without_root_is_refused(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(DetachError, match="need root"):
         resolve_credentials("nobody", None)
+
+
+# -- managers and containers (issue 10, part 5) --------------------------------
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is not installed")
+def test_start_as_pid_1_acts_as_run(make_service):
+    """A container whose command is `app.py start`: forking away would end the service."""
+    svc = make_service(body="print('in main', os.getpid(), flush=True)\n" + IDLE, stdout=None)
+    proc = svc.popen("start", command_prefix=["unshare", "--pid", "--fork", "--kill-child"])
+    assert proc.stdout.readline() == "in main 1\n", "start detached as PID 1"
+    init = wait_for(lambda: _child_of(proc.pid), what="the namespace's init")
+    assert svc.read_pid() == 1  # as the namespace sees it
+    os.kill(init, signal.SIGTERM)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "running in the foreground under PID 1 of a container" in err
+    assert "stopping" in out
+
+
+def test_supervisor_enabled_alone_does_not_keep_start_in_the_foreground(make_service):
+    """A child of a supervised program inherits the variable; it is not supervisord's command."""
+    svc = make_service()
+    result = svc.cli("start", env=dict(svc.env, SUPERVISOR_ENABLED="1"))
+    assert result.returncode == 0, result.stderr
+    pid = svc.pid_from(result.stdout)
+    assert "foreground" not in result.stderr
+    svc.stop_gracefully(pid)
+
+
+def test_service_children_do_not_inherit_supervisor_enabled(make_service):
+    body = "print('child sees', os.environ.get('SUPERVISOR_ENABLED'), flush=True)\n" + IDLE
+    svc = make_service(body=body, stdout=None)
+    proc = svc.popen("run", env=dict(svc.env, SUPERVISOR_ENABLED="1"))
+    assert proc.stdout.readline() == "child sees None\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+
+
+SUPERVISORD_CONF = """\
+[supervisord]
+nodaemon=true
+logfile={dir}/supervisord.log
+pidfile={dir}/supervisord.pid
+childlogdir={dir}
+
+[unix_http_server]
+file={dir}/supervisor.sock
+
+[supervisorctl]
+serverurl=unix://{dir}/supervisor.sock
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[program:svc]
+command={command}
+stdout_logfile={dir}/svc.out
+redirect_stderr=true
+autostart=true
+startsecs=0
+stopsignal=TERM
+stopwaitsecs=10
+"""
+
+
+class Supervisord:
+    """A real supervisord (PyPI's supervisor) running one program, driven by supervisorctl."""
+
+    def __init__(self, folder: Path, command: str, env: dict[str, str]) -> None:
+        self.dir = folder
+        self.conf = folder / "supervisord.conf"
+        self.conf.write_text(SUPERVISORD_CONF.format(dir=folder, command=command))
+        self.env = env
+        self.proc = subprocess.Popen(
+            [self._bin("supervisord"), "-c", str(self.conf)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    @staticmethod
+    def _bin(name: str) -> str:
+        return str(Path(sys.executable).parent / name)
+
+    def ctl(self, *args: str) -> str:
+        command = [self._bin("supervisorctl"), "-c", str(self.conf), *args]
+        done = subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=30)
+        return done.stdout
+
+    def output(self) -> str:
+        out = self.dir / "svc.out"
+        return out.read_text() if out.exists() else ""
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.mark.timeout(90)
+def test_under_a_real_supervisord(make_service):
+    """start under supervisord: foreground, output at once, HUP reloads, stop is graceful."""
+    body = "print('first line', os.getpid(), os.environ.get('SUPERVISOR_ENABLED'))\n" + IDLE
+    svc = with_hooks(make_service, RELOAD_HOOK, body=body, stdout=None)
+    env = dict(svc.env)
+    env.pop("PYTHONUNBUFFERED", None)
+    manager = Supervisord(svc.dir, f"{sys.executable} {svc.script} start", env)
+    try:
+        wait_for(lambda: "RUNNING" in manager.ctl("status", "svc"), timeout=30, what="RUNNING")
+        pid = int(manager.ctl("pid", "svc").strip())
+        wait_for(lambda: f"first line {pid} None" in manager.output(), what="the first line")
+        assert "running in the foreground under supervisord" in manager.output()
+        assert svc.read_pid() == pid, "start did not fork away from supervisord"
+        assert int(proc_stat(pid)[1]) == manager.proc.pid
+
+        manager.ctl("signal", "HUP", "svc")
+        wait_for(lambda: "reloaded" in manager.output(), what="the reload callback")
+        assert manager.ctl("pid", "svc").strip() == str(pid), "HUP did not restart it"
+
+        manager.ctl("stop", "svc")
+        wait_for(lambda: is_gone(pid), what="the stop")
+        assert "stopping" in manager.output(), "stopped gracefully, on_stop and all"
+        assert not svc.pidfile.exists()
+        assert "STOPPED" in manager.ctl("status", "svc")
+    finally:
+        manager.close()

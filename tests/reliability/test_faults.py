@@ -134,16 +134,17 @@ def test_log_deleted_then_reload(make_service):
     lost="no silent loop: print raises ENOSPC in main; before ready start reports it, "
     "after ready the daemon exits 1 and removes its pidfile",
 )
-@pytest.mark.parametrize("wait_ready", [True, False], ids=["before ready", "after ready"])
-def test_log_on_dev_full(make_service, wait_ready):
-    body = "print('hello')\nready()\n" + IDLE
-    svc = make_service(body=body, stdout="/dev/full", wait_ready=wait_ready)
+@pytest.mark.parametrize("after_ready", [False, True], ids=["before ready", "after ready"])
+def test_log_on_dev_full(make_service, after_ready):
+    # Calling should_stop() means main reached its loop: ready by default.
+    body = ("should_stop()\n" if after_ready else "") + "print('hello')\n" + IDLE
+    svc = make_service(body=body, stdout="/dev/full")
     result = svc.cli("start")
-    if wait_ready:
+    if not after_ready:
         assert result.returncode == 1
         assert "OSError: [Errno 28] No space left on device" in result.stderr
     else:
-        assert result.returncode == 0  # ready when main was entered
+        assert result.returncode == 0, result.stderr
         pid = svc.pid_from(result.stdout)
         wait_for(lambda: is_gone(pid), timeout=10, what="the daemon to exit, not loop")
     wait_for(lambda: not svc.pidfile.exists(), timeout=5, what="pidfile removal")
@@ -172,7 +173,7 @@ def tiny_tmpfs(tmp_path):
     "with the pidfile removed instead of spinning",
 )
 def test_disk_full(make_service, tiny_tmpfs):
-    body = "for n in range(10**6):\n    print('line', n, 'x' * 100)\n"
+    body = "should_stop()  # ready\nfor n in range(10**6):\n    print('line', n, 'x' * 100)\n"
     svc = make_service(body=body, stdout=str(tiny_tmpfs / "svc.log"))
     svc.env.pop("PYTHONUNBUFFERED", None)
     pid = svc.start()

@@ -57,7 +57,7 @@ def test_random_commands_under_load(make_service):
         while time.monotonic() < deadline:
             command = rng.choice(["start", "stop", "status", "restart"])
             result = svc.cli(command, timeout=120)
-            outcomes.append((command, result.returncode, result.stderr))
+            outcomes.append((command, result.returncode, result.stderr + result.stdout))
 
     def monitor() -> None:
         while not done.is_set():
@@ -89,7 +89,8 @@ def test_random_commands_under_load(make_service):
         assert status.returncode == 3 and holders == [] and not svc.pidfile.exists()
     assert svc.cli("stop").returncode == 0
     wait_for(lambda: marked_pids(svc.mark) == [], timeout=15, what="no process left")
-    assert sorted(p.name for p in svc.dir.iterdir()) == ["loadsvc.log", "loadsvc.py"]
+    left = sorted(p.name for p in svc.dir.iterdir())
+    assert left == ["loadsvc.log", "loadsvc.pid.last-run", "loadsvc.py"], "no temporary file"
 
 
 @pytest.mark.timeout(180)

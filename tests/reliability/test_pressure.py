@@ -692,3 +692,28 @@ def test_start_from_a_host_that_ignores_sigchld(make_service):
     pid = svc.pid_from(result.stdout)
     assert svc.cli("status").returncode == 0
     svc.stop_gracefully(pid)
+
+
+@pytest.mark.scenario(
+    "Promises under pressure",
+    "SIGTERM after SIGTERM while the service ends (several stop commands at once)",
+    lost="the pidfile is removed and the last run recorded: the handlers stay until then, "
+    "so the default action never kills the service half-way through its exit",
+)
+def test_repeated_sigterm_while_ending_leaves_no_pidfile(make_service):
+    svc = make_service()
+    for _ in range(5):
+        pid = svc.start()
+        pidfd = os.pidfd_open(pid)
+        try:
+            while not is_gone(pid):  # a storm for as long as the service lives
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+                except ProcessLookupError:
+                    break
+        finally:
+            os.close(pidfd)
+        status = svc.cli("status")
+        assert status.returncode == 3, status.stdout
+        assert f"last run: pid {pid} stopped by SIGTERM" in status.stdout
+        assert [p.name for p in svc.dir.glob(".*")] == [], "no temporary record left"

@@ -1,0 +1,121 @@
+"""The claim: a second hold on the service's identity that a deleted pidfile does not lose.
+
+``rm app.pid`` (a tmp cleaner, a careless deploy script) unlinks the file the
+daemon has locked; the lock lives on, on a file nobody can open by its path,
+and without a second hold ``status`` would say "not running" and ``start``
+launch a second copy.  So the running service also binds a Unix socket in
+the abstract namespace named after the pidfile's absolute path: the kernel
+lets one socket have a name, and the name goes with the process (even on
+SIGKILL), with nothing on disk to delete.
+
+A command that finds no running service by the pidfile connects to that
+name; ``SO_PEERCRED`` gives the pid of the process that listens, which is
+trusted only if that process runs as root, as the asking user or as the
+service's ``user=``, and has the pidfile open (``/proc/PID/fd`` shows the
+path, or the path and ``(deleted)``).  The command then asks it to put
+its pidfile back: the daemon creates and locks a new file at the path, and
+writes its pid in it.  Only root and the daemon's own user may ask.
+"""
+
+from __future__ import annotations
+
+from ._control import ControlServer, peer_credentials, read_line, reply, stream_socket
+from ._proc import fd_targets
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection
+
+__all__ = [
+    "Claimant",
+    "answer_claimants",
+    "claim_address",
+    "find_claimant",
+    "has_open",
+    "listen_for_claimants",
+]
+
+_PREFIX = "daemonize_deco-claim:"
+_NAME_LIMIT = 107  # sun_path is 108 bytes, the first of them the abstract namespace's NUL
+_REQUEST = "pidfile"
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+
+
+def _fnv1a(data: bytes) -> int:
+    """A 64-bit digest without importing hashlib (milliseconds before every daemon is ready)."""
+    digest = _FNV_OFFSET
+    for byte in data:
+        digest = ((digest ^ byte) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return digest
+
+
+def claim_address(pidfile: str) -> bytes:
+    """The abstract socket name claiming ``pidfile`` (an absolute path)."""
+    name = (_PREFIX + pidfile).encode("utf-8", "surrogateescape")
+    if len(name) <= _NAME_LIMIT:
+        return b"\0" + name
+    # Too long: the end of the path (where names differ) and a digest of all of it.
+    tail = name[-(_NAME_LIMIT - len(_PREFIX) - 18) :]
+    return b"\0" + f"{_PREFIX}{_fnv1a(name):016x}".encode() + b":" + tail
+
+
+def listen_for_claimants(pidfile: str) -> ControlServer | None:
+    """Bind the claim; None when another process holds the name (said by the caller)."""
+    try:
+        return ControlServer(claim_address(pidfile))
+    except OSError:
+        return None
+
+
+def answer_claimants(server: ControlServer, put_back: Callable[[], str]) -> None:
+    """Answer each waiting request with the line ``put_back()`` returns."""
+    for conn, request in server.accept_waiting():
+        reply(conn, put_back() if request == _REQUEST else f"error unknown request {request!r}")
+
+
+class Claimant:
+    """The process holding the claim on a pidfile, and what it said when asked to put it back."""
+
+    __slots__ = ("answer", "pid")
+
+    def __init__(self, pid: int, answer: str) -> None:
+        self.pid = pid
+        self.answer = answer
+
+
+def has_open(pid: int, pidfile: str) -> bool:
+    """Whether ``pid`` has ``pidfile`` open, at its path or deleted from it."""
+    return any(target in (pidfile, f"{pidfile} (deleted)") for target in fd_targets(pid))
+
+
+def find_claimant(
+    pidfile: str, timeout: float, *, trusted_uids: Collection[int], put_back: bool = True
+) -> Claimant | None:
+    """The verified process claiming ``pidfile``, asked to put its pidfile back; or None.
+
+    Verified: it runs as one of ``trusted_uids`` (root, the asker, the
+    service's ``user=``: a pidfile is world-readable, so another user could
+    hold it open and squat the name) and has the pidfile open.  With
+    ``put_back=False`` it is only found (its answer is then "ok").
+    """
+    sock = stream_socket()
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(claim_address(pidfile))
+        except OSError:
+            return None  # nobody claims it: the usual case, one failed connect
+        pid, uid = peer_credentials(sock)
+        if uid not in trusted_uids or not has_open(pid, pidfile):
+            return None  # not a service of ours (or another user's, which we could not stop)
+        if not put_back:
+            return Claimant(pid, "ok")
+        try:
+            sock.sendall(_REQUEST.encode("ascii") + b"\n")
+            answer = read_line(sock).decode("utf-8", "replace").strip()
+        except OSError as exc:
+            answer = f"error no answer: {exc}"
+        return Claimant(pid, answer or "error no answer")
+    finally:
+        sock.close()

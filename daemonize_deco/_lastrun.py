@@ -1,0 +1,165 @@
+"""The last run's record: how the service ended, kept beside its pidfile for ``status``.
+
+When the service ends in any way it can see (main returned, raised, called
+``sys.exit``, or stopped on a signal it handled) it writes ``PIDFILE.last-run``
+(``app.pid`` → ``app.pid.last-run``): a few ``key=value`` lines, so reading it
+needs no import.  A service that starts removes the previous one, so a record
+always describes the run after the latest start, and a run that left no record
+(SIGKILL, a power cut) is told apart from one that did.
+
+The file is written to a temporary name and renamed, so a reader never sees
+half of it; a service that cannot write there (a full disk, a directory its
+user may not write) still exits as it would have, without a record.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+__all__ = ["SUFFIX", "LastRun", "forget", "format_duration", "read", "record_path", "write"]
+
+SUFFIX = ".last-run"
+_FIELDS = ("pid", "status", "exception", "signal", "killed", "started", "ended")
+_LIMIT = 4096  # the record is a few lines; anything longer is not ours
+
+
+def format_duration(seconds: float) -> str:
+    """``3s``, ``5m 3s``, ``2h 5m``, ``3d 2h``."""
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def _clock(epoch: float) -> str:
+    """``12:03:04`` today, ``2026-11-21 12:03:04`` on another day (local time)."""
+    moment = time.localtime(epoch)
+    same_day = time.localtime()[:3] == moment[:3]
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", moment)
+
+
+class LastRun:
+    """How one run of the service ended.
+
+    ``exception`` is ``Type: message`` when main raised; ``signal`` names the
+    stop signal the service handled (``SIGTERM``); ``killed`` says who ended
+    it with SIGKILL when ``stop`` had to.
+    """
+
+    __slots__ = _FIELDS
+
+    def __init__(
+        self,
+        pid: int,
+        *,
+        status: int | None,
+        started: float,
+        ended: float,
+        exception: str | None = None,
+        signal: str | None = None,
+        killed: str | None = None,
+    ) -> None:
+        self.pid = pid
+        self.status = status
+        self.started = started
+        self.ended = ended
+        self.exception = exception
+        self.signal = signal
+        self.killed = killed
+
+    def describe(self) -> str:
+        """``pid 123 exited with status 2 at 12:03:04 after 3s`` and the like."""
+        if self.killed:
+            how = f"was killed ({self.killed})"
+        elif self.exception:
+            how = f"raised {self.exception}"
+        else:
+            how = f"exited with status {self.status}"
+        if self.signal and not self.killed:
+            how = f"stopped by {self.signal} and {how}"
+        lasted = format_duration(max(0.0, self.ended - self.started))
+        return f"pid {self.pid} {how} at {_clock(self.ended)} after {lasted}"
+
+    def to_text(self) -> str:
+        """The file's content: one ``key=value`` line per known field."""
+        lines = []
+        for key in _FIELDS:
+            value = getattr(self, key)
+            if value is not None:
+                lines.append(f"{key}={' '.join(str(value).split())}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str) -> LastRun | None:
+        """Parse a record; None for anything that is not one."""
+        fields = dict(line.partition("=")[::2] for line in text.splitlines() if "=" in line)
+        try:
+            status = fields.get("status")
+            return cls(
+                int(fields["pid"]),
+                status=None if status is None else int(status),
+                started=float(fields["started"]),
+                ended=float(fields["ended"]),
+                exception=fields.get("exception"),
+                signal=fields.get("signal"),
+                killed=fields.get("killed"),
+            )
+        except (KeyError, ValueError):
+            return None
+
+
+def record_path(pidfile: str) -> str:
+    """Where the record of the service with ``pidfile`` lives."""
+    return pidfile + SUFFIX
+
+
+def write(pidfile: str, run: LastRun) -> bool:
+    """Write the record atomically; False when it could not be written."""
+    path = record_path(pidfile)
+    temporary = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(temporary, flags, 0o644)
+    except OSError:
+        return False
+    try:
+        with open(fd, "w", encoding="utf-8", errors="backslashreplace") as out:
+            out.write(run.to_text())
+        os.rename(temporary, path)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass  # nothing more can be done about a directory we cannot write
+        return False
+    return True
+
+
+def read(pidfile: str) -> LastRun | None:
+    """The record beside ``pidfile``; None when there is none (or it is unreadable)."""
+    try:
+        fd = os.open(record_path(pidfile), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return LastRun.from_text(os.read(fd, _LIMIT).decode("utf-8", "replace"))
+    except OSError:
+        return None  # a directory or a FIFO put there: not a record
+    finally:
+        os.close(fd)
+
+
+def forget(pidfile: str) -> None:
+    """Remove the previous run's record, if any (a new run is starting)."""
+    try:
+        os.unlink(record_path(pidfile))
+    except OSError:
+        pass  # none, or not ours to remove: status then reads an older run's
