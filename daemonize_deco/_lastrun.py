@@ -131,8 +131,10 @@ def write(pidfile: str, run: LastRun) -> bool:
     except OSError:
         return False
     try:
-        with open(fd, "w", encoding="utf-8", errors="backslashreplace") as out:
-            out.write(run.to_text())
+        try:
+            os.write(fd, run.to_text().encode("utf-8", "backslashreplace"))
+        finally:
+            os.close(fd)
         os.rename(temporary, path)
     except OSError:
         try:
