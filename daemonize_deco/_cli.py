@@ -1,9 +1,9 @@
 """The command line: the command words, the usage text, and errors turned into statuses.
 
-The commands themselves live in ``_commands``; they raise :class:`DaemonError`
-subclasses, and :func:`dispatch` is the one place that turns them into a line
-on stderr and an LSB exit status.  The parser is a few lines rather than
-argparse, which would cost more at start-up than a few fixed words are worth.
+The commands themselves live in ``_commands``, their options in
+``_command_line``; they raise :class:`DaemonError` subclasses, and
+:func:`dispatch` is the one place that turns them into a line on stderr and
+an LSB exit status.  A line that is only a command word never loads argparse.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import atexit
 import os
 import sys
 
+from ._command_line import add_logs_flags, add_status_flags, add_stop_timeout, bind, run_custom
 from ._commands import (
     complain,
+    logs,
     print_systemd_unit,
     reload,
     restart,
@@ -24,14 +26,16 @@ from ._commands import (
     stop,
 )
 from ._detach import ensure_standard_fds, flush_standard_streams
-from ._errors import DaemonError, UsageError, exit_status
+from ._errors import DaemonError, UsageError
 from ._runtime import served_here, threads_left_behind
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable, Sequence
     from typing import NoReturn
 
+    from ._command_line import MainOptions
     from ._config import Service
 
 __all__ = ["COMMANDS", "dispatch", "exit_with", "usage"]
@@ -41,25 +45,58 @@ STATUS_UNKNOWN = 4
 
 
 class Command:
-    """A built-in command word: what it runs and its line in the usage text."""
+    """A built-in command word: what it runs, its line in the usage text, its options.
 
-    __slots__ = ("help", "run")
+    ``main_options``: "required" (start, run, systemd-unit: main is called
+    with them), "reused" (restart: the running daemon's when none given),
+    "optional" (commands that only address a daemon); ``flags`` adds the
+    command's own to its parser.
+    """
 
-    def __init__(self, run: Callable[[Service], int], help: str) -> None:
+    __slots__ = ("flags", "help", "main_options", "run")
+
+    def __init__(
+        self,
+        run: Callable[[Service], int],
+        help: str,
+        *,
+        main_options: MainOptions = "optional",
+        flags: Callable[[argparse.ArgumentParser], None] | None = None,
+    ) -> None:
         self.run = run
         self.help = help
+        self.main_options = main_options
+        self.flags = flags
 
 
 COMMANDS: dict[str, Command] = {
-    "start": Command(start, "start in the background; return once it is ready, or say why not"),
-    "stop": Command(stop, "stop gracefully, wait until it is gone"),
-    "restart": Command(restart, "stop if running, then start"),
-    "status": Command(
-        status, "0 running, 1 dead with a pidfile left, 3 not running (how it ended), 4 unknown"
+    "start": Command(
+        start,
+        "start in the background; return once it is ready, or say why not",
+        main_options="required",
     ),
-    "run": Command(run, "run in the foreground (Ctrl-C stops gracefully)"),
+    "stop": Command(stop, "stop gracefully, wait until it is gone", flags=add_stop_timeout),
+    "restart": Command(
+        restart,
+        "stop if running, then start (with the running one's options unless given)",
+        main_options="reused",
+        flags=add_stop_timeout,
+    ),
+    "status": Command(
+        status,
+        "0 running, 1 dead with a pidfile left, 3 not running (how it ended), 4 unknown",
+        flags=add_status_flags,
+    ),
+    "run": Command(run, "run in the foreground (Ctrl-C stops gracefully)", main_options="required"),
     "reload": Command(reload, "reopen the logs and run the reload callbacks (SIGHUP)"),
-    "systemd-unit": Command(print_systemd_unit, "print a systemd unit file for this service"),
+    "logs": Command(
+        logs, "print the last lines of the log (-n N), or follow it (-f)", flags=add_logs_flags
+    ),
+    "systemd-unit": Command(
+        print_systemd_unit,
+        "print a systemd unit file for this service (with the options given)",
+        main_options="required",
+    ),
 }
 RESERVED_WORDS = frozenset({*COMMANDS, "help"})
 
@@ -74,42 +111,40 @@ def usage(prog: str, service: Service) -> str:
     helps = {word: command.help for word, command in COMMANDS.items()}
     helps.update({word: _first_line(func) for word, func in service.hooks.commands.items()})
     width = max(map(len, helps))
-    lines = [f"usage: {prog} {{{'|'.join(helps)}}} [ARG...]", "", "commands:"]
+    lines = [f"usage: {prog} {{{'|'.join(helps)}}} [OPTION...]", ""]
+    description = _first_paragraph(service.main)
+    if description:
+        lines += [description, ""]
+    lines += ["commands:"]
     lines += [f"  {word:<{width}}  {text}".rstrip() for word, text in helps.items()]
-    lines += ["", "exit statuses follow the LSB init-script conventions."]
+    lines += [
+        "",
+        f"'{prog} COMMAND --help' lists a command's options.",
+        "exit statuses follow the LSB init-script conventions.",
+    ]
     return "\n".join(lines)
 
 
-def parse(argv: Sequence[str], custom: Sequence[str] = ()) -> str | None:
-    """The command word in ``argv``; None when help was asked for.
+def _first_paragraph(func: Callable[..., object]) -> str:
+    doc = (getattr(func, "__doc__", None) or "").strip()
+    return " ".join(doc.split("\n\n", 1)[0].split())
 
-    Built-in commands take no arguments; custom ones take the rest of argv.
+
+def parse(argv: Sequence[str], custom: Sequence[str] = ()) -> str | None:
+    """The command word in ``argv``; None when the general help was asked for.
+
+    The rest of the line is the command's (its options, or ``--help``).
     """
-    if any(arg in ("-h", "--help") for arg in argv) or list(argv[:1]) == ["help"]:
-        return None
     if not argv:
         raise UsageError("no command given")
-    word, *extra = argv
-    if word in custom:
+    word = argv[0]
+    if word in ("-h", "--help", "help"):
+        return None
+    if word in custom or word in COMMANDS:
         return word
-    if word not in COMMANDS:
-        raise UsageError(f"unknown command {word!r}")
-    if extra:
-        raise UsageError(f"{word} takes no arguments, got {extra[0]!r}")
-    return word
-
-
-def run_custom(func: Callable[..., object], word: str, args: Sequence[str]) -> int:
-    """Call a ``@main.command`` function with the remaining arguments; its result is the status."""
-    import inspect  # noqa: PLC0415 -- only custom commands pay for it
-
-    try:
-        inspect.signature(func).bind(*args)
-    except TypeError as exc:
-        raise UsageError(f"{word}: {exc}") from None
-    except ValueError:
-        pass  # no signature to check (a builtin): let the call decide
-    return exit_status(func(*args))
+    if any(arg in ("-h", "--help") for arg in argv):
+        return None
+    raise UsageError(f"unknown command {word!r}")
 
 
 def error_status(command: str | None, exc: DaemonError) -> int:
@@ -131,12 +166,21 @@ def dispatch(service: Service, argv: Sequence[str]) -> int:
             return 0
         custom = service.hooks.commands.get(command)
         if custom is not None:
-            return run_custom(custom, command, argv[1:])
-        return COMMANDS[command].run(service)
+            signature = service.hooks.command_signatures[command]
+            return run_custom(custom, signature, command, argv[1:], prog)
+        spec = COMMANDS[command]
+        given = bind(
+            service, command, argv[1:], prog=prog, description=spec.help,
+            main_options=spec.main_options, add_flags=spec.flags,
+        )  # fmt: skip
+        if isinstance(given, str):
+            say(given)
+            return 0
+        return spec.run(given)
     except DaemonError as exc:
         complain(exc.line_for(service.name))
         if isinstance(exc, UsageError):
-            complain(usage(prog, service))
+            complain(exc.usage if exc.usage is not None else usage(prog, service))
         return error_status(command, exc)
 
 

@@ -27,6 +27,7 @@ from ._errors import (
     AlreadyRunningError,
     DaemonError,
     DetachError,
+    NoLogError,
     NotRunningError,
     PidFileError,
     ReloadError,
@@ -34,9 +35,11 @@ from ._errors import (
     StopError,
 )
 from ._hygiene import close_inherited_fds, resolve_credentials
+from ._logs import follow, last_lines
 from ._pidfile import PidFile, PidFileState
 from ._proc import command_line, open_pidfd, read_stat, terminate, uptime, wait_exit
 from ._runtime import serve
+from ._status import StatusReport
 from ._unit import systemd_unit
 
 TYPE_CHECKING = False
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "complain",
+    "logs",
     "print_systemd_unit",
     "reload",
     "restart",
@@ -280,7 +284,8 @@ def start(service: Service) -> int:
             pidfile.remove()  # the fork failed: no other process shares the lock
             raise
         with watcher:
-            report = watcher.wait(config.start_timeout, interrupt_fd=interrupts.fileno())
+            grace = None if config.wait_ready or config.start_grace == 0 else config.start_grace
+            report = watcher.wait(config.start_timeout, interrupts.fileno(), grace)
             if report.outcome in ("ready", "finished"):
                 _close_pidfd(report)
                 pidfile.hand_over()
@@ -373,7 +378,7 @@ def stop(service: Service) -> int:
         return 0
     started = time.time() - (uptime(pid) or 0.0)
     try:
-        ending = terminate(pidfd, pid, service.config.stop_timeout)
+        ending = terminate(pidfd, pid, _stop_timeout(service))
     except PermissionError as exc:
         raise StopError(f"cannot stop pid {pid}: permission denied") from exc
     except TimeoutError as exc:
@@ -390,7 +395,7 @@ def stop(service: Service) -> int:
         also = f"; ended {ending.leftovers} process(es) it left running" if ending.leftovers else ""
         say(f"{service.name} stopped (pid {pid}){also}")
     else:
-        why = f"still running {service.config.stop_timeout:g}s after SIGTERM"
+        why = f"still running {_stop_timeout(service):g}s after SIGTERM"
         # It could write no record of its own: stop writes the one status will show.
         killed = _lastrun.LastRun(
             pid, status=None, started=started, ended=time.time(), killed=f"SIGKILL by stop, {why}"
@@ -398,6 +403,12 @@ def stop(service: Service) -> int:
         _lastrun.write(pidfile.path, killed)
         say(f"{service.name} killed (pid {pid}): {why}")
     return 0
+
+
+def _stop_timeout(service: Service) -> float:
+    """``--timeout S`` when given, else the decorator's stop_timeout."""
+    given = service.flags.get("timeout")
+    return float(given) if isinstance(given, float) else service.config.stop_timeout
 
 
 def _say_not_running(service: Service, pidfile: PidFile, state: PidFileState) -> None:
@@ -422,43 +433,57 @@ def status(service: Service) -> int:
     """0 running, 1 dead but pidfile left behind, 3 not running (4: see error_status)."""
     pidfile = _pidfile(service)
     state, note = _inspect(service, pidfile)
-    if state.running:
-        pid = state.pid
-        up = uptime(pid) if pid is not None else None
-        detail = "pid unknown" if pid is None else f"pid {pid}"
-        if up is not None:
-            detail += f", up {_lastrun.format_duration(up)}"
-        say(f"{service.name} is running ({_with_note(detail, note)})")
-        return 0
-    last = _lastrun.read(pidfile.path)
-    if state.exists:
-        stale = f" (pid {state.pid})" if state.pid is not None else ""
-        if last is not None and last.pid == state.pid:
-            how = f"last run: {last.describe()}"
-        else:
-            how = "it died without cleaning up (killed?)"
-        say(
-            f"{service.name} is not running, but its pidfile {pidfile.path} is left behind"
-            f"{stale}: {how}"
+    report = StatusReport(service.name, pidfile.path, state, note)
+    say(report.as_json() if service.flags.get("json") else report.text())
+    return report.exit_status
+
+
+def logs(service: Service) -> int:
+    """Print the last lines of the log file(s); with ``-f``, follow them until Ctrl-C."""
+    config = service.config
+    paths = list(dict.fromkeys(p for p in (config.stdout, config.stderr) if p is not None))
+    if not paths:
+        raise NoLogError(
+            "has no log file: stdout= and stderr= are not set (run logs to the terminal)"
         )
-        return 1
-    after = "" if last is None else f" (last run: {last.describe()})"
-    say(f"{service.name} is not running{after}")
-    return 3
+    count = int(service.flags.get("lines", 20))  # type: ignore[call-overload]
+    if service.flags.get("follow"):
+        follow(paths, count)
+        return 0
+    out = sys.stdout.buffer
+    for path in paths:
+        if len(paths) > 1:
+            out.write(f"==> {path} <==\n".encode())
+        try:
+            out.writelines(last_lines(path, count))
+        except FileNotFoundError:
+            complain(f"{service.name}: no log file {path} yet")
+    out.flush()
+    return 0
 
 
 def run(service: Service) -> int:
     """Run in the foreground: same pidfile and signals, no fork, no redirect."""
     credentials = resolve_credentials(service.config.user, service.config.group)
     pidfile = _pidfile(service)
-    holder = _holder_or_lock(service, pidfile)
-    if holder is not None:
-        pid, note = holder
-        raise AlreadyRunningError(
-            f"already running ({_with_note(f'pid {pid}', note)}); not starting a second copy"
-        )
-    line_buffer_python_streams()
-    return serve(service, pidfile, credentials=credentials)
+    with DeferredInterrupts() as interrupts:
+        holder = _holder_or_lock(service, pidfile, interrupts)
+        if holder is not None:
+            pid, note = holder
+            raise AlreadyRunningError(
+                f"already running ({_with_note(f'pid {pid}', note)}); not starting a second copy"
+            )
+        # From the lock to the service's handlers, a stop signal waits (blocked)
+        # instead of killing us with the default action and the pidfile left behind;
+        # the handlers take it, and main starts with should_stop() already True.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, DeferredInterrupts.SIGNALS)
+    try:
+        if interrupts.signum is not None:
+            signal.raise_signal(interrupts.signum)  # pending until the handlers are in
+        line_buffer_python_streams()
+        return serve(service, pidfile, credentials=credentials)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def reload(service: Service) -> int:
@@ -499,6 +524,6 @@ def _send_sighup(pidfd: int, pid: int) -> None:
 
 
 def print_systemd_unit(service: Service) -> int:
-    """Print a unit file that runs the service under systemd (Type=notify)."""
-    say(systemd_unit(service.config).rstrip("\n"))
+    """Print a unit file that runs the service under systemd (Type=notify), with its options."""
+    say(systemd_unit(service.config, service.words).rstrip("\n"))
     return 0

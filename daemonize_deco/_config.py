@@ -13,13 +13,16 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Collection, Iterable, Mapping
 
     from ._hooks import Hooks
+    from ._options import Signature
 
     PathArg = str | os.PathLike[str]
 
 __all__ = ["Service", "ServiceConfig"]
+
+_PATH_KEYWORDS = ("pidfile", "stdout", "stderr", "workdir")
 
 
 class ServiceConfig:
@@ -30,9 +33,9 @@ class ServiceConfig:
     """
 
     __slots__ = (
-        "files_preserve", "group", "name", "pidfile", "prevent_core", "script", "start_grace",
-        "start_timeout", "stderr", "stdout", "stop_timeout", "umask", "user", "wait_ready",
-        "workdir",
+        "files_preserve", "group", "name", "pidfile", "placeholders", "prevent_core", "script",
+        "start_grace", "start_timeout", "stderr", "stdout", "stop_timeout", "umask", "user",
+        "wait_ready", "workdir",
     )  # fmt: skip
 
     def __init__(
@@ -53,6 +56,7 @@ class ServiceConfig:
         group: str | int | None,
         files_preserve: Iterable[object] | None,
         prevent_core: bool,
+        parameters: Collection[str] = (),
     ) -> None:
         for keyword, flag in (("wait_ready", wait_ready), ("prevent_core", prevent_core)):
             if not isinstance(flag, bool):
@@ -72,6 +76,30 @@ class ServiceConfig:
         self.files_preserve = _files(files_preserve)
         self.prevent_core = prevent_core
         self.script = _script(func)
+        self.placeholders = _placeholders(self, parameters)
+
+    def resolved(self, values: Mapping[str, object], texts: Mapping[str, str]) -> ServiceConfig:
+        """A copy whose paths have their ``{name}`` placeholders filled from ``values``.
+
+        ``texts`` are the values as written on the command line.  A value
+        may not smuggle a directory into a file name: ``/`` is refused but
+        in a pathlib.Path value.
+        """
+        if not self.placeholders:
+            return self
+        copy = object.__new__(ServiceConfig)
+        for slot in ServiceConfig.__slots__:
+            setattr(copy, slot, getattr(self, slot))
+        for name in self.placeholders:
+            text = texts[name]
+            is_path = type(values[name]).__module__ == "pathlib"
+            if "\0" in text or text in ("", ".", "..") or ("/" in text and not is_path):
+                raise ValueError(f"--{name.replace('_', '-')} {text!r} cannot name a file")
+        for keyword in _PATH_KEYWORDS:
+            template = getattr(self, keyword)
+            if template is not None and "{" in template:
+                setattr(copy, keyword, os.path.abspath(template.format_map(texts)))
+        return copy
 
     def __repr__(self) -> str:
         return f"ServiceConfig(name={self.name!r}, pidfile={self.pidfile!r})"
@@ -91,14 +119,50 @@ class ServiceConfig:
 
 
 class Service:
-    """What a command works on: the configuration, ``main`` and the registered hooks."""
+    """What a command works on: the configuration, ``main`` and the registered hooks.
 
-    __slots__ = ("config", "hooks", "main")
+    For one command line: ``main`` is called with the options it gave
+    (``options``, written back as ``words``), and ``flags`` holds the
+    command's own (``stop --timeout``, ``status --json``).
+    """
 
-    def __init__(self, config: ServiceConfig, main: Callable[[], object], hooks: Hooks) -> None:
+    __slots__ = ("config", "flags", "hooks", "main", "options", "signature", "words")
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        main: Callable[..., object],
+        hooks: Hooks,
+        *,
+        signature: Signature | None = None,
+        options: dict[str, object] | None = None,
+        words: list[str] | None = None,
+        flags: dict[str, object] | None = None,
+    ) -> None:
         self.config = config
         self.main = main
         self.hooks = hooks
+        self.signature = signature
+        self.options = options or {}
+        self.words = words or []
+        self.flags = flags or {}
+
+    def given(
+        self,
+        config: ServiceConfig,
+        options: dict[str, object],
+        words: list[str],
+        flags: dict[str, object],
+    ) -> Service:
+        """This service as one command line gave it: paths, options and flags filled in."""
+        return Service(
+            config, self.main, self.hooks, signature=self.signature,
+            options=options, words=words, flags=flags,
+        )  # fmt: skip
+
+    def call_main(self) -> object:
+        """Call ``main`` with this command line's options."""
+        return self.main(**self.options)
 
     @property
     def name(self) -> str:
@@ -116,12 +180,39 @@ def _path(keyword: str, value: object) -> str:
         raise TypeError(f"{keyword} must be a text path, not {type(path).__name__}")
     if not path or "\0" in path:
         raise ValueError(f"{keyword} must be a non-empty path without NUL characters")
+    if path.startswith("{"):
+        return path  # filled from the options, made absolute then (see resolved())
     try:
         return os.path.abspath(path)
     except FileNotFoundError:
         raise ValueError(
             f"{keyword} {path!r} is relative, but the current directory no longer exists"
         ) from None
+
+
+def _placeholders(config: ServiceConfig, parameters: Collection[str]) -> tuple[str, ...]:
+    """The ``{name}`` placeholders in the paths; each must name a parameter of main."""
+    from _string import formatter_parser  # noqa: PLC0415 -- the C half of string.Formatter
+
+    found: list[str] = []
+    for keyword in _PATH_KEYWORDS:
+        template = getattr(config, keyword)
+        if template is None or "{" not in template:
+            continue
+        try:
+            fields = [field for _, field, _, _ in formatter_parser(template) if field is not None]
+        except ValueError as exc:
+            raise TypeError(f"{keyword} {template!r}: {exc}") from None
+        for field in fields:
+            if field not in parameters:
+                raise TypeError(
+                    f"{keyword} {template!r}: {{{field}}} names no parameter of main"
+                    if field.isidentifier()
+                    else f"{keyword} {template!r}: {{{field}}} is not a parameter name"
+                )
+            if field not in found:
+                found.append(field)
+    return tuple(found)
 
 
 def _account(keyword: str, value: object) -> str | int | None:

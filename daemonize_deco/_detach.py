@@ -47,7 +47,7 @@ __all__ = [
 
 
 class StartupChannel:
-    """The daemon's end of the startup pipe: one "pid", then "ready", "done" or "fail"."""
+    """The daemon's end of the startup pipe: "pid", "main", then "ready", "done" or "fail"."""
 
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
@@ -73,6 +73,10 @@ class StartupChannel:
             self.is_ready = True
             self._send("ready")
             self.close()
+
+    def main_entered(self) -> None:
+        """Tell the starting process that main runs now (its start grace begins)."""
+        self._send("main")
 
     def finished(self, status: int) -> bool:
         """Report that main ran to completion before it was ready (a one-shot job)."""
@@ -127,6 +131,7 @@ class StartupWatcher:
         os.set_blocking(fd, False)
         self._buffer = b""
         self._eof = False
+        self._main_at: float | None = None
         self.report = StartupReport(outcome="timeout")
 
     def __enter__(self) -> StartupWatcher:
@@ -141,21 +146,25 @@ class StartupWatcher:
             os.close(self._fd)
             self._fd = -1
 
-    def wait(self, timeout: float, interrupt_fd: int | None = None) -> StartupReport:
-        """Wait up to ``timeout`` seconds for the outcome, or until ``interrupt_fd`` is readable."""
+    def wait(
+        self, timeout: float, interrupt_fd: int | None = None, grace: float | None = None
+    ) -> StartupReport:
+        """Wait up to ``timeout`` seconds for the outcome, or until ``interrupt_fd`` is readable.
+
+        With a ``grace``, a daemon whose main has run that long without
+        failing is ready: timed here, so that nothing in the daemon (a
+        dispatcher paused for a fork) can hold the answer back.
+        """
         deadline = time.monotonic() + timeout
         while not self._decided():
-            poller = select.poll()
-            if not self._eof:
-                poller.register(self._fd, select.POLLIN)
-            if self.report.pidfd is not None:
-                poller.register(self.report.pidfd, select.POLLIN)
-            if interrupt_fd is not None:
-                poller.register(interrupt_fd, select.POLLIN)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return self.report
-            events = dict(poller.poll(remaining * 1000))
+            grace_ends = None if grace is None or self._main_at is None else self._main_at + grace
+            if grace_ends is not None and time.monotonic() >= grace_ends:
+                self.report.outcome = "ready"
+                break
+            now = time.monotonic()
+            if now >= deadline:
+                break  # timed out
+            events = self._poll(interrupt_fd, min(deadline, grace_ends or deadline) - now)
             if self._fd in events:
                 self._read_available()
             if self.report.pidfd in events:
@@ -167,6 +176,16 @@ class StartupWatcher:
             if interrupt_fd in events and not self._decided():
                 self.report.outcome = "interrupted"
         return self.report
+
+    def _poll(self, interrupt_fd: int | None, seconds: float) -> dict[int, int]:
+        poller = select.poll()
+        if not self._eof:
+            poller.register(self._fd, select.POLLIN)
+        if self.report.pidfd is not None:
+            poller.register(self.report.pidfd, select.POLLIN)
+        if interrupt_fd is not None:
+            poller.register(interrupt_fd, select.POLLIN)
+        return dict(poller.poll(seconds * 1000))
 
     def learn_pid(self, timeout: float) -> int | None:
         """Read on until the daemon has said its pid (or the pipe ended); return it."""
@@ -209,6 +228,8 @@ class StartupWatcher:
             # None when it is gone already: its "fail" line, if any, follows
             # in the pipe, and end-of-file decides if there is none.
             self.report.pidfd = open_pidfd(self.report.pid)
+        elif word == "main" and self._main_at is None:
+            self._main_at = time.monotonic()
         elif word == "ready" and not self._decided():
             self.report.outcome = "ready"
         elif word == "done" and not self._decided():

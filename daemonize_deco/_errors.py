@@ -18,6 +18,7 @@ __all__ = [
     "AlreadyRunningError",
     "DaemonError",
     "DetachError",
+    "NoLogError",
     "NotRunningError",
     "PidFileError",
     "ReloadError",
@@ -48,9 +49,16 @@ class DaemonError(Exception):
 
 
 class UsageError(DaemonError):
-    """The command line is wrong: unknown command, extra argument, empty word."""
+    """The command line is wrong: unknown command or option, a bad value.
+
+    ``usage`` is the usage of the command concerned, when there is one.
+    """
 
     exit_status = 2
+
+    def __init__(self, message: str, usage: str | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 class PidFileError(DaemonError, OSError):
@@ -80,6 +88,14 @@ class NotRunningError(DaemonError):
 
     def line_for(self, name: str) -> str:
         """``NAME is not running``, as every other command says it."""
+        return f"{name} {self}"
+
+
+class NoLogError(DaemonError):
+    """``logs`` for a service that has no log file."""
+
+    def line_for(self, name: str) -> str:
+        """``NAME has no log file: ...``."""
         return f"{name} {self}"
 
 

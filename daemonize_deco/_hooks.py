@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 
+from ._options import Signature
 from ._signals import RESERVED_SIGNALS, signal_name
 
 TYPE_CHECKING = False
@@ -30,6 +31,7 @@ class Hooks:
         self.on_stop: list[Callback] = []
         self.on_signal: dict[int, list[Callback]] = {}
         self.commands: dict[str, CustomCommand] = {}
+        self.command_signatures: dict[str, Signature | None] = {}
 
     def add_signal(self, signum: int, callback: Callback) -> None:
         """Run ``callback`` when ``signum`` arrives."""
@@ -45,7 +47,27 @@ class Hooks:
             raise ValueError(f"{word!r} is a built-in command; give the function another name")
         if word in self.commands:
             raise ValueError(f"command {word!r} is already defined")
+        signature = (
+            None
+            if _takes_words_only(func)
+            else Signature(func, what=f"command {word!r}", commands=True)
+        )
         self.commands[word] = func
+        self.command_signatures[word] = signature
+
+
+def _takes_words_only(func: CustomCommand) -> bool:
+    """``def cmd(*args)`` without annotations: it gets the words as they are (no inspect)."""
+    code = getattr(func, "__code__", None)
+    varargs, varkeywords = 0x04, 0x08  # CO_VARARGS, CO_VARKEYWORDS
+    return (
+        code is not None
+        and code.co_argcount == 0
+        and code.co_kwonlyargcount == 0
+        and bool(code.co_flags & varargs)
+        and not code.co_flags & varkeywords
+        and not getattr(func, "__annotations__", None)
+    )
 
 
 def checked_signal(signum: object) -> int:

@@ -7,15 +7,16 @@ needs no import.  A service that starts removes the previous one, so a record
 always describes the run after the latest start, and a run that left no record
 (SIGKILL, a power cut) is told apart from one that did.
 
-The file is written to a temporary name and renamed, so a reader never sees
-half of it; a service that cannot write there (a full disk, a directory its
-user may not write) still exits as it would have, without a record.
+The file is written whole or not at all (``_beside``); a service that cannot
+write there (a full disk, a directory its user may not write) still exits as
+it would have, without a record.
 """
 
 from __future__ import annotations
 
-import os
 import time
+
+from . import _beside
 
 __all__ = ["SUFFIX", "LastRun", "forget", "format_duration", "read", "record_path", "write"]
 
@@ -123,45 +124,15 @@ def record_path(pidfile: str) -> str:
 
 def write(pidfile: str, run: LastRun) -> bool:
     """Write the record atomically; False when it could not be written."""
-    path = record_path(pidfile)
-    temporary = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(temporary, flags, 0o644)
-    except OSError:
-        return False
-    try:
-        try:
-            os.write(fd, run.to_text().encode("utf-8", "backslashreplace"))
-        finally:
-            os.close(fd)
-        os.rename(temporary, path)
-    except OSError:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass  # nothing more can be done about a directory we cannot write
-        return False
-    return True
+    return _beside.write(record_path(pidfile), run.to_text().encode("utf-8", "backslashreplace"))
 
 
 def read(pidfile: str) -> LastRun | None:
     """The record beside ``pidfile``; None when there is none (or it is unreadable)."""
-    try:
-        fd = os.open(record_path(pidfile), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        return LastRun.from_text(os.read(fd, _LIMIT).decode("utf-8", "replace"))
-    except OSError:
-        return None  # a directory or a FIFO put there: not a record
-    finally:
-        os.close(fd)
+    data = _beside.read(record_path(pidfile), _LIMIT)
+    return None if data is None else LastRun.from_text(data.decode("utf-8", "replace"))
 
 
 def forget(pidfile: str) -> None:
     """Remove the previous run's record, if any (a new run is starting)."""
-    try:
-        os.unlink(record_path(pidfile))
-    except OSError:
-        pass  # none, or not ours to remove: status then reads an older run's
+    _beside.remove(record_path(pidfile))

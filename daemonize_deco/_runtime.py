@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from . import _lastrun, _notify, _signals
+from . import _lastrun, _notify, _options, _signals
 from ._claim import listen_for_claimants
 from ._control import ControlServer
 from ._detach import flush_standard_streams
@@ -257,6 +257,8 @@ def serve(
         pidfile.write_pid(service_pid)
         pidfile.keep_out_of_forks()
         _lastrun.forget(config.pidfile)
+        if service.signature:
+            _options.remember(config.pidfile, service.words)
         _prepare_process(service, credentials)
         notifier = _link_manager()
         _facts.control = _listen()
@@ -274,8 +276,8 @@ def serve(
         )
         _arm_readiness(startup)  # before the dispatcher may declare it
         dispatcher.start()
-        _default_readiness(config)
-        outcome = _call_main(service.main, service_pid, config.name)
+        _default_readiness(config, startup)
+        outcome = _call_main(service.call_main, service_pid, config.name)
         _facts.threads_left = _wait_for_threads(config.stop_timeout)
     except BaseException as exc:
         if os.getpid() != service_pid:
@@ -334,19 +336,22 @@ def _grace_deadline(config: ServiceConfig) -> float | None:
     return time.monotonic() + config.start_grace
 
 
-def _default_readiness(config: ServiceConfig) -> None:
+def _default_readiness(config: ServiceConfig, startup: StartupChannel | None) -> None:
     """Unless ``wait_ready``, the moments that count as ready besides main's ready().
 
     main's thread reaching its loop counts, and so does main running
-    ``start_grace`` seconds (the dispatcher's deadline); a grace of 0 is
-    ready at once.
+    ``start_grace`` seconds: timed by the starting process (told here that
+    main begins) and by the dispatcher (for systemd); a grace of 0 is ready
+    at once.
     """
     if config.wait_ready:
         return
     if config.start_grace == 0:
         ready()
-    else:
-        _signals.when_main_loops(_ready_and_tell_dispatcher)
+        return
+    _signals.when_main_loops(_ready_and_tell_dispatcher)
+    if startup is not None:
+        startup.main_entered()
 
 
 def _ready_and_tell_dispatcher() -> None:
@@ -365,7 +370,8 @@ def _ran_to_completion(config: ServiceConfig, outcome: Outcome) -> bool:
 
 
 def _record(config: ServiceConfig, pid: int, started: float, outcome: Outcome) -> None:
-    """Write the run's last words beside the pidfile (best effort)."""
+    """Write the run's last words beside the pidfile (best effort); forget its options."""
+    _options.forget(config.pidfile)
     signum = _signals.stop_signal() if _signals.should_stop() else None
     # Only SIGTERM and SIGINT stop a service; naming them needs no enum import at exit.
     names: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}

@@ -9,6 +9,7 @@ import sys
 
 from ._config import Service, ServiceConfig
 from ._hooks import Hooks, checked_signal
+from ._options import Signature
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,9 +35,12 @@ class Daemon:
     function stays available as ``__wrapped__``.
     """
 
-    def __init__(self, func: Callable[[], object], config: ServiceConfig) -> None:
+    def __init__(
+        self, func: Callable[..., object], config: ServiceConfig, signature: Signature
+    ) -> None:
         self.__wrapped__ = func
         self.config = config
+        self.signature = signature
         self.hooks = Hooks()
         # What functools.update_wrapper does, without importing functools.
         for attribute in _WRAPPED:
@@ -51,13 +55,16 @@ class Daemon:
             raise TypeError("argv must be a sequence of strings, not a str")
         from ._cli import dispatch  # noqa: PLC0415 -- the CLI loads when a command runs
 
-        return dispatch(Service(self.config, self.__wrapped__, self.hooks), list(args))
+        return dispatch(self._service(), list(args))
 
     def __call__(self) -> NoReturn:
         """Dispatch on ``sys.argv[1:]`` and exit with the command's status."""
         from ._cli import exit_with  # noqa: PLC0415 -- the CLI loads when a command runs
 
-        exit_with(Service(self.config, self.__wrapped__, self.hooks), sys.argv[1:])
+        exit_with(self._service(), sys.argv[1:])
+
+    def _service(self) -> Service:
+        return Service(self.config, self.__wrapped__, self.hooks, signature=self.signature)
 
     def on_reload(self, callback: C) -> C:
         """Decorator: run ``callback`` on ``reload`` and SIGHUP, after the logs are reopened."""
@@ -114,7 +121,7 @@ def daemon(
     group: str | int | None = None,
     files_preserve: Iterable[object] | None = None,
     prevent_core: bool = True,
-) -> Callable[[Callable[[], object]], Daemon]:
+) -> Callable[[Callable[..., object]], Daemon]:
     """Turn ``main()`` into a Unix service driven by its command line.
 
     Args:
@@ -154,9 +161,11 @@ def daemon(
         "group": group, "files_preserve": files_preserve, "prevent_core": prevent_core,
     }  # fmt: skip
 
-    def decorate(func: Callable[[], object]) -> Daemon:
+    def decorate(func: Callable[..., object]) -> Daemon:
         if not callable(func):
             raise TypeError(f"@daemon(...) decorates a function, not {type(func).__name__}")
-        return Daemon(func, ServiceConfig(func, **options))  # type: ignore[arg-type]
+        signature = Signature(func, what="main")
+        config = ServiceConfig(func, parameters=signature.names, **options)  # type: ignore[arg-type]
+        return Daemon(func, config, signature)
 
     return decorate

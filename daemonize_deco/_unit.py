@@ -10,6 +10,8 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ._config import ServiceConfig
 
 __all__ = ["systemd_unit"]
@@ -29,13 +31,13 @@ def _quote(word: str) -> str:
     return shlex.quote(word).replace("%", "%%").replace("$", "$$")
 
 
-def systemd_unit(config: ServiceConfig) -> str:
-    """The text of a ready-to-install ``NAME.service`` for ``config``."""
+def systemd_unit(config: ServiceConfig, options: Sequence[str] = ()) -> str:
+    """The text of a ready-to-install ``NAME.service`` for ``config``, run with ``options``."""
     command = [_quote(word) for word in (sys.executable, config.script)]
-    exec_start = " ".join([*command, "run"])
+    exec_start = " ".join([*command, "run", *map(_quote, options)])
     # The acknowledged reload: systemd.service(5) advises against an
     # asynchronous "kill -HUP", after which systemd cannot tell when it ended.
-    exec_reload = " ".join([*command, "reload"])
+    exec_reload = " ".join([*command, "reload", *map(_quote, options)])
     lines = [
         "[Unit]",
         f"Description={config.name} (daemonize_deco service)",

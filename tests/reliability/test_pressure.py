@@ -717,3 +717,23 @@ def test_repeated_sigterm_while_ending_leaves_no_pidfile(make_service):
         assert status.returncode == 3, status.stdout
         assert f"last run: pid {pid} stopped by SIGTERM" in status.stdout
         assert [p.name for p in svc.dir.glob(".*")] == [], "no temporary record left"
+
+
+@pytest.mark.scenario(
+    "Promises under pressure",
+    "SIGTERM to run the moment its pidfile appears (before its handlers are in)",
+    lost="the stop waits for the handlers: main starts already stopping, exits 0, "
+    "and the pidfile is removed",
+)
+def test_sigterm_to_run_right_after_the_lock_is_graceful(make_service):
+    svc = make_service(body="print('main ran', should_stop(), flush=True)\n" + IDLE, stdout=None)
+    for _ in range(5):
+        runner = svc.popen("run")
+        deadline = time.monotonic() + 10
+        while not svc.pidfile.exists() and time.monotonic() < deadline:
+            pass  # as soon as possible: this is the race under test
+        runner.send_signal(signal.SIGTERM)
+        out, err = runner.communicate(timeout=10)
+        assert runner.returncode == 0, (runner.returncode, err)
+        assert "main ran" in out
+        assert not svc.pidfile.exists()

@@ -1,0 +1,172 @@
+"""One command line bound to the service: main's options, placeholders, the command's flags.
+
+``python web.py start --port 9000 --verbose`` calls ``main(port=9000,
+verbose=True)``, in a daemon whose pidfile is ``/tmp/web-9000.pid`` when the
+decorator said ``pidfile="/tmp/web-{port}.pid"``.  Commands that only address
+a daemon (stop, status, reload, logs) take the same options, none of them
+required but those that fill a placeholder.  A command line that is only the
+command word never loads argparse.
+
+The options a daemon was started with are remembered beside its pidfile
+(``PIDFILE.options``, the words NUL-separated): ``status`` shows them and
+``restart`` without options reuses them.
+"""
+
+from __future__ import annotations
+
+from ._errors import UsageError, exit_status
+from ._options import HelpRequested, Signature, argument_error, remembered, text_of
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
+    from typing import Literal
+
+    from ._config import Service
+
+    MainOptions = Literal["required", "optional", "reused"]
+
+__all__ = ["add_logs_flags", "add_status_flags", "add_stop_timeout", "bind", "run_custom"]
+
+
+def bind(
+    service: Service,
+    word: str,
+    words: Sequence[str],
+    *,
+    prog: str,
+    description: str,
+    main_options: MainOptions,
+    add_flags: Callable[[argparse.ArgumentParser], None] | None,
+) -> Service | str:
+    """The service as ``word words...`` gives it; a str when help was asked for."""
+    signature = service.signature or Signature(lambda: None, what="main")
+    if not words and not (signature and main_options == "reused"):
+        defaults = signature.defaults()
+        if defaults is not None:
+            return _given(service, signature, defaults, {})
+    parser = signature.parser(f"{prog} {word}", description)
+    if add_flags is not None:
+        add_flags(parser)
+    try:
+        parsed = vars(parser.parse_args(list(words)))
+    except HelpRequested as help_text:
+        return help_text.text
+    values = {option.name: parsed.pop(option.name) for option in signature.options}
+    given = any(value is not None for value in values.values())
+    if main_options == "reused" and not given:
+        values = _reused(service, signature, parser)
+    missing = signature.missing(values)
+    if missing and main_options != "optional":
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    placeholders = service.config.placeholders
+    naming = [flag for flag in missing if flag[2:].replace("-", "_") in placeholders]
+    if naming:
+        parser.error(f"{word} needs {', '.join(naming)}: it names the pidfile")
+    return _given(service, signature, signature.fill(values), parsed, parser)
+
+
+def _reused(
+    service: Service, signature: Signature, parser: argparse.ArgumentParser
+) -> dict[str, object]:
+    """For a restart without options: the running daemon's (at the default address)."""
+    defaults = signature.fill({o.name: None for o in signature.options})
+    at_defaults = _given(service, signature, defaults, {}, parser)
+    words = remembered(at_defaults.config.pidfile)
+    if not words:
+        return {o.name: None for o in signature.options}
+    reparsed = vars(signature.parser("restart").parse_args(words))
+    return {option.name: reparsed.get(option.name) for option in signature.options}
+
+
+def _given(
+    service: Service,
+    signature: Signature,
+    values: dict[str, object],
+    flags: dict[str, object],
+    parser: argparse.ArgumentParser | None = None,
+) -> Service:
+    texts = {name: text_of(value) for name, value in values.items()}
+    try:
+        config = service.config.resolved(values, texts)
+    except ValueError as exc:
+        if parser is None:
+            raise UsageError(str(exc)) from None
+        parser.error(str(exc))
+    return service.given(config, values, signature.words(values), flags)
+
+
+def run_custom(
+    func: Callable[..., object],
+    signature: Signature | None,
+    word: str,
+    args: Sequence[str],
+    prog: str,
+) -> int:
+    """Run a ``@main.command`` function with the rest of the line; its result is the status.
+
+    A function taking only ``*args`` (``signature`` None) gets the words as
+    they are; one with parameters gets them through argparse, like main's
+    options: positional parameters stay positional.
+    """
+    if signature is None or (not signature and not args):
+        return exit_status(func(*args))
+    parser = signature.parser(f"{prog} {word}", _description(func))
+    try:
+        parsed = vars(parser.parse_args(list(args)))
+    except HelpRequested as help_text:
+        print(help_text.text)
+        return 0
+    positional: list[object] = []
+    keywords: dict[str, object] = {}
+    for option in signature.options:
+        value = parsed[option.name]
+        if option.variadic:
+            positional.extend(value or ())
+        elif option.positional:
+            positional.append(value)
+        elif value is not None or option.required:
+            keywords[option.name] = value
+    return exit_status(func(*positional, **keywords))
+
+
+def _description(func: Callable[..., object]) -> str:
+    doc = (getattr(func, "__doc__", None) or "").strip()
+    return doc.split("\n\n", 1)[0]
+
+
+def add_stop_timeout(parser: argparse.ArgumentParser) -> None:
+    """``--timeout S``: seconds to wait after SIGTERM before SIGKILL (stop_timeout)."""
+    parser.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="seconds after SIGTERM before SIGKILL"
+    )
+
+
+def add_status_flags(parser: argparse.ArgumentParser) -> None:
+    """``--json``: one JSON object instead of a sentence."""
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_logs_flags(parser: argparse.ArgumentParser) -> None:
+    """``-n N`` lines (default 20), ``-f`` to follow."""
+    parser.add_argument("-n", "--lines", type=_count, default=20, metavar="N",
+                        help="how many last lines (default 20)")  # fmt: skip
+    follow = "print new lines as they come, across rotations, until Ctrl-C"
+    parser.add_argument("-f", "--follow", action="store_true", help=follow)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argument_error(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argument_error(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argument_error(f"{text!r} is not a number of lines")
+    return int(text)
