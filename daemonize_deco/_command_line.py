@@ -8,8 +8,9 @@ required but those that fill a placeholder.  A command line that is only the
 command word never loads argparse.
 
 The options a daemon was started with are remembered beside its pidfile
-(``PIDFILE.options``, the words NUL-separated): ``status`` shows them and
-``restart`` without options reuses them.
+(``PIDFILE.options``, the words NUL-separated): ``status`` shows them, and
+``restart`` given no settings reuses them (options that fill a placeholder
+only say which instance to restart).
 """
 
 from __future__ import annotations
@@ -54,13 +55,14 @@ def bind(
     except HelpRequested as help_text:
         return help_text.text
     values = {option.name: parsed.pop(option.name) for option in signature.options}
-    given = any(value is not None for value in values.values())
-    if main_options == "reused" and not given:
-        values = _reused(service, signature, parser)
+    placeholders = service.config.placeholders
+    # Options that fill a placeholder name the instance; the others are settings.
+    settings = any(v is not None for k, v in values.items() if k not in placeholders)
+    if main_options == "reused" and not settings:
+        values = _reused(service, signature, values, parser)
     missing = signature.missing(values)
     if missing and main_options != "optional":
         parser.error(f"the following arguments are required: {', '.join(missing)}")
-    placeholders = service.config.placeholders
     naming = [flag for flag in missing if flag[2:].replace("-", "_") in placeholders]
     if naming:
         parser.error(f"{word} needs {', '.join(naming)}: it names the pidfile")
@@ -68,15 +70,20 @@ def bind(
 
 
 def _reused(
-    service: Service, signature: Signature, parser: argparse.ArgumentParser
+    service: Service,
+    signature: Signature,
+    addressing: dict[str, object],
+    parser: argparse.ArgumentParser,
 ) -> dict[str, object]:
-    """For a restart without options: the running daemon's (at the default address)."""
-    defaults = signature.fill({o.name: None for o in signature.options})
-    at_defaults = _given(service, signature, defaults, {}, parser)
-    words = remembered(at_defaults.config.pidfile)
+    """For a restart without settings: those the instance it names runs with."""
+    at = _given(service, signature, signature.fill(dict(addressing)), {}, parser)
+    words = remembered(at.config.pidfile)
     if not words:
-        return {o.name: None for o in signature.options}
-    reparsed = vars(signature.parser("restart").parse_args(words))
+        return addressing
+    try:
+        reparsed = vars(signature.parser("restart").parse_args(words))
+    except UsageError as exc:  # main's signature changed since that start
+        parser.error(f"the running instance's options ({' '.join(words)}) no longer fit: {exc}")
     return {option.name: reparsed.get(option.name) for option in signature.options}
 
 

@@ -451,14 +451,17 @@ def logs(service: Service) -> int:
         follow(paths, count)
         return 0
     out = sys.stdout.buffer
-    for path in paths:
-        if len(paths) > 1:
-            out.write(f"==> {path} <==\n".encode())
-        try:
-            out.writelines(last_lines(path, count))
-        except FileNotFoundError:
-            complain(f"{service.name}: no log file {path} yet")
-    out.flush()
+    try:
+        for path in paths:
+            if len(paths) > 1:
+                out.write(f"==> {path} <==\n".encode())
+            try:
+                out.writelines(last_lines(path, count))
+            except FileNotFoundError:
+                complain(f"{service.name}: no log file {path} yet")
+        out.flush()
+    except BrokenPipeError:
+        pass  # the reader (head) had enough
     return 0
 
 

@@ -101,8 +101,8 @@ def follow(paths: Sequence[str], count: int) -> None:
                     out.write(data)
                     out.flush()
             time.sleep(_POLL_INTERVAL)
-    except KeyboardInterrupt:
-        return
+    except (KeyboardInterrupt, BrokenPipeError):
+        return  # Ctrl-C, or the reader (head, less) is gone: both mean "enough"
     finally:
         for item in followed:
             item.close()

@@ -12,14 +12,15 @@ completion before the next, so no locks are needed.
 Try it::
 
     mkdir -p /tmp/kvserver
-    KV_PORT=6399 python examples/kvserver.py start
+    python examples/kvserver.py start --port 6399 --dir /tmp/kvserver
     redis-cli -p 6399 set greeting hello
-    KV_PORT=6399 python examples/kvserver.py restart
+    python examples/kvserver.py restart --dir /tmp/kvserver   # the same --port
     redis-cli -p 6399 get greeting          # "hello": kept across the restart
-    KV_PORT=6399 python examples/kvserver.py stop
+    python examples/kvserver.py stop --dir /tmp/kvserver
 
-Settings (environment): KV_HOST (127.0.0.1), KV_PORT (6399), KV_DIR
-(/tmp/kvserver: pidfile, log and snapshot).
+Options: --port (6399), --host (127.0.0.1), --dir (/tmp/kvserver: pidfile,
+log and snapshot; each directory is an instance). KV_PORT, KV_HOST and
+KV_DIR set the defaults.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from daemonize_deco import daemon, ready, should_stop
 HOST = os.environ.get("KV_HOST", "127.0.0.1")
 PORT = int(os.environ.get("KV_PORT", "6399"))
 DATA = Path(os.environ.get("KV_DIR", "/tmp/kvserver")).resolve()
-SNAPSHOT = DATA / "dump.resp"
+SNAPSHOT_NAME = "dump.resp"
 DRAIN_SECONDS = 3.0  # how long a stop waits for a client's half-received command
 MAX_BULK = 512 * 1024 * 1024
 MAX_ARGS = 1024 * 1024
@@ -300,7 +301,7 @@ def cmd_info(db: Database, args: list[bytes]) -> Reply:
         "# Server",
         "redis_version:7.0.0-kvserver",
         f"process_id:{os.getpid()}",
-        f"tcp_port:{PORT}",
+        f"tcp_port:{_port}",
         "# Keyspace",
         f"db0:keys={len(db.live_keys())},expires={len(db.expires)}",
     ]
@@ -507,21 +508,31 @@ class Server:
 
 
 _server: Server | None = None
+_port = PORT
 
 
-@daemon(pidfile=DATA / "kvserver.pid", stdout=DATA / "kvserver.log", wait_ready=True)
-def main() -> None:
-    global _server  # noqa: PLW0603 -- on_stop needs to reach it
-    db = Database.load(SNAPSHOT)
-    _server = Server(HOST, PORT, db)  # raises "address already in use" before ready
+@daemon(pidfile="{dir}/kvserver.pid", stdout="{dir}/kvserver.log", wait_ready=True)
+def main(port: int = PORT, host: str = HOST, dir: Path = DATA) -> None:
+    """A Redis-protocol key-value server.
+
+    Args:
+        port: the TCP port to listen on.
+        host: the address to bind.
+        dir: the directory of the pidfile, the log and the snapshot.
+    """
+    global _server, _port  # noqa: PLW0603 -- on_stop and INFO need to reach them
+    _port = port
+    snapshot = dir.resolve() / SNAPSHOT_NAME
+    db = Database.load(snapshot)
+    _server = Server(host, port, db)  # raises "address already in use" before ready
     if should_stop():
         _server.wake()  # the stop came before on_stop could see the server
-    print(f"kvserver: listening on {HOST}:{PORT} with {len(db.values)} keys", flush=True)
+    print(f"kvserver: listening on {host}:{port} with {len(db.values)} keys", flush=True)
     ready()
     _server.serve()
     _server.drain(DRAIN_SECONDS)
-    saved = db.save(SNAPSHOT)
-    print(f"kvserver: stopped; saved {saved} keys to {SNAPSHOT}", flush=True)
+    saved = db.save(snapshot)
+    print(f"kvserver: stopped; saved {saved} keys to {snapshot}", flush=True)
 
 
 @main.on_stop

@@ -69,12 +69,13 @@ def worker(env, *args):
 def test_worker_does_every_job_exactly_once_across_restarts(tmp_path, mark):
     spool = tmp_path / "spool"
     (spool / "incoming").mkdir(parents=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO), WORKER_SPOOL=str(spool), **{MARK: mark})
-    env.update(WORKER_JOB_SECONDS="0.3", WORKER_POLL_SECONDS="0.05")
+    env = dict(os.environ, PYTHONPATH=str(REPO), **{MARK: mark})
+    env.update(WORKER_POLL_SECONDS="0.05")
     jobs = {f"job-{i:02d}": f"payload {i}\n" for i in range(30)}
     for name, text in jobs.items():
         (spool / "incoming" / name).write_text(text)
-    assert worker(env, "start").returncode == 0
+    at = ("--spool", str(spool))
+    assert worker(env, "start", *at, "--job-seconds", "0.3").returncode == 0
     done = spool / "done"
 
     def done_count() -> int:
@@ -82,11 +83,13 @@ def test_worker_does_every_job_exactly_once_across_restarts(tmp_path, mark):
 
     for restart in range(5):
         wait_for(lambda n=restart: done_count() >= 4 * (n + 1), timeout=30, what="progress")
-        result = worker(env, "restart")
+        # --spool names the instance; its other options (--job-seconds 0.3) are reused.
+        result = worker(env, "restart", *at)
         assert result.returncode == 0, result.stderr
     wait_for(lambda: done_count() == 30, timeout=60, what="all 30 jobs")
-    assert worker(env, "pending").stdout.strip() == "no pending jobs"
-    assert worker(env, "stop").returncode == 0
+    assert worker(env, "pending", *at).stdout.strip() == "no pending jobs"
+    assert f"options: --spool {spool} --job-seconds 0.3" in worker(env, "status", *at).stdout
+    assert worker(env, "stop", *at).returncode == 0
 
     assert sorted(p.name for p in done.iterdir()) == sorted(jobs)
     for name, text in jobs.items():

@@ -193,3 +193,27 @@ def test_idle_connection_does_not_delay_the_stop(running):
         assert result.returncode == 0 and "stopped" in result.stdout
         assert time.monotonic() - started < 3, "an idle client must not hold the stop"
         assert sock.recv(100) == b""
+
+
+def test_kvserver_options_name_the_instance_and_restart_keeps_the_port(tmp_path, mark):
+    """The README's commands: --port and --dir instead of the environment."""
+    folder = tmp_path / "kv-by-options"
+    folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KV_")}
+    env.update(PYTHONPATH=str(REPO), **{MARK: mark})
+    port = free_port()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, str(KVSERVER), *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+
+    at = ("--dir", str(folder))
+    assert cli("start", "--port", str(port), *at).returncode == 0
+    client = redis.Redis(port=port, protocol=2, socket_timeout=10)
+    assert client.set("greeting", "hello")
+    restarted = cli("restart", *at)  # --dir names the instance; its --port is reused
+    assert restarted.returncode == 0, restarted.stderr
+    assert client.get("greeting") == b"hello"
+    assert f"options: --port {port} --dir {folder}" in cli("status", *at).stdout
+    assert (folder / "kvserver.pid").exists() and (folder / "dump.resp").exists()
+    assert cli("stop", *at).returncode == 0

@@ -107,6 +107,12 @@ def test_two_instances_side_by_side(web):
     assert is_gone(first) and not is_gone(second)
     assert web.cli("status", "--port", "9001").returncode == 3
     assert web.cli("status", "--port", "9002").returncode == 0
+    # --port fills the placeholder: it names the instance, whose settings are reused.
+    assert web.cli("restart", "--port", "9002").returncode == 0
+    assert (
+        "options: --port 9002 --level high --ratio 2.0"
+        in web.cli("status", "--port", "9002").stdout
+    )
     assert web.cli("stop", "--port", "9002").returncode == 0
 
 
@@ -331,3 +337,30 @@ def test_a_bare_command_word_never_loads_argparse(make_service):
     svc.script.write_text(probe)
     result = subprocess.run(svc.argv(), capture_output=True, text=True, env=svc.env, timeout=30)
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_restart_when_the_signature_changed_since_the_start(web):
+    pid = started_pid(web.cli("start", "--port", "9007"))
+    (web.dir / "web-9007.pid.options").write_bytes(b"--port\x009007\x00--old-thing")
+    result = web.cli("restart", "--port", "9007")
+    assert result.returncode == 2
+    assert (
+        "the running instance's options (--port 9007 --old-thing) no longer fit"
+        in (result.stderr.splitlines()[0])
+    )
+    assert not is_gone(pid), "nothing was stopped"
+    assert web.cli("stop", "--port", "9007").returncode == 0
+
+
+def test_logs_into_a_reader_that_goes_away(make_service):
+    body = "for n in range(5000):\n    print('line', n)\nwhile not should_stop():\n    sleep(3600)"
+    svc = make_service(body=body)
+    pid = svc.start()
+    wait_for(lambda: "line 4999" in svc.log_text(), what="the lines")
+    for follow in ([], ["-f"]):
+        command = f"{' '.join(svc.argv('logs', '-n', '5000', *follow))} | head -n 1"
+        piped = subprocess.run(
+            ["sh", "-c", command], capture_output=True, text=True, env=svc.env, timeout=30
+        )
+        assert piped.stdout == "line 0\n" and "Traceback" not in piped.stderr, piped.stderr
+    svc.stop_gracefully(pid)
