@@ -16,7 +16,7 @@ only say which instance to restart).
 from __future__ import annotations
 
 from ._errors import UsageError, exit_status
-from ._options import HelpRequested, Signature, argument_error, remembered, text_of
+from ._hooks import takes_words
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from typing import Literal
 
     from ._config import Service
+    from ._options import Signature
 
     MainOptions = Literal["required", "optional", "reused"]
 
@@ -42,11 +43,15 @@ def bind(
     add_flags: Callable[[argparse.ArgumentParser], None] | None,
 ) -> Service | str:
     """The service as ``word words...`` gives it; a str when help was asked for."""
-    signature = service.signature or Signature(lambda: None, what="main")
-    if not words and not (signature and main_options == "reused"):
-        defaults = signature.defaults()
+    if not words and service.signature is None:
+        return service  # no options, so no placeholders either: nothing to bind
+    if not words and main_options != "reused" and service.signature is not None:
+        defaults = service.signature.defaults()
         if defaults is not None:
-            return _given(service, signature, defaults, {})
+            return _given(service, service.signature, defaults, {})
+    from ._options import HelpRequested, Signature  # noqa: PLC0415 -- only lines with options
+
+    signature = service.signature or Signature(None, what="main")
     parser = signature.parser(f"{prog} {word}", description)
     if add_flags is not None:
         add_flags(parser)
@@ -76,6 +81,8 @@ def _reused(
     parser: argparse.ArgumentParser,
 ) -> dict[str, object]:
     """For a restart without settings: those the instance it names runs with."""
+    from ._options import remembered  # noqa: PLC0415 -- loaded by main's signature already
+
     at = _given(service, signature, signature.fill(dict(addressing)), {}, parser)
     words = remembered(at.config.pidfile)
     if not words:
@@ -94,6 +101,8 @@ def _given(
     flags: dict[str, object],
     parser: argparse.ArgumentParser | None = None,
 ) -> Service:
+    from ._options import text_of  # noqa: PLC0415 -- loaded by main's signature already
+
     texts = {name: text_of(value) for name, value in values.items()}
     try:
         config = service.config.resolved(values, texts)
@@ -117,8 +126,14 @@ def run_custom(
     they are; one with parameters gets them through argparse, like main's
     options: positional parameters stay positional.
     """
-    if signature is None or (not signature and not args):
+    if signature is None:
+        if args and not takes_words(func):
+            raise UsageError(f"{word} takes no arguments, got {args[0]!r}")
         return exit_status(func(*args))
+    if not signature and not args:
+        return exit_status(func())
+    from ._options import HelpRequested  # noqa: PLC0415 -- loaded by the signature already
+
     parser = signature.parser(f"{prog} {word}", _description(func))
     try:
         parsed = vars(parser.parse_args(list(args)))
@@ -164,6 +179,8 @@ def add_logs_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _seconds(text: str) -> float:
+    from ._options import argument_error  # noqa: PLC0415 -- argparse is loaded by now
+
     try:
         value = float(text)
     except ValueError:
@@ -174,6 +191,8 @@ def _seconds(text: str) -> float:
 
 
 def _count(text: str) -> int:
+    from ._options import argument_error  # noqa: PLC0415 -- argparse is loaded by now
+
     if not text.isdigit():
         raise argument_error(f"{text!r} is not a number of lines")
     return int(text)

@@ -35,11 +35,9 @@ from ._errors import (
     StopError,
 )
 from ._hygiene import close_inherited_fds, resolve_credentials
-from ._logs import follow, last_lines
 from ._pidfile import PidFile, PidFileState
 from ._proc import command_line, open_pidfd, read_stat, terminate, uptime, wait_exit
 from ._runtime import serve
-from ._status import StatusReport
 from ._unit import systemd_unit
 
 TYPE_CHECKING = False
@@ -431,6 +429,8 @@ def restart(service: Service) -> int:
 
 def status(service: Service) -> int:
     """0 running, 1 dead but pidfile left behind, 3 not running (4: see error_status)."""
+    from ._status import StatusReport  # noqa: PLC0415 -- only status loads it (and /proc readers)
+
     pidfile = _pidfile(service)
     state, note = _inspect(service, pidfile)
     report = StatusReport(service.name, pidfile.path, state, note)
@@ -440,6 +440,8 @@ def status(service: Service) -> int:
 
 def logs(service: Service) -> int:
     """Print the last lines of the log file(s); with ``-f``, follow them until Ctrl-C."""
+    from ._logs import follow, last_lines  # noqa: PLC0415 -- only logs loads it
+
     config = service.config
     paths = list(dict.fromkeys(p for p in (config.stdout, config.stderr) if p is not None))
     if not paths:

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 
-from ._options import Signature
 from ._signals import RESERVED_SIGNALS, signal_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
 
+    from ._options import Signature
+
     Callback = Callable[[], object]
     CustomCommand = Callable[..., object]
 
-__all__ = ["Hooks", "checked_signal"]
+__all__ = ["Hooks", "checked_signal", "has_no_parameters", "read_signature", "takes_words"]
 
 _UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
 
@@ -47,27 +48,44 @@ class Hooks:
             raise ValueError(f"{word!r} is a built-in command; give the function another name")
         if word in self.commands:
             raise ValueError(f"command {word!r} is already defined")
-        signature = (
-            None
-            if _takes_words_only(func)
-            else Signature(func, what=f"command {word!r}", commands=True)
-        )
         self.commands[word] = func
-        self.command_signatures[word] = signature
+        self.command_signatures[word] = read_signature(func, what=f"command {word!r}", command=True)
 
 
-def _takes_words_only(func: CustomCommand) -> bool:
-    """``def cmd(*args)`` without annotations: it gets the words as they are (no inspect)."""
+_CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08
+
+
+def _shape(func: Callable[..., object]) -> tuple[bool, bool, bool] | None:
+    """Named parameters?, ``*args``?, ``**kwargs``?: from the code object, without inspect."""
     code = getattr(func, "__code__", None)
-    varargs, varkeywords = 0x04, 0x08  # CO_VARARGS, CO_VARKEYWORDS
-    return (
-        code is not None
-        and code.co_argcount == 0
-        and code.co_kwonlyargcount == 0
-        and bool(code.co_flags & varargs)
-        and not code.co_flags & varkeywords
-        and not getattr(func, "__annotations__", None)
-    )
+    if code is None:
+        return None  # a builtin or a callable object: inspect will tell
+    named = code.co_argcount + code.co_kwonlyargcount > 0
+    return named, bool(code.co_flags & _CO_VARARGS), bool(code.co_flags & _CO_VARKEYWORDS)
+
+
+def has_no_parameters(func: Callable[..., object]) -> bool:
+    """A plain function with no parameters at all."""
+    return _shape(func) == (False, False, False)
+
+
+def takes_words(func: Callable[..., object]) -> bool:
+    """``def cmd(*args)`` without annotations: it gets the command line's words as they are."""
+    return _shape(func) == (False, True, False) and not getattr(func, "__annotations__", None)
+
+
+def read_signature(
+    func: Callable[..., object], *, what: str, command: bool = False
+) -> Signature | None:
+    """``func``'s parameters as options; None for none at all (or a command's bare ``*args``).
+
+    Only a function with parameters loads inspect, typing and the option code.
+    """
+    if has_no_parameters(func) or (command and takes_words(func)):
+        return None
+    from ._options import Signature  # noqa: PLC0415 -- only functions with parameters
+
+    return Signature(func, what=what, commands=command)
 
 
 def checked_signal(signum: object) -> int:

@@ -132,12 +132,13 @@ def text_of(value: object) -> str:
 class Signature:
     """A function's parameters as options; empty for a function without any."""
 
-    def __init__(self, func: Callable[..., object], *, what: str, commands: bool = False) -> None:
-        self.options: list[Option] = []
+    def __init__(
+        self, func: Callable[..., object] | None, *, what: str, commands: bool = False
+    ) -> None:
         self.what = what
-        if _has_no_parameters(func):
-            return
-        self.options = _read_signature(func, what=what, positional=commands)
+        self.options: list[Option] = (
+            [] if func is None else _read_signature(func, what=what, positional=commands)
+        )
 
     def __bool__(self) -> bool:
         return bool(self.options)
@@ -202,15 +203,6 @@ def make_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
     parser = Parser(prog=prog, description=description or None, add_help=False, allow_abbrev=False)
     parser.add_argument("-h", "--help", nargs=0, action=Help, help="show this help and exit")
     return parser
-
-
-def _has_no_parameters(func: Callable[..., object]) -> bool:
-    """Cheaply, without inspect: a plain function with no parameters at all."""
-    code = getattr(func, "__code__", None)
-    if code is None:
-        return False
-    varargs = 0x04 | 0x08  # CO_VARARGS | CO_VARKEYWORDS
-    return code.co_argcount == 0 and code.co_kwonlyargcount == 0 and not code.co_flags & varargs
 
 
 def _read_signature(func: Callable[..., object], *, what: str, positional: bool) -> list[Option]:

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from . import _lastrun, _notify, _options, _signals
+from . import _lastrun, _notify, _signals
 from ._claim import listen_for_claimants
 from ._control import ControlServer
 from ._detach import flush_standard_streams
@@ -258,7 +258,9 @@ def serve(
         pidfile.keep_out_of_forks()
         _lastrun.forget(config.pidfile)
         if service.signature:
-            _options.remember(config.pidfile, service.words)
+            from ._options import remember  # noqa: PLC0415 -- loaded by main's signature
+
+            remember(config.pidfile, service.words)
         _prepare_process(service, credentials)
         notifier = _link_manager()
         _facts.control = _listen()
@@ -292,6 +294,10 @@ def serve(
     if _facts.threads_left:
         _say_threads_left(config.stop_timeout)
     _record(config, service_pid, started, outcome)
+    if service.signature:
+        from ._options import forget  # noqa: PLC0415 -- loaded by main's signature
+
+        forget(config.pidfile)  # the options of a running service: it no longer runs
     finished = _ran_to_completion(config, outcome)
     _let_go_of_pidfile(pidfile, startup, was_ready=was_ready, outcome=outcome, finished=finished)
     _release_signals()
@@ -370,8 +376,7 @@ def _ran_to_completion(config: ServiceConfig, outcome: Outcome) -> bool:
 
 
 def _record(config: ServiceConfig, pid: int, started: float, outcome: Outcome) -> None:
-    """Write the run's last words beside the pidfile (best effort); forget its options."""
-    _options.forget(config.pidfile)
+    """Write the run's last words beside the pidfile (best effort)."""
     signum = _signals.stop_signal() if _signals.should_stop() else None
     # Only SIGTERM and SIGINT stop a service; naming them needs no enum import at exit.
     names: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}

@@ -8,8 +8,7 @@ from __future__ import annotations
 import sys
 
 from ._config import Service, ServiceConfig
-from ._hooks import Hooks, checked_signal
-from ._options import Signature
+from ._hooks import Hooks, checked_signal, read_signature
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -18,6 +17,7 @@ if TYPE_CHECKING:
 
     from ._config import PathArg
     from ._hooks import Callback, CustomCommand
+    from ._options import Signature
 
     C = TypeVar("C", bound=Callback)
     F = TypeVar("F", bound=CustomCommand)
@@ -36,7 +36,7 @@ class Daemon:
     """
 
     def __init__(
-        self, func: Callable[..., object], config: ServiceConfig, signature: Signature
+        self, func: Callable[..., object], config: ServiceConfig, signature: Signature | None
     ) -> None:
         self.__wrapped__ = func
         self.config = config
@@ -164,8 +164,9 @@ def daemon(
     def decorate(func: Callable[..., object]) -> Daemon:
         if not callable(func):
             raise TypeError(f"@daemon(...) decorates a function, not {type(func).__name__}")
-        signature = Signature(func, what="main")
-        config = ServiceConfig(func, parameters=signature.names, **options)  # type: ignore[arg-type]
+        signature = read_signature(func, what="main")
+        parameters = signature.names if signature is not None else set()
+        config = ServiceConfig(func, parameters=parameters, **options)  # type: ignore[arg-type]
         return Daemon(func, config, signature)
 
     return decorate

@@ -364,3 +364,29 @@ def test_logs_into_a_reader_that_goes_away(make_service):
         )
         assert piped.stdout == "line 0\n" and "Traceback" not in piped.stderr, piped.stderr
     svc.stop_gracefully(pid)
+
+
+def test_a_parameter_without_default_is_a_required_option(make_service):
+    svc = make_service(name="req")
+    svc.script.write_text(
+        "import os\n"
+        "from daemonize_deco import daemon, should_stop, sleep\n"
+        "HERE = os.path.dirname(os.path.abspath(__file__))\n"
+        "@daemon(pidfile=HERE + '/req-{port}.pid', stdout=HERE + '/req.log')\n"
+        "def main(port: int, name: str | None = None):\n"
+        "    print('port', port, 'name', name, flush=True)\n"
+        "    while not should_stop():\n"
+        "        sleep(3600)\n"
+        "main()\n"
+    )
+    missing = svc.cli("start")
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines()[0] == "req: the following arguments are required: --port"
+    status = svc.cli("status")
+    assert status.returncode == 2 and "status needs --port: it names the pidfile" in status.stderr
+    assert svc.cli("start", "--port", "7").returncode == 0
+    wait_for(lambda: "port 7 name None" in svc.log_text(), what="main's line")
+    restarted = svc.cli("restart", "--port", "7", "--name", "x", "--timeout", "5")
+    assert restarted.returncode == 0, restarted.stderr
+    wait_for(lambda: "port 7 name x" in svc.log_text(), what="the new settings")
+    assert svc.cli("stop", "--port", "7").returncode == 0
