@@ -146,8 +146,11 @@ def main() -> int:
     section = render(options.base, results, options.runs)
     print(section)
     output = REPO / "BENCHMARKS.md"
-    text = output.read_text().partition(COMPARE_HEADING)[0].rstrip("\n")
-    output.write_text(f"{text}\n\n{section}")
+    before, found, after = output.read_text().partition(COMPARE_HEADING)
+    # Sections after this one (benchmarks/asyncio_figures.py's) are kept.
+    later = after.partition("\n## ")
+    tail = f"\n## {later[2]}" if found and later[1] else ""
+    output.write_text(f"{before.rstrip()}\n\n{section}{tail}")
     return 0
 
 

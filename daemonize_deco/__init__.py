@@ -12,10 +12,20 @@ if __name__ == "__main__":
     main()          # python ticker.py start | stop | restart | status | run
 """
 
+from ._aio import stopped
 from ._errors import DaemonError
 from ._notify import notify
 from ._ready import ready
 from ._service import Daemon, daemon
 from ._signals import should_stop, sleep
 
-__all__ = ["Daemon", "DaemonError", "daemon", "notify", "ready", "should_stop", "sleep"]
+__all__ = [
+    "Daemon",
+    "DaemonError",
+    "daemon",
+    "notify",
+    "ready",
+    "should_stop",
+    "sleep",
+    "stopped",
+]

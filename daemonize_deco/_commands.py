@@ -38,7 +38,6 @@ from ._hygiene import close_inherited_fds, resolve_credentials
 from ._pidfile import PidFile, PidFileState
 from ._proc import command_line, open_pidfd, read_stat, terminate, uptime, wait_exit
 from ._runtime import serve
-from ._unit import systemd_unit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -530,5 +529,7 @@ def _send_sighup(pidfd: int, pid: int) -> None:
 
 def print_systemd_unit(service: Service) -> int:
     """Print a unit file that runs the service under systemd (Type=notify), with its options."""
+    from ._unit import systemd_unit  # noqa: PLC0415 -- only this command needs it
+
     say(systemd_unit(service.config, service.words).rstrip("\n"))
     return 0

@@ -92,7 +92,7 @@ class ServiceConfig:
             setattr(copy, slot, getattr(self, slot))
         for name in self.placeholders:
             text = texts[name]
-            is_path = type(values[name]).__module__ == "pathlib"
+            is_path = isinstance(values[name], os.PathLike)
             if "\0" in text or text in ("", ".", "..") or ("/" in text and not is_path):
                 raise ValueError(f"--{name.replace('_', '-')} {text!r} cannot name a file")
         for keyword in _PATH_KEYWORDS:
@@ -161,8 +161,13 @@ class Service:
         )  # fmt: skip
 
     def call_main(self) -> object:
-        """Call ``main`` with this command line's options."""
-        return self.main(**self.options)
+        """Call ``main`` with this command line's options; an awaitable runs under asyncio."""
+        result = self.main(**self.options)
+        if hasattr(result, "__await__"):
+            from ._aio import run_awaitable  # noqa: PLC0415 -- only asyncio services
+
+            return run_awaitable(result)
+        return result
 
     @property
     def name(self) -> str:

@@ -24,6 +24,7 @@ import sys
 import time
 
 from . import _signals
+from ._aio import is_awaitable, run_callback_result
 from ._claim import answer_claimants
 from ._control import reply
 from ._detach import reopen_logs
@@ -333,9 +334,11 @@ def wait_in_slices(wait: Callable[[float], bool], timeout: float) -> bool:
 
 
 def _run(callback: Callback, role: str) -> str | None:
-    """Run one callback; log and return a one-line reason if it raised."""
+    """Run one callback (an ``async`` one to completion); log and return why, if it raised."""
     try:
-        callback()
+        result = callback()
+        if is_awaitable(result):
+            run_callback_result(result)
     # BaseException: sys.exit() in a callback must not end the dispatcher either.
     except BaseException as exc:  # noqa: BLE001
         name = getattr(callback, "__qualname__", repr(callback))

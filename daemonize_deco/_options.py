@@ -121,11 +121,9 @@ class Option:
 
 def text_of(value: object) -> str:
     """How a value is written on a command line and in a file name (an Enum by its name)."""
-    name = getattr(value, "name", None)
-    if isinstance(name, str) and type(value).__module__ != "pathlib":
-        enum = sys.modules.get("enum")
-        if enum is not None and isinstance(value, enum.Enum):
-            return name
+    enum = sys.modules.get("enum")
+    if enum is not None and isinstance(value, enum.Enum):
+        return str(value.name)
     return str(value)
 
 

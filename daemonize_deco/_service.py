@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from ._aio import refuse_generator
 from ._config import Service, ServiceConfig
 from ._hooks import Hooks, checked_signal, read_signature
 
@@ -164,6 +165,7 @@ def daemon(
     def decorate(func: Callable[..., object]) -> Daemon:
         if not callable(func):
             raise TypeError(f"@daemon(...) decorates a function, not {type(func).__name__}")
+        refuse_generator(func, "main")
         signature = read_signature(func, what="main")
         parameters = signature.names if signature is not None else set()
         config = ServiceConfig(func, parameters=parameters, **options)  # type: ignore[arg-type]

@@ -58,6 +58,7 @@ __all__ = [
     "restore",
     "should_stop",
     "sleep",
+    "stop_fd",
     "stop_signal",
     "when_main_loops",
 ]
@@ -107,6 +108,11 @@ def _stop_pipe() -> tuple[int, int]:
             os.set_blocking(write_end, False)
             _state.stop_read, _state.stop_write = read_end, write_end
         return _state.stop_read, _state.stop_write
+
+
+def stop_fd() -> int:
+    """A descriptor that becomes readable, and stays so, once a stop is requested."""
+    return _stop_pipe()[0]
 
 
 def should_stop() -> bool:

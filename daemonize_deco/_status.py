@@ -10,9 +10,10 @@ exit status is LSB's either way: 0 running, 1 dead with its pidfile left,
 
 from __future__ import annotations
 
+import os
+
 from . import _lastrun
-from ._options import remembered
-from ._proc import Resources, resources, uptime
+from ._proc import fd_targets, read_stat, uptime
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class StatusReport:
         self.note = note
         pid = state.pid if state.running else None
         self.uptime = uptime(pid) if pid is not None else None
-        self.options = remembered(pidfile) if state.running else None
+        self.options = _remembered(pidfile) if state.running else None
         self.resources = resources(pid) if pid is not None else Resources()
         self.last = None if state.running else _lastrun.read(pidfile)
 
@@ -133,3 +134,123 @@ def _quoted(word: str) -> str:
     if word and all(c.isalnum() or c in "-_./:=@,+" for c in word):
         return word
     return "'" + word.replace("'", "'\\''") + "'"
+
+
+def _remembered(pidfile: str) -> list[str] | None:
+    from ._options import remembered  # noqa: PLC0415 -- a small read; no option parsing
+
+    return remembered(pidfile)
+
+
+class Resources:
+    """What a running process uses, read from /proc (None where we may not look)."""
+
+    __slots__ = ("children", "cpu_percent", "listening", "open_fds", "rss_bytes", "threads")
+
+    def __init__(self) -> None:
+        self.rss_bytes: int | None = None
+        self.cpu_percent: float | None = None
+        self.threads: int | None = None
+        self.open_fds: int | None = None
+        self.children: list[int] = []
+        self.listening: list[str] = []
+
+
+def resources(pid: int) -> Resources:
+    """Memory (RSS), CPU % since start, threads, descriptors, children, listening sockets."""
+    found = Resources()
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f.read().decode("ascii", "replace").splitlines():
+                key, _, value = line.partition(":")
+                if key == "VmRSS":
+                    found.rss_bytes = int(value.split()[0]) * 1024
+                elif key == "Threads":
+                    found.threads = int(value)
+    except OSError:
+        return found
+    found.cpu_percent = _cpu_percent(pid)
+    targets = fd_targets(pid)
+    found.open_fds = len(targets) if targets or _may_look(pid) else None
+    found.children = [
+        int(entry)
+        for entry in os.listdir("/proc")
+        if entry.isdigit() and (stat := read_stat(int(entry))) is not None and stat.ppid == pid
+    ]
+    inodes = {t[len("socket:[") : -1] for t in targets if t.startswith("socket:[")}
+    found.listening = _listening(inodes) if inodes else []
+    return found
+
+
+def _may_look(pid: int) -> bool:
+    try:
+        os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    return True
+
+
+def _cpu_percent(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    busy = (int(fields[11]) + int(fields[12])) / ticks
+    up = uptime(pid)
+    return round(100 * busy / up, 1) if up else 0.0
+
+
+def _listening(inodes: set[str]) -> list[str]:
+    """The listening sockets among ``inodes``: ``tcp 127.0.0.1:9000``, ``unix /run/x.sock``."""
+    found = []
+    for table, family in (("tcp", "tcp"), ("tcp6", "tcp6")):
+        for fields in _table(f"/proc/net/{table}"):
+            if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found.append(f"{family} {_address(fields[1])}")
+    for fields in _table("/proc/net/unix"):
+        # Flags 00010000 is __SO_ACCEPTCON: a listening socket.
+        if len(fields) >= 7 and fields[6] in inodes and fields[3] == "00010000":
+            path = fields[7] if len(fields) > 7 else "(unnamed)"
+            if not path.startswith(("@daemonize_deco/", "@daemonize_deco-claim:")):
+                found.append(f"unix {path}")
+    return found
+
+
+def _table(path: str) -> list[list[str]]:
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().decode("ascii", "replace").splitlines()[1:]
+    except OSError:
+        return []
+    return [line.split() for line in lines]
+
+
+def _address(hex_address: str) -> str:
+    """``0100007F:1F90`` → ``127.0.0.1:8080``; IPv6 as ``[::1]:8080``."""
+    host, _, port = hex_address.partition(":")
+    raw = bytes.fromhex(host)
+    # The kernel prints each 32-bit word in host (little-endian) order.
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(words) == 4:
+        return f"{'.'.join(map(str, words))}:{int(port, 16)}"
+    groups = [words[i : i + 2].hex() for i in range(0, 16, 2)]
+    return f"[{_compress(groups)}]:{int(port, 16)}"
+
+
+def _compress(groups: list[str]) -> str:
+    """IPv6 groups in the short form (the longest run of zeros as ``::``)."""
+    short = [g.lstrip("0") or "0" for g in groups]
+    best, start = (0, -1), -1
+    for i, group in enumerate([*short, "x"]):
+        if group == "0" and start < 0:
+            start = i
+        elif group != "0" and start >= 0:
+            best = max(best, (i - start, start))
+            start = -1
+    length, first = best
+    if length < 2:
+        return ":".join(short)
+    return ":".join(short[:first]) + "::" + ":".join(short[first + length :])

@@ -1,0 +1,167 @@
+"""asyncio services: ``async def main``, ``await stopped()``, and ``async def`` callbacks.
+
+An awaitable returned by ``main`` runs under ``asyncio.run`` in the service
+process; while it runs, its event loop is the *service loop*.  The stop flag
+of ``_signals`` has a pipe that becomes readable, and stays readable, once a
+stop is requested: :func:`stopped` watches it with ``loop.add_reader``, so a
+waiting service does not wake until then (an idle asyncio daemon has no
+timer at all).
+
+Callbacks (``on_stop``, ``on_reload``, ``on_signal``) that are coroutine
+functions still come from the dispatcher thread, one at a time, in arrival
+order: each is handed to the service loop as a task
+(``run_coroutine_threadsafe``) and waited for, so a reload is acknowledged
+only once its ``async`` callbacks are done, and one that raises is logged
+and makes the reload fail, as a plain callback does.  Without a service
+loop (a plain ``main``), an ``async`` callback runs in a loop of its own on
+the dispatcher thread.
+
+``asyncio`` is imported only by a service that uses it.
+"""
+
+from __future__ import annotations
+
+import _thread
+
+from . import _signals
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    import concurrent.futures
+    from collections.abc import Awaitable, Coroutine
+    from typing import Any
+
+__all__ = ["is_awaitable", "run_awaitable", "run_callback_result", "stopped"]
+
+_CO_GENERATOR, _CO_ASYNC_GENERATOR = 0x20, 0x200
+
+
+class _ServiceLoop:
+    """The loop ``main``'s awaitable runs in, its stopped() future, the callbacks in it.
+
+    ``lock`` orders the dispatcher handing a callback to the loop against
+    main's end: a callback handed over before is awaited before the loop
+    closes (never cancelled half-way); one that comes after runs in a loop
+    of its own.
+    """
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # One future per loop that waits (stopped() from a thread's own loop too).
+        self.waiters: dict[asyncio.AbstractEventLoop, asyncio.Future[bool]] = {}
+        self.lock = _thread.allocate_lock()
+        self.in_flight: list[concurrent.futures.Future[object]] = []
+
+
+_service = _ServiceLoop()
+
+
+def refuse_generator(func: object, what: str) -> None:
+    """A generator function cannot be a service: say so at decoration."""
+    code = getattr(func, "__code__", None)
+    if code is not None and code.co_flags & (_CO_GENERATOR | _CO_ASYNC_GENERATOR):
+        raise TypeError(f"{what} is a generator function; a service is a function or a coroutine")
+
+
+def is_awaitable(value: object) -> bool:
+    """Whether ``main`` (or a callback) gave back something to await (a coroutine, a task)."""
+    return hasattr(value, "__await__")
+
+
+def run_awaitable(awaitable: Awaitable[object]) -> object:
+    """Run main's awaitable to completion under ``asyncio.run``; return its result."""
+    import asyncio  # noqa: PLC0415 -- only an asyncio service pays for it
+
+    async def as_the_service() -> object:
+        _service.loop = asyncio.get_running_loop()
+        try:
+            return await awaitable
+        finally:
+            with _service.lock:
+                _service.loop = None
+                in_flight, _service.in_flight = _service.in_flight, []
+            _forget_waiter(asyncio.get_running_loop())
+            for future in in_flight:  # callbacks handed over before main ended finish first
+                try:
+                    await asyncio.wrap_future(future)
+                except BaseException:  # noqa: BLE001 -- the dispatcher logs it
+                    pass
+
+    return asyncio.run(as_the_service())
+
+
+async def stopped(timeout: float | None = None) -> bool:
+    """Wait until a stop is requested (SIGTERM, SIGINT, ``stop``); return True then.
+
+    With ``timeout`` (seconds), return False if no stop came within it: the
+    async twin of :func:`sleep`.  Any number of tasks may wait at once.
+    Counts as ``main`` reaching its loop (ready, by default).
+    """
+    import asyncio  # noqa: PLC0415 -- loaded already in a coroutine
+
+    if _signals.should_stop():  # also: main reached its loop
+        return True
+    waiter = _shared_waiter(asyncio.get_running_loop())
+    if timeout is None:
+        return await asyncio.shield(waiter)
+    try:
+        return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+    except TimeoutError:
+        return _signals.should_stop()
+
+
+def _shared_waiter(loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]:
+    """One future per loop, resolved when the stop pipe becomes readable."""
+    waiter = _service.waiters.get(loop)
+    if waiter is not None:
+        return waiter
+    waiter = loop.create_future()
+    fd = _signals.stop_fd()
+
+    def on_stop_requested() -> None:
+        loop.remove_reader(fd)  # the pipe stays readable: one call is all we want
+        if not waiter.done():
+            waiter.set_result(True)
+
+    loop.add_reader(fd, on_stop_requested)
+    _service.waiters[loop] = waiter
+    return waiter
+
+
+def _forget_waiter(loop: asyncio.AbstractEventLoop) -> None:
+    """The loop ends: stop watching the pipe for it."""
+    if _service.waiters.pop(loop, None) is not None and not loop.is_closed():
+        loop.remove_reader(_signals.stop_fd())
+
+
+def run_callback_result(result: object) -> None:
+    """Await what an ``async`` callback returned, in the service loop if there is one.
+
+    Called on the dispatcher thread; returns once it is done, raising what it raised.
+    """
+    import asyncio  # noqa: PLC0415 -- only an async callback pays for it
+
+    coroutine = _as_coroutine(result)
+    with _service.lock:
+        loop = _service.loop
+        future = None
+        if loop is not None and not loop.is_closed():
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+            _service.in_flight.append(future)
+    if future is None:
+        asyncio.run(coroutine)  # no service loop (a plain main, or main has ended)
+        return
+    try:
+        future.result()
+    finally:
+        with _service.lock:
+            if future in _service.in_flight:
+                _service.in_flight.remove(future)
+
+
+def _as_coroutine(awaitable: object) -> Coroutine[Any, Any, object]:
+    async def wrapper() -> object:
+        return await awaitable  # type: ignore[misc]
+
+    return wrapper()
