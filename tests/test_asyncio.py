@@ -329,3 +329,17 @@ def test_stopped_in_a_threads_own_loop_too(make_service):
     svc.stop_gracefully(pid)
     for who in ("early task", "thread loop", "main loop"):
         assert f"{who} saw the stop" in svc.log_text()
+
+
+def test_should_stop_and_ready_inside_coroutines(make_service):
+    body = """
+        await asyncio.sleep(0.05)
+        ready()  # wait_ready=True: only this counts
+        while not should_stop():
+            await asyncio.sleep(0.02)
+        print('saw should_stop', flush=True)
+    """
+    svc = async_service(make_service, body, wait_ready=True)
+    pid = svc.start()
+    svc.stop_gracefully(pid)
+    assert "saw should_stop" in svc.log_text()
