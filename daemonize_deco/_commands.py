@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 import os
+import stat
 import sys
 import time
 
@@ -112,6 +113,14 @@ def _holder_or_lock(
         state = pidfile.inspect(settle=0)
         if state.running and state.pid is not None:
             return state.pid, ""
+        if state.running:
+            # Locked, but the content names nobody: a daemon between lock and
+            # pid write (no claim yet), or one whose pidfile was overwritten.
+            claimant = find_claimant(
+                pidfile.path, _CLAIM_TIMEOUT, trusted_uids=_trusted_uids(service.config)
+            )
+            if claimant is not None:
+                return claimant.pid, _put_back_note(pidfile, claimant.answer)
         if interrupts is not None and interrupts.signum is not None:
             raise StartupError("failed to start: interrupted before it was started")
         if time.monotonic() >= deadline:
@@ -174,14 +183,16 @@ def _inspect(service: Service, pidfile: PidFile, settle: float = 1.0) -> tuple[P
     When the pidfile shows no running service, the process holding its claim
     (if any) is the service: it is asked to put its pidfile back.
     """
-    state = pidfile.inspect(settle=settle)
-    if state.running:
+    state = pidfile.inspect(settle=0)
+    if state.running and state.pid is not None:
         return state, ""
+    # Not running, or locked by a process the content does not name: one
+    # whose pidfile was overwritten has a claim; a starting one has none yet.
     claimant = find_claimant(
         pidfile.path, _CLAIM_TIMEOUT, trusted_uids=_trusted_uids(service.config)
     )
     if claimant is None:
-        return state, ""
+        return (pidfile.inspect(settle=settle) if state.running else state), ""
     running = PidFileState(exists=True, running=True, pid=claimant.pid)
     return running, _put_back_note(pidfile, claimant.answer)
 
@@ -192,7 +203,7 @@ def _with_note(text: str, note: str) -> str:
 
 def _put_back_note(pidfile: PidFile, answer: str) -> str:
     if answer == "ok put back":
-        return f"its pidfile {pidfile.path} was missing: put back"
+        return f"its pidfile {pidfile.path} was missing or wrong: put back"
     if answer == "ok":
         return ""
     reason = answer.removeprefix("error ")
@@ -215,7 +226,12 @@ def _manager() -> str | None:
     inherited by every descendant of supervisord, so it counts only when
     supervisord itself (perhaps through one shell) started this command.
     As PID 1 (a container's command) there is nobody to detach to: the
-    kernel would end the daemon with the namespace when we exit.
+    kernel would end the daemon with the namespace when we exit.  Started by
+    PID 1 itself (sysvinit's respawn, a container's tini or dumb-init), the
+    init watches this very process; but not under a systemd unit
+    (``INVOCATION_ID``), where PID 1 is systemd and ``Type=forking`` expects
+    the fork.  A socket on stdin is inetd's (or systemd's ``Accept=yes``)
+    connection, served in the foreground.
     """
     if os.environ.get("NOTIFY_SOCKET"):
         return "systemd Type=notify"
@@ -223,7 +239,31 @@ def _manager() -> str | None:
         return "supervisord"
     if os.getpid() == 1:
         return "PID 1 of a container"
+    if os.getppid() == 1 and not os.environ.get("INVOCATION_ID"):
+        return "init (its parent is PID 1)"
+    if _stdin_is_a_socket():
+        return "a super-server (stdin is a network socket)"
     return None
+
+
+def _stdin_is_a_socket() -> bool:
+    """Stdin is an internet socket: inetd's or systemd's (``Accept=yes``) connection.
+
+    Unix-domain sockets do not count: sshd and job runners hand commands
+    socketpairs for their standard streams.
+    """
+    try:
+        if not stat.S_ISSOCK(os.fstat(0).st_mode):
+            return False
+        import _socket  # noqa: PLC0415 -- loaded by then, via _control
+
+        probe = _socket.socket(fileno=os.dup(0))  # reads SO_DOMAIN
+    except OSError:
+        return False
+    try:
+        return probe.family in (_socket.AF_INET, _socket.AF_INET6)
+    finally:
+        probe.close()
 
 
 def _started_by_supervisord() -> bool:
@@ -409,6 +449,9 @@ def _stop_timeout(service: Service) -> float:
 
 
 def _say_not_running(service: Service, pidfile: PidFile, state: PidFileState) -> None:
+    if state.last_words:  # it ended cleanly, and left its record in the file: not stale
+        say(f"{service.name} is not running")
+        return
     try:
         removed = state.exists and pidfile.remove_if_stale()
     except PidFileError as exc:  # another user's stale file: not running is what counts

@@ -185,6 +185,7 @@ def _path(keyword: str, value: object) -> str:
         raise TypeError(f"{keyword} must be a text path, not {type(path).__name__}")
     if not path or "\0" in path:
         raise ValueError(f"{keyword} must be a non-empty path without NUL characters")
+    path = os.path.expanduser(path)  # ~ and ~user, as a shell would
     if path.startswith("{"):
         return path  # filled from the options, made absolute then (see resolved())
     try:

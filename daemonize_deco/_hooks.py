@@ -13,13 +13,22 @@ from ._signals import RESERVED_SIGNALS, signal_name
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
+    from typing import TypeVar
 
     from ._options import Signature
 
+    T = TypeVar("T")
     Callback = Callable[[], object]
     CustomCommand = Callable[..., object]
 
-__all__ = ["Hooks", "checked_signal", "has_no_parameters", "read_signature", "takes_words"]
+__all__ = [
+    "Hooks",
+    "checked_callable",
+    "checked_signal",
+    "has_no_parameters",
+    "read_signature",
+    "takes_words",
+]
 
 _UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
 
@@ -86,6 +95,13 @@ def read_signature(
     from ._options import Signature  # noqa: PLC0415 -- only functions with parameters
 
     return Signature(func, what=what, commands=command)
+
+
+def checked_callable(role: str, value: T) -> T:
+    """``value`` if it can be called; a TypeError naming what was given, at registration."""
+    if not callable(value):
+        raise TypeError(f"@main.{role} takes a function, not {value!r}")
+    return value
 
 
 def checked_signal(signum: object) -> int:

@@ -27,6 +27,8 @@ from ._proc import holds_file
 __all__ = ["PidFile", "PidFileState", "parse_pid"]
 
 PIDFILE_MODE = 0o644
+# A last-run record (``_lastrun``) starts so; a pid never does.
+LAST_WORDS_START = b"pid="
 _PID_MAX = 4_194_304  # PID_MAX_LIMIT on 64-bit Linux
 _RETRY_INTERVAL = 0.01
 _CREATION_WINDOW = 1.0
@@ -42,14 +44,21 @@ def parse_pid(content: bytes) -> int | None:
 
 
 class PidFileState:
-    """What a pidfile says: whether it exists, whether its lock is held, and the pid."""
+    """What a pidfile says: whether it exists, whether its lock is held, and the pid.
 
-    __slots__ = ("exists", "pid", "running")
+    ``last_words``: the content of a pidfile its service could not remove
+    and left its last-run record in (see :meth:`PidFile.remove`).
+    """
 
-    def __init__(self, *, exists: bool, running: bool, pid: int | None = None) -> None:
+    __slots__ = ("exists", "last_words", "pid", "running")
+
+    def __init__(
+        self, *, exists: bool, running: bool, pid: int | None = None, last_words: bytes = b""
+    ) -> None:
         self.exists = exists
         self.running = running
         self.pid = pid
+        self.last_words = last_words
 
     def __repr__(self) -> str:
         return f"PidFileState(exists={self.exists}, running={self.running}, pid={self.pid})"
@@ -109,6 +118,7 @@ class PidFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
+        self.last_words: bytes | None = None  # left in the file when it cannot be removed
 
     # -- opening -----------------------------------------------------------
 
@@ -193,7 +203,9 @@ class PidFile:
         _held = self
 
     def put_back(self, pid: int) -> bool:
-        """Recreate the pidfile at its path if it was deleted or replaced; True if it was.
+        """Recreate the pidfile at its path if it was deleted, replaced or overwritten.
+
+        True when something was put back.
 
         The new file is locked and names ``pid``; it takes over our descriptor
         number (dup2), so nothing that knows that number needs telling, and
@@ -203,7 +215,10 @@ class PidFile:
         """
         held = self._held_fd()
         if self._names(held):
-            return False
+            if parse_pid(os.pread(held, 32, 0)) == pid:
+                return False
+            self.write_pid(pid)  # its content was overwritten (echo x > app.pid)
+            return True
         replacement = PidFile(self.path)
         if not replacement.acquire():
             raise PidFileError(f"another process holds the file now at {self.path}")
@@ -224,15 +239,32 @@ class PidFile:
             self._fd = None
 
     def remove(self) -> None:
-        """Unlink the pidfile, if the path still names ours, then release the lock."""
+        """Unlink the pidfile, if the path still names ours, then release the lock.
+
+        A service that dropped privileges may not unlink it from a root-owned
+        directory; it still has the file open for writing, so the pidfile then
+        keeps :attr:`last_words` (the last-run record) instead of a pid, and
+        says "not running, and here is how it ended" to whoever looks.
+        """
         if self._fd is None:
             return
         if self._names(self._fd):
             try:
                 os.unlink(self.path)
-            except (FileNotFoundError, PermissionError):
-                pass  # the lock is released below all the same; a stale file is harmless
+            except FileNotFoundError:
+                pass
+            except PermissionError:
+                self._leave_last_words(self._fd)
         self.hand_over()
+
+    def _leave_last_words(self, fd: int) -> None:
+        if self.last_words is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, self.last_words, 0)
+        except OSError:
+            pass  # a full disk: the lock is released all the same
 
     def _held_fd(self) -> int:
         if self._fd is None:
@@ -259,6 +291,9 @@ class PidFile:
                 if _try_lock(fd):
                     if not self._names(fd):
                         continue  # an exiting holder unlinked it meanwhile: look again
+                    if content.startswith(LAST_WORDS_START):
+                        words = os.pread(fd, 4096, 0)
+                        return PidFileState(exists=True, running=False, last_words=words)
                     if not (content == b"" and _just_created(fd)):
                         return PidFileState(exists=True, running=False, pid=pid)
                     # else: a starter between creating and locking it; look again

@@ -285,7 +285,7 @@ def serve(
         if os.getpid() != service_pid:
             raise  # a forked child unwinding: nothing here is its to clean up
         _end_service(dispatcher, config.stop_timeout)
-        _record(config, service_pid, started, Outcome(1, exception=describe(exc)))
+        _record(config, service_pid, started, Outcome(1, exception=describe(exc)), pidfile)
         if startup is None:
             pidfile.remove()  # detached, the starting process reports it and removes it
         _release_signals()
@@ -293,7 +293,7 @@ def serve(
     was_ready = _end_service(dispatcher, config.stop_timeout)
     if _facts.threads_left:
         _say_threads_left(config.stop_timeout)
-    _record(config, service_pid, started, outcome)
+    _record(config, service_pid, started, outcome, pidfile)
     if service.signature:
         from ._options import forget  # noqa: PLC0415 -- loaded by main's signature
 
@@ -375,22 +375,27 @@ def _ran_to_completion(config: ServiceConfig, outcome: Outcome) -> bool:
     )
 
 
-def _record(config: ServiceConfig, pid: int, started: float, outcome: Outcome) -> None:
-    """Write the run's last words beside the pidfile (best effort)."""
+def _record(
+    config: ServiceConfig, pid: int, started: float, outcome: Outcome, pidfile: PidFile
+) -> None:
+    """Write the run's last words beside the pidfile, or, failing that, give them to it.
+
+    A service that dropped privileges may write neither there nor unlink its
+    pidfile (a root-owned directory): the pidfile then keeps the record.
+    """
     signum = _signals.stop_signal() if _signals.should_stop() else None
     # Only SIGTERM and SIGINT stop a service; naming them needs no enum import at exit.
     names: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
-    _lastrun.write(
-        config.pidfile,
-        _lastrun.LastRun(
-            pid,
-            status=outcome.status,
-            started=started,
-            ended=time.time(),
-            exception=outcome.exception,
-            signal=None if signum is None else names.get(signum, str(signum)),
-        ),
+    run = _lastrun.LastRun(
+        pid,
+        status=outcome.status,
+        started=started,
+        ended=time.time(),
+        exception=outcome.exception,
+        signal=None if signum is None else names.get(signum, str(signum)),
     )
+    if not _lastrun.write(config.pidfile, run):
+        pidfile.last_words = run.to_text().encode("utf-8", "backslashreplace")
 
 
 def _end_service(dispatcher: Dispatcher | None, stop_timeout: float) -> bool:

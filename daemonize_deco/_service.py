@@ -9,7 +9,7 @@ import sys
 
 from ._aio import refuse_generator
 from ._config import Service, ServiceConfig
-from ._hooks import Hooks, checked_signal, read_signature
+from ._hooks import Hooks, checked_callable, checked_signal, read_signature
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class Daemon:
 
     def on_reload(self, callback: C) -> C:
         """Decorator: run ``callback`` on ``reload`` and SIGHUP, after the logs are reopened."""
-        self.hooks.on_reload.append(callback)
+        self.hooks.on_reload.append(checked_callable("on_reload", callback))
         return callback
 
     def on_stop(self, callback: C) -> C:
@@ -78,7 +78,7 @@ class Daemon:
         It runs on the dispatcher thread while ``main`` is still running: the
         place to call ``server.shutdown()``.
         """
-        self.hooks.on_stop.append(callback)
+        self.hooks.on_stop.append(checked_callable("on_stop", callback))
         return callback
 
     def on_signal(self, signum: int) -> Callable[[C], C]:
@@ -86,7 +86,7 @@ class Daemon:
         sig = checked_signal(signum)  # a wrong signal fails here, not at the def below
 
         def register(callback: C) -> C:
-            self.hooks.add_signal(sig, callback)
+            self.hooks.add_signal(sig, checked_callable("on_signal", callback))
             return callback
 
         return register
@@ -99,7 +99,7 @@ class Daemon:
         """
         from ._cli import RESERVED_WORDS  # noqa: PLC0415 -- the CLI loads when needed
 
-        self.hooks.add_command(func, reserved=RESERVED_WORDS)
+        self.hooks.add_command(checked_callable("command", func), reserved=RESERVED_WORDS)
         return func
 
     def __repr__(self) -> str:

@@ -37,19 +37,21 @@ class StatusReport:
         self.options = _remembered(pidfile) if state.running else None
         self.resources = resources(pid) if pid is not None else Resources()
         self.last = None if state.running else _lastrun.read(pidfile)
+        if state.last_words:  # the service could not remove its pidfile: its record is in it
+            self.last = _lastrun.LastRun.from_text(state.last_words.decode("utf-8", "replace"))
 
     @property
     def exit_status(self) -> int:
         """0 running, 1 dead but its pidfile left behind, 3 not running."""
         if self.state.running:
             return 0
-        return 1 if self.state.exists else 3
+        return 1 if self.state.exists and not self.state.last_words else 3
 
     def text(self) -> str:
         """The sentence, and for a running service the lines of detail below it."""
         if self.state.running:
             return "\n".join([self._running_line(), *self._details()])
-        if self.state.exists:
+        if self.state.exists and not self.state.last_words:
             pid = self.state.pid
             stale = f" (pid {pid})" if pid is not None else ""
             if self.last is not None and self.last.pid == pid:
@@ -112,7 +114,7 @@ class StatusReport:
             "open_fds": used.open_fds,
             "children": used.children,
             "listening": used.listening,
-            "pidfile_left_behind": self.state.exists and not self.state.running,
+            "pidfile_left_behind": self.exit_status == 1,
             "note": self.note or None,
             "last_run": None
             if last is None

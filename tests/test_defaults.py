@@ -282,7 +282,7 @@ def test_deleted_pidfile_is_found_and_put_back(make_service):
     status = svc.cli("status")
     assert status.returncode == 0
     assert status.stdout.startswith(f"svc is running (pid {pid}, up ")
-    assert "was missing: put back" in status.stdout
+    assert "was missing or wrong: put back" in status.stdout
     assert svc.read_pid() == pid
     lockers = subprocess.run(["pgrep", "-F", str(svc.pidfile), "-L"], capture_output=True)
     assert lockers.returncode == 0, "the pidfile put back is locked by the daemon"

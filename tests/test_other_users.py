@@ -27,7 +27,7 @@ pytestmark = [
 class Shared:
     """A service in a root-owned, world-readable directory, driven as root or as nobody."""
 
-    def __init__(self, folder: Path, mark: str, **options: object) -> None:
+    def __init__(self, folder: Path, mark: str, body: str = IDLE, **options: object) -> None:
         self.dir = folder
         self.pidfile = folder / "run" / "svc.pid"
         self.pidfile.parent.mkdir(mode=0o755)
@@ -35,7 +35,7 @@ class Shared:
         options = {"pidfile": str(self.pidfile), "stdout": str(self.log), **options}
         rendered = ", ".join(f"{k}={v!r}" for k, v in options.items())
         self.script = folder / "svc.py"
-        body = "    " + IDLE.replace("\n", "\n    ")
+        body = "    " + body.replace("\n", "\n    ")
         self.script.write_text(SCRIPT.format(prelude="", options=rendered, body=body))
         self.env = dict(os.environ, PYTHONPATH=str(folder), **{MARK: mark})
 
@@ -60,7 +60,7 @@ def shared(mark):
     shutil.copytree(REPO / "daemonize_deco", folder / "daemonize_deco", ignore=ignore)
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
-    yield lambda **options: Shared(folder, mark, **options)
+    yield lambda body=IDLE, **options: Shared(folder, mark, body, **options)
     shutil.rmtree(folder)
 
 
@@ -160,3 +160,24 @@ def _open_files(pid: int) -> list[str]:
         return [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
     except OSError:
         return []
+
+
+@pytest.mark.scenario(
+    "Defaults",
+    "a service that dropped privileges ends cleanly in a root-owned directory",
+    lost="it may not unlink its pidfile, so it leaves its last-run record in it: status says "
+    "not running (3) and how it ended, not 'pidfile left behind'; the next start reuses it",
+)
+def test_a_clean_exit_after_dropping_privileges_leaves_no_stale_state(shared):
+    svc = shared(body="should_stop()\nprint('done', flush=True)", user="nobody")
+    started = svc.as_root("start")
+    assert started.returncode == 0, started.stderr
+    pid = int(started.stdout.split("(pid ")[1].split(")")[0])
+    wait_for(lambda: is_gone(pid), what="main to return")
+    for look in (svc.as_root, svc.as_nobody):
+        status = look("status")
+        assert status.returncode == 3, status.stdout
+        assert f"svc is not running (last run: pid {pid} exited with status 0 at" in status.stdout
+    assert svc.as_root("stop").stdout.strip() == "svc is not running"
+    again = svc.as_root("start")
+    assert again.returncode == 0, again.stderr
