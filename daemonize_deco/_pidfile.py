@@ -22,12 +22,14 @@ import stat
 import time
 
 from ._errors import PidFileError
+from ._lastrun import LastRun
 from ._proc import holds_file
 
 __all__ = ["PidFile", "PidFileState", "parse_pid"]
 
 PIDFILE_MODE = 0o644
-# A last-run record (``_lastrun``) starts so; a pid never does.
+# A last-run record (``_lastrun``) starts so; a pid never does (and garbage
+# that starts so is still garbage: it must parse as a record).
 LAST_WORDS_START = b"pid="
 _PID_MAX = 4_194_304  # PID_MAX_LIMIT on 64-bit Linux
 _RETRY_INTERVAL = 0.01
@@ -293,7 +295,8 @@ class PidFile:
                         continue  # an exiting holder unlinked it meanwhile: look again
                     if content.startswith(LAST_WORDS_START):
                         words = os.pread(fd, 4096, 0)
-                        return PidFileState(exists=True, running=False, last_words=words)
+                        if LastRun.from_text(words.decode("utf-8", "replace")) is not None:
+                            return PidFileState(exists=True, running=False, last_words=words)
                     if not (content == b"" and _just_created(fd)):
                         return PidFileState(exists=True, running=False, pid=pid)
                     # else: a starter between creating and locking it; look again

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from conftest import alive, marked_pids, wait_for
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 pytestmark = pytest.mark.timeout(120)
@@ -207,6 +207,8 @@ def test_fuzzed_pidfile_contents(make_service, victim):
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
     @given(content=contents)
+    @example(content=b"pid=")  # starts like a last-run record, is not one
+    @example(content=b"pid=7\nstatus=0\n")
     def check(content: bytes) -> None:
         svc.pidfile.write_bytes(content)
         status = svc.cli("status")
