@@ -43,6 +43,7 @@ __all__ = ["Dispatcher", "wait_in_slices"]
 
 _WAKE = 0  # a byte that only wakes the thread; the flags say what to do
 _FORK_PAUSE_WAIT = 1.0
+_BUSY_WAIT = 0.05
 _SLICE = 0.05
 _PIPE_CAPACITY = 65536  # Linux's default: what can be pending when a quit is asked for
 
@@ -117,11 +118,22 @@ class Dispatcher:
             self._finished.release()
 
     def pause(self) -> bool:
-        """Before a fork: let the idle thread quit and leave the kernel; False if it is busy."""
-        with self._lock:
-            if self._busy or not self._running or self._native_id == _thread.get_native_id():
+        """Before a fork: let the idle thread quit and leave the kernel; False if it is busy.
+
+        Busy for a moment (reading its pipe, as on its first round) is waited
+        out, up to 50 ms; busy in a callback is not.
+        """
+        deadline = time.monotonic() + _BUSY_WAIT
+        while True:
+            with self._lock:
+                if not self._running or self._native_id == _thread.get_native_id():
+                    return False
+                if not self._busy:
+                    self._pausing = True
+                    break
+            if time.monotonic() >= deadline:
                 return False
-            self._pausing = True
+            time.sleep(0.0002)
         _signals.wake_dispatcher()
         if not self._finished.acquire(timeout=_FORK_PAUSE_WAIT):
             return False  # it took up a callback meanwhile; resume() sorts it out
