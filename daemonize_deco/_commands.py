@@ -116,11 +116,9 @@ def _holder_or_lock(
         if state.running:
             # Locked, but the content names nobody: a daemon between lock and
             # pid write (no claim yet), or one whose pidfile was overwritten.
-            claimant = find_claimant(
-                pidfile.path, _CLAIM_TIMEOUT, trusted_uids=_trusted_uids(service.config)
-            )
-            if claimant is not None:
-                return claimant.pid, _put_back_note(pidfile, claimant.answer)
+            found = _claimant(service, pidfile)
+            if found is not None:
+                return found
         if interrupts is not None and interrupts.signum is not None:
             raise StartupError("failed to start: interrupted before it was started")
         if time.monotonic() >= deadline:
@@ -128,14 +126,13 @@ def _holder_or_lock(
                 f"pidfile {pidfile.path} is locked, but names no process that holds it"
             )
         time.sleep(_RETRY_INTERVAL)
-    trusted = _trusted_uids(service.config)
-    if find_claimant(pidfile.path, _CLAIM_TIMEOUT, trusted_uids=trusted, put_back=False) is None:
+    if _claimant(service, pidfile, put_back=False) is None:
         return None
     pidfile.remove()  # the running daemon puts its own back, locked, at this path
-    claimant = find_claimant(pidfile.path, _CLAIM_TIMEOUT, trusted_uids=trusted)
-    if claimant is None:  # it exited meanwhile: start afresh
+    found = _claimant(service, pidfile)
+    if found is None:  # it exited meanwhile: start afresh
         return _holder_or_lock(service, pidfile, interrupts)
-    return claimant.pid, _put_back_note(pidfile, claimant.answer)
+    return found
 
 
 def _other_users_service(pidfile: PidFile, error: PidFileError) -> tuple[int, str]:
@@ -188,13 +185,23 @@ def _inspect(service: Service, pidfile: PidFile, settle: float = 1.0) -> tuple[P
         return state, ""
     # Not running, or locked by a process the content does not name: one
     # whose pidfile was overwritten has a claim; a starting one has none yet.
+    found = _claimant(service, pidfile)
+    if found is None:
+        return (pidfile.inspect(settle=settle) if state.running else state), ""
+    pid, note = found
+    return PidFileState(exists=True, running=True, pid=pid), note
+
+
+def _claimant(
+    service: Service, pidfile: PidFile, *, put_back: bool = True
+) -> tuple[int, str] | None:
+    """The pid of the process claiming the pidfile's path, and what putting it back gave."""
     claimant = find_claimant(
-        pidfile.path, _CLAIM_TIMEOUT, trusted_uids=_trusted_uids(service.config)
+        pidfile.path, _CLAIM_TIMEOUT, trusted_uids=_trusted_uids(service.config), put_back=put_back
     )
     if claimant is None:
-        return (pidfile.inspect(settle=settle) if state.running else state), ""
-    running = PidFileState(exists=True, running=True, pid=claimant.pid)
-    return running, _put_back_note(pidfile, claimant.answer)
+        return None
+    return claimant.pid, _put_back_note(pidfile, claimant.answer)
 
 
 def _with_note(text: str, note: str) -> str:
