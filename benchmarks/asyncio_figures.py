@@ -5,7 +5,9 @@
 - context switches of an idle asyncio daemon (``await stopped()``, every
   thread) over ``--idle-seconds`` (goal 0), beside a bare
   ``asyncio.run(asyncio.Event().wait())``;
-- its RssAnon over that bare interpreter (goal at most +0.7 MiB);
+- its RssAnon over that bare interpreter (goal at most +0.7 MiB), each the
+  median of ``--rss-runs`` processes (the first daemon started is not
+  counted: it may still be writing bytecode caches);
 - stop latency (the ``stop`` command until the process is gone) of the
   asyncio daemon, beside the same idle service written as a plain ``main``.
 
@@ -104,20 +106,27 @@ class Daemon:
         return int(out.split("(pid ")[1].split(")")[0])
 
 
-def idle_figures(idle_seconds: float) -> dict[str, float]:
+def idle_figures(idle_seconds: float, rss_runs: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="dd-aio-") as scratch:
         service = Daemon(Path(scratch), ASYNC_SERVICE)
+        rss_of_each = []
+        for _ in range(rss_runs):
+            service.start()
+            service.command("stop")
+            pid = service.start()
+            rss_of_each.append(settled_rss(pid))
+            service.command("stop")
+        rss = statistics.median(rss_of_each)
         pid = service.start()
-        rss = settled_rss(pid)
         before = context_switches(pid)
         time.sleep(idle_seconds)  # the measurement window itself
         switches = context_switches(pid) - before
         service.command("stop")
+    bare_rss = statistics.median(bare_interpreter_rss() for _ in range(rss_runs))
     bare = subprocess.Popen([sys.executable, "-c", BARE], stdout=subprocess.PIPE, text=True)
     try:
         assert bare.stdout is not None
         bare.stdout.readline()
-        bare_rss = settled_rss(bare.pid)
         bare_before = context_switches(bare.pid)
         time.sleep(idle_seconds)
         bare_switches = context_switches(bare.pid) - bare_before
@@ -125,6 +134,17 @@ def idle_figures(idle_seconds: float) -> dict[str, float]:
         bare.kill()
         bare.wait()
     return {"switches": switches, "bare_switches": bare_switches, "rss": rss, "bare_rss": bare_rss}
+
+
+def bare_interpreter_rss() -> int:
+    bare = subprocess.Popen([sys.executable, "-c", BARE], stdout=subprocess.PIPE, text=True)
+    try:
+        assert bare.stdout is not None
+        bare.stdout.readline()
+        return settled_rss(bare.pid)
+    finally:
+        bare.kill()
+        bare.wait()
 
 
 def stop_latency(template: str, runs: int) -> float:
@@ -140,14 +160,20 @@ def stop_latency(template: str, runs: int) -> float:
 
 
 def render(
-    figures: dict[str, float], async_stop: float, plain_stop: float, runs: int, idle: float
+    figures: dict[str, float],
+    async_stop: float,
+    plain_stop: float,
+    runs: int,
+    idle: float,
+    *,
+    rss_runs: int,
 ) -> str:
     extra_kib = figures["rss"] - figures["bare_rss"]
     return "\n".join(
         [
             HEADING,
             "",
-            f"`python3 benchmarks/asyncio_figures.py --runs {runs}` — "
+            f"`python3 benchmarks/asyncio_figures.py --runs {runs} --rss-runs {rss_runs}` — "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, CPython "
             f"{sys.version.split()[0]}; the baselines measured in the same run.",
             "",
@@ -156,7 +182,7 @@ def render(
             f"| context switches while idle, {idle:g} s (all threads) | "
             f"{figures['switches']:.0f} | {figures['bare_switches']:.0f} (bare `asyncio.run`) "
             f"| 0 | {'yes' if figures['switches'] == 0 else 'no'} |",
-            f"| RssAnon (KiB) | {figures['rss']:.0f} | {figures['bare_rss']:.0f} "
+            f"| RssAnon (KiB, median of {rss_runs} processes) | {figures['rss']:.0f} | {figures['bare_rss']:.0f} "
             f"(bare `asyncio.run(Event().wait())`) | ≤ +716 KiB | "
             f"{'yes' if extra_kib <= 716 else 'no'} (+{extra_kib:.0f} KiB) |",
             f"| stop: command returned and process gone (ms, median of {runs}) | "
@@ -171,11 +197,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--idle-seconds", type=float, default=5.0)
+    parser.add_argument("--rss-runs", type=int, default=5)
     options = parser.parse_args()
-    figures = idle_figures(options.idle_seconds)
+    figures = idle_figures(options.idle_seconds, options.rss_runs)
     async_stop = stop_latency(ASYNC_SERVICE, options.runs)
     plain_stop = stop_latency(PLAIN_SERVICE, options.runs)
-    section = render(figures, async_stop, plain_stop, options.runs, options.idle_seconds)
+    section = render(
+        figures,
+        async_stop,
+        plain_stop,
+        options.runs,
+        options.idle_seconds,
+        rss_runs=options.rss_runs,
+    )
     print(section)
     output = REPO / "BENCHMARKS.md"
     text = output.read_text()

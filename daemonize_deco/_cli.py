@@ -1,9 +1,11 @@
 """The command line: the command words, the usage text, and errors turned into statuses.
 
-The commands themselves live in ``_commands``, their options in
-``_command_line``; they raise :class:`DaemonError` subclasses, and
-:func:`dispatch` is the one place that turns them into a line on stderr and
-an LSB exit status.  A line that is only a command word never loads argparse.
+The commands themselves live in ``_launch`` (start, run) and ``_commands``
+(the others), their options in ``_command_line``; each is loaded only when
+its command runs, because a daemon keeps what its ``start`` loaded.  They
+raise :class:`DaemonError` subclasses, and :func:`dispatch` is the one place
+that turns them into a line on stderr and an LSB exit status.  A line that
+is only a command word never loads argparse.
 """
 
 from __future__ import annotations
@@ -12,26 +14,13 @@ import atexit
 import os
 import sys
 
-from ._command_line import add_logs_flags, add_status_flags, add_stop_timeout, bind, run_custom
-from ._commands import (
-    complain,
-    logs,
-    print_systemd_unit,
-    reload,
-    restart,
-    run,
-    say,
-    start,
-    status,
-    stop,
-)
 from ._detach import ensure_standard_fds, flush_standard_streams
 from ._errors import DaemonError, UsageError
+from ._output import complain, say
 from ._runtime import served_here, threads_left_behind
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import Callable, Sequence
     from typing import NoReturn
 
@@ -45,55 +34,67 @@ STATUS_UNKNOWN = 4
 
 
 class Command:
-    """A built-in command word: what it runs, its line in the usage text, its options.
+    """A built-in command word: where its function is, its line in the usage text, its options.
 
+    ``function`` is "module:name", imported when the command runs.
     ``main_options``: "required" (start, run, systemd-unit: main is called
     with them), "reused" (restart: the running daemon's when none given),
-    "optional" (commands that only address a daemon); ``flags`` adds the
-    command's own to its parser.
+    "optional" (commands that only address a daemon); ``flags`` names the
+    command's own (see ``_command_line.FLAGS``).
     """
 
-    __slots__ = ("flags", "help", "main_options", "run")
+    __slots__ = ("flags", "function", "help", "main_options")
 
     def __init__(
         self,
-        run: Callable[[Service], int],
+        function: str,
         help: str,
         *,
         main_options: MainOptions = "optional",
-        flags: Callable[[argparse.ArgumentParser], None] | None = None,
+        flags: str | None = None,
     ) -> None:
-        self.run = run
+        self.function = function
         self.help = help
         self.main_options = main_options
         self.flags = flags
 
+    def run(self, service: Service) -> int:
+        """Import the command's function and run it."""
+        module, _, name = self.function.partition(":")
+        loaded = __import__(f"{__package__}.{module}", fromlist=[name])
+        command: Callable[[Service], int] = getattr(loaded, name)
+        return command(service)
+
 
 COMMANDS: dict[str, Command] = {
     "start": Command(
-        start,
+        "_launch:start",
         "start in the background; return once it is ready, or say why not",
         main_options="required",
     ),
-    "stop": Command(stop, "stop gracefully, wait until it is gone", flags=add_stop_timeout),
+    "stop": Command(
+        "_commands:stop", "stop gracefully, wait until it is gone", flags="stop_timeout"
+    ),
     "restart": Command(
-        restart,
+        "_commands:restart",
         "stop if running, then start (with the running one's options unless given)",
         main_options="reused",
-        flags=add_stop_timeout,
+        flags="stop_timeout",
     ),
     "status": Command(
-        status,
+        "_commands:status",
         "0 running, 1 dead with a pidfile left, 3 not running (how it ended), 4 unknown",
-        flags=add_status_flags,
+        flags="status",
     ),
-    "run": Command(run, "run in the foreground (Ctrl-C stops gracefully)", main_options="required"),
-    "reload": Command(reload, "reopen the logs and run the reload callbacks (SIGHUP)"),
+    "run": Command(
+        "_launch:run", "run in the foreground (Ctrl-C stops gracefully)", main_options="required"
+    ),
+    "reload": Command("_commands:reload", "reopen the logs and run the reload callbacks (SIGHUP)"),
     "logs": Command(
-        logs, "print the last lines of the log (-n N), or follow it (-f)", flags=add_logs_flags
+        "_commands:logs", "print the last lines of the log (-n N), or follow it (-f)", flags="logs"
     ),
     "systemd-unit": Command(
-        print_systemd_unit,
+        "_commands:print_systemd_unit",
         "print a systemd unit file for this service (with the options given)",
         main_options="required",
     ),
@@ -166,13 +167,12 @@ def dispatch(service: Service, argv: Sequence[str]) -> int:
             return 0
         custom = service.hooks.commands.get(command)
         if custom is not None:
+            from ._command_line import run_custom  # noqa: PLC0415 -- see the module docstring
+
             signature = service.hooks.command_signatures[command]
             return run_custom(custom, signature, command, argv[1:], prog)
         spec = COMMANDS[command]
-        given = bind(
-            service, command, argv[1:], prog=prog, description=spec.help,
-            main_options=spec.main_options, add_flags=spec.flags,
-        )  # fmt: skip
+        given = _bound(service, spec, command, argv[1:], prog)
         if isinstance(given, str):
             say(given)
             return 0
@@ -182,6 +182,20 @@ def dispatch(service: Service, argv: Sequence[str]) -> int:
         if isinstance(exc, UsageError):
             complain(exc.usage if exc.usage is not None else usage(prog, service))
         return error_status(command, exc)
+
+
+def _bound(
+    service: Service, spec: Command, word: str, words: Sequence[str], prog: str
+) -> Service | str:
+    """The service as the command line gives it (see ``_command_line.bind``)."""
+    if not words and service.signature is None:
+        return service  # no options, so no placeholders either: nothing to bind
+    from ._command_line import bind  # noqa: PLC0415 -- see the module docstring
+
+    return bind(
+        service, word, words, prog=prog, description=spec.help,
+        main_options=spec.main_options, flags=spec.flags,
+    )  # fmt: skip
 
 
 def exit_with(service: Service, argv: Sequence[str]) -> NoReturn:

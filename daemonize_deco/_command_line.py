@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     MainOptions = Literal["required", "optional", "reused"]
 
-__all__ = ["add_logs_flags", "add_status_flags", "add_stop_timeout", "bind", "run_custom"]
+__all__ = ["FLAGS", "bind", "run_custom"]
 
 
 def bind(
@@ -40,11 +40,12 @@ def bind(
     prog: str,
     description: str,
     main_options: MainOptions,
-    add_flags: Callable[[argparse.ArgumentParser], None] | None,
+    flags: str | None,
 ) -> Service | str:
-    """The service as ``word words...`` gives it; a str when help was asked for."""
-    if not words and service.signature is None:
-        return service  # no options, so no placeholders either: nothing to bind
+    """The service as ``word words...`` gives it; a str when help was asked for.
+
+    (A line that is the bare word, for a main without options, never comes here.)
+    """
     if not words and main_options != "reused" and service.signature is not None:
         defaults = service.signature.defaults()
         if defaults is not None:
@@ -53,8 +54,8 @@ def bind(
 
     signature = service.signature or Signature(None, what="main")
     parser = signature.parser(f"{prog} {word}", description)
-    if add_flags is not None:
-        add_flags(parser)
+    if flags is not None:
+        FLAGS[flags](parser)
     try:
         parsed = vars(parser.parse_args(list(words)))
     except HelpRequested as help_text:
@@ -158,24 +159,32 @@ def _description(func: Callable[..., object]) -> str:
     return doc.split("\n\n", 1)[0]
 
 
-def add_stop_timeout(parser: argparse.ArgumentParser) -> None:
+def _add_stop_timeout(parser: argparse.ArgumentParser) -> None:
     """``--timeout S``: seconds to wait after SIGTERM before SIGKILL (stop_timeout)."""
     parser.add_argument(
         "--timeout", type=_seconds, metavar="S", help="seconds after SIGTERM before SIGKILL"
     )
 
 
-def add_status_flags(parser: argparse.ArgumentParser) -> None:
+def _add_status_flags(parser: argparse.ArgumentParser) -> None:
     """``--json``: one JSON object instead of a sentence."""
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def add_logs_flags(parser: argparse.ArgumentParser) -> None:
+def _add_logs_flags(parser: argparse.ArgumentParser) -> None:
     """``-n N`` lines (default 20), ``-f`` to follow."""
     parser.add_argument("-n", "--lines", type=_count, default=20, metavar="N",
                         help="how many last lines (default 20)")  # fmt: skip
     follow = "print new lines as they come, across rotations, until Ctrl-C"
     parser.add_argument("-f", "--follow", action="store_true", help=follow)
+
+
+# The built-in commands' own flags, by the name their ``_cli.Command`` gives.
+FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "stop_timeout": _add_stop_timeout,
+    "status": _add_status_flags,
+    "logs": _add_logs_flags,
+}
 
 
 def _seconds(text: str) -> float:

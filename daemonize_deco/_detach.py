@@ -13,27 +13,24 @@ from __future__ import annotations
 import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 import io
 import os
-import select
 import sys
-import time
 
 from ._errors import DetachError, describe, exit_status, last_words
 from ._hygiene import log_handlers
-from ._proc import GROUP_BADGE, open_pidfd
+from ._proc import GROUP_BADGE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType, TracebackType
-    from typing import Literal, NoReturn, TextIO
+    from typing import NoReturn, TextIO
 
     from ._signals import Handler
+    from ._startup import StartupWatcher
 
 __all__ = [
     "DeferredInterrupts",
     "StartupChannel",
-    "StartupReport",
-    "StartupWatcher",
     "check_log_path",
     "check_workdir",
     "detach",
@@ -99,144 +96,6 @@ class StartupChannel:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-# -- the starting process's side --------------------------------------------
-
-
-class StartupReport:
-    """What the starting process learned: the daemon's pid and how startup ended."""
-
-    __slots__ = ("outcome", "pid", "pidfd", "pipe_ended", "reason")
-
-    def __init__(
-        self, outcome: Literal["ready", "finished", "failed", "timeout", "interrupted"]
-    ) -> None:
-        self.outcome = outcome
-        self.pid: int | None = None
-        self.pidfd: int | None = None
-        self.reason = ""
-        self.pipe_ended = False  # every process that could write to it is gone
-
-
-class StartupWatcher:
-    """Reads the startup pipe until the daemon is ready, fails, dies, or time runs out.
-
-    Closing it (it is a context manager) closes the pipe; until then an
-    interrupted start can still learn the daemon's pid with :meth:`learn_pid`.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        os.set_blocking(fd, False)
-        self._buffer = b""
-        self._eof = False
-        self._main_at: float | None = None
-        self.report = StartupReport(outcome="timeout")
-
-    def __enter__(self) -> StartupWatcher:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the pipe; the pidfd, if any, stays with the report."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def wait(
-        self, timeout: float, interrupt_fd: int | None = None, grace: float | None = None
-    ) -> StartupReport:
-        """Wait up to ``timeout`` seconds for the outcome, or until ``interrupt_fd`` is readable.
-
-        With a ``grace``, a daemon whose main has run that long without
-        failing is ready: timed here, so that nothing in the daemon (a
-        dispatcher paused for a fork) can hold the answer back.
-        """
-        deadline = time.monotonic() + timeout
-        while not self._decided():
-            grace_ends = None if grace is None or self._main_at is None else self._main_at + grace
-            if grace_ends is not None and time.monotonic() >= grace_ends:
-                self.report.outcome = "ready"
-                break
-            now = time.monotonic()
-            if now >= deadline:
-                break  # timed out
-            events = self._poll(interrupt_fd, min(deadline, grace_ends or deadline) - now)
-            if self._fd in events:
-                self._read_available()
-            if self.report.pidfd in events:
-                self._read_available()  # its last words may still be in the pipe
-                if not self._decided():
-                    self._failed("it exited before it was ready")
-            elif self._eof and self.report.pidfd is None and not self._decided():
-                self._failed("it exited before it was ready")
-            if interrupt_fd in events and not self._decided():
-                self.report.outcome = "interrupted"
-        return self.report
-
-    def _poll(self, interrupt_fd: int | None, seconds: float) -> dict[int, int]:
-        poller = select.poll()
-        if not self._eof:
-            poller.register(self._fd, select.POLLIN)
-        if self.report.pidfd is not None:
-            poller.register(self.report.pidfd, select.POLLIN)
-        if interrupt_fd is not None:
-            poller.register(interrupt_fd, select.POLLIN)
-        return dict(poller.poll(seconds * 1000))
-
-    def learn_pid(self, timeout: float) -> int | None:
-        """Read on until the daemon has said its pid (or the pipe ended); return it."""
-        deadline = time.monotonic() + timeout
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        while self.report.pid is None and not self._eof:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            if poller.poll(remaining * 1000):
-                self._read_available()
-        return self.report.pid
-
-    def _decided(self) -> bool:
-        return self.report.outcome != "timeout"
-
-    def _failed(self, reason: str) -> None:
-        self.report.outcome = "failed"
-        self.report.reason = reason
-
-    def _read_available(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self._fd, 65536)
-            except BlockingIOError:
-                break
-            if not chunk:
-                self._eof = self.report.pipe_ended = True
-                break
-            self._buffer += chunk
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            self._handle(line.decode("utf-8", "replace"))
-
-    def _handle(self, line: str) -> None:
-        word, _, rest = line.partition(" ")
-        if word == "pid" and rest.isdigit():
-            self.report.pid = int(rest)
-            # None when it is gone already: its "fail" line, if any, follows
-            # in the pipe, and end-of-file decides if there is none.
-            self.report.pidfd = open_pidfd(self.report.pid)
-        elif word == "main" and self._main_at is None:
-            self._main_at = time.monotonic()
-        elif word == "ready" and not self._decided():
-            self.report.outcome = "ready"
-        elif word == "done" and not self._decided():
-            self.report.outcome = "finished"
-            self.report.reason = f"status {rest}"
-        elif word == "fail" and not self._decided():
-            self._failed(rest)
 
 
 class DeferredInterrupts:
@@ -516,6 +375,8 @@ def detach(
             close_inherited=close_inherited,
         )
     os.close(write_end)
+    from ._startup import StartupWatcher  # noqa: PLC0415 -- the starter's side only: not in the daemon
+
     # Reap the intermediate child at once: it exits right after the second fork,
     # and a long-lived program calling start must not collect zombies.
     try:

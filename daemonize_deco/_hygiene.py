@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import _thread
 import os
-import resource
 import sys
 
 from ._errors import DetachError
@@ -58,6 +57,8 @@ def _set_comm(tid: int, name: str) -> None:
 
 def prevent_core_dumps() -> None:
     """RLIMIT_CORE to 0: a core dump would spill the service's secrets to disk."""
+    import resource  # noqa: PLC0415 -- only services that ask for it carry the module
+
     try:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (OSError, ValueError) as exc:

@@ -1,41 +1,31 @@
-"""Processes seen from outside: /proc, pidfds, and stopping a process.
+"""Processes seen from outside: /proc and pidfds.
 
-Pids are reused, so nothing here signals a bare pid.  A process is first
-pinned with a pidfd (``pidfd_open``), checked, and then signalled through the
-pidfd, so the signal can only reach the process that was checked.  A pidfd
-also becomes readable the moment its process exits, before anyone reaps it,
-which is what "gone" means here: init may reap orphans late.
+A pidfd (``pidfd_open``) pins a process: it becomes readable the moment the
+process exits, before anyone reaps it, which is what "gone" means here
+(init may reap orphans late); stopping one through it is ``_terminate``.
 """
 
 from __future__ import annotations
 
-import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 import os
 import select
-import time
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Literal
 
 __all__ = [
+    "BADGE_LINK",
     "GROUP_BADGE",
-    "Ending",
     "ProcStat",
     "command_line",
     "fd_targets",
     "holds_file",
     "open_pidfd",
     "read_stat",
-    "terminate",
     "uptime",
     "wait_exit",
 ]
 
-_KILL_WAIT = 5.0
 # The name of the memfd a detached daemon holds to say "this group is mine".
 GROUP_BADGE = "daemonize_deco-group-"
-_BADGE_LINK = f"/memfd:{GROUP_BADGE}"
+BADGE_LINK = f"/memfd:{GROUP_BADGE}"
 
 
 class ProcStat:
@@ -149,99 +139,3 @@ def wait_exit(pidfd: int, timeout: float | None) -> bool:
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
     return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
-
-
-def _own_process_group(pid: int) -> int | None:
-    """The process group to kill with ``pid``: only one daemonize_deco made for it.
-
-    A detached daemon wears a badge (a memfd named after its group, see
-    ``_detach.wear_group_badge``).  Without one (``run`` shares its caller's
-    group: a shell, sshd, cron) only the process itself is signalled, even
-    when the caller leads its own session.
-    """
-    stat = read_stat(pid)
-    if stat is None:
-        return None
-    for target in fd_targets(pid):
-        if target.startswith(_BADGE_LINK):
-            badge = target[len(_BADGE_LINK) :].split(" ", 1)[0]
-            mine = badge.isdigit() and int(badge) == stat.pgrp
-            return stat.pgrp if mine and stat.pgrp not in (os.getpgrp(), 0, 1) else None
-    return None
-
-
-class Ending:
-    """How a process ended under :func:`terminate`.
-
-    ``leftovers`` counts the processes still in its group afterwards, ended too.
-    """
-
-    __slots__ = ("how", "leftovers")
-
-    def __init__(self, how: Literal["stopped", "killed"], leftovers: int = 0) -> None:
-        self.how = how
-        self.leftovers = leftovers
-
-
-def terminate(pidfd: int, pid: int, timeout: float) -> Ending:
-    """Send SIGTERM and wait up to ``timeout`` seconds; then SIGKILL its group.
-
-    After a graceful exit, what the daemon left running in its own process
-    group (workers it forked or spawned and never stopped) gets SIGTERM and,
-    after ``timeout`` more seconds, SIGKILL, so a stop leaves no orphan.
-    Raises PermissionError when the process may not be signalled and
-    TimeoutError when even SIGKILL did not end it.
-    """
-    group = _own_process_group(pid)  # read while the process is surely alive
-    try:
-        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-    except ProcessLookupError:
-        return Ending("stopped")
-    if wait_exit(pidfd, timeout):
-        return Ending("stopped", _end_group(group, timeout) if group is not None else 0)
-    try:
-        # The daemon is still alive here, so its group id cannot have been reused.
-        if group is not None:
-            os.killpg(group, signal.SIGKILL)
-        else:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    except ProcessLookupError:
-        return Ending("stopped")
-    if not wait_exit(pidfd, _KILL_WAIT):
-        raise TimeoutError(f"pid {pid} is still alive {_KILL_WAIT:g}s after SIGKILL")
-    return Ending("killed")
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (not yet exited) processes in process group ``pgid``."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = read_stat(int(entry))
-            if stat is not None and stat.pgrp == pgid and stat.state not in ("Z", "X"):
-                members.append(int(entry))
-    return members
-
-
-def _end_group(pgid: int, timeout: float) -> int:
-    """SIGTERM what is left in ``pgid``, SIGKILL it after ``timeout``; return how many."""
-    pidfds = [fd for fd in map(open_pidfd, _group_members(pgid)) if fd is not None]
-    if not pidfds:
-        return 0
-    try:
-        # Members are alive and hold the group id, so it names no one else.
-        os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        remaining = list(pidfds)
-        while remaining and (left := deadline - time.monotonic()) > 0:
-            remaining = [fd for fd in remaining if not wait_exit(fd, 0)]
-            if remaining:
-                wait_exit(remaining[0], left)
-        if remaining:
-            os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # all gone meanwhile
-    finally:
-        for fd in pidfds:
-            os.close(fd)
-    return len(pidfds)

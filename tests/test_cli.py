@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, wait_for
 
 import daemonize_deco
 from daemonize_deco import Daemon, DaemonError, daemon
@@ -225,3 +225,23 @@ def test_closed_standard_streams(make_service):
     assert lock_fd and int(lock_fd[0]) > 2
     assert svc.cli("status").returncode == 0
     assert svc.cli("stop").returncode == 0
+
+
+STARTER_ONLY = ("_commands", "_command_line", "_options", "_startup", "_status", "_terminate")
+
+
+def test_the_daemon_carries_none_of_the_starters_code(make_service):
+    # A daemon keeps every module its start loaded: the code that only
+    # commands (stop, status, options) or the waiting starter use stays out.
+    svc = make_service(
+        "print(sorted(m for m in sys.modules if m.startswith('daemonize_deco')), flush=True)\n"
+        "while not should_stop():\n    sleep(3600)"
+    )
+    pid = svc.start()
+    try:
+        line = wait_for(lambda: svc.log_text().strip(), what="the module list in the log")
+        loaded = {name.rpartition(".")[2] for name in eval(line)}  # noqa: S307 -- our own repr
+        assert "_launch" in loaded and "_runtime" in loaded, loaded
+        assert not loaded & set(STARTER_ONLY), loaded & set(STARTER_ONLY)
+    finally:
+        svc.stop_gracefully(pid)

@@ -21,7 +21,7 @@ import pytest
 from conftest import IDLE, alive, is_gone, proc_status, wait_for
 from test_hooks import with_hooks
 
-from daemonize_deco._detach import StartupWatcher
+from daemonize_deco._startup import StartupWatcher
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -1,0 +1,230 @@
+"""The commands that run the service: ``start`` and ``run``.
+
+``start`` detaches, or stays in the foreground under a process manager.
+
+Only these are loaded for a start, and the daemon inherits what its starter
+loaded: the commands that address a running service live in ``_commands``.
+"""
+
+from __future__ import annotations
+
+import _signal as signal  # the C module: signal.py would import enum (milliseconds)
+import os
+import stat
+
+from ._detach import (
+    DeferredInterrupts,
+    check_log_path,
+    check_workdir,
+    detach,
+    line_buffer_python_streams,
+)
+from ._errors import AlreadyRunningError, DaemonError, DetachError, StartupError
+from ._hygiene import close_inherited_fds, resolve_credentials
+from ._lookup import holder_or_lock, pidfile_of, with_note
+from ._output import complain, say
+from ._proc import command_line, read_stat, wait_exit
+from ._runtime import serve
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._config import Service, ServiceConfig
+    from ._hygiene import Credentials
+    from ._pidfile import PidFile
+    from ._startup import StartupReport
+
+__all__ = ["run", "start"]
+
+_SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh", "busybox"})
+
+
+def _check_before_fork(config: ServiceConfig) -> Credentials | None:
+    """Find what can be found before forking; return the credentials to drop to."""
+    check_workdir(config.workdir)
+    for log in {config.stdout, config.stderr} - {None}:
+        check_log_path(str(log))
+    return resolve_credentials(config.user, config.group)
+
+
+def _manager() -> str | None:
+    """The process manager that wants us in the foreground, if any.
+
+    ``NOTIFY_SOCKET`` is systemd's word to its main process (the service
+    removes it from its children's environment).  ``SUPERVISOR_ENABLED`` is
+    inherited by every descendant of supervisord, so it counts only when
+    supervisord itself (perhaps through one shell) started this command.
+    As PID 1 (a container's command) there is nobody to detach to: the
+    kernel would end the daemon with the namespace when we exit.  Started by
+    PID 1 itself (sysvinit's respawn, a container's tini or dumb-init), the
+    init watches this very process; but not under a systemd unit
+    (``INVOCATION_ID``), where PID 1 is systemd and ``Type=forking`` expects
+    the fork.  A socket on stdin is inetd's (or systemd's ``Accept=yes``)
+    connection, served in the foreground.
+    """
+    if os.environ.get("NOTIFY_SOCKET"):
+        return "systemd Type=notify"
+    if os.environ.get("SUPERVISOR_ENABLED") and _started_by_supervisord():
+        return "supervisord"
+    if os.getpid() == 1:
+        return "PID 1 of a container"
+    if os.getppid() == 1 and not os.environ.get("INVOCATION_ID"):
+        return "init (its parent is PID 1)"
+    if _stdin_is_a_socket():
+        return "a super-server (stdin is a network socket)"
+    return None
+
+
+def _stdin_is_a_socket() -> bool:
+    """Stdin is an internet socket: inetd's or systemd's (``Accept=yes``) connection.
+
+    Unix-domain sockets do not count: sshd and job runners hand commands
+    socketpairs for their standard streams.
+    """
+    try:
+        if not stat.S_ISSOCK(os.fstat(0).st_mode):
+            return False
+        import _socket  # noqa: PLC0415 -- loaded by then, via _control
+
+        probe = _socket.socket(fileno=os.dup(0))  # reads SO_DOMAIN
+    except OSError:
+        return False
+    try:
+        return probe.family in (_socket.AF_INET, _socket.AF_INET6)
+    finally:
+        probe.close()
+
+
+def _started_by_supervisord() -> bool:
+    parent = os.getppid()
+    for _ in range(2):  # the parent, or the parent of a wrapper shell
+        words = command_line(parent)
+        if any(os.path.basename(word) == "supervisord" for word in words[:3]):
+            return True
+        if not words or os.path.basename(words[0]) not in _SHELLS:
+            return False
+        stat = read_stat(parent)
+        if stat is None:
+            return False
+        parent = stat.ppid
+    return False
+
+
+def start(service: Service) -> int:
+    """Detach and return once the daemon is ready, or say why it failed."""
+    manager = _manager()
+    if manager is not None:
+        # Forking away from a manager makes it think the service died.
+        complain(f"{service.name}: running in the foreground under {manager} (start acts as run)")
+        return run(service)
+    config = service.config
+    pidfile = pidfile_of(service)
+    with DeferredInterrupts() as interrupts:
+        # "Already running" first: another user's start may not even open the logs.
+        holder = holder_or_lock(service, pidfile, interrupts)
+        if holder is not None:
+            pid, note = holder
+            say(f"{service.name} is already running ({with_note(f'pid {pid}', note)})")
+            return 0
+        try:
+            credentials = _check_before_fork(config)
+        except DaemonError:
+            pidfile.remove()  # not forked yet: the lock is ours alone
+            raise
+        if interrupts.signum is not None:
+            pidfile.remove()
+            raise StartupError("failed to start: interrupted before it was started")
+        try:
+            watcher = detach(
+                lambda channel: serve(service, pidfile, credentials=credentials, startup=channel),
+                workdir=config.workdir,
+                umask=config.umask,
+                stdout=config.stdout,
+                stderr=config.stderr,
+                close_inherited=lambda keep: close_inherited_fds(
+                    {*keep, pidfile.fileno(), *config.descriptors_to_keep()}
+                ),
+                in_child=interrupts.restore,
+            )
+        except DetachError:
+            pidfile.remove()  # the fork failed: no other process shares the lock
+            raise
+        with watcher:
+            grace = None if config.wait_ready or config.start_grace == 0 else config.start_grace
+            report = watcher.wait(config.start_timeout, interrupts.fileno(), grace)
+            if report.outcome in ("ready", "finished"):
+                _close_pidfd(report)
+                pidfile.hand_over()
+                if report.outcome == "finished":
+                    say(f"{service.name} ran and finished (pid {report.pid}, {report.reason})")
+                else:
+                    say(f"{service.name} started (pid {report.pid})")
+                return 0
+            if report.outcome == "interrupted":
+                watcher.learn_pid(config.start_timeout)
+            reason = _end_failed_start(service, pidfile, report)
+    raise StartupError(f"failed to start: {reason}")
+
+
+def _close_pidfd(report: StartupReport) -> None:
+    if report.pidfd is not None:
+        os.close(report.pidfd)
+        report.pidfd = None
+
+
+def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport) -> str:
+    """Make sure the daemon that failed to start is gone; return the reason.
+
+    The daemon shares the pidfile's lock, so the pidfile is removed only once
+    it is known to be gone; otherwise it is left to the daemon, still locked.
+    """
+    from ._terminate import terminate  # noqa: PLC0415 -- a failed start only: not in the daemon
+
+    config = service.config
+    waiting = {
+        "timeout": f"not ready within {config.start_timeout:g}s",
+        "interrupted": "interrupted before it was ready",
+    }
+    reason = waiting.get(report.outcome, report.reason)
+    # With no pid line, a daemon exists only if the pipe is still open.
+    gone = report.pid is not None or report.pipe_ended
+    if report.pidfd is not None and report.pid is not None:
+        try:
+            if report.outcome in waiting:
+                reason += f"; {terminate(report.pidfd, report.pid, config.stop_timeout).how} it"
+            elif not wait_exit(report.pidfd, config.stop_timeout):
+                terminate(report.pidfd, report.pid, 0)
+        except (PermissionError, TimeoutError) as exc:
+            gone = False
+            reason += f"; could not stop pid {report.pid}: {exc}"
+        _close_pidfd(report)
+    elif not gone:
+        reason += "; its pid is unknown, so its pidfile is left to it"
+    if gone:
+        pidfile.remove()
+    else:
+        pidfile.hand_over()
+    return reason
+
+
+def run(service: Service) -> int:
+    """Run in the foreground: same pidfile and signals, no fork, no redirect."""
+    credentials = resolve_credentials(service.config.user, service.config.group)
+    pidfile = pidfile_of(service)
+    with DeferredInterrupts() as interrupts:
+        holder = holder_or_lock(service, pidfile, interrupts)
+        if holder is not None:
+            pid, note = holder
+            raise AlreadyRunningError(
+                f"already running ({with_note(f'pid {pid}', note)}); not starting a second copy"
+            )
+        # From the lock to the service's handlers, a stop signal waits (blocked)
+        # instead of killing us with the default action and the pidfile left behind;
+        # the handlers take it, and main starts with should_stop() already True.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, DeferredInterrupts.SIGNALS)
+    try:
+        if interrupts.signum is not None:
+            signal.raise_signal(interrupts.signum)  # pending until the handlers are in
+        line_buffer_python_streams()
+        return serve(service, pidfile, credentials=credentials)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)

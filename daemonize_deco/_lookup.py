@@ -1,0 +1,155 @@
+"""Finding the service behind a pidfile: the lock's holder, or the claim of a running one.
+
+"Running" means the pidfile's lock is held.  When the file shows nothing
+running, the process holding the claim on its path (``_claim``) may still be
+the service, its pidfile deleted or overwritten: it is asked to put it back.
+Shared by the commands that start a service and those that address one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ._claim import find_claimant
+from ._errors import PidFileError, StartupError
+from ._pidfile import PidFile, PidFileState
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._config import Service, ServiceConfig
+    from ._detach import DeferredInterrupts
+
+__all__ = ["holder_or_lock", "inspect_service", "pidfile_of", "with_note"]
+
+_RETRY_INTERVAL = 0.01
+_CLAIM_TIMEOUT = 2.0
+
+
+def pidfile_of(service: Service) -> PidFile:
+    """The service's pidfile (not opened yet)."""
+    return PidFile(service.config.pidfile)
+
+
+def holder_or_lock(
+    service: Service, pidfile: PidFile, interrupts: DeferredInterrupts | None = None
+) -> tuple[int, str] | None:
+    """Take the pidfile's lock (None), or return the running daemon's pid and a note.
+
+    Having the lock is not enough when the running daemon's pidfile was
+    deleted: its claim says so, and then the lock is let go of again.
+    """
+    deadline = time.monotonic() + service.config.start_timeout
+    while True:
+        try:
+            if pidfile.acquire():
+                break
+        except PidFileError as exc:
+            return _other_users_service(pidfile, exc)
+        state = pidfile.inspect(settle=0)
+        if state.running and state.pid is not None:
+            return state.pid, ""
+        if state.running:
+            # Locked, but the content names nobody: a daemon between lock and
+            # pid write (no claim yet), or one whose pidfile was overwritten.
+            found = _claimant(service, pidfile)
+            if found is not None:
+                return found
+        if interrupts is not None and interrupts.signum is not None:
+            raise StartupError("failed to start: interrupted before it was started")
+        if time.monotonic() >= deadline:
+            raise PidFileError(
+                f"pidfile {pidfile.path} is locked, but names no process that holds it"
+            )
+        time.sleep(_RETRY_INTERVAL)
+    if _claimant(service, pidfile, put_back=False) is None:
+        return None
+    pidfile.remove()  # the running daemon puts its own back, locked, at this path
+    found = _claimant(service, pidfile)
+    if found is None:  # it exited meanwhile: start afresh
+        return holder_or_lock(service, pidfile, interrupts)
+    return found
+
+
+def _other_users_service(pidfile: PidFile, error: PidFileError) -> tuple[int, str]:
+    """When we may not open the pidfile to lock it: the pid of the service holding it, if any.
+
+    A non-root ``start`` against root's running service must say that it
+    runs (and whose it is), not "permission denied".  Re-raises ``error``
+    when nothing runs there.
+    """
+    if not isinstance(error.__cause__, PermissionError):
+        raise error
+    state = pidfile.inspect(settle=0)
+    if not (state.running and state.pid is not None):
+        raise error
+    return state.pid, f"owned by user {_user_name(pidfile.owner())}"
+
+
+def _user_name(uid: int) -> str:
+    import pwd  # noqa: PLC0415 -- only this message needs it
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _trusted_uids(config: ServiceConfig) -> set[int]:
+    """Who may hold the claim on our pidfile: root, the asking user, the service's user=."""
+    trusted = {0, os.geteuid()}
+    if isinstance(config.user, int):
+        trusted.add(config.user)
+    elif config.user is not None:
+        import pwd  # noqa: PLC0415 -- only services that drop privileges pay for it
+
+        try:
+            trusted.add(pwd.getpwnam(config.user).pw_uid)
+        except KeyError:
+            pass  # no such user: start says so; nobody runs as it
+    return trusted
+
+
+def inspect_service(
+    service: Service, pidfile: PidFile, settle: float = 1.0
+) -> tuple[PidFileState, str]:
+    """The pidfile's state, and a note when it was put back.
+
+    When the pidfile shows no running service, the process holding its claim
+    (if any) is the service: it is asked to put its pidfile back.
+    """
+    state = pidfile.inspect(settle=0)
+    if state.running and state.pid is not None:
+        return state, ""
+    # Not running, or locked by a process the content does not name: one
+    # whose pidfile was overwritten has a claim; a starting one has none yet.
+    found = _claimant(service, pidfile)
+    if found is None:
+        return (pidfile.inspect(settle=settle) if state.running else state), ""
+    pid, note = found
+    return PidFileState(exists=True, running=True, pid=pid), note
+
+
+def _claimant(
+    service: Service, pidfile: PidFile, *, put_back: bool = True
+) -> tuple[int, str] | None:
+    """The pid of the process claiming the pidfile's path, and what putting it back gave."""
+    claimant = find_claimant(
+        pidfile.path, _CLAIM_TIMEOUT, trusted_uids=_trusted_uids(service.config), put_back=put_back
+    )
+    if claimant is None:
+        return None
+    return claimant.pid, _put_back_note(pidfile, claimant.answer)
+
+
+def with_note(text: str, note: str) -> str:
+    return f"{text}; {note}" if note else text
+
+
+def _put_back_note(pidfile: PidFile, answer: str) -> str:
+    if answer == "ok put back":
+        return f"its pidfile {pidfile.path} was missing or wrong: put back"
+    if answer == "ok":
+        return ""
+    reason = answer.removeprefix("error ")
+    return f"its pidfile {pidfile.path} is missing and could not be put back: {reason}"
