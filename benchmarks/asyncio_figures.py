@@ -193,6 +193,17 @@ def render(
     )
 
 
+def write_section(heading: str, section: str) -> None:
+    """Put ``section`` in BENCHMARKS.md in place of the one under ``heading`` (or at the end)."""
+    output = REPO / "BENCHMARKS.md"
+    text = output.read_text()
+    before, found, after = text.partition(heading)
+    rest = after.partition("\n## ")
+    tail = f"\n## {rest[2]}" if found and rest[1] else ""
+    kept = before.rstrip() if found else text.rstrip()
+    output.write_text(f"{kept}\n\n{section}{tail}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
@@ -211,13 +222,7 @@ def main() -> int:
         rss_runs=options.rss_runs,
     )
     print(section)
-    output = REPO / "BENCHMARKS.md"
-    text = output.read_text()
-    before, found, after = text.partition(HEADING)
-    rest = after.partition("\n## ")
-    tail = f"\n## {rest[2]}" if found and rest[1] else ""
-    kept = before.rstrip() if found else text.rstrip()
-    output.write_text(f"{kept}\n\n{section}{tail}")
+    write_section(HEADING, section)
     return 0
 
 

@@ -14,6 +14,7 @@ if __name__ == "__main__":
 
 from ._aio import stopped
 from ._errors import DaemonError
+from ._heartbeat import heartbeat
 from ._notify import notify
 from ._ready import ready
 from ._service import Daemon, daemon
@@ -23,6 +24,7 @@ __all__ = [
     "Daemon",
     "DaemonError",
     "daemon",
+    "heartbeat",
     "notify",
     "ready",
     "should_stop",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import _thread
 
-from . import _signals
+from . import _heartbeat, _signals
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -126,6 +126,8 @@ def _shared_waiter(loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]:
 
     loop.add_reader(fd, on_stop_requested)
     _service.waiters[loop] = waiter
+    if _heartbeat.counting():  # a watchdog reads the beats: a stalled loop must stop them
+        _heartbeat.beat_while_waiting(loop, waiter)
     return waiter
 
 

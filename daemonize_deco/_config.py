@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
     PathArg = str | os.PathLike[str]
 
-__all__ = ["Service", "ServiceConfig"]
+__all__ = ["RestartPolicy", "Service", "ServiceConfig"]
+
+RESTART_MODES = ("no", "on-failure", "always")
 
 _PATH_KEYWORDS = ("pidfile", "stdout", "stderr", "workdir")
 
@@ -33,9 +35,9 @@ class ServiceConfig:
     """
 
     __slots__ = (
-        "files_preserve", "group", "name", "pidfile", "placeholders", "prevent_core", "script",
-        "start_grace", "start_timeout", "stderr", "stdout", "stop_timeout", "umask", "user",
-        "wait_ready", "workdir",
+        "files_preserve", "group", "name", "pidfile", "placeholders", "prevent_core", "restart",
+        "script", "start_grace", "start_timeout", "stderr", "stdout", "stop_timeout", "umask",
+        "user", "wait_ready", "watchdog", "workdir",
     )  # fmt: skip
 
     def __init__(
@@ -56,6 +58,8 @@ class ServiceConfig:
         group: str | int | None,
         files_preserve: Iterable[object] | None,
         prevent_core: bool,
+        restart: RestartPolicy | None = None,
+        watchdog: float | None = None,
         parameters: Collection[str] = (),
     ) -> None:
         for keyword, flag in (("wait_ready", wait_ready), ("prevent_core", prevent_core)):
@@ -75,6 +79,8 @@ class ServiceConfig:
         self.group = _account("group", group)
         self.files_preserve = _files(files_preserve)
         self.prevent_core = prevent_core
+        self.restart = restart or RestartPolicy()
+        self.watchdog = None if watchdog is None else _timeout("watchdog", watchdog)
         self.script = _script(func)
         self.placeholders = _placeholders(self, parameters)
 
@@ -116,6 +122,57 @@ class ServiceConfig:
             except (OSError, ValueError):
                 continue  # closed since: nothing to keep
         return keep
+
+
+class RestartPolicy:
+    """When and how fast a supervisor restarts the service (systemd's ``Restart=`` words).
+
+    ``mode``: "no" (one process, no supervisor), "on-failure" (a non-zero
+    status, an exception, a signal, a hang), "always" (any end but a stop).
+    The delay starts at ``delay`` and doubles up to ``delay_max``; more than
+    ``burst`` restarts within ``interval`` seconds gives up; a run that
+    lasted longer than ``interval`` starts the count and the delay afresh.
+    """
+
+    __slots__ = ("burst", "delay", "delay_max", "interval", "mode")
+
+    def __init__(
+        self,
+        mode: str = "no",
+        delay: float = 0.1,
+        delay_max: float = 30.0,
+        limit: tuple[int, float] = (5, 60.0),
+    ) -> None:
+        if not isinstance(mode, str) or mode not in RESTART_MODES:
+            raise ValueError(
+                f"restart must be one of {', '.join(map(repr, RESTART_MODES))}, not {mode!r}"
+            )
+        self.mode = mode
+        self.delay = _seconds("restart_delay", delay)
+        self.delay_max = max(self.delay, _seconds("restart_delay_max", delay_max))
+        self.burst, self.interval = _limit(limit)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a supervisor process keeps the service alive."""
+        return self.mode != "no"
+
+
+def _seconds(keyword: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{keyword} must be a number of seconds, not {type(value).__name__}")
+    if not 0 <= value < float("inf"):  # also refuses NaN
+        raise ValueError(f"{keyword} must be a finite number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+def _limit(value: object) -> tuple[int, float]:
+    if not (isinstance(value, tuple) and len(value) == 2):
+        raise TypeError(f"restart_limit must be a tuple (restarts, seconds), not {value!r}")
+    burst, interval = value
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 0:
+        raise ValueError(f"restart_limit's restarts must be an int >= 0, not {burst!r}")
+    return burst, _timeout("restart_limit's seconds", interval)
 
 
 class Service:

@@ -35,6 +35,7 @@ __all__ = [
     "check_workdir",
     "detach",
     "ensure_standard_fds",
+    "exit_daemon",
     "line_buffer_python_streams",
     "reopen_logs",
 ]
@@ -44,10 +45,16 @@ __all__ = [
 
 
 class StartupChannel:
-    """The daemon's end of the startup pipe: "pid", "main", then "ready", "done" or "fail"."""
+    """The daemon's end of the startup pipe: "pid", "main", then "ready", "done" or "fail".
 
-    def __init__(self, fd: int) -> None:
+    A supervised service's channel leads to its supervisor and stays open
+    after "ready" (``supervised=True``), for its last line: "exit STATUS
+    [Type: message]", how it ended.
+    """
+
+    def __init__(self, fd: int, *, supervised: bool = False) -> None:
         self._fd: int | None = fd
+        self.supervised = supervised
         self.is_ready = False
 
     def _send(self, line: str) -> bool:
@@ -69,22 +76,30 @@ class StartupChannel:
         if not self.is_ready:
             self.is_ready = True
             self._send("ready")
-            self.close()
+            if not self.supervised:
+                self.close()
 
     def main_entered(self) -> None:
         """Tell the starting process that main runs now (its start grace begins)."""
         self._send("main")
 
+    def ended(self, status: int, exception: str | None) -> None:
+        """Tell the supervisor how the service ended (its last line)."""
+        self._send(f"exit {status} {exception or ''}")
+        self.close()
+
     def finished(self, status: int) -> bool:
         """Report that main ran to completion before it was ready (a one-shot job)."""
         delivered = self._send(f"done {status}")
-        self.close()
+        if not self.supervised:
+            self.close()
         return delivered
 
     def fail(self, reason: str) -> bool:
         """Report why startup failed; False when nobody was listening any more."""
         delivered = self._send(f"fail {reason}")
-        self.close()
+        if not self.supervised:
+            self.close()
         return delivered
 
     def fileno(self) -> int:
@@ -426,10 +441,10 @@ def _become_daemon(
 
             last_words(traceback.print_exc)
     finally:
-        _exit_daemon(status)
+        exit_daemon(status)
 
 
-def _exit_daemon(status: int) -> NoReturn:
+def exit_daemon(status: int) -> NoReturn:
     """Leave with os._exit: the caller's stack and atexit handlers belong to the starter."""
     logging = sys.modules.get("logging")
     if logging is not None:

@@ -10,8 +10,9 @@ log, take locks, or call ``server.shutdown()`` while ``main`` is blocked in
 and the service carries on.
 
 It blocks in ``poll`` with no timeout, so an idle daemon never wakes up;
-only systemd's watchdog, when enabled, gives it a period, and the start
-grace one deadline: the service is ready once ``main`` has run that long.
+only the start grace gives it one deadline: the service is ready once
+``main`` has run that long.  systemd's watchdog pings come from
+``_watchdog``, where a slow callback cannot hold them back.
 """
 
 from __future__ import annotations
@@ -176,8 +177,6 @@ class Dispatcher:
         poller.register(self._record_fd, select.POLLIN)
         if self._claim is not None:
             poller.register(self._claim[0].fileno(), select.POLLIN)
-        interval = self._notifier.watchdog_interval
-        next_ping = time.monotonic() if interval is not None else None
         while True:
             with self._lock:
                 if self._pausing:
@@ -200,12 +199,9 @@ class Dispatcher:
                 # may have been read just now, and poll() would then not return.
                 if self._pausing or self._quitting:
                     continue
-            if next_ping is not None and interval is not None and time.monotonic() >= next_ping:
-                self._notifier.watchdog()
-                next_ping = time.monotonic() + interval
             self._ready_after_grace()
-            deadlines = [t for t in (next_ping, self._ready_at) if t is not None]
-            timeout = max(0, min(deadlines) - time.monotonic()) * 1000 if deadlines else None
+            ready_at = self._ready_at
+            timeout = None if ready_at is None else max(0, ready_at - time.monotonic()) * 1000
             poller.poll(timeout)
 
     def _ready_after_grace(self) -> None:

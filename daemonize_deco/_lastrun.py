@@ -18,10 +18,19 @@ import time
 
 from . import _beside
 
-__all__ = ["SUFFIX", "LastRun", "forget", "format_duration", "read", "record_path", "write"]
+__all__ = [
+    "SUFFIX",
+    "LastRun",
+    "clock",
+    "forget",
+    "format_duration",
+    "read",
+    "record_path",
+    "write",
+]
 
 SUFFIX = ".last-run"
-_FIELDS = ("pid", "status", "exception", "signal", "killed", "started", "ended")
+_FIELDS = ("pid", "status", "exception", "signal", "killed", "failed", "started", "ended")
 _LIMIT = 4096  # the record is a few lines; anything longer is not ours
 
 
@@ -40,7 +49,7 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def _clock(epoch: float) -> str:
+def clock(epoch: float) -> str:
     """``12:03:04`` today, ``2026-11-21 12:03:04`` on another day (local time)."""
     moment = time.localtime(epoch)
     same_day = time.localtime()[:3] == moment[:3]
@@ -52,7 +61,8 @@ class LastRun:
 
     ``exception`` is ``Type: message`` when main raised; ``signal`` names the
     stop signal the service handled (``SIGTERM``); ``killed`` says who ended
-    it with SIGKILL when ``stop`` had to.
+    it with SIGKILL when ``stop`` had to; ``failed`` why a supervisor gave up
+    restarting it.
     """
 
     __slots__ = _FIELDS
@@ -67,6 +77,7 @@ class LastRun:
         exception: str | None = None,
         signal: str | None = None,
         killed: str | None = None,
+        failed: str | None = None,
     ) -> None:
         self.pid = pid
         self.status = status
@@ -75,10 +86,13 @@ class LastRun:
         self.exception = exception
         self.signal = signal
         self.killed = killed
+        self.failed = failed
 
     def describe(self) -> str:
         """``pid 123 exited with status 2 at 12:03:04 after 3s`` and the like."""
-        if self.killed:
+        if self.failed:
+            how = f"gave up restarting the service: {self.failed}"
+        elif self.killed:
             how = f"was killed ({self.killed})"
         elif self.exception:
             how = f"raised {self.exception}"
@@ -87,7 +101,7 @@ class LastRun:
         if self.signal and not self.killed:
             how = f"stopped by {self.signal} and {how}"
         lasted = format_duration(max(0.0, self.ended - self.started))
-        return f"pid {self.pid} {how} at {_clock(self.ended)} after {lasted}"
+        return f"pid {self.pid} {how} at {clock(self.ended)} after {lasted}"
 
     def to_text(self) -> str:
         """The file's content: one ``key=value`` line per known field."""
@@ -112,6 +126,7 @@ class LastRun:
                 exception=fields.get("exception"),
                 signal=fields.get("signal"),
                 killed=fields.get("killed"),
+                failed=fields.get("failed"),
             )
         except (KeyError, ValueError):
             return None

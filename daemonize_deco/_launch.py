@@ -28,6 +28,8 @@ from ._runtime import serve
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._config import Service, ServiceConfig
     from ._hygiene import Credentials
     from ._pidfile import PidFile
@@ -133,9 +135,16 @@ def start(service: Service) -> int:
         if interrupts.signum is not None:
             pidfile.remove()
             raise StartupError("failed to start: interrupted before it was started")
+        run_in_daemon: Callable[..., int] = serve
+        if config.restart.enabled:
+            from ._supervisor import supervise  # noqa: PLC0415 -- only supervised services
+
+            run_in_daemon = supervise
         try:
             watcher = detach(
-                lambda channel: serve(service, pidfile, credentials=credentials, startup=channel),
+                lambda channel: run_in_daemon(
+                    service, pidfile, credentials=credentials, startup=channel
+                ),
                 workdir=config.workdir,
                 umask=config.umask,
                 stdout=config.stdout,

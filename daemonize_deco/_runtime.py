@@ -33,6 +33,7 @@ from ._ready import ready
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import mmap
     from collections.abc import Callable
 
     from ._config import Service, ServiceConfig
@@ -41,7 +42,15 @@ if TYPE_CHECKING:
     from ._hygiene import Credentials
     from ._pidfile import PidFile
 
-__all__ = ["ready", "serve", "served_here", "threads_left_behind"]
+__all__ = [
+    "prepare_process",
+    "putting_back",
+    "ready",
+    "serve",
+    "served_here",
+    "take_the_pidfile",
+    "threads_left_behind",
+]
 
 # Variables through which a manager talks to its main process only; children
 # we spawn must not inherit them (sd_notify's unset_environment), nor take
@@ -192,7 +201,7 @@ def _claim_identity(pidfile: PidFile) -> ControlServer | None:
     return claim
 
 
-def _putting_back(pidfile: PidFile) -> Callable[[], str]:
+def putting_back(pidfile: PidFile) -> Callable[[], str]:
     """What the dispatcher does when a command finds the pidfile gone: put it back."""
 
     def put_back() -> str:
@@ -204,7 +213,8 @@ def _putting_back(pidfile: PidFile) -> Callable[[], str]:
     return put_back
 
 
-def _prepare_process(service: Service, credentials: Credentials | None) -> None:
+def prepare_process(service: Service, credentials: Credentials | None) -> None:
+    """Name the process, forbid core dumps, drop privileges: as the service's config says."""
     set_process_name(service.config.name)
     if service.config.prevent_core:
         prevent_core_dumps()
@@ -226,10 +236,11 @@ def _not_the_service_in_child() -> None:
 
 def serve(
     service: Service,
-    pidfile: PidFile,
+    pidfile: PidFile | None,
     *,
     credentials: Credentials | None = None,
     startup: StartupChannel | None = None,
+    heartbeats: mmap.mmap | None = None,
 ) -> int:
     """Run ``service.main`` as the service holding ``pidfile``; return the exit status.
 
@@ -237,6 +248,10 @@ def serve(
     reported through it and the starting process, which shares the lock,
     removes the pidfile.  Without one (the foreground), a second stop signal
     exits at once.  Either way the run's end is recorded beside the pidfile.
+    With no ``pidfile``, the service is a supervisor's child (``_supervisor``):
+    the supervisor holds the pidfile, the claim and the record, and hears how
+    the run ended on the (supervised) ``startup`` channel; ``heartbeats`` is
+    the slot it reads them from.
     """
     _facts.served = True
     if not _facts.fork_hook:
@@ -247,30 +262,28 @@ def serve(
     config, hooks = service.config, service.hooks
     is_init = service_pid == 1
     extra = [*hooks.on_signal, *([signal.SIGCHLD] if is_init else [])]
-    on_repeat = _die_now(pidfile) if startup is None else None
+    on_repeat = _die_now(pidfile) if startup is None and pidfile is not None else None
     # Imported here: the dispatcher needs threading, which only a service needs.
     from ._dispatch import Dispatcher  # noqa: PLC0415
 
     dispatcher: Dispatcher | None = None
     try:
         record_fd = _signals.install(extra, on_repeat=on_repeat)
-        pidfile.write_pid(service_pid)
-        pidfile.keep_out_of_forks()
-        _lastrun.forget(config.pidfile)
-        if service.signature:
-            from ._options import remember  # noqa: PLC0415 -- loaded by main's signature
-
-            remember(config.pidfile, service.words)
-        _prepare_process(service, credentials)
+        if pidfile is not None:
+            take_the_pidfile(service, pidfile, service_pid)
+        prepare_process(service, credentials)
         notifier = _link_manager()
         _facts.control = _listen()
-        _facts.claim = _claim_identity(pidfile)
+        _facts.claim = None if pidfile is None else _claim_identity(pidfile)
+        _watch_progress(config, notifier, heartbeats, supervised=pidfile is None)
         dispatcher = Dispatcher(
             record_fd=record_fd,
             hooks=hooks,
             notifier=notifier,
             control=_facts.control,
-            claim=None if _facts.claim is None else (_facts.claim, _putting_back(pidfile)),
+            claim=None
+            if _facts.claim is None or pidfile is None
+            else (_facts.claim, putting_back(pidfile)),
             logs=None if startup is None else (config.stdout, config.stderr),
             on_repeat=on_repeat,
             reap_children=is_init,
@@ -285,23 +298,96 @@ def serve(
         if os.getpid() != service_pid:
             raise  # a forked child unwinding: nothing here is its to clean up
         _end_service(dispatcher, config.stop_timeout)
-        _record(config, service_pid, started, Outcome(1, exception=describe(exc)), pidfile)
-        if startup is None:
-            pidfile.remove()  # detached, the starting process reports it and removes it
+        failed = Outcome(1, exception=describe(exc))
+        if pidfile is None:
+            _tell_supervisor(startup, failed, was_ready=False)
+        else:
+            _record(config, service_pid, started, failed, pidfile)
+            if startup is None:
+                pidfile.remove()  # detached, the starting process reports it and removes it
         _release_signals()
         raise
     was_ready = _end_service(dispatcher, config.stop_timeout)
     if _facts.threads_left:
         _say_threads_left(config.stop_timeout)
-    _record(config, service_pid, started, outcome, pidfile)
+    _account_for_the_run(
+        service, pidfile, startup, (service_pid, started), outcome, was_ready=was_ready
+    )
+    _release_signals()
+    return outcome.status
+
+
+def _account_for_the_run(
+    service: Service,
+    pidfile: PidFile | None,
+    startup: StartupChannel | None,
+    run: tuple[int, float],
+    outcome: Outcome,
+    *,
+    was_ready: bool,
+) -> None:
+    """Record how main ended and let go of the pidfile (or tell the supervisor)."""
+    if pidfile is None:
+        _tell_supervisor(startup, outcome, was_ready=was_ready)
+        return
+    config = service.config
+    _record(config, *run, outcome, pidfile)
     if service.signature:
         from ._options import forget  # noqa: PLC0415 -- loaded by main's signature
 
         forget(config.pidfile)  # the options of a running service: it no longer runs
     finished = _ran_to_completion(config, outcome)
     _let_go_of_pidfile(pidfile, startup, was_ready=was_ready, outcome=outcome, finished=finished)
-    _release_signals()
-    return outcome.status
+
+
+def take_the_pidfile(service: Service, pidfile: PidFile, pid: int) -> None:
+    """Write our pid into the locked pidfile; start a new run's records beside it."""
+    pidfile.write_pid(pid)
+    pidfile.keep_out_of_forks()
+    _lastrun.forget(service.config.pidfile)
+    if service.signature:
+        from ._options import remember  # noqa: PLC0415 -- loaded by main's signature
+
+        remember(service.config.pidfile, service.words)
+
+
+def _watch_progress(
+    config: ServiceConfig,
+    notifier: _notify.Notifier,
+    heartbeats: mmap.mmap | None,
+    *,
+    supervised: bool,
+) -> None:
+    """With a watchdog (ours, or systemd's ``WatchdogSec``), count main's heartbeats.
+
+    faulthandler writes every thread's stack to the log when the hung
+    service gets SIGABRT.  A supervised service is watched from outside; any
+    other by a thread of its own, which also sends systemd its pings.
+    """
+    if config.watchdog is None and notifier.watchdog_interval is None:
+        return
+    import faulthandler  # noqa: PLC0415 -- only a watched service pays for it
+
+    from . import _heartbeat  # noqa: PLC0415
+    from ._watchdog import Watchdog, round_length  # noqa: PLC0415
+
+    faulthandler.enable(all_threads=True)
+    limit = config.watchdog or 2 * (notifier.watchdog_interval or 0)
+    _heartbeat.attach(heartbeats, round_length(limit))
+    if not supervised:
+        Watchdog(config.name, config.watchdog, notifier).start()
+
+
+def _tell_supervisor(startup: StartupChannel | None, outcome: Outcome, *, was_ready: bool) -> None:
+    """A supervised service's last words: before ready as a start's, then how it ended."""
+    if startup is None:
+        return
+    if not was_ready:
+        if outcome.status == 0 and outcome.exception is None and not _signals.should_stop():
+            startup.finished(0)
+        else:
+            startup.fail(_why_not_ready(outcome))
+    startup.ended(outcome.status, outcome.exception)
 
 
 def _say_threads_left(stop_timeout: float) -> None:

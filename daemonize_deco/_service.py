@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from ._aio import refuse_generator
-from ._config import Service, ServiceConfig
+from ._config import RestartPolicy, Service, ServiceConfig
 from ._hooks import Hooks, checked_callable, checked_signal, read_signature
 
 TYPE_CHECKING = False
@@ -122,6 +122,11 @@ def daemon(
     group: str | int | None = None,
     files_preserve: Iterable[object] | None = None,
     prevent_core: bool = True,
+    restart: str = "no",
+    restart_delay: float = 0.1,
+    restart_delay_max: float = 30.0,
+    restart_limit: tuple[int, float] = (5, 60.0),
+    watchdog: float | None = None,
 ) -> Callable[[Callable[..., object]], Daemon]:
     """Turn ``main()`` into a Unix service driven by its command line.
 
@@ -151,6 +156,17 @@ def daemon(
         files_preserve: descriptors or file objects inherited from the
             launcher that the daemon keeps open (others are closed).
         prevent_core: set RLIMIT_CORE to 0 so no core dump spills secrets.
+        restart: "no" (default), "on-failure" or "always": ``start`` then
+            detaches a supervisor that holds the pidfile and restarts the
+            service when it ends (see README, "Keeping a service alive").
+        restart_delay: the first restart's delay, doubling after each.
+        restart_delay_max: the longest delay between restarts.
+        restart_limit: ``(n, seconds)``: more than n restarts within that
+            many seconds gives up; a run longer than that resets the count.
+        watchdog: seconds without a heartbeat (main's ``should_stop()``,
+            ``sleep()``, ``await stopped()`` or :func:`heartbeat`) after
+            which the service is hung: its stacks go to the log and it is
+            ended (SIGABRT, then SIGKILL), and restarted if ``restart`` says so.
 
     Relative paths resolve against the current directory at decoration time.
     Raises TypeError or ValueError at once for a wrong keyword or value.
@@ -160,6 +176,8 @@ def daemon(
         "umask": umask, "stop_timeout": stop_timeout, "start_timeout": start_timeout,
         "start_grace": start_grace, "wait_ready": wait_ready, "name": name, "user": user,
         "group": group, "files_preserve": files_preserve, "prevent_core": prevent_core,
+        "restart": RestartPolicy(restart, restart_delay, restart_delay_max, restart_limit),
+        "watchdog": watchdog,
     }  # fmt: skip
 
     def decorate(func: Callable[..., object]) -> Daemon:

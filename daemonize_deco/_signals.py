@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STOP_SIGNALS",
     "call_soon",
+    "count_heartbeats",
     "install",
     "keep_away_from_this_thread",
     "request_stop",
@@ -94,6 +95,8 @@ class _State:
         self.handled: frozenset[int] = frozenset()
         self.soon: Callable[[], object] | None = None
         self.main_loops: Callable[[], object] | None = None
+        self.beat: Callable[[], None] | None = None
+        self.waiting: Callable[[], None] | None = None
         self.main_thread = _thread.get_ident()
 
 
@@ -121,7 +124,14 @@ def should_stop() -> bool:
         _run_soon()
     if _state.main_loops is not None:
         _reached_main_loop()
+    if _state.beat is not None and _thread.get_ident() == _state.main_thread:
+        _state.beat()
     return _state.stop_requested
+
+
+def count_heartbeats(beat: Callable[[], None] | None, waiting: Callable[[], None] | None) -> None:
+    """Have main's thread call ``beat`` in should_stop()/sleep(), ``waiting`` while it sleeps."""
+    _state.beat, _state.waiting = beat, waiting
 
 
 def call_soon(callback: Callable[[], object]) -> None:
@@ -173,6 +183,19 @@ def sleep(seconds: float) -> bool:
     read_end, _ = _stop_pipe()
     poller = select.poll()
     poller.register(read_end, select.POLLIN)
+    beats = _state.beat is not None and _thread.get_ident() == _state.main_thread
+    if not beats:
+        return _sleep_on(poller, seconds)
+    if _state.waiting is not None:
+        _state.waiting()
+    try:
+        return _sleep_on(poller, seconds)
+    finally:
+        if _state.beat is not None:
+            _state.beat()
+
+
+def _sleep_on(poller: select.poll, seconds: float) -> bool:
     deadline = time.monotonic() + seconds  # inf for an endless sleep
     # The flag is checked after the pipe exists: a request made before had nowhere to write.
     while not _state.stop_requested:
@@ -362,6 +385,7 @@ def _clean_slate_in_child() -> None:
     _close_pipes()
     _state.stop_signal = None
     _state.stop_requested = False
+    _state.beat = _state.waiting = None  # a worker's loop is not main's progress
 
 
 def _close_pipes() -> None:

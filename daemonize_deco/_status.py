@@ -11,6 +11,7 @@ exit status is LSB's either way: 0 running, 1 dead with its pidfile left,
 from __future__ import annotations
 
 import os
+import time
 
 from . import _lastrun
 from ._proc import fd_targets, read_stat, uptime
@@ -18,6 +19,7 @@ from ._proc import fd_targets, read_stat, uptime
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._pidfile import PidFileState
+    from ._supervisor import SupervisorState
 
 __all__ = ["StatusReport"]
 
@@ -35,14 +37,25 @@ class StatusReport:
         pid = state.pid if state.running else None
         self.uptime = uptime(pid) if pid is not None else None
         self.options = _remembered(pidfile) if state.running else None
-        self.resources = resources(pid) if pid is not None else Resources()
+        self.supervision = _supervision(pidfile, pid)
+        # Supervised, what counts is the service's use, not the supervisor's.
+        watched = pid if self.supervision is None else self.supervision.service
+        self.resources = resources(watched) if watched is not None else Resources()
         self.last = None if state.running else _lastrun.read(pidfile)
         if state.last_words:  # the service could not remove its pidfile: its record is in it
             self.last = _lastrun.LastRun.from_text(state.last_words.decode("utf-8", "replace"))
 
     @property
+    def failed(self) -> str | None:
+        """Why the supervisor gave up restarting the service, when it did."""
+        last = self.last
+        if self.state.running or last is None or last.pid != self.state.pid:
+            return None
+        return last.failed
+
+    @property
     def exit_status(self) -> int:
-        """0 running, 1 dead but its pidfile left behind, 3 not running."""
+        """0 running, 1 dead but its pidfile left behind (or given up on), 3 not running."""
         if self.state.running:
             return 0
         return 1 if self.state.exists and not self.state.last_words else 3
@@ -51,6 +64,11 @@ class StatusReport:
         """The sentence, and for a running service the lines of detail below it."""
         if self.state.running:
             return "\n".join([self._running_line(), *self._details()])
+        if self.failed is not None and self.last is not None:
+            return (
+                f"{self.name} failed: {self.failed} "
+                f"(supervisor pid {self.last.pid} gave up at {_lastrun.clock(self.last.ended)})"
+            )
         if self.state.exists and not self.state.last_words:
             pid = self.state.pid
             stale = f" (pid {pid})" if pid is not None else ""
@@ -76,7 +94,7 @@ class StatusReport:
 
     def _details(self) -> list[str]:
         used = self.resources
-        lines = []
+        lines = [] if self.supervision is None else [self._supervision_line(self.supervision)]
         parts = []
         if used.rss_bytes is not None:
             parts.append(f"memory {used.rss_bytes / _MIB:.1f} MiB")
@@ -94,6 +112,21 @@ class StatusReport:
         if self.options:
             lines.append("  options: " + " ".join(_quoted(word) for word in self.options))
         return lines
+
+    @staticmethod
+    def _supervision_line(state: SupervisorState) -> str:
+        if state.service is not None:
+            up = "" if state.service_started is None else (
+                f", up {_lastrun.format_duration(time.time() - state.service_started)}"
+            )  # fmt: skip
+            line = f"  supervisor pid {state.supervisor}; service pid {state.service}{up}"
+        else:
+            wait = max(0.0, (state.restart_at or time.time()) - time.time())
+            line = f"  supervisor pid {state.supervisor}; restarting in {wait:.1f}s"
+        line += f"; {state.restarts} restart{'s' * (state.restarts != 1)}"
+        if state.failure:
+            line += f"; last failure: {state.failure}"
+        return line
 
     def as_json(self) -> str:
         """One JSON object: the same facts, for scripts."""
@@ -116,6 +149,17 @@ class StatusReport:
             "listening": used.listening,
             "pidfile_left_behind": self.exit_status == 1,
             "note": self.note or None,
+            "failed": self.failed,
+            "supervision": None
+            if self.supervision is None
+            else {
+                "supervisor_pid": self.supervision.supervisor,
+                "service_pid": self.supervision.service,
+                "service_started": self.supervision.service_started,
+                "restarts": self.supervision.restarts,
+                "last_failure": self.supervision.failure,
+                "restart_at": self.supervision.restart_at,
+            },
             "last_run": None
             if last is None
             else {
@@ -130,6 +174,16 @@ class StatusReport:
             },
         }
         return json.dumps(document)
+
+
+def _supervision(pidfile: str, pid: int | None) -> SupervisorState | None:
+    """The supervisor's state, when the running pid is a supervisor's (``restart=``)."""
+    if pid is None:
+        return None
+    from ._supervisor import SupervisorState  # noqa: PLC0415 -- status only
+
+    state = SupervisorState.read(pidfile)
+    return state if state is not None and state.supervisor == pid else None
 
 
 def _quoted(word: str) -> str:

@@ -1,7 +1,9 @@
 """A systemd unit file for a service, printed by ``python app.py systemd-unit``.
 
 ``Type=notify``: systemd runs the service in the foreground (``run``) and
-learns from ``READY=1`` when it is up, so nothing forks away from it.
+learns from ``READY=1`` when it is up, so nothing forks away from it.  Under
+systemd, systemd restarts the service: ``Restart=`` and the start limit come
+from ``restart=`` and ``restart_limit=``, ``WatchdogSec=`` from ``watchdog=``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def systemd_unit(config: ServiceConfig, options: Sequence[str] = ()) -> str:
         "[Unit]",
         f"Description={config.name} (daemonize_deco service)",
         "After=network.target",
+        # restart_limit: more restarts than this within the interval and systemd gives up.
+        f"StartLimitIntervalSec={_ceil(config.restart.interval)}",
+        f"StartLimitBurst={config.restart.burst}",
         "",
         "[Service]",
         "Type=notify",
@@ -52,11 +57,15 @@ def systemd_unit(config: ServiceConfig, options: Sequence[str] = ()) -> str:
         "KillMode=mixed",
         f"TimeoutStopSec={_ceil(config.stop_timeout) + _STOP_MARGIN}",
         f"TimeoutStartSec={_ceil(config.start_timeout)}",
-        "Restart=on-failure",
-        "RestartSec=1",
+        f"Restart={config.restart.mode}",
+        f"RestartSec={config.restart.delay:g}s",
         f"WorkingDirectory={config.workdir}",
         f"UMask={config.umask:04o}",
     ]
+    if config.watchdog is not None:
+        # Pings go out only while main beats (``_watchdog``): a hung main is
+        # seen by systemd, which sends SIGABRT (faulthandler prints the stacks).
+        lines.insert(lines.index("KillMode=mixed"), f"WatchdogSec={config.watchdog:g}s")
     # No User=: the service starts as root, locks its pidfile, opens its logs
     # and then drops to its user= itself.
     lines += ["", "[Install]", "WantedBy=multi-user.target", ""]

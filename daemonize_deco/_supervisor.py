@@ -1,0 +1,543 @@
+"""The supervisor: a small process that holds the pidfile and keeps the service running.
+
+With ``restart="on-failure"`` or ``"always"``, the detached daemon ``start``
+makes is not the service but its supervisor: the pid in the pidfile, the
+holder of its lock and claim.  It forks the service as its child and:
+
+- restarts it when it ends as ``restart`` says: after ``restart_delay``,
+  doubling up to ``restart_delay_max``; more than ``burst`` restarts within
+  ``interval`` seconds gives up (status then says "failed"), and a run
+  longer than ``interval`` starts the count afresh;
+- passes SIGTERM/SIGINT on as a graceful stop (SIGKILL to the service after
+  ``stop_timeout``), SIGHUP as an acknowledged reload (answering the
+  ``reload`` commands that sent it with the service's own answer), and the
+  ``on_signal`` signals as they are;
+- with ``watchdog=S``, reads the service's heartbeats from a shared slot
+  and ends a service that made none for S seconds: SIGABRT (faulthandler
+  writes its threads' stacks to the log), SIGKILL a second later;
+- writes ``PIDFILE.supervisor`` whenever that changes, for ``status``.
+
+The service dies with it: the child asks the kernel for SIGKILL when its
+parent dies (``PR_SET_PDEATHSIG``), so even a SIGKILLed supervisor leaves
+no service behind.  It is one thread blocked in ``poll``: an idle
+supervisor never wakes up (the watchdog, when enabled, gives it a period).
+The first start is reported as without a supervisor: ``start`` says
+"started" once the first service is ready, and a service that fails before
+that is not restarted: the start failed.
+"""
+
+from __future__ import annotations
+
+import _signal as signal  # the C module: signal.py would import enum (milliseconds)
+import os
+import select
+import sys
+import time
+
+from . import _beside, _lastrun, _signals
+from ._claim import answer_claimants, listen_for_claimants
+from ._control import ControlServer, ImpostorError, ask, reply
+from ._detach import StartupChannel, exit_daemon, reopen_logs
+from ._errors import exit_status, last_words
+from ._runtime import prepare_process, putting_back, serve, take_the_pidfile
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import mmap
+
+    from ._config import Service
+    from ._hygiene import Credentials
+    from ._pidfile import PidFile
+
+__all__ = ["STATE_SUFFIX", "SupervisorState", "supervise"]
+
+STATE_SUFFIX = ".supervisor"
+_PR_SET_PDEATHSIG = 1
+
+
+class SupervisorState:
+    """What ``status`` reads beside the pidfile: ``key=value`` lines."""
+
+    __slots__ = ("failure", "restart_at", "restarts", "service", "service_started", "supervisor")
+
+    def __init__(self, supervisor: int) -> None:
+        self.supervisor = supervisor
+        self.service: int | None = None
+        self.service_started: float | None = None
+        self.restarts = 0
+        self.failure: str | None = None  # how the last run ended, when it failed
+        self.restart_at: float | None = None  # wall clock, while waiting to restart
+
+    def to_text(self) -> str:
+        """The file's content."""
+        lines = [f"{key}={' '.join(str(getattr(self, key)).split())}" for key in self.__slots__]
+        return "\n".join(line for line in lines if not line.endswith("=None")) + "\n"
+
+    @classmethod
+    def read(cls, pidfile: str) -> SupervisorState | None:
+        """The state beside ``pidfile``; None when there is none or it is not one."""
+        data = _beside.read(pidfile + STATE_SUFFIX, 4096)
+        if data is None:
+            return None
+        fields = dict(
+            line.partition("=")[::2] for line in data.decode("utf-8", "replace").splitlines()
+        )
+        try:
+            state = cls(int(fields["supervisor"]))
+            state.restarts = int(fields.get("restarts", "0"))
+            if "service" in fields:
+                state.service = int(fields["service"])
+            if "service_started" in fields:
+                state.service_started = float(fields["service_started"])
+            if "restart_at" in fields:
+                state.restart_at = float(fields["restart_at"])
+        except (KeyError, ValueError):
+            return None
+        state.failure = fields.get("failure")
+        return state
+
+
+class _Child:
+    """One run of the service: its pid, pidfd, the pipe it talks on, what it said."""
+
+    def __init__(self, pid: int, channel_fd: int) -> None:
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        self.channel_fd: int | None = channel_fd
+        os.set_blocking(channel_fd, False)
+        self.buffer = b""
+        self.started = time.time()
+        self.started_monotonic = time.monotonic()
+        self.ready = False
+        self.said_main = False
+        self.early_end: str | None = None  # "fail REASON" or "done STATUS" before ready
+        self.exception: str | None = None  # from its "exit" line
+        self.hung: float | None = None  # the watchdog's limit, once it ended it
+        self.kill_at: float | None = None  # SIGKILL after a stop or SIGABRT
+
+    def close(self) -> None:
+        os.close(self.pidfd)
+        if self.channel_fd is not None:
+            os.close(self.channel_fd)
+            self.channel_fd = None
+
+
+def supervise(
+    service: Service,
+    pidfile: PidFile,
+    *,
+    credentials: Credentials | None,
+    startup: StartupChannel,
+) -> int:
+    """Run in the detached daemon instead of ``serve``: keep the service alive; return a status."""
+    return _Supervisor(service, pidfile, startup).run(credentials)
+
+
+class _Supervisor:
+    def __init__(self, service: Service, pidfile: PidFile, startup: StartupChannel) -> None:
+        self.service = service
+        self.config = service.config
+        self.policy = service.config.restart
+        self.pidfile = pidfile
+        self.startup: StartupChannel | None = startup
+        self.pid = os.getpid()
+        self.started = time.time()
+        self.state = SupervisorState(self.pid)
+        self.child: _Child | None = None
+        self.delay = self.policy.delay
+        self.recent: list[float] = []  # monotonic times of the restarts in the window
+        self.restart_due: float | None = None
+        self.stopping: int | None = None  # the stop signal, once one came
+        self.heartbeats: mmap.mmap | None = None
+        self.control: ControlServer | None = None
+        self.claim: ControlServer | None = None
+        self.record_fd = -1
+        self.ending: tuple[int, str | None, str | None] | None = None  # status, exception, failed
+        self.starter_removes_pidfile = False  # it heard of a failed start, and shares the lock
+
+    # -- the life of the supervisor ------------------------------------------------
+
+    def run(self, credentials: Credentials | None) -> int:
+        self.record_fd = _signals.install(self.config_signals())
+        try:
+            take_the_pidfile(self.service, self.pidfile, self.pid)
+            prepare_process(self.service, credentials)  # the children inherit it all
+            self.control = _listen(ControlServer)
+            self.claim = listen_for_claimants(self.pidfile.path)
+            if self.config.watchdog is not None:
+                from ._heartbeat import shared_slot  # noqa: PLC0415
+
+                self.heartbeats = shared_slot()
+            self.spawn()
+            while self.ending is None:
+                self.round()
+        finally:
+            self.close_sockets()
+        status, exception, failed = self.ending
+        self.finish(status, exception, failed)
+        return status
+
+    def config_signals(self) -> list[int]:
+        return list(self.service.hooks.on_signal)
+
+    def round(self) -> None:
+        """Wait for the next event, and handle what came."""
+        poller = select.poll()
+        poller.register(self.record_fd, select.POLLIN)
+        for server in (self.control, self.claim):
+            if server is not None:
+                poller.register(server.fileno(), select.POLLIN)
+        child = self.child
+        if child is not None:
+            poller.register(child.pidfd, select.POLLIN)
+            if child.channel_fd is not None:
+                poller.register(child.channel_fd, select.POLLIN)
+        deadline = self.next_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+        ready = {fd for fd, _ in poller.poll(timeout)}
+        if child is not None and child.channel_fd in ready:
+            self.read_child(child)
+        self.handle_signals()
+        if self.claim is not None and self.claim.fileno() in ready:
+            answer_claimants(self.claim, putting_back(self.pidfile))
+        if child is not None and child is self.child and child.pidfd in ready:
+            self.child_ended(child)
+        self.on_time()
+
+    def next_deadline(self) -> float | None:
+        deadlines = [self.restart_due]
+        child = self.child
+        if child is not None:
+            deadlines.append(child.kill_at)
+            if self.heartbeats is not None and child.ready and child.hung is None:
+                from ._watchdog import round_length  # noqa: PLC0415
+
+                assert self.config.watchdog is not None
+                deadlines.append(time.monotonic() + round_length(self.config.watchdog))
+            elif not child.ready and self.startup is None:
+                deadlines.append(child.started_monotonic + self.config.start_timeout)
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def on_time(self) -> None:
+        """Restart, escalate, or end a hung service, when its time has come."""
+        now = time.monotonic()
+        child = self.child
+        if child is None:
+            if self.restart_due is not None and now >= self.restart_due:
+                self.restart_due = None
+                self.spawn()
+            return
+        if child.kill_at is not None and now >= child.kill_at:
+            child.kill_at = None
+            _send(child.pidfd, signal.SIGKILL)
+        elif self.heartbeats is not None and child.ready and child.hung is None and self.is_hung():
+            self.end_hung(child)
+        elif self.never_ready(child, now):
+            # A restarted service that never gets ready: start_timeout, as for a start.
+            child.early_end = f"fail not ready within {self.config.start_timeout:g}s"
+            child.hung = self.config.start_timeout
+            _send(child.pidfd, signal.SIGTERM)
+            child.kill_at = now + self.config.stop_timeout
+
+    def never_ready(self, child: _Child, now: float) -> bool:
+        return (
+            not child.ready
+            and self.startup is None
+            and child.hung is None
+            and now >= child.started_monotonic + self.config.start_timeout
+        )
+
+    # -- the service ------------------------------------------------------------------
+
+    def spawn(self) -> None:
+        """Fork the service; in the child, run it and never return."""
+        read_end, write_end = os.pipe()
+        if self.heartbeats is not None:
+            self.heartbeats[:] = time.monotonic_ns().to_bytes(8, "little")
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            self.become_service(write_end)
+        os.close(write_end)
+        self.child = _Child(pid, read_end)
+        self.state.service = pid
+        self.state.service_started = self.child.started
+        self.state.restart_at = None
+        self.save_state()
+
+    def become_service(self, channel_fd: int) -> None:
+        status = 1
+        try:
+            _die_with_parent(self.pid)
+            # The supervisor's sockets: the service makes its own (its signal
+            # pipes the registry's fork hook closed already).
+            self.close_sockets()
+            channel = StartupChannel(channel_fd, supervised=True)
+            status = serve(self.service, None, startup=channel, heartbeats=self.heartbeats)
+        except SystemExit as exc:
+            status = exit_status(exc.code)
+        except BaseException:  # noqa: BLE001 -- everything must end here, in the child
+            import traceback  # noqa: PLC0415
+
+            last_words(traceback.print_exc)
+        finally:
+            exit_daemon(status)
+
+    def read_child(self, child: _Child) -> None:
+        """Read the lines the service wrote: relay the first one's start to ``start``."""
+        assert child.channel_fd is not None
+        while True:
+            try:
+                chunk = os.read(child.channel_fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                os.close(child.channel_fd)
+                child.channel_fd = None
+                break
+            child.buffer += chunk
+        *lines, child.buffer = child.buffer.split(b"\n")
+        for line in lines:
+            self.heard(child, line.decode("utf-8", "replace"))
+
+    def heard(self, child: _Child, line: str) -> None:
+        word, _, rest = line.partition(" ")
+        if word == "main" and self.startup is not None:
+            self.startup.main_entered()
+        elif word == "ready":
+            child.ready = True
+            if self.startup is not None:
+                self.startup.ready()
+                self.startup = None  # closed by ready(): the start is reported
+        elif word in ("fail", "done") and not child.ready:
+            child.early_end = line
+        elif word == "exit":
+            _, _, exception = rest.partition(" ")
+            child.exception = exception or None
+
+    def child_ended(self, child: _Child) -> None:
+        """The service exited: report a failed first start, stop, or restart it."""
+        if child.channel_fd is not None:
+            self.read_child(child)  # its last lines
+        wait_status = _reap(child.pid)
+        child.close()
+        self.child = None
+        self.state.service = self.state.service_started = None
+        status = _status_of(wait_status)
+        ended = self.describe_end(child, wait_status)
+        if self.startup is not None:  # the first run never got ready: the start failed
+            self.report_failed_start(child, ended)
+            self.ending = (status, child.exception, None)
+            return
+        if self.stopping is not None:
+            self.ending = (status, child.exception, None)
+            return
+        failed = status != 0 or child.hung is not None or child.exception is not None
+        if self.policy.mode == "on-failure" and not failed:
+            self.say(f"the service (pid {child.pid}) {ended}; not restarting (restart=on-failure)")
+            self.ending = (status, None, None)
+            return
+        self.schedule_restart(child, ended)
+
+    def report_failed_start(self, child: _Child, ended: str) -> None:
+        assert self.startup is not None
+        early = child.early_end or ""
+        word, _, rest = early.partition(" ")
+        if word == "done":
+            self.pidfile.remove()  # before "done": start then leaves it to us
+            self.startup.finished(int(rest) if rest.isdigit() else 0)
+        else:
+            reason = rest if word == "fail" and rest else f"the service {ended}"
+            self.starter_removes_pidfile = self.startup.fail(reason)
+        self.startup = None
+
+    def describe_end(self, child: _Child, wait_status: int) -> str:
+        if child.hung is not None and child.early_end is not None:
+            return child.early_end.partition(" ")[2]
+        if child.hung is not None:
+            return f"hung: no heartbeat for {child.hung:g}s"
+        if os.WIFSIGNALED(wait_status):
+            return f"was killed by {_signals.signal_name(os.WTERMSIG(wait_status))}"
+        status = os.WEXITSTATUS(wait_status)
+        if child.exception:
+            return f"raised {child.exception}"
+        return f"exited with status {status}"
+
+    def schedule_restart(self, child: _Child, ended: str) -> None:
+        now = time.monotonic()
+        if now - child.started_monotonic > self.policy.interval:
+            self.delay = self.policy.delay  # it ran a long while: a fresh count
+            self.recent.clear()
+        self.recent = [t for t in self.recent if now - t <= self.policy.interval]
+        self.state.failure = f"{ended} at {_lastrun.clock(time.time())}"
+        if len(self.recent) >= self.policy.burst:
+            failed = (
+                f"{len(self.recent) + 1} failures within {self.policy.interval:g}s; last: {ended}"
+            )
+            self.say(f"giving up: {failed}")
+            self.ending = (1, child.exception, failed)
+            return
+        self.recent.append(now)
+        wait = self.delay
+        self.delay = min(self.policy.delay_max, max(self.delay * 2, 0))
+        self.restart_due = now + wait
+        self.state.restarts += 1
+        self.state.restart_at = time.time() + wait
+        self.save_state()
+        self.say(f"the service (pid {child.pid}) {ended}; restarting in {wait:g}s")
+
+    def is_hung(self) -> bool:
+        from ._heartbeat import WAITING, last_beat  # noqa: PLC0415
+
+        assert self.heartbeats is not None
+        assert self.config.watchdog is not None
+        last = last_beat(self.heartbeats)
+        if last is None or last == WAITING:
+            return False
+        return (time.monotonic_ns() - last) / 1e9 > self.config.watchdog
+
+    def end_hung(self, child: _Child) -> None:
+        from ._watchdog import ABORT_GRACE, hang_message  # noqa: PLC0415
+
+        assert self.config.watchdog is not None
+        child.hung = self.config.watchdog
+        self.say(hang_message(self.config.name, self.config.watchdog, child.pid))
+        _send(child.pidfd, signal.SIGABRT)  # faulthandler writes its stacks, then it dies
+        child.kill_at = time.monotonic() + ABORT_GRACE
+
+    # -- signals and requests ---------------------------------------------------------
+
+    def handle_signals(self) -> None:
+        while True:
+            try:
+                recorded = os.read(self.record_fd, 4096)
+            except BlockingIOError:
+                return
+            for signum in recorded:
+                if signum in _signals.STOP_SIGNALS:
+                    self.stop(signum)
+                elif signum == _signals.RELOAD_SIGNAL:
+                    self.reload()
+                elif signum not in (0, _signals.WAKEUP_TAKEN) and self.child is not None:
+                    _send(self.child.pidfd, signum)
+
+    def stop(self, signum: int) -> None:
+        if self.stopping is not None:
+            return
+        self.stopping = signum
+        child = self.child
+        if child is None:  # waiting to restart: nothing to stop but ourselves
+            self.ending = (0, None, None)
+            return
+        _send(child.pidfd, signal.SIGTERM)
+        child.kill_at = time.monotonic() + self.config.stop_timeout
+
+    def reload(self) -> None:
+        """Reopen our logs; have the service reload; answer the requests with its answer."""
+        waiting = [] if self.control is None else self.control.accept_waiting()
+        try:
+            reopen_logs(self.config.stdout, self.config.stderr)
+        except OSError as exc:
+            print(f"daemonize_deco: cannot reopen logs: {exc}", file=sys.stderr)
+        answer = self.reload_service()
+        for conn, request in waiting:
+            reply(conn, answer if request == "reload" else f"error unknown request {request!r}")
+
+    def reload_service(self) -> str:
+        child = self.child
+        if child is None or not child.ready:
+            return "error the service is not running now (it is being restarted)"
+        timeout = self.config.start_timeout
+        try:
+            answer = ask(child.pid, "reload", timeout, lambda: _send(child.pidfd, signal.SIGHUP))
+        except TimeoutError:
+            return f"error no answer from the service (pid {child.pid}) within {timeout:g}s"
+        except (ImpostorError, OSError) as exc:
+            _send(child.pidfd, signal.SIGHUP)
+            return f"error {exc}"
+        if answer is None:  # it has no control socket: the signal is all it gets
+            _send(child.pidfd, signal.SIGHUP)
+            return "ok"
+        return answer
+
+    # -- the end ------------------------------------------------------------------------
+
+    def finish(self, status: int, exception: str | None, failed: str | None) -> None:
+        """Record the supervisor's run; remove the pidfile, or leave it when it gave up."""
+        _beside.remove(self.config.pidfile + STATE_SUFFIX)
+        signum = self.stopping
+        names: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+        run = _lastrun.LastRun(
+            self.pid,
+            status=status,
+            started=self.started,
+            ended=time.time(),
+            exception=exception,
+            signal=None if signum is None else names.get(signum, str(signum)),
+            failed=failed,
+        )
+        _lastrun.write(self.config.pidfile, run)
+        if self.service.signature:
+            from ._options import forget  # noqa: PLC0415 -- loaded by main's signature
+
+            forget(self.config.pidfile)
+        if failed is not None or self.starter_removes_pidfile:
+            # Given up: left behind on purpose, so status says "failed".
+            self.pidfile.hand_over()
+        else:
+            self.pidfile.remove()
+        _signals.restore()
+        _signals.close_record_pipe()
+
+    def close_sockets(self) -> None:
+        for server in (self.control, self.claim):
+            if server is not None:
+                server.close()
+        self.control = self.claim = None
+
+    def save_state(self) -> None:
+        _beside.write(self.config.pidfile + STATE_SUFFIX, self.state.to_text().encode())
+
+    def say(self, text: str) -> None:
+        last_words(lambda: print(f"{self.config.name}: {text}", file=sys.stderr))
+
+
+def _listen(server: type[ControlServer]) -> ControlServer | None:
+    try:
+        return server()
+    except OSError as exc:
+        print(
+            f"daemonize_deco: no control socket, reload is unacknowledged: {exc}", file=sys.stderr
+        )
+        return None
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGKILL when the supervisor dies; leave if it already has."""
+    import ctypes  # noqa: PLC0415 -- prctl has no os binding; only a supervised service pays
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # it died before we asked
+        os._exit(1)
+
+
+def _send(pidfd: int, signum: int) -> None:
+    try:
+        signal.pidfd_send_signal(pidfd, signum)
+    except ProcessLookupError:
+        pass  # it has exited; its pidfd says so at the next round
+
+
+def _reap(pid: int) -> int:
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return 0
+
+
+def _status_of(wait_status: int) -> int:
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    return os.WEXITSTATUS(wait_status)

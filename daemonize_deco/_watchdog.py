@@ -1,0 +1,99 @@
+"""The in-process watchdog: systemd's pings while main makes progress, and the end of a hung one.
+
+A service nobody supervises from outside (``run``, systemd, supervisord, or
+``start`` without ``restart=``) is watched by a thread of its own, which
+does nothing else: a slow ``on_reload`` on the dispatcher thread cannot
+delay a ping, and a deadlocked main stops them.  Each round it reads main's
+last heartbeat (``_heartbeat``):
+
+- under systemd's ``WatchdogSec``, ``WATCHDOG=1`` goes out only while the
+  beats are fresh, so systemd itself sees a hung main;
+- with ``watchdog=S``, a main that has not beaten for S seconds (once it is
+  ready) is hung: the thread says so in the log and sends the process
+  SIGABRT, on which faulthandler writes every thread's stack, and SIGKILL a
+  second later if that did not end it.
+
+A supervised service is watched by its supervisor instead (``_supervisor``).
+"""
+
+from __future__ import annotations
+
+import _signal as signal  # the C module: signal.py would import enum (milliseconds)
+import _thread
+import os
+import time
+
+from . import _heartbeat, _signals
+from ._hygiene import set_thread_name
+from ._ready import is_ready
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._notify import Notifier
+
+__all__ = ["ABORT_GRACE", "Watchdog", "hang_message", "round_length"]
+
+ABORT_GRACE = 1.0  # seconds from SIGABRT (and the stacks) to SIGKILL
+
+
+def round_length(limit: float) -> float:
+    """How often to look: a hang is seen at most this long after ``limit``."""
+    return min(0.25, limit / 4)
+
+
+def hang_message(name: str, limit: float, pid: int) -> str:
+    """The log line before a hung service's stacks."""
+    return (
+        f"{name}: main made no progress for {limit:g}s (pid {pid}): hung; "
+        "ending it with SIGABRT, its threads' stacks follow"
+    )
+
+
+class Watchdog:
+    """A thread that pings systemd while main beats and ends a hung service."""
+
+    def __init__(self, name: str, limit: float | None, notifier: Notifier) -> None:
+        self._name = name
+        self._notifier = notifier
+        self._ping_every = notifier.watchdog_interval  # half of WatchdogSec
+        self._abort_after = limit
+        # Fresh enough to ping: our own limit, or systemd's (twice the interval).
+        self._fresh_for = limit if limit is not None else 2 * (self._ping_every or 0)
+        rounds = [self._ping_every or float("inf"), round_length(self._fresh_for)]
+        self._round = min(rounds)
+
+    def start(self) -> None:
+        """Start the thread (it runs until the process ends)."""
+        _thread.start_new_thread(self._run, ())
+
+    def _run(self) -> None:
+        _signals.keep_away_from_this_thread()
+        set_thread_name("dd-watchdog")
+        next_ping = time.monotonic()
+        while True:
+            age = self._age()
+            if self._ping_every is not None and time.monotonic() >= next_ping:
+                if age <= self._fresh_for:
+                    self._notifier.watchdog()
+                next_ping = time.monotonic() + self._ping_every
+            if self._abort_after is not None and age > self._abort_after and is_ready():
+                self._abort()
+                return
+            time.sleep(self._round)
+
+    @staticmethod
+    def _age() -> float:
+        """Seconds since main's last heartbeat (0 while it waits in sleep())."""
+        last = _heartbeat.last_beat()
+        if last is None or last == _heartbeat.WAITING:
+            return 0.0
+        return max(0.0, (time.monotonic_ns() - last) / 1e9)
+
+    def _abort(self) -> None:
+        assert self._abort_after is not None
+        # Straight to the descriptor: the hung main may hold sys.stderr's lock.
+        line = hang_message(self._name, self._abort_after, os.getpid()) + "\n"
+        os.write(2, line.encode("utf-8", "replace"))
+        os.kill(os.getpid(), signal.SIGABRT)  # faulthandler writes the stacks, then it dies
+        time.sleep(ABORT_GRACE)
+        os.kill(os.getpid(), signal.SIGKILL)
