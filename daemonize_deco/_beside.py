@@ -9,7 +9,22 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["read", "remove", "write"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = ["fields_from_text", "fields_to_text", "read", "remove", "write"]
+
+
+def fields_to_text(fields: Iterable[tuple[str, object]]) -> str:
+    """``key=value`` lines, one per field that is not None, each value on one line."""
+    lines = [f"{key}={' '.join(str(value).split())}" for key, value in fields if value is not None]
+    return "\n".join(lines) + "\n"
+
+
+def fields_from_text(text: str) -> dict[str, str]:
+    """The ``key=value`` lines of ``text`` (lines without ``=`` ignored)."""
+    return dict(line.partition("=")[::2] for line in text.splitlines() if "=" in line)
 
 
 def write(path: str, data: bytes) -> bool:

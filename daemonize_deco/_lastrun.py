@@ -105,17 +105,12 @@ class LastRun:
 
     def to_text(self) -> str:
         """The file's content: one ``key=value`` line per known field."""
-        lines = []
-        for key in _FIELDS:
-            value = getattr(self, key)
-            if value is not None:
-                lines.append(f"{key}={' '.join(str(value).split())}")
-        return "\n".join(lines) + "\n"
+        return _beside.fields_to_text((key, getattr(self, key)) for key in _FIELDS)
 
     @classmethod
     def from_text(cls, text: str) -> LastRun | None:
         """Parse a record; None for anything that is not one."""
-        fields = dict(line.partition("=")[::2] for line in text.splitlines() if "=" in line)
+        fields = _beside.fields_from_text(text)
         try:
             status = fields.get("status")
             return cls(

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ._pidfile import PidFile
 
 __all__ = [
+    "listen_for_control",
     "prepare_process",
     "putting_back",
     "ready",
@@ -180,7 +181,8 @@ def _link_manager() -> _notify.Notifier:
     return notifier
 
 
-def _listen() -> ControlServer | None:
+def listen_for_control() -> ControlServer | None:
+    """The control socket (for acknowledged reloads); None, said in the log, when it cannot be."""
     try:
         return ControlServer()
     except OSError as exc:
@@ -273,7 +275,7 @@ def serve(
             take_the_pidfile(service, pidfile, service_pid)
         prepare_process(service, credentials)
         notifier = _link_manager()
-        _facts.control = _listen()
+        _facts.control = listen_for_control()
         _facts.claim = None if pidfile is None else _claim_identity(pidfile)
         _watch_progress(config, notifier, heartbeats, supervised=pidfile is None)
         dispatcher = Dispatcher(

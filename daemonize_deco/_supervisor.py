@@ -36,10 +36,18 @@ import time
 
 from . import _beside, _lastrun, _signals
 from ._claim import answer_claimants, listen_for_claimants
-from ._control import ControlServer, ImpostorError, ask, reply
+from ._control import ControlServer, ask, reply
 from ._detach import StartupChannel, exit_daemon, reopen_logs
 from ._errors import exit_status, last_words
-from ._runtime import prepare_process, putting_back, serve, take_the_pidfile
+from ._heartbeat import WAITING, last_beat, shared_slot
+from ._runtime import (
+    listen_for_control,
+    prepare_process,
+    putting_back,
+    serve,
+    take_the_pidfile,
+)
+from ._watchdog import ABORT_GRACE, hang_message, round_length
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -70,8 +78,7 @@ class SupervisorState:
 
     def to_text(self) -> str:
         """The file's content."""
-        lines = [f"{key}={' '.join(str(getattr(self, key)).split())}" for key in self.__slots__]
-        return "\n".join(line for line in lines if not line.endswith("=None")) + "\n"
+        return _beside.fields_to_text((key, getattr(self, key)) for key in self.__slots__)
 
     @classmethod
     def read(cls, pidfile: str) -> SupervisorState | None:
@@ -79,9 +86,7 @@ class SupervisorState:
         data = _beside.read(pidfile + STATE_SUFFIX, 4096)
         if data is None:
             return None
-        fields = dict(
-            line.partition("=")[::2] for line in data.decode("utf-8", "replace").splitlines()
-        )
+        fields = _beside.fields_from_text(data.decode("utf-8", "replace"))
         try:
             state = cls(int(fields["supervisor"]))
             state.restarts = int(fields.get("restarts", "0"))
@@ -158,15 +163,13 @@ class _Supervisor:
     # -- the life of the supervisor ------------------------------------------------
 
     def run(self, credentials: Credentials | None) -> int:
-        self.record_fd = _signals.install(self.config_signals())
+        self.record_fd = _signals.install(self.service.hooks.on_signal)
         try:
             take_the_pidfile(self.service, self.pidfile, self.pid)
             prepare_process(self.service, credentials)  # the children inherit it all
-            self.control = _listen(ControlServer)
+            self.control = listen_for_control()
             self.claim = listen_for_claimants(self.pidfile.path)
             if self.config.watchdog is not None:
-                from ._heartbeat import shared_slot  # noqa: PLC0415
-
                 self.heartbeats = shared_slot()
             self.spawn()
             while self.ending is None:
@@ -176,9 +179,6 @@ class _Supervisor:
         status, exception, failed = self.ending
         self.finish(status, exception, failed)
         return status
-
-    def config_signals(self) -> list[int]:
-        return list(self.service.hooks.on_signal)
 
     def round(self) -> None:
         """Wait for the next event, and handle what came."""
@@ -210,8 +210,6 @@ class _Supervisor:
         if child is not None:
             deadlines.append(child.kill_at)
             if self.heartbeats is not None and child.ready and child.hung is None:
-                from ._watchdog import round_length  # noqa: PLC0415
-
                 assert self.config.watchdog is not None
                 deadlines.append(time.monotonic() + round_length(self.config.watchdog))
             elif not child.ready and self.startup is None:
@@ -387,8 +385,6 @@ class _Supervisor:
         self.say(f"the service (pid {child.pid}) {ended}; restarting in {wait:g}s")
 
     def is_hung(self) -> bool:
-        from ._heartbeat import WAITING, last_beat  # noqa: PLC0415
-
         assert self.heartbeats is not None
         assert self.config.watchdog is not None
         last = last_beat(self.heartbeats)
@@ -397,8 +393,6 @@ class _Supervisor:
         return (time.monotonic_ns() - last) / 1e9 > self.config.watchdog
 
     def end_hung(self, child: _Child) -> None:
-        from ._watchdog import ABORT_GRACE, hang_message  # noqa: PLC0415
-
         assert self.config.watchdog is not None
         child.hung = self.config.watchdog
         self.say(hang_message(self.config.name, self.config.watchdog, child.pid))
@@ -452,7 +446,7 @@ class _Supervisor:
             answer = ask(child.pid, "reload", timeout, lambda: _send(child.pidfd, signal.SIGHUP))
         except TimeoutError:
             return f"error no answer from the service (pid {child.pid}) within {timeout:g}s"
-        except (ImpostorError, OSError) as exc:
+        except OSError as exc:  # ImpostorError among them
             _send(child.pidfd, signal.SIGHUP)
             return f"error {exc}"
         if answer is None:  # it has no control socket: the signal is all it gets
@@ -500,16 +494,6 @@ class _Supervisor:
 
     def say(self, text: str) -> None:
         last_words(lambda: print(f"{self.config.name}: {text}", file=sys.stderr))
-
-
-def _listen(server: type[ControlServer]) -> ControlServer | None:
-    try:
-        return server()
-    except OSError as exc:
-        print(
-            f"daemonize_deco: no control socket, reload is unacknowledged: {exc}", file=sys.stderr
-        )
-        return None
 
 
 def _die_with_parent(parent: int) -> None:
