@@ -12,13 +12,16 @@ if __name__ == "__main__":
     main()          # python ticker.py start | stop | restart | status | run
 """
 
-from ._aio import stopped
 from ._errors import DaemonError
 from ._heartbeat import heartbeat
 from ._notify import notify
 from ._ready import ready
 from ._service import Daemon, daemon
 from ._signals import should_stop, sleep
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._aio import stopped
 
 __all__ = [
     "Daemon",
@@ -31,3 +34,13 @@ __all__ = [
     "sleep",
     "stopped",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # asyncio's helper loads on first use: a supervisor (forked from ``start``)
+    # keeps every module its starter loaded, and needs none of it.
+    if name == "stopped":
+        from ._aio import stopped  # noqa: PLC0415
+
+        return stopped
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

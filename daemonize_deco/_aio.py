@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["is_awaitable", "run_awaitable", "run_callback_result", "stopped"]
 
-_CO_GENERATOR, _CO_ASYNC_GENERATOR = 0x20, 0x200
-
 
 class _ServiceLoop:
     """The loop ``main``'s awaitable runs in, its stopped() future, the callbacks in it.
@@ -55,13 +53,6 @@ class _ServiceLoop:
 
 
 _service = _ServiceLoop()
-
-
-def refuse_generator(func: object, what: str) -> None:
-    """A generator function cannot be a service: say so at decoration."""
-    code = getattr(func, "__code__", None)
-    if code is not None and code.co_flags & (_CO_GENERATOR | _CO_ASYNC_GENERATOR):
-        raise TypeError(f"{what} is a generator function; a service is a function or a coroutine")
 
 
 def is_awaitable(value: object) -> bool:

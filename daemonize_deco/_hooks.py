@@ -27,6 +27,7 @@ __all__ = [
     "checked_signal",
     "has_no_parameters",
     "read_signature",
+    "refuse_generator",
     "takes_words",
 ]
 
@@ -62,6 +63,7 @@ class Hooks:
 
 
 _CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08
+_CO_GENERATOR, _CO_ASYNC_GENERATOR = 0x20, 0x200
 
 
 def _shape(func: Callable[..., object]) -> tuple[bool, bool, bool] | None:
@@ -102,6 +104,13 @@ def checked_callable(role: str, value: T) -> T:
     if not callable(value):
         raise TypeError(f"@main.{role} takes a function, not {value!r}")
     return value
+
+
+def refuse_generator(func: object, what: str) -> None:
+    """A generator function cannot be a service: say so at decoration."""
+    code = getattr(func, "__code__", None)
+    if code is not None and code.co_flags & (_CO_GENERATOR | _CO_ASYNC_GENERATOR):
+        raise TypeError(f"{what} is a generator function; a service is a function or a coroutine")
 
 
 def checked_signal(signum: object) -> int:

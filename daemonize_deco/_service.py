@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import sys
 
-from ._aio import refuse_generator
 from ._config import RestartPolicy, Service, ServiceConfig
-from ._hooks import Hooks, checked_callable, checked_signal, read_signature
+from ._hooks import Hooks, checked_callable, checked_signal, read_signature, refuse_generator
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
