@@ -22,12 +22,14 @@ from ._signals import should_stop, sleep
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._aio import stopped
+    from ._listeners import listeners
 
 __all__ = [
     "Daemon",
     "DaemonError",
     "daemon",
     "heartbeat",
+    "listeners",
     "notify",
     "ready",
     "should_stop",
@@ -37,10 +39,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # asyncio's helper loads on first use: a supervisor (forked from ``start``)
-    # keeps every module its starter loaded, and needs none of it.
+    # These load on first use: a supervisor (forked from ``start``) keeps
+    # every module its starter loaded, and needs neither.
     if name == "stopped":
         from ._aio import stopped  # noqa: PLC0415
 
         return stopped
+    if name == "listeners":
+        from ._listeners import listeners  # noqa: PLC0415
+
+        return listeners
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,25 +19,35 @@ writes its pid in it.  Only root and the daemon's own user may ask.
 
 from __future__ import annotations
 
+import os
+
 from ._control import ControlServer, peer_credentials, read_line, reply, stream_socket
 from ._proc import fd_targets
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection
+    from collections.abc import Callable, Collection, Mapping, Sequence
+
+    # A request's answer: its line, and descriptors sent with it.
+    Answer = Callable[[], tuple[str, Sequence[int]]]
 
 __all__ = [
     "Claimant",
     "answer_claimants",
     "claim_address",
     "find_claimant",
+    "forget_inherited",
     "has_open",
+    "inherit",
+    "inherited_claim",
     "listen_for_claimants",
+    "rebind",
 ]
 
 _PREFIX = "daemonize_deco-claim:"
 _NAME_LIMIT = 107  # sun_path is 108 bytes, the first of them the abstract namespace's NUL
-_REQUEST = "pidfile"
+PUT_BACK = "pidfile"
+REBIND = "rebind"
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 
@@ -60,18 +70,68 @@ def claim_address(pidfile: str) -> bytes:
     return b"\0" + f"{_PREFIX}{_fnv1a(name):016x}".encode() + b":" + tail
 
 
+class _Inherited:
+    """The claim's socket, when the instance a restart replaces passed it (``_handover``)."""
+
+    fd: int | None = None
+
+
+def inherit(fd: int) -> None:
+    """Listen on ``fd``, the replaced instance's claim, instead of binding the name anew."""
+    _Inherited.fd = fd
+
+
+def inherited_claim() -> int | None:
+    """The descriptor of a claim passed by a restart's running instance, if any."""
+    return _Inherited.fd
+
+
+def forget_inherited() -> None:
+    """Close an inherited claim nobody listened on (the restarting process's copy)."""
+    if _Inherited.fd is not None:
+        os.close(_Inherited.fd)
+        _Inherited.fd = None
+
+
 def listen_for_claimants(pidfile: str) -> ControlServer | None:
     """Bind the claim; None when another process holds the name (said by the caller)."""
+    if _Inherited.fd is not None:
+        fd, _Inherited.fd = _Inherited.fd, None
+        return ControlServer.adopt(fd)
     try:
         return ControlServer(claim_address(pidfile))
     except OSError:
         return None
 
 
-def answer_claimants(server: ControlServer, put_back: Callable[[], str]) -> None:
-    """Answer each waiting request with the line ``put_back()`` returns."""
+def rebind(server: ControlServer, pidfile: str) -> tuple[str, Sequence[int]]:
+    """Bind the claim anew, in this process's name, on the same descriptor number.
+
+    A claim passed on by a restart (``_handover``) still reports the process
+    that listened first (``SO_PEERCRED``), gone since: the restart asks for
+    this once it is.  The old socket is closed by the ``dup2`` that puts an
+    unbound one in its place (freeing the name), which is then bound.
+    """
+    fresh = stream_socket()
+    os.dup2(fresh.fileno(), server.fileno(), inheritable=False)
+    fresh.close()
+    try:
+        server.sock.bind(claim_address(pidfile))
+        server.sock.listen(64)
+        server.sock.setblocking(False)  # O_NONBLOCK is the open file's: the new one lacks it
+    except OSError as exc:
+        return f"error {exc}", ()
+    return "ok", ()
+
+
+def answer_claimants(server: ControlServer, answers: Mapping[str, Answer]) -> None:
+    """Answer each waiting request: ``pidfile`` (put it back), ``handover`` (see ``_handover``)."""
     for conn, request in server.accept_waiting():
-        reply(conn, put_back() if request == _REQUEST else f"error unknown request {request!r}")
+        answer = answers.get(request)
+        if answer is None:
+            reply(conn, f"error unknown request {request!r}")
+        else:
+            reply(conn, *answer())
 
 
 class Claimant:
@@ -112,7 +172,7 @@ def find_claimant(
         if not put_back:
             return Claimant(pid, "ok")
         try:
-            sock.sendall(_REQUEST.encode("ascii") + b"\n")
+            sock.sendall(PUT_BACK.encode("ascii") + b"\n")
             answer = read_line(sock).decode("utf-8", "replace").strip()
         except OSError as exc:
             answer = f"error no answer: {exc}"

@@ -95,8 +95,10 @@ COMMANDS: dict[str, Command] = {
     ),
     "systemd-unit": Command(
         "_commands:print_systemd_unit",
-        "print a systemd unit file for this service (with the options given)",
+        "print a systemd unit file for this service (with the options given); "
+        "--socket: its .socket unit",
         main_options="required",
+        flags="systemd_unit",
     ),
 }
 RESERVED_WORDS = frozenset({*COMMANDS, "help"})

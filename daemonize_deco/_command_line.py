@@ -179,11 +179,17 @@ def _add_logs_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--follow", action="store_true", help=follow)
 
 
+def _add_unit_flags(parser: argparse.ArgumentParser) -> None:
+    """``--socket``: the .socket unit of a service with listen=."""
+    parser.add_argument("--socket", action="store_true", help="print the .socket unit instead")
+
+
 # The built-in commands' own flags, by the name their ``_cli.Command`` gives.
 FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "stop_timeout": _add_stop_timeout,
     "status": _add_status_flags,
     "logs": _add_logs_flags,
+    "systemd_unit": _add_unit_flags,
 }
 
 

@@ -16,7 +16,15 @@ import time
 from . import _lastrun
 from ._claim import has_open
 from ._control import ImpostorError, ask
-from ._errors import NoLogError, NotRunningError, PidFileError, ReloadError, StopError
+from ._errors import (
+    NoLogError,
+    NotRunningError,
+    PidFileError,
+    ReloadError,
+    StartupError,
+    StopError,
+    UsageError,
+)
 from ._launch import start
 from ._lookup import inspect_service, pidfile_of, with_note
 from ._output import complain, say
@@ -119,9 +127,64 @@ def _say_not_running(service: Service, pidfile: PidFile, state: PidFileState) ->
 
 
 def restart(service: Service) -> int:
-    """Stop (waiting until gone) if running, then start."""
+    """Stop (waiting until gone) if running, then start.
+
+    With ``listen=``, the running instance hands its sockets to the new one,
+    which is started first; the old one is stopped once it is ready.
+    """
+    if service.config.listen:
+        pidfile = pidfile_of(service)
+        state, _ = inspect_service(service, pidfile, settle=service.config.start_timeout)
+        if state.running and state.pid is not None:
+            replaced = _replace(service, pidfile, state.pid)
+            if replaced is not None:
+                return replaced
     stop(service)
     return start(service)
+
+
+def _replace(service: Service, pidfile: PidFile, old: int) -> int | None:
+    """Start a new instance with the sockets of ``old``; once it is ready, stop ``old``.
+
+    None, said on stderr, when ``old`` hands nothing over (a version before
+    listen=): then it is stopped and started as any other service.
+    """
+    from ._detach import DeferredInterrupts  # noqa: PLC0415
+    from ._handover import rebind_claim, take_over  # noqa: PLC0415 -- only services with listen=
+    from ._launch import check_before_fork, detach_and_wait  # noqa: PLC0415
+
+    config = service.config
+    pidfd = _pinned(pidfile, old)
+    if pidfd is None:
+        raise StartupError(f"failed to restart: pid {old} no longer holds {pidfile.path}")
+    try:
+        with DeferredInterrupts() as interrupts:
+            credentials = check_before_fork(config)
+            try:
+                handover = take_over(pidfile.path, old, config.start_timeout)
+            except StartupError as exc:
+                complain(f"{service.name}: {exc}; restarting by stop and start")
+                return None
+            shared = handover.use(pidfile.path)
+            try:
+                report = detach_and_wait(service, shared, credentials, interrupts)
+            except StartupError as exc:
+                raise StartupError(f"{exc}; pid {old} is still running and serving") from None
+            finally:
+                handover.close_unused()
+            new = report.pid
+            assert new is not None  # a ready daemon has said its pid
+            shared.write_pid(new)  # from now on the pidfile names the new instance
+            shared.hand_over()
+            ending = terminate(pidfd, old, _stop_timeout(service))
+            rebind_claim(pidfile.path, config.start_timeout)
+    except (PermissionError, TimeoutError) as exc:
+        raise StopError(f"started pid {new}, but cannot stop pid {old}: {exc}") from exc
+    finally:
+        os.close(pidfd)
+    how = "stopped" if ending.how == "stopped" else f"killed after {_stop_timeout(service):g}s"
+    say(f"{service.name} restarted (pid {new}; pid {old} {how}, its sockets kept)")
+    return 0
 
 
 def status(service: Service) -> int:
@@ -203,7 +266,12 @@ def _send_sighup(pidfd: int, pid: int) -> None:
 
 def print_systemd_unit(service: Service) -> int:
     """Print a unit file that runs the service under systemd (Type=notify), with its options."""
-    from ._unit import systemd_unit  # noqa: PLC0415 -- only this command needs it
+    from ._unit import systemd_socket_unit, systemd_unit  # noqa: PLC0415 -- only this command
 
-    say(systemd_unit(service.config, service.words).rstrip("\n"))
+    if service.flags.get("socket"):
+        if not service.config.listen:
+            raise UsageError("has no listen= sockets: there is no .socket unit to print")
+        say(systemd_socket_unit(service.config).rstrip("\n"))
+    else:
+        say(systemd_unit(service.config, service.words).rstrip("\n"))
     return 0

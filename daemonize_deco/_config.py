@@ -35,7 +35,8 @@ class ServiceConfig:
     """
 
     __slots__ = (
-        "files_preserve", "group", "name", "pidfile", "placeholders", "prevent_core", "restart",
+        "files_preserve", "group", "listen", "name", "pidfile", "placeholders", "prevent_core",
+        "restart",
         "script", "start_grace", "start_timeout", "stderr", "stdout", "stop_timeout", "umask",
         "user", "wait_ready", "watchdog", "workdir",
     )  # fmt: skip
@@ -60,6 +61,7 @@ class ServiceConfig:
         prevent_core: bool,
         restart: RestartPolicy | None = None,
         watchdog: float | None = None,
+        listen: Iterable[str] | str | None = None,
         parameters: Collection[str] = (),
     ) -> None:
         for keyword, flag in (("wait_ready", wait_ready), ("prevent_core", prevent_core)):
@@ -81,6 +83,7 @@ class ServiceConfig:
         self.prevent_core = prevent_core
         self.restart = restart or RestartPolicy()
         self.watchdog = None if watchdog is None else _timeout("watchdog", watchdog)
+        self.listen = _listen(listen)
         self.script = _script(func)
         self.placeholders = _placeholders(self, parameters)
 
@@ -105,6 +108,7 @@ class ServiceConfig:
             template = getattr(self, keyword)
             if template is not None and "{" in template:
                 setattr(copy, keyword, os.path.abspath(template.format_map(texts)))
+        copy.listen = _listen([entry.format_map(texts) for entry in self.listen])
         return copy
 
     def __repr__(self) -> str:
@@ -258,8 +262,8 @@ def _placeholders(config: ServiceConfig, parameters: Collection[str]) -> tuple[s
     from _string import formatter_parser  # noqa: PLC0415 -- the C half of string.Formatter
 
     found: list[str] = []
-    for keyword in _PATH_KEYWORDS:
-        template = getattr(config, keyword)
+    templates = [(keyword, getattr(config, keyword)) for keyword in _PATH_KEYWORDS]
+    for keyword, template in [*templates, *(("listen", entry) for entry in config.listen)]:
         if template is None or "{" not in template:
             continue
         try:
@@ -276,6 +280,21 @@ def _placeholders(config: ServiceConfig, parameters: Collection[str]) -> tuple[s
             if field not in found:
                 found.append(field)
     return tuple(found)
+
+
+def _listen(value: object) -> tuple[str, ...]:
+    """``listen=``: one address or a list of them, each checked unless it has placeholders."""
+    if value is None:
+        return ()
+    from ._listeners import parse_address  # noqa: PLC0415 -- only services with listen=
+
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list | tuple):
+        raise TypeError(f"listen= takes a list of addresses, not {type(value).__name__}")
+    for entry in entries:
+        if not isinstance(entry, str) or "{" not in entry:
+            parse_address(entry)
+    return tuple(entries)
 
 
 def _account(keyword: str, value: object) -> str | int | None:

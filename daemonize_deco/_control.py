@@ -27,7 +27,7 @@ from ._proc import fd_targets
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
 __all__ = [
     "ControlServer",
@@ -116,6 +116,14 @@ class ControlServer:
             self.sock.close()
             raise
 
+    @classmethod
+    def adopt(cls, fd: int) -> ControlServer:
+        """The server listening on ``fd``, passed by the instance a restart replaces."""
+        server = object.__new__(cls)
+        server.sock = stream_socket(fd)
+        server.sock.setblocking(False)
+        return server
+
     def accept_waiting(self) -> list[tuple[_socket.socket, str]]:
         """Accept every queued connection and read its request; refused or mute peers dropped."""
         waiting: list[tuple[_socket.socket, str]] = []
@@ -155,10 +163,15 @@ def _checked_request(conn: _socket.socket) -> tuple[_socket.socket, str] | None:
     return conn, request
 
 
-def reply(conn: _socket.socket, text: str) -> None:
-    """Send the one reply line and close the connection."""
+def reply(conn: _socket.socket, text: str, fds: Sequence[int] = ()) -> None:
+    """Send the one reply line (with descriptors ``fds``, SCM_RIGHTS) and close the connection."""
+    line = (" ".join(text.split()) + "\n").encode("utf-8", "replace")
     try:
-        conn.sendall((" ".join(text.split()) + "\n").encode("utf-8", "replace"))
+        if fds:
+            numbers = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
+            sent = conn.sendmsg([line], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, numbers)])
+            line = line[sent:]  # the descriptors went with the first byte
+        conn.sendall(line)
     except OSError:
         pass  # the asker gave up waiting; the daemon carries on
     finally:

@@ -34,8 +34,9 @@ from ._ready import is_ready, ready
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
+    from ._claim import Answer
     from ._control import ControlServer
     from ._hooks import Callback, Hooks
     from ._notify import Notifier
@@ -66,7 +67,7 @@ class Dispatcher:
         hooks: Hooks,
         notifier: Notifier,
         control: ControlServer | None,
-        claim: tuple[ControlServer, Callable[[], str]] | None = None,
+        claim: tuple[ControlServer, Mapping[str, Answer]] | None = None,
         logs: tuple[str | None, str | None] | None,
         on_repeat: Callable[[int], None] | None,
         reap_children: bool,

@@ -18,6 +18,7 @@ __all__ = [
     "AlreadyRunningError",
     "DaemonError",
     "DetachError",
+    "ListenError",
     "NoLogError",
     "NotRunningError",
     "PidFileError",
@@ -71,6 +72,10 @@ class DetachError(DaemonError, OSError):
 
 class StartupError(DaemonError):
     """The daemon failed, died or timed out before it was ready."""
+
+
+class ListenError(DaemonError, OSError):
+    """A ``listen=`` address cannot be listened on: in use, not allowed, not a socket."""
 
 
 class StopError(DaemonError, OSError):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 import os
 import stat
+import sys
 
+from ._claim import inherited_claim
 from ._detach import (
     DeferredInterrupts,
     check_log_path,
@@ -35,12 +37,12 @@ if TYPE_CHECKING:
     from ._pidfile import PidFile
     from ._startup import StartupReport
 
-__all__ = ["run", "start"]
+__all__ = ["check_before_fork", "detach_and_wait", "run", "start"]
 
 _SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh", "busybox"})
 
 
-def _check_before_fork(config: ServiceConfig) -> Credentials | None:
+def check_before_fork(config: ServiceConfig) -> Credentials | None:
     """Find what can be found before forking; return the credentials to drop to."""
     check_workdir(config.workdir)
     for log in {config.stdout, config.stderr} - {None}:
@@ -118,7 +120,6 @@ def start(service: Service) -> int:
         # Forking away from a manager makes it think the service died.
         complain(f"{service.name}: running in the foreground under {manager} (start acts as run)")
         return run(service)
-    config = service.config
     pidfile = pidfile_of(service)
     with DeferredInterrupts() as interrupts:
         # "Already running" first: another user's start may not even open the logs.
@@ -128,50 +129,85 @@ def start(service: Service) -> int:
             say(f"{service.name} is already running ({with_note(f'pid {pid}', note)})")
             return 0
         try:
-            credentials = _check_before_fork(config)
+            credentials = check_before_fork(service.config)
+            _open_listeners(service.config)
         except DaemonError:
             pidfile.remove()  # not forked yet: the lock is ours alone
             raise
-        if interrupts.signum is not None:
-            pidfile.remove()
-            raise StartupError("failed to start: interrupted before it was started")
-        run_in_daemon: Callable[..., int] = serve
-        if config.restart.enabled:
-            from ._supervisor import supervise  # noqa: PLC0415 -- only supervised services
+        report = detach_and_wait(service, pidfile, credentials, interrupts)
+        pidfile.hand_over()
+    _say_started(service, report)
+    return 0
 
-            run_in_daemon = supervise
-        try:
-            watcher = detach(
-                lambda channel: run_in_daemon(
-                    service, pidfile, credentials=credentials, startup=channel
-                ),
-                workdir=config.workdir,
-                umask=config.umask,
-                stdout=config.stdout,
-                stderr=config.stderr,
-                close_inherited=lambda keep: close_inherited_fds(
-                    {*keep, pidfile.fileno(), *config.descriptors_to_keep()}
-                ),
-                in_child=interrupts.restore,
-            )
-        except DetachError:
-            pidfile.remove()  # the fork failed: no other process shares the lock
-            raise
-        with watcher:
-            grace = None if config.wait_ready or config.start_grace == 0 else config.start_grace
-            report = watcher.wait(config.start_timeout, interrupts.fileno(), grace)
-            if report.outcome in ("ready", "finished"):
-                _close_pidfd(report)
-                pidfile.hand_over()
-                if report.outcome == "finished":
-                    say(f"{service.name} ran and finished (pid {report.pid}, {report.reason})")
-                else:
-                    say(f"{service.name} started (pid {report.pid})")
-                return 0
-            if report.outcome == "interrupted":
-                watcher.learn_pid(config.start_timeout)
-            reason = _end_failed_start(service, pidfile, report)
+
+def _open_listeners(config: ServiceConfig) -> None:
+    if config.listen:
+        from ._listeners import open_listeners  # noqa: PLC0415 -- only services with listen=
+
+        open_listeners(config.listen)
+
+
+def _say_started(service: Service, report: StartupReport) -> None:
+    if report.outcome == "finished":
+        say(f"{service.name} ran and finished (pid {report.pid}, {report.reason})")
+    else:
+        say(f"{service.name} started (pid {report.pid})")
+
+
+def detach_and_wait(
+    service: Service,
+    pidfile: PidFile,
+    credentials: Credentials | None,
+    interrupts: DeferredInterrupts,
+) -> StartupReport:
+    """Detach the daemon holding ``pidfile``; return its report once ready (or finished).
+
+    A daemon that fails, or is not ready in time, is ended (StartupError
+    with the reason); the pidfile is then let go of as it must be.
+    """
+    config = service.config
+    if interrupts.signum is not None:
+        pidfile.remove()
+        raise StartupError("failed to start: interrupted before it was started")
+    run_in_daemon: Callable[..., int] = serve
+    if config.restart.enabled:
+        from ._supervisor import supervise  # noqa: PLC0415 -- only supervised services
+
+        run_in_daemon = supervise
+    keep = {pidfile.fileno(), *config.descriptors_to_keep(), *_sockets_to_keep()}
+    try:
+        watcher = detach(
+            lambda channel: run_in_daemon(
+                service, pidfile, credentials=credentials, startup=channel
+            ),
+            workdir=config.workdir,
+            umask=config.umask,
+            stdout=config.stdout,
+            stderr=config.stderr,
+            close_inherited=lambda kept: close_inherited_fds({*kept, *keep}),
+            in_child=interrupts.restore,
+        )
+    except DetachError:
+        pidfile.remove()  # the fork failed: no other process shares the lock
+        raise
+    with watcher:
+        grace = None if config.wait_ready or config.start_grace == 0 else config.start_grace
+        report = watcher.wait(config.start_timeout, interrupts.fileno(), grace)
+        if report.outcome in ("ready", "finished"):
+            _close_pidfd(report)
+            return report
+        if report.outcome == "interrupted":
+            watcher.learn_pid(config.start_timeout)
+        reason = _end_failed_start(service, pidfile, report)
     raise StartupError(f"failed to start: {reason}")
+
+
+def _sockets_to_keep() -> list[int]:
+    """The listening sockets, and a claim a restart's running instance passed (``_handover``)."""
+    listeners = sys.modules.get(f"{__package__}._listeners")
+    kept = [] if listeners is None else listeners.descriptors()
+    claim = inherited_claim()
+    return kept if claim is None else [*kept, claim]
 
 
 def _close_pidfd(report: StartupReport) -> None:
@@ -229,6 +265,11 @@ def run(service: Service) -> int:
         # From the lock to the service's handlers, a stop signal waits (blocked)
         # instead of killing us with the default action and the pidfile left behind;
         # the handlers take it, and main starts with should_stop() already True.
+        try:
+            _open_listeners(service.config)
+        except DaemonError:
+            pidfile.remove()
+            raise
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, DeferredInterrupts.SIGNALS)
     try:
         if interrupts.signum is not None:

@@ -121,6 +121,7 @@ class PidFile:
         self.path = path
         self._fd: int | None = None
         self.last_words: bytes | None = None  # left in the file when it cannot be removed
+        self.adopted = False  # passed by the instance a restart replaces
 
     # -- opening -----------------------------------------------------------
 
@@ -183,11 +184,40 @@ class PidFile:
         self._fd = fd
         return True
 
+    @classmethod
+    def adopt(cls, path: str, fd: int) -> PidFile:
+        """The pidfile whose locked descriptor another process passed us (``_handover``)."""
+        pidfile = cls(path)
+        pidfile._fd = fd
+        pidfile.adopted = True
+        return pidfile
+
     def write_pid(self, pid: int) -> None:
-        """Write ``pid`` as the file's whole content."""
+        """Write ``pid`` as the file's whole content.
+
+        Never empty nor mixed on the way: the new pid is written over the old
+        one, padded with blanks that parse_pid strips, and only then cut to size.
+        """
         fd = self._held_fd()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{pid}\n".encode("ascii"), 0)
+        text = f"{pid}\n".encode("ascii")
+        os.pwrite(fd, text.ljust(os.fstat(fd).st_size, b" "), 0)
+        os.ftruncate(fd, len(text))
+
+    def handed_on(self) -> bool:
+        """Whether the file names another process that has it open now.
+
+        A ``restart`` that keeps the sockets passes the lock to the new
+        instance and has its pid written here; the old one then leaves the
+        file to it, and so does a starter whose new instance failed while the
+        old one still runs.
+        """
+        if self._fd is None:
+            return False
+        pid = parse_pid(os.pread(self._fd, 32, 0))
+        if pid is None or pid == os.getpid():
+            return False
+        held = os.fstat(self._fd)
+        return holds_file(pid, (held.st_dev, held.st_ino)) is True
 
     def fileno(self) -> int:
         """The locked descriptor (to keep open when detaching)."""
@@ -250,7 +280,7 @@ class PidFile:
         """
         if self._fd is None:
             return
-        if self._names(self._fd):
+        if self._names(self._fd) and not self.handed_on():
             try:
                 os.unlink(self.path)
             except FileNotFoundError:

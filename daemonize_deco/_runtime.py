@@ -21,7 +21,7 @@ import sys
 import time
 
 from . import _lastrun, _notify, _signals
-from ._claim import listen_for_claimants
+from ._claim import PUT_BACK, REBIND, listen_for_claimants, rebind
 from ._control import ControlServer
 from ._detach import flush_standard_streams
 from ._errors import PidFileError, describe, exit_status, last_words
@@ -34,8 +34,9 @@ from ._ready import ready
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import mmap
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
+    from ._claim import Answer
     from ._config import Service, ServiceConfig
     from ._detach import StartupChannel
     from ._dispatch import Dispatcher
@@ -43,10 +44,12 @@ if TYPE_CHECKING:
     from ._pidfile import PidFile
 
 __all__ = [
+    "claim_answers",
+    "let_go_for_successor",
     "listen_for_control",
     "prepare_process",
-    "putting_back",
     "ready",
+    "release_listeners",
     "serve",
     "served_here",
     "take_the_pidfile",
@@ -203,16 +206,21 @@ def _claim_identity(pidfile: PidFile) -> ControlServer | None:
     return claim
 
 
-def putting_back(pidfile: PidFile) -> Callable[[], str]:
-    """What the dispatcher does when a command finds the pidfile gone: put it back."""
+def claim_answers(pidfile: PidFile, claim: ControlServer) -> dict[str, Answer]:
+    """What the claim socket answers: put the pidfile back; hand the sockets over."""
 
-    def put_back() -> str:
+    def put_back() -> tuple[str, Sequence[int]]:
         try:
-            return "ok put back" if pidfile.put_back(os.getpid()) else "ok"
+            return ("ok put back" if pidfile.put_back(os.getpid()) else "ok"), ()
         except PidFileError as exc:
-            return f"error {exc}"
+            return f"error {exc}", ()
 
-    return put_back
+    answers: dict[str, Answer] = {PUT_BACK: put_back, REBIND: lambda: rebind(claim, pidfile.path)}
+    if "daemonize_deco._listeners" in sys.modules:  # loaded by listen=: sockets to hand over
+        from ._handover import REQUEST, offering  # noqa: PLC0415
+
+        answers[REQUEST] = lambda: offering(pidfile, claim)
+    return answers
 
 
 def prepare_process(service: Service, credentials: Credentials | None) -> None:
@@ -285,7 +293,7 @@ def serve(
             control=_facts.control,
             claim=None
             if _facts.claim is None or pidfile is None
-            else (_facts.claim, putting_back(pidfile)),
+            else (_facts.claim, claim_answers(pidfile, _facts.claim)),
             logs=None if startup is None else (config.stdout, config.stderr),
             on_repeat=on_repeat,
             reap_children=is_init,
@@ -332,19 +340,50 @@ def _account_for_the_run(
     if pidfile is None:
         _tell_supervisor(startup, outcome, was_ready=was_ready)
         return
+    finished = _ran_to_completion(service.config, outcome)
+    if pidfile.adopted and not was_ready:
+        # A restart's new instance that failed: the one it was to replace runs on,
+        # with its pidfile, its records and its sockets; the restart reports it.
+        _let_go_of_pidfile(pidfile, startup, was_ready=False, outcome=outcome, finished=finished)
+        return
+    if pidfile.handed_on():
+        let_go_for_successor(pidfile)
+        return
+    release_listeners()
     config = service.config
     _record(config, *run, outcome, pidfile)
     if service.signature:
         from ._options import forget  # noqa: PLC0415 -- loaded by main's signature
 
         forget(config.pidfile)  # the options of a running service: it no longer runs
-    finished = _ran_to_completion(config, outcome)
     _let_go_of_pidfile(pidfile, startup, was_ready=was_ready, outcome=outcome, finished=finished)
 
 
+def let_go_for_successor(pidfile: PidFile) -> None:
+    """A restart handed everything on (``_handover``): close our copies, touch nothing else."""
+    if "daemonize_deco._listeners" in sys.modules:
+        from ._listeners import close_all  # noqa: PLC0415
+
+        close_all(remove_files=False)
+    pidfile.hand_over()
+
+
+def release_listeners() -> None:
+    """The last instance stops: close the listening sockets, remove the Unix socket files."""
+    if "daemonize_deco._listeners" in sys.modules:
+        from ._listeners import close_all  # noqa: PLC0415
+
+        close_all(remove_files=True)
+
+
 def take_the_pidfile(service: Service, pidfile: PidFile, pid: int) -> None:
-    """Write our pid into the locked pidfile; start a new run's records beside it."""
-    pidfile.write_pid(pid)
+    """Write our pid into the locked pidfile; start a new run's records beside it.
+
+    A pidfile a restart passed on (``_handover``) still names the running
+    instance: the restart writes our pid once we are ready.
+    """
+    if not pidfile.adopted:
+        pidfile.write_pid(pid)
     pidfile.keep_out_of_forks()
     _lastrun.forget(service.config.pidfile)
     if service.signature:

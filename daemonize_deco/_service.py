@@ -126,6 +126,7 @@ def daemon(
     restart_delay_max: float = 30.0,
     restart_limit: tuple[int, float] = (5, 60.0),
     watchdog: float | None = None,
+    listen: Sequence[str] | str | None = None,
 ) -> Callable[[Callable[..., object]], Daemon]:
     """Turn ``main()`` into a Unix service driven by its command line.
 
@@ -166,6 +167,11 @@ def daemon(
             ``sleep()``, ``await stopped()`` or :func:`heartbeat`) after
             which the service is hung: its stacks go to the log and it is
             ended (SIGABRT, then SIGKILL), and restarted if ``restart`` says so.
+        listen: addresses to listen on, ``tcp://HOST:PORT`` (``[::1]`` for
+            IPv6) or ``unix:/path``, ``{name}`` placeholders allowed: bound
+            before detaching (or passed by systemd socket activation), given
+            to main by :func:`listeners`, and handed to the next instance on
+            ``restart`` (see README, "Restarting without dropping connections").
 
     Relative paths resolve against the current directory at decoration time.
     Raises TypeError or ValueError at once for a wrong keyword or value.
@@ -176,7 +182,7 @@ def daemon(
         "start_grace": start_grace, "wait_ready": wait_ready, "name": name, "user": user,
         "group": group, "files_preserve": files_preserve, "prevent_core": prevent_core,
         "restart": RestartPolicy(restart, restart_delay, restart_delay_max, restart_limit),
-        "watchdog": watchdog,
+        "watchdog": watchdog, "listen": listen,
     }  # fmt: skip
 
     def decorate(func: Callable[..., object]) -> Daemon:

@@ -41,9 +41,11 @@ from ._detach import StartupChannel, exit_daemon, reopen_logs
 from ._errors import exit_status, last_words
 from ._heartbeat import WAITING, last_beat, shared_slot
 from ._runtime import (
+    claim_answers,
+    let_go_for_successor,
     listen_for_control,
     prepare_process,
-    putting_back,
+    release_listeners,
     serve,
     take_the_pidfile,
 )
@@ -199,7 +201,7 @@ class _Supervisor:
             self.read_child(child)
         self.handle_signals()
         if self.claim is not None and self.claim.fileno() in ready:
-            answer_claimants(self.claim, putting_back(self.pidfile))
+            answer_claimants(self.claim, claim_answers(self.pidfile, self.claim))
         if child is not None and child is self.child and child.pidfd in ready:
             self.child_ended(child)
         self.on_time()
@@ -458,6 +460,14 @@ class _Supervisor:
 
     def finish(self, status: int, exception: str | None, failed: str | None) -> None:
         """Record the supervisor's run; remove the pidfile, or leave it when it gave up."""
+        if self.pidfile.handed_on():
+            let_go_for_successor(self.pidfile)
+        else:
+            self.record_the_end(status, exception, failed)
+        _signals.restore()
+        _signals.close_record_pipe()
+
+    def record_the_end(self, status: int, exception: str | None, failed: str | None) -> None:
         _beside.remove(self.config.pidfile + STATE_SUFFIX)
         signum = self.stopping
         names: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
@@ -479,9 +489,8 @@ class _Supervisor:
             # Given up: left behind on purpose, so status says "failed".
             self.pidfile.hand_over()
         else:
+            release_listeners()
             self.pidfile.remove()
-        _signals.restore()
-        _signals.close_record_pipe()
 
     def close_sockets(self) -> None:
         for server in (self.control, self.claim):

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from ._config import ServiceConfig
 
-__all__ = ["systemd_unit"]
+__all__ = ["systemd_socket_unit", "systemd_unit"]
 
 # Beyond stop_timeout, time for the on_stop callbacks and the exit itself.
 _STOP_MARGIN = 5
@@ -66,7 +66,37 @@ def systemd_unit(config: ServiceConfig, options: Sequence[str] = ()) -> str:
         # Pings go out only while main beats (``_watchdog``): a hung main is
         # seen by systemd, which sends SIGABRT (faulthandler prints the stacks).
         lines.insert(lines.index("KillMode=mixed"), f"WatchdogSec={config.watchdog:g}s")
+    if config.listen:
+        # Socket activation: the sockets stay with systemd across restarts.
+        lines[lines.index("[Service]") - 1 : lines.index("[Service]") - 1] = [
+            f"Requires={config.name}.socket",
+            f"After={config.name}.socket",
+        ]
     # No User=: the service starts as root, locks its pidfile, opens its logs
     # and then drops to its user= itself.
     lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)
+
+
+def systemd_socket_unit(config: ServiceConfig) -> str:
+    """The ``NAME.socket`` unit that passes the ``listen=`` sockets to ``NAME.service``."""
+    from ._listeners import parse_address  # noqa: PLC0415
+
+    lines = [
+        "[Unit]",
+        f"Description={config.name} listening sockets (daemonize_deco service)",
+        "",
+        "[Socket]",
+    ]
+    for entry in config.listen:
+        address = parse_address(entry)
+        if address.is_unix:
+            lines.append(f"ListenStream={address.path}")
+        elif ":" in address.host:
+            lines.append(f"ListenStream=[{address.host}]:{address.port}")
+        else:
+            lines.append(f"ListenStream={address.host or '0.0.0.0'}:{address.port}")
+    # As the service binds them itself: an IPv6 address does not take IPv4 too.
+    lines += ["BindIPv6Only=ipv6-only", f"Service={config.name}.service"]
+    lines += ["", "[Install]", "WantedBy=sockets.target", ""]
     return "\n".join(lines)

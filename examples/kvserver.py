@@ -1,13 +1,20 @@
 """A small Redis-protocol (RESP2) key-value server that redis-cli and redis-py can talk to.
 
-It binds its port before calling ready(), so ``start`` fails with "address
-already in use" when the port is taken, and ``start && redis-cli -p PORT
-ping`` works with no sleep in between.  On a graceful stop it stops
-accepting, lets connected clients finish the command in flight, and writes
-its data to a snapshot that the next start loads.
+Its port is ``listen=``: the framework binds it before detaching, so
+``start`` fails with "address already in use" when the port is taken, and
+``start && redis-cli -p PORT ping`` works with no sleep in between.
+``restart`` drops no connection: the new instance gets the very listening
+socket and is ready before the old one is asked to stop; the old one stops
+accepting, lets connected clients finish the command in flight, and exits.
+
+Every write is appended to a log (``appendonly.resp``) before it is
+acknowledged, under an ``flock``, and every command first reads what other
+instances appended: while a restart has two instances serving for a moment,
+both see one database, and nothing acknowledged is lost.  The log is replayed
+at start; it is compacted at a start that finds no other instance running.
 
 One thread and a selectors loop, like Redis itself: each command runs to
-completion before the next, so no locks are needed.
+completion before the next, so no locks are needed between clients.
 
 Try it::
 
@@ -19,12 +26,13 @@ Try it::
     python examples/kvserver.py stop --dir /tmp/kvserver
 
 Options: --port (6399), --host (127.0.0.1), --dir (/tmp/kvserver: pidfile,
-log and snapshot; each directory is an instance). KV_PORT, KV_HOST and
+log and data; each directory is an instance). KV_PORT, KV_HOST and
 KV_DIR set the defaults.
 """
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import os
 import selectors
@@ -33,12 +41,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from daemonize_deco import daemon, ready, should_stop
+from daemonize_deco import daemon, listeners, ready, should_stop
 
 HOST = os.environ.get("KV_HOST", "127.0.0.1")
 PORT = int(os.environ.get("KV_PORT", "6399"))
 DATA = Path(os.environ.get("KV_DIR", "/tmp/kvserver")).resolve()
-SNAPSHOT_NAME = "dump.resp"
+LOG_NAME = "appendonly.resp"
 DRAIN_SECONDS = 3.0  # how long a stop waits for a client's half-received command
 MAX_BULK = 512 * 1024 * 1024
 MAX_ARGS = 1024 * 1024
@@ -118,11 +126,64 @@ OK = b"+OK\r\n"
 
 
 class Database:
-    """Keys to values, with optional expiry (wall-clock seconds), expired lazily."""
+    """Keys to values, with optional expiry (wall-clock seconds), expired lazily.
 
-    def __init__(self) -> None:
+    The truth is the append-only log: :meth:`write` appends a record and
+    applies it; :meth:`catch_up` applies what others appended meanwhile.
+    """
+
+    def __init__(self, log: Path) -> None:
         self.values: dict[bytes, bytes] = {}
         self.expires: dict[bytes, float] = {}
+        self.fd = os.open(log, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.offset = 0  # how much of the log is applied
+        self.catch_up()
+
+    def catch_up(self) -> None:
+        """Apply the records appended since we last looked (by any instance)."""
+        size = os.fstat(self.fd).st_size
+        if size <= self.offset:
+            return
+        data = bytearray()
+        while self.offset + len(data) < size:
+            chunk = os.pread(self.fd, size - self.offset - len(data), self.offset + len(data))
+            if not chunk:
+                break
+            data += chunk
+        pos = 0
+        while pos < len(data):
+            parsed = parse_command(data, pos)
+            if parsed is None:
+                break  # a record still being written: the rest next time
+            record, pos = parsed
+            self.apply(record)
+        self.offset += pos
+
+    def writing(self) -> _Locked:
+        """Hold the log's lock, caught up: read, decide and append as one step."""
+        return _Locked(self)
+
+    def write(self, *record: bytes) -> None:
+        """Append ``record`` (under :meth:`writing`) and apply it."""
+        data = array(list(record))
+        os.write(self.fd, data)
+        self.offset += len(data)
+        self.apply(list(record))
+
+    def apply(self, record: list[bytes]) -> None:
+        kind, args = record[0], record[1:]
+        if kind == b"SET":
+            key, value, expiry = args
+            self.values[key] = value
+            self.expires.pop(key, None)
+            if expiry:
+                self.expires[key] = int(expiry) / 1000
+        elif kind == b"DEL":
+            for key in args:
+                self.delete(key)
+        elif kind == b"FLUSHDB":
+            self.values.clear()
+            self.expires.clear()
 
     def alive(self, key: bytes) -> bool:
         """Whether ``key`` exists, dropping it if it has expired."""
@@ -141,39 +202,37 @@ class Database:
         """Every key that has not expired."""
         return [key for key in list(self.values) if self.alive(key)]
 
-    def save(self, path: Path) -> int:
-        """Write every live key as RESP arrays [key, value, expiry-ms]; atomically."""
-        tmp = path.with_name(path.name + ".tmp")
-        keys = self.live_keys()
+    def compact(self, log: Path) -> None:
+        """Rewrite the log as one SET per live key (only when no other instance runs)."""
+        tmp = log.with_name(log.name + ".tmp")
         with open(tmp, "wb") as f:
-            for key in keys:
+            for key in self.live_keys():
                 deadline = self.expires.get(key)
                 expiry = b"%d" % int(deadline * 1000) if deadline is not None else b""
-                f.write(array([key, self.values[key], expiry]))
+                f.write(array([b"SET", key, self.values[key], expiry]))
             f.flush()
             os.fsync(f.fileno())
-        tmp.replace(path)
-        return len(keys)
+        tmp.replace(log)
+        os.close(self.fd)
+        self.fd = os.open(log, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        self.offset = os.fstat(self.fd).st_size
 
-    @classmethod
-    def load(cls, path: Path) -> Database:
-        """Read a snapshot written by :meth:`save`; an empty database if there is none."""
-        db = cls()
-        try:
-            data = bytearray(path.read_bytes())
-        except FileNotFoundError:
-            return db
-        pos = 0
-        while pos < len(data):
-            parsed = parse_command(data, pos)
-            if parsed is None:
-                raise ValueError(f"snapshot {path} is truncated at byte {pos}")
-            (key, value, expiry), pos = parsed
-            db.values[key] = value
-            if expiry:
-                db.expires[key] = int(expiry) / 1000
-        db.live_keys()  # drop what expired while we were down
-        return db
+    def expiry(self, key: bytes) -> bytes:
+        deadline = self.expires.get(key)
+        return b"%d" % int(deadline * 1000) if deadline is not None else b""
+
+
+class _Locked:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def __enter__(self) -> Database:
+        fcntl.flock(self.db.fd, fcntl.LOCK_EX)
+        self.db.catch_up()
+        return self.db
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.db.fd, fcntl.LOCK_UN)
 
 
 # -- the commands -----------------------------------------------------------------
@@ -210,13 +269,12 @@ def cmd_set(db: Database, args: list[bytes]) -> Reply:
             i += 1
         else:
             return error("syntax error")
-    exists = db.alive(key)
-    if (only_if == b"NX" and exists) or (only_if == b"XX" and not exists):
-        return bulk(None)
-    db.values[key] = value
-    db.expires.pop(key, None)
-    if ttl is not None:
-        db.expires[key] = time.time() + ttl
+    with db.writing():
+        exists = db.alive(key)
+        if (only_if == b"NX" and exists) or (only_if == b"XX" and not exists):
+            return bulk(None)
+        expiry = b"%d" % int((time.time() + ttl) * 1000) if ttl is not None else b""
+        db.write(b"SET", key, value, expiry)
     return OK
 
 
@@ -227,11 +285,13 @@ def cmd_get(db: Database, args: list[bytes]) -> Reply:
 
 
 def cmd_del(db: Database, args: list[bytes]) -> Reply:
-    return (
-        integer(sum(db.alive(key) and db.delete(key) for key in args))
-        if args
-        else wrong_args("del")
-    )
+    if not args:
+        return wrong_args("del")
+    with db.writing():
+        present = [key for key in dict.fromkeys(args) if db.alive(key)]
+        if present:
+            db.write(b"DEL", *present)
+    return integer(sum(key in present for key in args))
 
 
 def cmd_exists(db: Database, args: list[bytes]) -> Reply:
@@ -255,13 +315,14 @@ def cmd_incrby(db: Database, args: list[bytes]) -> Reply:
 
 def add(db: Database, key: bytes, amount: int) -> Reply:
     """INCR and INCRBY: a 64-bit signed integer stored as text."""
-    try:
-        value = int(db.values[key]) + amount if db.alive(key) else amount
-    except ValueError:
-        return error("value is not an integer or out of range")
-    if not -(2**63) <= value < 2**63:
-        return error("increment or decrement would overflow")
-    db.values[key] = b"%d" % value
+    with db.writing():
+        try:
+            value = int(db.values[key]) + amount if db.alive(key) else amount
+        except ValueError:
+            return error("value is not an integer or out of range")
+        if not -(2**63) <= value < 2**63:
+            return error("increment or decrement would overflow")
+        db.write(b"SET", key, b"%d" % value, db.expiry(key))
     return integer(value)
 
 
@@ -277,8 +338,8 @@ def cmd_dbsize(db: Database, args: list[bytes]) -> Reply:
 
 
 def cmd_flushdb(db: Database, args: list[bytes]) -> Reply:
-    db.values.clear()
-    db.expires.clear()
+    with db.writing():
+        db.write(b"FLUSHDB")
     return OK
 
 
@@ -397,6 +458,7 @@ class Client:
         command = COMMANDS.get(name)
         if command is None:
             return error(f"unknown command '{args[0].decode('latin-1')}'")
+        db.catch_up()  # what another instance wrote (during a restart) is seen here too
         return command(db, args[1:])
 
     def flush(self) -> None:
@@ -420,17 +482,9 @@ class Client:
 class Server:
     """The listening socket, its clients, and a pipe that on_stop writes to."""
 
-    def __init__(self, host: str, port: int, db: Database) -> None:
+    def __init__(self, listener: socket.socket, db: Database) -> None:
         self.db = db
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.listener.bind((host, port))
-        except OSError as exc:
-            self.listener.close()
-            reason = "address already in use" if exc.errno == 98 else exc.strerror
-            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {reason}") from None
-        self.listener.listen(512)
+        self.listener = listener
         self.listener.setblocking(False)
         self.wake_read, self.wake_write = os.pipe()
         self.selector = selectors.DefaultSelector()
@@ -511,28 +565,44 @@ _server: Server | None = None
 _port = PORT
 
 
-@daemon(pidfile="{dir}/kvserver.pid", stdout="{dir}/kvserver.log", wait_ready=True)
+@daemon(
+    pidfile="{dir}/kvserver.pid",
+    stdout="{dir}/kvserver.log",
+    listen=["tcp://{host}:{port}"],
+    wait_ready=True,
+)
 def main(port: int = PORT, host: str = HOST, dir: Path = DATA) -> None:
     """A Redis-protocol key-value server.
 
     Args:
         port: the TCP port to listen on.
         host: the address to bind.
-        dir: the directory of the pidfile, the log and the snapshot.
+        dir: the directory of the pidfile, the log and the data.
     """
     global _server, _port  # noqa: PLW0603 -- on_stop and INFO need to reach them
     _port = port
-    snapshot = dir.resolve() / SNAPSHOT_NAME
-    db = Database.load(snapshot)
-    _server = Server(host, port, db)  # raises "address already in use" before ready
+    log = dir.resolve() / LOG_NAME
+    db = Database(log)
+    if _alone(dir.resolve()):
+        db.compact(log)
+    (listener,) = listeners()  # bound by the framework, or kept from the instance replaced
+    _server = Server(listener, db)
     if should_stop():
         _server.wake()  # the stop came before on_stop could see the server
     print(f"kvserver: listening on {host}:{port} with {len(db.values)} keys", flush=True)
     ready()
     _server.serve()
     _server.drain(DRAIN_SECONDS)
-    saved = db.save(snapshot)
-    print(f"kvserver: stopped; saved {saved} keys to {snapshot}", flush=True)
+    print(f"kvserver: stopped with {len(db.live_keys())} keys in {log}", flush=True)
+
+
+def _alone(folder: Path) -> bool:
+    """No other instance uses the data (a restart's old one is still running otherwise)."""
+    try:
+        named = int((folder / "kvserver.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return True
+    return named in (os.getpid(), os.getppid())  # itself, or its supervisor
 
 
 @main.on_stop

@@ -160,8 +160,8 @@ def test_cli_help_in_process(capsys, tmp_path):
 
 def test_public_names():
     assert set(daemonize_deco.__all__) == {
-        "Daemon", "DaemonError", "daemon", "heartbeat", "notify", "ready", "should_stop",
-        "sleep", "stopped",
+        "Daemon", "DaemonError", "daemon", "heartbeat", "listeners", "notify", "ready",
+        "should_stop", "sleep", "stopped",
     }  # fmt: skip
     for name in daemonize_deco.__all__:
         assert getattr(daemonize_deco, name).__doc__

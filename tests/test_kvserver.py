@@ -183,7 +183,7 @@ def test_graceful_stop_finishes_the_command_in_flight(running):
     pid = int(out.split("(pid ")[1].split(")")[0])
     assert is_gone(pid)
     assert running.cli("start").returncode == 0
-    assert running.client().get("flight") == b"landed", "the command in flight reached the snapshot"
+    assert running.client().get("flight") == b"landed", "the command in flight reached the log"
 
 
 def test_idle_connection_does_not_delay_the_stop(running):
@@ -215,5 +215,5 @@ def test_kvserver_options_name_the_instance_and_restart_keeps_the_port(tmp_path,
     assert restarted.returncode == 0, restarted.stderr
     assert client.get("greeting") == b"hello"
     assert f"options: --port {port} --dir {folder}" in cli("status", *at).stdout
-    assert (folder / "kvserver.pid").exists() and (folder / "dump.resp").exists()
+    assert (folder / "kvserver.pid").exists() and (folder / "appendonly.resp").exists()
     assert cli("stop", *at).returncode == 0

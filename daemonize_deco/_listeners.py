@@ -1,0 +1,307 @@
+"""Listening sockets held by the framework: ``listen=``, and :func:`listeners` in main.
+
+The sockets are opened by the process that starts the service, before it
+detaches, so ``start`` says "address already in use" itself (exit 1) instead
+of a daemon failing later; the daemon, and a supervisor's every service,
+inherit them through ``fork``.  They come from one of three places:
+
+- systemd socket activation: ``LISTEN_PID`` names this process and
+  ``LISTEN_FDS`` counts descriptors from 3 on; each is matched to the
+  ``listen=`` entry with its address (the order of a ``.socket`` unit's
+  lines does not matter), and what systemd did not pass is bound here;
+- a running instance, during ``restart`` (``_handover``): the very same
+  sockets, so no connection is refused while instances change;
+- otherwise bound here, with the system's ``somaxconn`` as the backlog.
+
+All are non-inheritable: a program main runs does not get them.  A Unix
+socket's file is removed when the last instance using it stops, and not
+when it is handed over; one that systemd made is systemd's to remove.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from ._errors import ListenError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Sequence
+
+__all__ = [
+    "Address",
+    "activated",
+    "adopt",
+    "close_all",
+    "descriptors",
+    "listeners",
+    "open_listeners",
+    "parse_address",
+]
+
+_SD_LISTEN_FDS_START = 3
+_DEFAULT_BACKLOG = 4096
+
+
+class Address:
+    """One ``listen=`` entry, parsed: ``tcp://HOST:PORT`` or ``unix:/path``."""
+
+    __slots__ = ("host", "path", "port", "text")
+
+    def __init__(self, text: str, *, host: str = "", port: int = 0, path: str = "") -> None:
+        self.text = text
+        self.host = host
+        self.port = port
+        self.path = path
+
+    @property
+    def is_unix(self) -> bool:
+        """Whether it is a Unix-domain socket."""
+        return bool(self.path)
+
+    def __repr__(self) -> str:
+        return f"Address({self.text!r})"
+
+
+def parse_address(text: object) -> Address:
+    """Parse one ``listen=`` entry; ValueError naming what is wrong."""
+    if not isinstance(text, str):
+        raise TypeError(f"listen= takes addresses as text, not {type(text).__name__}")
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path or "\0" in path:
+            raise ValueError(f"listen {text!r}: unix: needs a path, as unix:/run/app.sock")
+        return Address(text, path=os.path.abspath(os.path.expanduser(path)))
+    if not text.startswith("tcp://"):
+        raise ValueError(f"listen {text!r}: expected tcp://HOST:PORT or unix:/path")
+    host, colon, port_text = text[len("tcp://") :].rpartition(":")
+    if not colon or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"listen {text!r}: expected a port number after the last ':'")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"listen {text!r}: an IPv6 address is written [::1]")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"listen {text!r}: write an IPv6 address in brackets, as [::1]")
+    return Address(text, host=host, port=int(port_text))
+
+
+class _Held:
+    """This process's listening sockets, in the order of ``listen=``."""
+
+    def __init__(self) -> None:
+        self.sockets: list[socket.socket] = []
+        # Unix socket files we made: (path, dev, ino), removed at the last stop.
+        self.made: list[tuple[str, int, int]] = []
+
+
+_held = _Held()
+
+
+def listeners() -> list[socket.socket]:
+    """The service's listening sockets, in the order of ``listen=``.
+
+    Bound and listening before ``main`` runs (or passed by systemd or by the
+    instance a ``restart`` replaces); empty without ``listen=``.
+    """
+    return list(_held.sockets)
+
+
+def descriptors() -> list[int]:
+    """Their descriptor numbers (to keep when closing inherited ones, to hand over)."""
+    return [fd for fd in (sock.fileno() for sock in _held.sockets) if fd >= 0]  # main closed none
+
+
+def adopt(fds: Sequence[int]) -> None:
+    """Use sockets received from the instance being replaced (``_handover``)."""
+    import socket  # noqa: PLC0415 -- only services with listen= pay for socket.py
+
+    _held.sockets = [socket.socket(fileno=fd) for fd in fds]
+    # Their files go with them: removed when this instance stops without handing over.
+    _held.made = []
+    for sock in _held.sockets:
+        name = sock.getsockname() if sock.family == socket.AF_UNIX else None
+        if isinstance(name, str) and name.startswith("/"):
+            try:
+                found = os.stat(name, follow_symlinks=False)
+            except OSError:
+                continue
+            _held.made.append((name, found.st_dev, found.st_ino))
+
+
+def open_listeners(entries: Sequence[str]) -> None:
+    """Take systemd's sockets, or bind ``entries``; ListenError saying which could not be."""
+    if _held.sockets or not entries:
+        return  # handed over by the instance we replace, or nothing to listen on
+
+    addresses = [parse_address(entry) for entry in entries]
+    passed = activated()
+    opened: list[socket.socket] = []
+    try:
+        for address in addresses:
+            sock = _take_passed(passed, address)
+            opened.append(sock if sock is not None else _bind(address))
+        _refuse_unnamed(passed)
+    except BaseException:
+        for sock in [*opened, *passed]:
+            sock.close()
+        _remove_made()
+        raise
+    _held.sockets = opened
+
+
+def _refuse_unnamed(passed: list[socket.socket]) -> None:
+    """Systemd passed more than listen= names: a unit that does not match the service."""
+    if passed:
+        where = ", ".join(_describe(sock) for sock in passed)
+        raise ListenError(f"systemd passed sockets that listen= does not name: {where}")
+
+
+def activated() -> list[socket.socket]:
+    """The sockets systemd passed to this process (``LISTEN_PID``); the variables are unset."""
+    environ = os.environ
+    if environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count = environ.get("LISTEN_FDS", "")
+    for variable in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(variable, None)  # sd_listen_fds(unset_environment=1): not for children
+    if not count.isdigit():
+        return []
+    import socket  # noqa: PLC0415 -- only services with listen= pay for socket.py
+
+    passed = []
+    for fd in range(_SD_LISTEN_FDS_START, _SD_LISTEN_FDS_START + int(count)):
+        os.set_inheritable(fd, False)
+        passed.append(socket.socket(fileno=fd))
+    return passed
+
+
+def _take_passed(passed: list[socket.socket], address: Address) -> socket.socket | None:
+    """The socket in ``passed`` bound to ``address`` (removed from the list), if any."""
+    for sock in passed:
+        if _is_bound_to(sock, address):
+            passed.remove(sock)
+            return sock
+    return None
+
+
+def _is_bound_to(sock: socket.socket, address: Address) -> bool:
+    import socket  # noqa: PLC0415
+
+    name = sock.getsockname()
+    if address.is_unix:
+        return sock.family == socket.AF_UNIX and name == address.path
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or name[1] != address.port:
+        return False
+    wanted = {where[0] for _, where in _resolve(address) if isinstance(where, tuple)}
+    return name[0] in wanted
+
+
+def _resolve(address: Address) -> list[tuple[int, str | tuple[object, ...]]]:
+    """(family, socket address) for the host and port, as bind() takes them."""
+    import socket  # noqa: PLC0415
+
+    try:
+        found = socket.getaddrinfo(
+            address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {address.text}: {exc.strerror}") from None
+    return [(info[0], info[4]) for info in found]
+
+
+def _bind(address: Address) -> socket.socket:
+    import socket  # noqa: PLC0415
+
+    family: int
+    where: str | tuple[object, ...]
+    if address.is_unix:
+        family, where = socket.AF_UNIX, address.path
+        _clear_stale_socket_file(address)
+    else:
+        family, where = _resolve(address)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)  # non-inheritable (PEP 446)
+    try:
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(where)
+        if address.is_unix:
+            made = os.stat(address.path)
+            _held.made.append((address.path, made.st_dev, made.st_ino))
+        sock.listen(_backlog())
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {address.text}: {_reason(exc)}") from None
+    return sock
+
+
+def _clear_stale_socket_file(address: Address) -> None:
+    """Remove a socket file no socket is bound to (left by a SIGKILL); refuse anything else.
+
+    Looked up in ``/proc/net/unix``, not by connecting: a probe would be one
+    more connection for the server that listens there to accept and serve.
+    """
+    try:
+        mode = os.stat(address.path, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {address.text}: {_reason(exc)}") from None
+    if not stat.S_ISSOCK(mode):
+        raise ListenError(f"cannot listen on {address.text}: the path exists and is not a socket")
+    with open("/proc/net/unix", encoding="utf-8", errors="surrogateescape") as table:
+        next(table)  # Num RefCount Protocol Flags Type St Inode Path
+        if any(line.split(None, 7)[7:] == [address.path + "\n"] for line in table):
+            raise ListenError(f"cannot listen on {address.text}: address already in use")
+    os.unlink(address.path)
+
+
+def _reason(exc: OSError) -> str:
+    reasons = {
+        errno.EADDRINUSE: "address already in use",
+        errno.EACCES: "permission denied",
+        errno.EADDRNOTAVAIL: "address not available on this machine",
+        errno.ENOENT: "directory does not exist",
+    }
+    return reasons.get(exc.errno or 0, exc.strerror or str(exc))
+
+
+def _backlog() -> int:
+    """The system's somaxconn: the longest accept queue it allows."""
+    try:
+        with open("/proc/sys/net/core/somaxconn", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return _DEFAULT_BACKLOG
+
+
+def _describe(sock: socket.socket) -> str:
+    try:
+        return str(sock.getsockname())
+    except OSError:
+        return f"fd {sock.fileno()}"
+
+
+def close_all(*, remove_files: bool) -> None:
+    """Close this process's listening sockets; remove the Unix socket files we made."""
+    for sock in _held.sockets:
+        sock.close()
+    _held.sockets = []
+    if remove_files:
+        _remove_made()
+    _held.made = []
+
+
+def _remove_made() -> None:
+    for path, dev, ino in _held.made:
+        try:
+            now = os.stat(path, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (dev, ino):  # not one a later start made
+                os.unlink(path)
+        except OSError:
+            pass

@@ -1,0 +1,371 @@
+"""listen=: sockets bound before detaching, socket activation, and restarts that drop nothing."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import REPO, is_gone, marked_pids, wait_for
+from test_kvserver import KV, free_port
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from handover_figures import Clients
+
+pytestmark = pytest.mark.timeout(120)
+
+PRELUDE = "from daemonize_deco import listeners"
+IDLE_LOOP = "while not should_stop():\n    sleep(3600)\n"
+
+# Answers each connection with its own pid; a file "fail" makes a start fail.
+ANSWER_WITH_PID = """
+if os.path.exists(os.path.join(os.path.dirname(__file__), "fail")):
+    raise RuntimeError("told to fail")
+socks = listeners()
+print("sockets", [s.getsockname() for s in socks], [s.get_inheritable() for s in socks],
+      [os.fstat(s.fileno()).st_ino for s in socks], os.environ.get("LISTEN_FDS"), flush=True)
+for s in socks:
+    s.settimeout(0.05)
+ready()
+while not should_stop():
+    for s in socks:
+        try:
+            conn, _ = s.accept()
+        except TimeoutError:
+            continue
+        try:
+            conn.sendall(b"%d\\n" % os.getpid())
+        except OSError:
+            pass  # the asker is gone
+        conn.close()
+print("stopping", os.getpid(), flush=True)
+"""
+
+
+def ask_pid(address: str | tuple[str, int]) -> int:
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(address)
+        return int(sock.makefile().readline())
+
+
+def socket_inodes(pid: int) -> set[int]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            found.add(int(target[len("socket:[") : -1]))
+    return found
+
+
+def answering(make_service, listen: list[str], **options):
+    return make_service(ANSWER_WITH_PID, prelude=PRELUDE, listen=listen, wait_ready=True, **options)
+
+
+def test_start_binds_before_detaching_and_main_gets_the_sockets(make_service, tmp_path):
+    port = free_port()
+    path = str(tmp_path / "svc.sock")
+    svc = answering(make_service, [f"tcp://127.0.0.1:{port}", f"unix:{path}"])
+    pid = svc.start()
+    assert ask_pid(("127.0.0.1", port)) == pid
+    assert ask_pid(path) == pid
+    line = wait_for(lambda: re.search(r"^sockets .*$", svc.log_text(), re.M), what="main's line")
+    assert f"[('127.0.0.1', {port}), '{path}'] [False, False]" in line.group(0)
+    backlog = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    ss = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True)
+    assert ss.stdout.split()[2] == str(backlog), ss.stdout  # Send-Q of a listener: its backlog
+    assert svc.cli("stop").returncode == 0
+    assert not os.path.exists(path), "the last instance removes its Unix socket file"
+
+
+@pytest.mark.scenario(
+    "Bad input",
+    "listen= address already in use",
+    lost="start fails at once, exit 1, one line; no pidfile, no process left",
+)
+def test_address_in_use_fails_the_start_at_once(make_service):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        svc = answering(make_service, [f"tcp://127.0.0.1:{port}"])
+        result = svc.cli("start")
+    assert result.returncode == 1
+    assert (
+        result.stderr == f"svc: cannot listen on tcp://127.0.0.1:{port}: address already in use\n"
+    )
+    assert not svc.pidfile.exists()
+    assert marked_pids(svc.mark) == []
+
+
+def test_ipv6_loopback(make_service):
+    if not socket.has_ipv6 or not Path("/proc/net/if_inet6").read_text().strip():
+        pytest.fail("this machine has no IPv6 loopback to test on")
+    port = free_port()
+    svc = answering(make_service, [f"tcp://[::1]:{port}"])
+    pid = svc.start()
+    with socket.create_connection(("::1", port), timeout=10) as sock:
+        assert int(sock.makefile().readline()) == pid
+    assert svc.cli("stop").returncode == 0
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "a Unix socket file left by a SIGKILLed daemon",
+    lost="the next start takes the path over; a socket someone listens on is refused",
+)
+def test_unix_socket_left_by_sigkill_is_reused_but_a_live_one_is_refused(make_service, tmp_path):
+    path = str(tmp_path / "svc.sock")
+    svc = answering(make_service, [f"unix:{path}"])
+    first = svc.start()
+    os.kill(first, signal.SIGKILL)
+    assert wait_for(lambda: is_gone(first))
+    assert os.path.exists(path)
+    second = svc.start()
+    assert ask_pid(path) == second
+    other = answering(make_service, [f"unix:{path}"], name="other")
+    refused = other.cli("start")
+    assert refused.returncode == 1
+    assert refused.stderr == f"other: cannot listen on unix:{path}: address already in use\n"
+    assert ask_pid(path) == second
+    assert svc.cli("stop").returncode == 0
+
+
+def test_restart_hands_the_same_sockets_to_the_new_instance(make_service, tmp_path):
+    port = free_port()
+    path = str(tmp_path / "svc.sock")
+    svc = answering(make_service, [f"tcp://127.0.0.1:{port}", f"unix:{path}"])
+    old = svc.start()
+    sockets_before = socket_inodes(old)
+    result = svc.cli("restart")
+    assert result.returncode == 0, result.stderr
+    new = svc.read_pid()
+    assert new != old and is_gone(old)
+    assert f"svc restarted (pid {new}; pid {old} stopped, its sockets kept)" in result.stdout
+    line = [ln for ln in svc.log_text().splitlines() if ln.startswith("sockets")][-1]
+    inodes = {int(i) for i in re.findall(r"\[(\d+), (\d+)\]", line)[0]}
+    assert inodes <= sockets_before, "the very listening sockets of the old instance"
+    assert ask_pid(("127.0.0.1", port)) == new
+    assert ask_pid(path) == new
+    assert f"stopping {old}" in svc.log_text()
+    assert svc.cli("status").returncode == 0
+    assert svc.cli("stop").returncode == 0
+    assert not os.path.exists(path) and not svc.pidfile.exists()
+
+
+def test_after_a_handover_a_deleted_pidfile_is_still_found(make_service):
+    """The claim passed on is bound again in the new instance's name once the old is gone."""
+    svc = answering(make_service, [f"tcp://127.0.0.1:{free_port()}"])
+    old = svc.start()
+    assert svc.cli("restart").returncode == 0
+    new = svc.read_pid()
+    assert new != old
+    svc.pidfile.unlink()
+    status = svc.cli("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"pid {new}" in status.stdout
+    assert svc.read_pid() == new, "the new instance put its pidfile back"
+    assert svc.cli("stop").returncode == 0
+
+
+def test_an_instance_that_hands_nothing_over_is_stopped_then_started(make_service):
+    """One whose main closed its sockets (or from a version before listen=)."""
+    port = free_port()
+    body = "for s in listeners():\n    s.close()\nready()\n" + IDLE_LOOP
+    svc = make_service(body, prelude=PRELUDE, listen=[f"tcp://127.0.0.1:{port}"], wait_ready=True)
+    old = svc.start()
+    result = svc.cli("restart")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        f"svc: pid {old} did not hand over its sockets: it has no listening sockets; "
+        "restarting by stop and start\n"
+    )
+    assert f"svc stopped (pid {old})" in result.stdout
+    assert is_gone(old) and svc.read_pid() not in (None, old)
+    assert svc.cli("stop").returncode == 0
+
+
+def test_restart_of_a_supervised_service_keeps_its_sockets(make_service):
+    port = free_port()
+    svc = answering(make_service, [f"tcp://127.0.0.1:{port}"], restart="on-failure")
+    old = svc.start()
+    served_by = ask_pid(("127.0.0.1", port))
+    result = svc.cli("restart")
+    assert result.returncode == 0, result.stderr
+    new = svc.read_pid()
+    assert new != old and wait_for(lambda: is_gone(old)) and wait_for(lambda: is_gone(served_by))
+    assert ask_pid(("127.0.0.1", port)) not in (served_by, new)  # the new supervisor's service
+    assert svc.cli("stop").returncode == 0
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "restart with listen= whose new instance fails",
+    lost="the old instance keeps serving and keeps the pidfile; restart exits 1 with the reason",
+)
+def test_a_failing_new_instance_leaves_the_old_one_serving(make_service, tmp_path):
+    port = free_port()
+    svc = answering(make_service, [f"tcp://127.0.0.1:{port}"])
+    old = svc.start()
+    (svc.dir / "fail").touch()
+    result = svc.cli("restart")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"svc: failed to start: RuntimeError: told to fail; pid {old} is still running and serving"
+    ]
+    assert svc.read_pid() == old
+    assert ask_pid(("127.0.0.1", port)) == old
+    assert svc.cli("status").returncode == 0
+    assert marked_pids(svc.mark) == [old]
+    (svc.dir / "fail").unlink()
+    assert svc.cli("stop").returncode == 0 and not svc.pidfile.exists()
+
+
+@pytest.mark.scenario(
+    "Managers",
+    "systemd socket activation (LISTEN_FDS, hand-made)",
+    lost="the passed socket is used, not a new bind; LISTEN_* are not passed on",
+)
+def test_socket_activation_uses_the_passed_descriptor(make_service):
+    port = free_port()
+    svc = answering(make_service, [f"tcp://127.0.0.1:{port}"])
+    passed = socket.socket()
+    passed.bind(("127.0.0.1", port))
+    passed.listen()
+    inode = os.fstat(passed.fileno()).st_ino
+    env = dict(svc.env, LISTEN_FDS="1", LISTEN_FDNAMES="svc.socket")
+
+    def as_fd_3() -> None:
+        os.dup2(passed.fileno(), 3)
+
+    # LISTEN_PID is the pid systemd execs: the shell's, which exec keeps.
+    command = f'LISTEN_PID=$$ exec "{sys.executable}" "{svc.script}" run'
+    proc = subprocess.Popen(
+        ["sh", "-c", command], env=env, preexec_fn=as_fd_3, close_fds=False, text=True,  # noqa: PLW1509
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        passed.close()  # the service holds the only copy now
+        assert ask_pid(("127.0.0.1", port)) == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert f"sockets [('127.0.0.1', {port})] [False] [{inode}] None" in out
+
+
+def test_socket_activation_refuses_sockets_listen_does_not_name(make_service):
+    svc = answering(make_service, [f"tcp://127.0.0.1:{free_port()}"])
+    stray = socket.socket()
+    stray.bind(("127.0.0.1", 0))
+    stray.listen()
+    command = f'LISTEN_PID=$$ LISTEN_FDS=1 exec "{sys.executable}" "{svc.script}" run'
+    result = subprocess.run(
+        ["sh", "-c", command], env=svc.env, preexec_fn=lambda: os.dup2(stray.fileno(), 3),
+        close_fds=False, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    stray.close()
+    assert result.returncode == 1
+    assert result.stderr.startswith("svc: systemd passed sockets that listen= does not name:")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_systemd_socket_unit(make_service, tmp_path):
+    svc = make_service(
+        prelude=PRELUDE,
+        listen=["tcp://127.0.0.1:6399", "tcp://[::1]:6399", f"unix:{tmp_path}/svc.sock"],
+    )
+    result = svc.cli("systemd-unit", "--socket")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "ListenStream=127.0.0.1:6399" in lines
+    assert "ListenStream=[::1]:6399" in lines
+    assert f"ListenStream={tmp_path}/svc.sock" in lines
+    assert "Service=svc.service" in lines
+    service = svc.cli("systemd-unit").stdout
+    assert "Requires=svc.socket" in service.splitlines()
+    if shutil.which("systemd-analyze") is None:
+        pytest.fail("systemd-analyze is needed (.ci/run installs systemd)")
+    (tmp_path / "svc.socket").write_text(result.stdout)
+    (tmp_path / "svc.service").write_text(service)
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "svc.socket"), str(tmp_path / "svc.service")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stderr
+    assert "svc." not in verify.stderr, verify.stderr
+    plain = make_service(name="plain")
+    refused = plain.cli("systemd-unit", "--socket")
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines()[0] == (
+        "plain: has no listen= sockets: there is no .socket unit to print"
+    )
+
+
+# -- twenty clients through twenty restarts ------------------------------------------------
+
+
+@pytest.mark.scenario(
+    "Load",
+    "restart x20 of the key-value server under 20 clients",
+    lost="0 refused connections, 0 failed commands, every acknowledged SET readable; "
+    "the pidfile is locked throughout",
+)
+@pytest.mark.timeout(240)
+def test_twenty_restarts_under_twenty_clients_drop_nothing(tmp_path, mark):
+    kv = KV(tmp_path, mark)
+    assert kv.cli("start").returncode == 0
+    pidfile = kv.dir / "kvserver.pid"
+    gaps: list[str] = []
+    watching = threading.Event()
+
+    def watch_the_lock() -> None:
+        while not watching.is_set():
+            try:
+                fd = os.open(pidfile, os.O_RDONLY)
+            except FileNotFoundError:
+                gaps.append("no pidfile")
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                gaps.append("the lock was free")
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(fd)
+
+    watcher = threading.Thread(target=watch_the_lock)
+    watcher.start()
+    pids = [int(pidfile.read_text())]
+    try:
+        with Clients(kv.port, 20) as clients:
+            wait_for(lambda: len(clients.acknowledged) > 200, what="traffic")
+            for _ in range(20):
+                result = kv.cli("restart")
+                assert result.returncode == 0, result.stderr
+                pids.append(int(pidfile.read_text()))
+                count = len(clients.acknowledged)
+                wait_for(lambda n=count: len(clients.acknowledged) > n + 20, what="more traffic")
+    finally:
+        watching.set()
+        watcher.join(10)
+    assert len(set(pids)) == 21, pids
+    assert clients.refused == 0
+    assert clients.errors == []
+    assert gaps == []
+    lost = clients.lost()
+    assert lost == [], f"{len(lost)} acknowledged SETs are gone"
+    assert kv.cli("stop").returncode == 0
+    assert all(is_gone(pid) for pid in pids)
