@@ -133,24 +133,38 @@ def restart(service: Service) -> int:
     which is started first; the old one is stopped once it is ready.
     """
     if service.config.listen:
-        pidfile = pidfile_of(service)
-        state, _ = inspect_service(service, pidfile, settle=service.config.start_timeout)
-        if state.running and state.pid is not None:
-            replaced = _replace(service, pidfile, state.pid)
-            if replaced is not None:
-                return replaced
+        replaced = _replace(service, pidfile_of(service))
+        if replaced is not None:
+            return replaced
     stop(service)
     return start(service)
 
 
-def _replace(service: Service, pidfile: PidFile, old: int) -> int | None:
-    """Start a new instance with the sockets of ``old``; once it is ready, stop ``old``.
+def _replace(service: Service, pidfile: PidFile) -> int | None:
+    """Start a new instance with the running one's sockets; once it is ready, stop the old.
 
-    None, said on stderr, when ``old`` hands nothing over (a version before
-    listen=): then it is stopped and started as any other service.
+    None when nothing runs, or, said on stderr, when the running instance
+    hands nothing over (a version before listen=): then it is stopped and
+    started as any other service.
     """
+    from ._handover import one_restart_at_a_time  # noqa: PLC0415 -- only services with listen=
+
+    config = service.config
+    serialised = one_restart_at_a_time(pidfile.path, config.start_timeout + config.stop_timeout)
+    try:
+        # Looked at with the restarts serialised: the one before ours may have replaced it.
+        state, _ = inspect_service(service, pidfile, settle=config.start_timeout)
+        if not state.running or state.pid is None:
+            return None
+        return _hand_over(service, pidfile, state.pid)
+    finally:
+        os.close(serialised)
+
+
+def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
+    """The handover itself, one restart at a time."""
     from ._detach import DeferredInterrupts  # noqa: PLC0415
-    from ._handover import rebind_claim, take_over  # noqa: PLC0415 -- only services with listen=
+    from ._handover import rebind_claim, take_over  # noqa: PLC0415
     from ._launch import check_before_fork, detach_and_wait  # noqa: PLC0415
 
     config = service.config

@@ -25,6 +25,7 @@ from __future__ import annotations
 import _socket
 import os
 import sys
+import time
 
 from . import _claim, _listeners
 from ._control import read_line, stream_socket
@@ -37,10 +38,42 @@ if TYPE_CHECKING:
     from ._control import ControlServer
     from ._pidfile import PidFile
 
-__all__ = ["REQUEST", "Handover", "offering", "rebind_claim", "take_over"]
+__all__ = ["REQUEST", "Handover", "offering", "one_restart_at_a_time", "rebind_claim", "take_over"]
 
 REQUEST = "handover"
 _MAX_FDS = 253  # SCM_MAX_FD
+_LOCK_SUFFIX = ".restarting"
+_RETRY_INTERVAL = 0.01
+
+
+def one_restart_at_a_time(pidfile: str, timeout: float) -> int:
+    """Lock ``PIDFILE.restarting`` (a descriptor to close when done); StartupError on timeout.
+
+    Two restarts handed the same sockets would each start an instance, one
+    of them never stopped: the second waits until the first is done, and
+    then replaces the instance the first one started.  The file stays (a
+    lock file removed while another waits for it locks nothing); opened for
+    reading, so one another user left there locks as well.
+    """
+    import fcntl  # noqa: PLC0415 -- loaded by the pidfile already
+
+    path = pidfile + _LOCK_SUFFIX
+    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise StartupError(f"cannot use {path}: {exc.strerror}") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise StartupError(f"another restart is under way ({path} is locked)") from None
+            time.sleep(_RETRY_INTERVAL)
+            continue
+        return fd
 
 
 def offering(pidfile: PidFile, claim: ControlServer) -> tuple[str, Sequence[int]]:

@@ -19,7 +19,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 REPORT = REPO / "RELIABILITY.md"
-GROUPS = ["Faults", "Bad input", "Security", "Load"]
+GROUPS = [
+    "Faults", "Promises under pressure", "Bad input", "Security", "Load",
+    "Defaults", "Options", "asyncio", "Managers",
+]  # fmt: skip
 
 
 @dataclass
@@ -44,6 +47,8 @@ class Collector:
             if marker is None:
                 continue
             group, name = marker.args[:2]
+            if group not in GROUPS:
+                raise pytest.UsageError(f"{item.nodeid}: scenario group {group!r} is not in GROUPS")
             param = getattr(item, "callspec", None)
             if param is not None:
                 name = f"{name}: {param.id}"

@@ -27,8 +27,11 @@ IDLE_LOOP = "while not should_stop():\n    sleep(3600)\n"
 
 # Answers each connection with its own pid; a file "fail" makes a start fail.
 ANSWER_WITH_PID = """
-if os.path.exists(os.path.join(os.path.dirname(__file__), "fail")):
+here = os.path.dirname(__file__)
+if os.path.exists(os.path.join(here, "fail")):
     raise RuntimeError("told to fail")
+while os.path.exists(os.path.join(here, "slow")) and not should_stop():
+    sleep(0.05)
 socks = listeners()
 print("sockets", [s.getsockname() for s in socks], [s.get_inheritable() for s in socks],
       [os.fstat(s.fileno()).st_ino for s in socks], os.environ.get("LISTEN_FDS"), flush=True)
@@ -227,6 +230,50 @@ def test_a_failing_new_instance_leaves_the_old_one_serving(make_service, tmp_pat
     assert svc.cli("status").returncode == 0
     assert marked_pids(svc.mark) == [old]
     (svc.dir / "fail").unlink()
+    assert svc.cli("stop").returncode == 0 and not svc.pidfile.exists()
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "two restarts with listen= at once",
+    lost="they run one after the other: one instance is left, every replaced one is gone",
+)
+def test_two_restarts_at_once_leave_one_instance(make_service):
+    port = free_port()
+    svc = answering(make_service, [f"tcp://127.0.0.1:{port}"])
+    first = svc.start()
+    restarts = [svc.popen("restart") for _ in range(2)]
+    outputs = [proc.communicate(timeout=60) for proc in restarts]
+    assert [proc.returncode for proc in restarts] == [0, 0], outputs
+    final = svc.read_pid()
+    replaced = {int(m) for out, _ in outputs for m in re.findall(r"; pid (\d+) stopped", out)}
+    assert first in replaced and len(replaced) == 2 and final not in replaced
+    assert wait_for(lambda: marked_pids(svc.mark) == [final], what="one instance left")
+    assert ask_pid(("127.0.0.1", port)) == final
+    assert svc.cli("stop").returncode == 0
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "Ctrl-C to restart (listen=) while the new instance starts",
+    lost="the new instance is ended; the old one serves on and keeps its pidfile",
+)
+def test_ctrl_c_during_a_handover_leaves_the_old_instance(make_service):
+    port = free_port()
+    svc = answering(make_service, [f"tcp://127.0.0.1:{port}"])
+    old = svc.start()
+    (svc.dir / "slow").touch()
+    restart = svc.popen("restart")
+    wait_for(lambda: len(marked_pids(svc.mark)) >= 3, what="the new instance")  # +restart
+    restart.send_signal(signal.SIGINT)
+    out, err = restart.communicate(timeout=30)
+    assert restart.returncode == 1, (out, err)
+    assert "interrupted before it was ready" in err and f"pid {old} is still running" in err
+    assert "Traceback" not in err
+    assert wait_for(lambda: marked_pids(svc.mark) == [old], what="the new instance ended")
+    assert svc.read_pid() == old
+    (svc.dir / "slow").unlink()
+    assert ask_pid(("127.0.0.1", port)) == old
     assert svc.cli("stop").returncode == 0 and not svc.pidfile.exists()
 
 
