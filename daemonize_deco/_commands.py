@@ -187,13 +187,19 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
             finally:
                 handover.close_unused()
             new = report.pid
-            assert new is not None  # a ready daemon has said its pid
+            if report.outcome != "ready" or new is None:
+                shared.hand_over()  # its main returned at once: it left the file to the old one
+                raise StartupError(
+                    f"failed to restart: the new instance ran and finished ({report.reason}) "
+                    f"instead of serving; pid {old} is still running and serving"
+                )
             shared.write_pid(new)  # from now on the pidfile names the new instance
             shared.hand_over()
-            ending = terminate(pidfd, old, _stop_timeout(service))
+            try:
+                ending = terminate(pidfd, old, _stop_timeout(service))
+            except (PermissionError, TimeoutError) as exc:
+                raise StopError(f"started pid {new}, but cannot stop pid {old}: {exc}") from exc
             rebind_claim(pidfile.path, config.start_timeout)
-    except (PermissionError, TimeoutError) as exc:
-        raise StopError(f"started pid {new}, but cannot stop pid {old}: {exc}") from exc
     finally:
         os.close(pidfd)
     how = "stopped" if ending.how == "stopped" else f"killed after {_stop_timeout(service):g}s"

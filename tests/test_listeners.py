@@ -233,6 +233,24 @@ def test_a_failing_new_instance_leaves_the_old_one_serving(make_service, tmp_pat
     assert svc.cli("stop").returncode == 0 and not svc.pidfile.exists()
 
 
+def test_a_new_instance_that_just_finishes_does_not_replace_the_old(make_service):
+    """A main that returns 0 at once counts as "ran and finished": not a replacement."""
+    port = free_port()
+    body = (
+        "if os.path.exists(os.path.join(os.path.dirname(__file__), 'once')):\n"
+        "    sys.exit(0)\n" + ANSWER_WITH_PID
+    )
+    svc = make_service(body, prelude=PRELUDE, listen=[f"tcp://127.0.0.1:{port}"])
+    old = svc.start()
+    (svc.dir / "once").touch()
+    result = svc.cli("restart")
+    assert result.returncode == 1
+    assert "ran and finished" in result.stderr and f"pid {old} is still running" in result.stderr
+    assert svc.read_pid() == old and ask_pid(("127.0.0.1", port)) == old
+    (svc.dir / "once").unlink()
+    assert svc.cli("stop").returncode == 0 and not svc.pidfile.exists()
+
+
 @pytest.mark.scenario(
     "Faults",
     "two restarts with listen= at once",
