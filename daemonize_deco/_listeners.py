@@ -172,10 +172,17 @@ def activated() -> list[socket.socket]:
         return []
     import socket  # noqa: PLC0415 -- only services with listen= pay for socket.py
 
-    passed = []
+    passed: list[socket.socket] = []
     for fd in range(_SD_LISTEN_FDS_START, _SD_LISTEN_FDS_START + int(count)):
-        os.set_inheritable(fd, False)
-        passed.append(socket.socket(fileno=fd))
+        try:
+            os.set_inheritable(fd, False)
+            passed.append(socket.socket(fileno=fd))
+        except OSError as exc:
+            for sock in passed:
+                sock.close()
+            raise ListenError(
+                f"systemd passed LISTEN_FDS={count}, but fd {fd} is not a socket: {exc.strerror}"
+            ) from None
     return passed
 
 
@@ -191,6 +198,8 @@ def _take_passed(passed: list[socket.socket], address: Address) -> socket.socket
 def _is_bound_to(sock: socket.socket, address: Address) -> bool:
     import socket  # noqa: PLC0415
 
+    if sock.type != socket.SOCK_STREAM:
+        return False  # a datagram socket on the same address is not a listener
     name = sock.getsockname()
     if address.is_unix:
         return sock.family == socket.AF_UNIX and name == address.path

@@ -347,6 +347,18 @@ def test_socket_activation_refuses_sockets_listen_does_not_name(make_service):
     assert len(result.stderr.splitlines()) == 1
 
 
+def test_socket_activation_with_a_count_past_the_passed_descriptors(make_service):
+    svc = answering(make_service, [f"tcp://127.0.0.1:{free_port()}"])
+    command = f'LISTEN_PID=$$ LISTEN_FDS=3 exec "{sys.executable}" "{svc.script}" run 3<&-'
+    result = subprocess.run(
+        ["sh", "-c", command], env=svc.env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("svc: systemd passed LISTEN_FDS=3, but fd 3 is not a socket")
+    assert len(result.stderr.splitlines()) == 1
+    assert not svc.pidfile.exists()
+
+
 def test_systemd_socket_unit(make_service, tmp_path):
     svc = make_service(
         prelude=PRELUDE,
