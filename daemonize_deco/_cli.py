@@ -31,6 +31,8 @@ __all__ = ["COMMANDS", "dispatch", "exit_with", "usage"]
 
 # LSB: for "status" every error means "status unknown", whatever it is.
 STATUS_UNKNOWN = 4
+# A command ended by Ctrl-C leaves as shells report it (128 + SIGINT), as ``run`` does.
+INTERRUPTED = 130
 
 
 class Command:
@@ -158,7 +160,10 @@ def error_status(command: str | None, exc: DaemonError) -> int:
 
 
 def dispatch(service: Service, argv: Sequence[str]) -> int:
-    """Run the command ``argv`` names and return its exit status; never raises DaemonError."""
+    """Run the command ``argv`` names and return its exit status.
+
+    Never raises DaemonError, nor KeyboardInterrupt (Ctrl-C is a line and status 130).
+    """
     ensure_standard_fds()
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else service.name
     command: str | None = None
@@ -184,6 +189,10 @@ def dispatch(service: Service, argv: Sequence[str]) -> int:
         if isinstance(exc, UsageError):
             complain(exc.usage if exc.usage is not None else usage(prog, service))
         return error_status(command, exc)
+    except KeyboardInterrupt:
+        # What the command had done stands (a stop's SIGTERM was sent); say so in one line.
+        complain(f"{service.name}: {command or 'command'} interrupted")
+        return INTERRUPTED
 
 
 def _bound(

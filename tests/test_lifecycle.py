@@ -197,6 +197,33 @@ def test_stop_escalates_to_sigkill_of_the_group(make_service):
     assert not svc.pidfile.exists(), "stop removes the pidfile SIGKILL left behind"
 
 
+@pytest.mark.scenario(
+    "Faults",
+    "Ctrl-C to stop while it waits for the daemon to exit",
+    lost="nothing: one line and status 130, no traceback; the daemon, asked already, stops",
+)
+def test_ctrl_c_to_a_waiting_stop_is_one_line(make_service):
+    body = """
+        while not should_stop():
+            sleep(3600)
+        print('asked to stop', flush=True)
+        while not os.path.exists(os.path.join(os.path.dirname(__file__), 'finish')):
+            time.sleep(0.02)     # a long last job
+    """
+    svc = make_service(body=body, stop_timeout=60.0)
+    pid = svc.start()
+    stop = svc.popen("stop")
+    wait_for(lambda: "asked to stop" in svc.log_text(), what="stop's SIGTERM to arrive")
+    stop.send_signal(signal.SIGINT)
+    out, err = stop.communicate(timeout=30)
+    assert stop.returncode == 130, (out, err)
+    assert err.strip() == "svc: stop interrupted" and "Traceback" not in err
+    assert alive(pid) and svc.read_pid() == pid, "the daemon still finishes its job"
+    (svc.dir / "finish").touch()
+    assert wait_for(lambda: is_gone(pid), what="the daemon to end its job and exit")
+    assert not svc.pidfile.exists()
+
+
 def test_stop_never_creates_pidfile_or_directory(make_service, tmp_path):
     missing = tmp_path / "missing" / "x.pid"
     svc = make_service(pidfile=str(missing))
