@@ -36,9 +36,8 @@ class ServiceConfig:
 
     __slots__ = (
         "files_preserve", "group", "listen", "name", "pidfile", "placeholders", "prevent_core",
-        "restart",
-        "script", "start_grace", "start_timeout", "stderr", "stdout", "stop_timeout", "umask",
-        "user", "wait_ready", "watchdog", "workdir",
+        "restart", "script", "start_grace", "start_timeout", "stderr", "stdout", "stop_timeout",
+        "umask", "user", "wait_ready", "watchdog", "workdir",
     )  # fmt: skip
 
     def __init__(

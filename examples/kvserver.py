@@ -207,9 +207,7 @@ class Database:
         tmp = log.with_name(log.name + ".tmp")
         with open(tmp, "wb") as f:
             for key in self.live_keys():
-                deadline = self.expires.get(key)
-                expiry = b"%d" % int(deadline * 1000) if deadline is not None else b""
-                f.write(array([b"SET", key, self.values[key], expiry]))
+                f.write(array([b"SET", key, self.values[key], self.expiry(key)]))
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(log)
@@ -218,6 +216,7 @@ class Database:
         self.offset = os.fstat(self.fd).st_size
 
     def expiry(self, key: bytes) -> bytes:
+        """The key's expiry as a record writes it: milliseconds, or empty for none."""
         deadline = self.expires.get(key)
         return b"%d" % int(deadline * 1000) if deadline is not None else b""
 
