@@ -184,8 +184,6 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
                 report = detach_and_wait(service, shared, credentials, interrupts)
             except StartupError as exc:
                 raise StartupError(f"{exc}; pid {old} is still running and serving") from None
-            finally:
-                handover.close_unused()
             new = report.pid
             if report.outcome != "ready" or new is None:
                 shared.hand_over()  # its main returned at once: it left the file to the old one

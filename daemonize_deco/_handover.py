@@ -108,12 +108,6 @@ class Handover:
         for fd in (self.pidfile, self.claim, *self.listening):
             os.close(fd)
 
-    @staticmethod
-    def close_unused() -> None:
-        """Once the new instance is forked (or failed to be): close this process's copies."""
-        _listeners.close_all(remove_files=False)
-        _claim.forget_inherited()
-
 
 def take_over(pidfile: str, pid: int, timeout: float) -> Handover:
     """Ask ``pid``, the verified holder of ``pidfile``, for its sockets.

@@ -13,7 +13,7 @@ import os
 import stat
 import sys
 
-from ._claim import inherited_claim
+from ._claim import forget_inherited, inherited_claim
 from ._detach import (
     DeferredInterrupts,
     check_log_path,
@@ -26,7 +26,7 @@ from ._hygiene import close_inherited_fds, resolve_credentials
 from ._lookup import holder_or_lock, pidfile_of, with_note
 from ._output import complain, say
 from ._proc import command_line, read_stat, wait_exit
-from ._runtime import serve
+from ._runtime import release_listeners, serve
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ._config import Service, ServiceConfig
     from ._hygiene import Credentials
     from ._pidfile import PidFile
-    from ._startup import StartupReport
+    from ._startup import StartupReport, StartupWatcher
 
 __all__ = ["check_before_fork", "detach_and_wait", "run", "start"]
 
@@ -163,8 +163,28 @@ def detach_and_wait(
     """Detach the daemon holding ``pidfile``; return its report once ready (or finished).
 
     A daemon that fails, or is not ready in time, is ended (StartupError
-    with the reason); the pidfile is then let go of as it must be.
+    with the reason); the pidfile is then let go of as it must be.  Either
+    way this process keeps no listening socket: a program that starts the
+    service and goes on would otherwise hold its port after it stopped.
     """
+    forked = False
+    try:
+        watcher = _detach(service, pidfile, credentials, interrupts)
+        forked = True
+        return _wait_until_ready(service, pidfile, watcher, interrupts)
+    finally:
+        # Before the fork nobody else has the Unix socket files this start made;
+        # handed-over ones (adopted) are the running instance's.
+        release_listeners(remove_files=not forked and not pidfile.adopted)
+        forget_inherited()
+
+
+def _detach(
+    service: Service,
+    pidfile: PidFile,
+    credentials: Credentials | None,
+    interrupts: DeferredInterrupts,
+) -> StartupWatcher:
     config = service.config
     if interrupts.signum is not None:
         pidfile.remove()
@@ -176,7 +196,7 @@ def detach_and_wait(
         run_in_daemon = supervise
     keep = {pidfile.fileno(), *config.descriptors_to_keep(), *_sockets_to_keep()}
     try:
-        watcher = detach(
+        return detach(
             lambda channel: run_in_daemon(
                 service, pidfile, credentials=credentials, startup=channel
             ),
@@ -190,6 +210,12 @@ def detach_and_wait(
     except DetachError:
         pidfile.remove()  # the fork failed: no other process shares the lock
         raise
+
+
+def _wait_until_ready(
+    service: Service, pidfile: PidFile, watcher: StartupWatcher, interrupts: DeferredInterrupts
+) -> StartupReport:
+    config = service.config
     with watcher:
         grace = None if config.wait_ready or config.start_grace == 0 else config.start_grace
         report = watcher.wait(config.start_timeout, interrupts.fileno(), grace)

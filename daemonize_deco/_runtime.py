@@ -361,19 +361,16 @@ def _account_for_the_run(
 
 def let_go_for_successor(pidfile: PidFile) -> None:
     """A restart handed everything on (``_handover``): close our copies, touch nothing else."""
-    if "daemonize_deco._listeners" in sys.modules:
-        from ._listeners import close_all  # noqa: PLC0415
-
-        close_all(remove_files=False)
+    release_listeners(remove_files=False)
     pidfile.hand_over()
 
 
-def release_listeners() -> None:
-    """The last instance stops: close the listening sockets, remove the Unix socket files."""
-    if "daemonize_deco._listeners" in sys.modules:
+def release_listeners(*, remove_files: bool = True) -> None:
+    """Close this process's listening sockets and, unless told not to, remove its socket files."""
+    if "daemonize_deco._listeners" in sys.modules:  # loaded by listen=: there are some
         from ._listeners import close_all  # noqa: PLC0415
 
-        close_all(remove_files=True)
+        close_all(remove_files=remove_files)
 
 
 def take_the_pidfile(service: Service, pidfile: PidFile, pid: int) -> None:

@@ -119,6 +119,82 @@ def test_address_in_use_fails_the_start_at_once(make_service):
     assert marked_pids(svc.mark) == []
 
 
+HOST = """\
+import os, signal, socket, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import svc
+
+if sys.argv[1:] == ["interrupt-while-binding"]:
+    def ctrl_c_at_the_bind(event, args):
+        if event == "socket.bind":
+            os.kill(os.getpid(), signal.SIGINT)
+    sys.addaudithook(ctrl_c_at_the_bind)
+
+def sockets():
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += [os.readlink(f"/proc/self/fd/{fd}")]
+        except OSError:
+            pass  # the descriptor listdir used
+    return [target for target in found if target.startswith("socket:")]
+
+status = svc.main.cli(["start"])
+print("start", status, "host sockets", len(sockets()), flush=True)
+if status == 0:
+    print("stop", svc.main.cli(["stop"]), flush=True)
+"""
+
+
+def run_host(svc, *args: str) -> subprocess.CompletedProcess[str]:
+    """A larger program that starts the service with ``main.cli(["start"])`` and goes on."""
+    host = svc.dir / "host.py"
+    host.write_text(HOST)
+    return subprocess.run(
+        [sys.executable, str(host), *args], capture_output=True, text=True, timeout=60, env=svc.env
+    )
+
+
+def refused(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "a program that starts a listen= service with main.cli(['start']) and goes on",
+    lost="it keeps no copy of the sockets: once the service stops, its port refuses",
+)
+def test_a_host_program_keeps_no_copy_of_the_listening_sockets(make_service, tmp_path):
+    port = free_port()
+    path = str(tmp_path / "svc.sock")
+    svc = answering(make_service, [f"tcp://127.0.0.1:{port}", f"unix:{path}"])
+    result = run_host(svc)
+    assert "start 0 host sockets 0" in result.stdout and "stop 0" in result.stdout, result
+    assert refused(port), "nothing listens once the service stopped"
+    assert not os.path.exists(path)
+    (svc.dir / "fail").touch()
+    result = run_host(svc)
+    assert "start 1 host sockets 0" in result.stdout, result
+    assert "told to fail" in result.stderr and refused(port) and not os.path.exists(path)
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "Ctrl-C to start while it binds the listen= sockets",
+    lost="no daemon, no pidfile, no socket file; the port is free again",
+)
+def test_ctrl_c_while_start_binds_leaves_nothing(make_service, tmp_path):
+    port = free_port()
+    path = str(tmp_path / "svc.sock")
+    svc = answering(make_service, [f"tcp://127.0.0.1:{port}", f"unix:{path}"])
+    result = run_host(svc, "interrupt-while-binding")
+    assert "start 1 host sockets 0" in result.stdout, result
+    assert result.stderr == "svc: failed to start: interrupted before it was started\n"
+    assert refused(port) and not os.path.exists(path) and not svc.pidfile.exists()
+    assert svc.daemons() == []
+
+
 def test_ipv6_loopback(make_service):
     if not socket.has_ipv6 or not Path("/proc/net/if_inet6").read_text().strip():
         pytest.fail("this machine has no IPv6 loopback to test on")
