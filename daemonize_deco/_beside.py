@@ -1,19 +1,26 @@
 """Small files kept beside the pidfile (the last run's record, the daemon's options).
 
 Each is written whole or not at all: to a temporary name, then renamed, so a
-reader never sees half of one; opened for reading without following a
-symlink.  Failing to write one never fails the service: it is best effort.
+reader never sees half of one.  The directory may be shared with other users
+(/tmp): the temporary name is random and created exclusively, so nobody can
+take it first, and a file is read only when it belongs to an owner the
+caller trusts (root, the asking user, the service's user), never through a
+symlink nor as a hard link, so what another user planted there is never
+believed.  Failing to write one never fails the service: it is best effort.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Collection, Iterable
 
-__all__ = ["fields_from_text", "fields_to_text", "read", "remove", "write"]
+__all__ = ["fields_from_text", "fields_to_text", "is_trusted", "read", "remove", "write"]
+
+_NAME_ATTEMPTS = 8
 
 
 def fields_to_text(fields: Iterable[tuple[str, object]]) -> str:
@@ -27,13 +34,19 @@ def fields_from_text(text: str) -> dict[str, str]:
     return dict(line.partition("=")[::2] for line in text.splitlines() if "=" in line)
 
 
+def is_trusted(found: os.stat_result, owners: Collection[int]) -> bool:
+    """A regular file of a trusted owner with a single name.
+
+    A second name (a hard link) would let a file outside the directory be
+    read or written through this one.
+    """
+    return stat.S_ISREG(found.st_mode) and found.st_uid in owners and found.st_nlink == 1
+
+
 def write(path: str, data: bytes) -> bool:
     """Replace the file at ``path`` with ``data`` atomically; False when it could not be."""
-    temporary = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(temporary, flags, 0o644)
-    except OSError:
+    fd, temporary = _create_temporary(path)
+    if fd is None:
         return False
     try:
         try:
@@ -47,16 +60,32 @@ def write(path: str, data: bytes) -> bool:
     return True
 
 
-def read(path: str, limit: int) -> bytes | None:
-    """Up to ``limit`` bytes of the file at ``path``; None when there is none (or not a file)."""
+def _create_temporary(path: str) -> tuple[int | None, str]:
+    """A new file beside ``path`` under a name nobody could guess and take first."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(_NAME_ATTEMPTS):
+        temporary = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.urandom(8).hex()}"
+        try:
+            return os.open(temporary, flags, 0o644), temporary
+        except FileExistsError:
+            continue  # taken, against all odds: draw again
+        except OSError:
+            break
+    return None, ""
+
+
+def read(path: str, limit: int, owners: Collection[int]) -> bytes | None:
+    """Up to ``limit`` bytes of the file at ``path``; None when there is none we trust."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:
+        if not is_trusted(os.fstat(fd), owners):
+            return None  # another user's, a FIFO, a second name for some other file
         return os.read(fd, limit)
     except OSError:
-        return None  # a directory or a FIFO put there: not ours
+        return None
     finally:
         os.close(fd)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 
 from ._control import ControlServer, peer_credentials, read_line, reply, stream_socket
-from ._proc import fd_targets
+from ._proc import fd_targets, holds_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,13 +41,11 @@ __all__ = [
     "inherit",
     "inherited_claim",
     "listen_for_claimants",
-    "rebind",
 ]
 
 _PREFIX = "daemonize_deco-claim:"
 _NAME_LIMIT = 107  # sun_path is 108 bytes, the first of them the abstract namespace's NUL
 PUT_BACK = "pidfile"
-REBIND = "rebind"
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 
@@ -104,26 +102,6 @@ def listen_for_claimants(pidfile: str) -> ControlServer | None:
         return None
 
 
-def rebind(server: ControlServer, pidfile: str) -> tuple[str, Sequence[int]]:
-    """Bind the claim anew, in this process's name, on the same descriptor number.
-
-    A claim passed on by a restart (``_handover``) still reports the process
-    that listened first (``SO_PEERCRED``), gone since: the restart asks for
-    this once it is.  The old socket is closed by the ``dup2`` that puts an
-    unbound one in its place (freeing the name), which is then bound.
-    """
-    fresh = stream_socket()
-    os.dup2(fresh.fileno(), server.fileno(), inheritable=False)
-    fresh.close()
-    try:
-        server.sock.bind(claim_address(pidfile))
-        server.sock.listen(64)
-        server.sock.setblocking(False)  # O_NONBLOCK is the open file's: the new one lacks it
-    except OSError as exc:
-        return f"error {exc}", ()
-    return "ok", ()
-
-
 def answer_claimants(server: ControlServer, answers: Mapping[str, Answer]) -> None:
     """Answer each waiting request: ``pidfile`` (put it back), ``handover`` (see ``_handover``)."""
     for conn, request in server.accept_waiting():
@@ -145,8 +123,22 @@ class Claimant:
 
 
 def has_open(pid: int, pidfile: str) -> bool:
-    """Whether ``pid`` has ``pidfile`` open, at its path or deleted from it."""
-    return any(target in (pidfile, f"{pidfile} (deleted)") for target in fd_targets(pid))
+    """Whether ``pid`` has ``pidfile`` open: the file at its path, or one deleted from it.
+
+    The file at the path is compared by (device, inode); a deleted one can
+    only be told by the name the kernel shows for it, which is its real
+    path (``/run/app.pid`` for a pidfile configured as ``/var/run/app.pid``).
+    """
+    try:
+        there = os.stat(pidfile, follow_symlinks=False)
+    except OSError:
+        pass  # none there now: only a deleted one can be it
+    else:
+        if holds_file(pid, (there.st_dev, there.st_ino)):
+            return True
+    directory, name = os.path.split(pidfile)
+    deleted = f"{os.path.join(os.path.realpath(directory), name)} (deleted)"
+    return deleted in fd_targets(pid)
 
 
 def find_claimant(

@@ -82,10 +82,11 @@ def _reused(
     parser: argparse.ArgumentParser,
 ) -> dict[str, object]:
     """For a restart without settings: those the instance it names runs with."""
+    from ._lookup import trusted_owners  # noqa: PLC0415 -- restart loads it anyway
     from ._options import remembered  # noqa: PLC0415 -- loaded by main's signature already
 
     at = _given(service, signature, signature.fill(dict(addressing)), {}, parser)
-    words = remembered(at.config.pidfile)
+    words = remembered(at.config.pidfile, trusted_owners(at.config))
     if not words:
         return addressing
     try:

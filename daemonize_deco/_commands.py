@@ -28,6 +28,7 @@ from ._errors import (
 from ._launch import start
 from ._lookup import inspect_service, pidfile_of, with_note
 from ._output import complain, say
+from ._pidfile import user_name
 from ._proc import open_pidfd, uptime
 from ._terminate import terminate
 
@@ -35,6 +36,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._config import Service
     from ._pidfile import PidFile, PidFileState
+    from ._startup import StartupReport
 
 __all__ = ["logs", "print_systemd_unit", "reload", "restart", "status", "stop"]
 
@@ -115,6 +117,11 @@ def _say_not_running(service: Service, pidfile: PidFile, state: PidFileState) ->
     if state.last_words:  # it ended cleanly, and left its record in the file: not stale
         say(f"{service.name} is not running")
         return
+    if state.foreign_owner is not None:
+        owner = user_name(state.foreign_owner)
+        say(f"{service.name} is not running (the file at {pidfile.path} is user {owner}'s: not "
+            "trusted, left alone)")  # fmt: skip
+        return
     try:
         removed = state.exists and pidfile.remove_if_stale()
     except PidFileError as exc:  # another user's stale file: not running is what counts
@@ -150,7 +157,7 @@ def _replace(service: Service, pidfile: PidFile) -> int | None:
     from ._handover import one_restart_at_a_time  # noqa: PLC0415 -- only services with listen=
 
     config = service.config
-    serialised = one_restart_at_a_time(pidfile.path, config.start_timeout + config.stop_timeout)
+    serialised = one_restart_at_a_time(pidfile, config.start_timeout + config.stop_timeout)
     try:
         # Looked at with the restarts serialised: the one before ours may have replaced it.
         state, _ = inspect_service(service, pidfile, settle=config.start_timeout)
@@ -158,13 +165,20 @@ def _replace(service: Service, pidfile: PidFile) -> int | None:
             return None
         return _hand_over(service, pidfile, state.pid)
     finally:
-        os.close(serialised)
+        serialised.remove()
 
 
 def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
-    """The handover itself, one restart at a time."""
+    """The handover itself, one restart at a time.
+
+    The new instance learns that the restart is over when the startup pipe
+    closes: then, if the pidfile names it, it is the service (and ends the
+    old one itself, should this process have died before it could);
+    otherwise it stands down.  So a restart killed at any instant leaves
+    exactly one instance.
+    """
     from ._detach import DeferredInterrupts  # noqa: PLC0415
-    from ._handover import rebind_claim, take_over  # noqa: PLC0415
+    from ._handover import forget_predecessor, take_over  # noqa: PLC0415
     from ._launch import check_before_fork, detach_and_wait  # noqa: PLC0415
 
     config = service.config
@@ -175,34 +189,51 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
         with DeferredInterrupts() as interrupts:
             credentials = check_before_fork(config)
             try:
-                handover = take_over(pidfile.path, old, config.start_timeout)
+                handover = take_over(pidfile, old, config.start_timeout)
             except StartupError as exc:
                 complain(f"{service.name}: {exc}; restarting by stop and start")
                 return None
-            shared = handover.use(pidfile.path)
+            shared = handover.use(pidfile, pidfd)
             try:
                 report = detach_and_wait(service, shared, credentials, interrupts)
             except StartupError as exc:
                 raise StartupError(f"{exc}; pid {old} is still running and serving") from None
-            new = report.pid
-            if report.outcome != "ready" or new is None:
-                shared.hand_over()  # its main returned at once: it left the file to the old one
-                raise StartupError(
-                    f"failed to restart: the new instance ran and finished ({report.reason}) "
-                    f"instead of serving; pid {old} is still running and serving"
-                )
-            shared.write_pid(new)  # from now on the pidfile names the new instance
-            shared.hand_over()
+            finally:
+                forget_predecessor()
             try:
-                ending = terminate(pidfd, old, _stop_timeout(service))
-            except (PermissionError, TimeoutError) as exc:
-                raise StopError(f"started pid {new}, but cannot stop pid {old}: {exc}") from exc
-            rebind_claim(pidfile.path, config.start_timeout)
+                new = _commit(service, shared, report, old)
+                try:
+                    ending = terminate(pidfd, old, _stop_timeout(service))
+                except (PermissionError, TimeoutError) as exc:
+                    raise StopError(f"started pid {new}, but cannot stop pid {old}: {exc}") from exc
+            finally:
+                report.close_channel()  # the restart is over: the new instance settles
     finally:
         os.close(pidfd)
     how = "stopped" if ending.how == "stopped" else f"killed after {_stop_timeout(service):g}s"
     say(f"{service.name} restarted (pid {new}; pid {old} {how}, its sockets kept)")
     return 0
+
+
+def _commit(service: Service, shared: PidFile, report: StartupReport, old: int) -> int:
+    """Make the ready new instance the service: its pid, then its options, in the pidfile's name.
+
+    StartupError when it only ran and finished (it left the file to the old one).
+    """
+    new = report.pid
+    if report.outcome != "ready" or new is None:
+        shared.hand_over()
+        raise StartupError(
+            f"failed to restart: the new instance ran and finished ({report.reason}) "
+            f"instead of serving; pid {old} is still running and serving"
+        )
+    shared.write_pid(new)  # from now on the pidfile names the new instance
+    if service.signature:
+        from ._options import remember  # noqa: PLC0415 -- loaded by main's signature
+
+        remember(service.config.pidfile, service.words)  # only now: it may have failed
+    shared.hand_over()
+    return new
 
 
 def status(service: Service) -> int:
@@ -211,7 +242,7 @@ def status(service: Service) -> int:
 
     pidfile = pidfile_of(service)
     state, note = inspect_service(service, pidfile)
-    report = StatusReport(service.name, pidfile.path, state, note)
+    report = StatusReport(service.name, pidfile, state, note)
     say(report.as_json() if service.flags.get("json") else report.text())
     return report.exit_status
 

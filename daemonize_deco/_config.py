@@ -229,6 +229,13 @@ class Service:
             return run_awaitable(result)
         return result
 
+    def remember_options(self) -> None:
+        """Keep the option words it runs with beside its pidfile (``status``, ``restart``)."""
+        if self.signature:
+            from ._options import remember  # noqa: PLC0415 -- loaded by main's signature
+
+            remember(self.config.pidfile, self.words)
+
     @property
     def name(self) -> str:
         """The service's name in messages."""

@@ -138,6 +138,15 @@ class ControlServer:
             if request is not None:
                 waiting.append(request)
 
+    def listen_again(self) -> None:
+        """Listen anew: connecting clients' ``SO_PEERCRED`` then names this process.
+
+        The kernel takes a listening socket's credentials from the last
+        listen() call, so a socket passed on (``_handover``) speaks for its
+        new holder at once, without ever giving up its name.
+        """
+        self.sock.listen(64)
+
     def fileno(self) -> int:
         """The listening descriptor, to poll."""
         return int(self.sock.fileno())

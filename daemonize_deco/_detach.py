@@ -49,12 +49,14 @@ class StartupChannel:
 
     A supervised service's channel leads to its supervisor and stays open
     after "ready" (``supervised=True``), for its last line: "exit STATUS
-    [Type: message]", how it ended.
+    [Type: message]", how it ended.  A held one (:meth:`hold`) stays open
+    until the starting process closes its end, which the daemon watches.
     """
 
     def __init__(self, fd: int, *, supervised: bool = False) -> None:
         self._fd: int | None = fd
         self.supervised = supervised
+        self.held = False
         self.is_ready = False
 
     def _send(self, line: str) -> bool:
@@ -63,9 +65,18 @@ class StartupChannel:
         try:
             os.write(self._fd, (" ".join(line.split()) + "\n").encode("utf-8", "replace"))
         except BrokenPipeError:
-            self.close()  # the starting process is gone (interrupted): nobody listens
+            if not self.held:  # a held one is closed by whoever watches it
+                self.close()  # the starting process is gone (interrupted): nobody listens
             return False
         return True
+
+    def hold(self) -> None:
+        """Keep the pipe open after "ready": a handover's new instance waits for its end."""
+        self.held = True
+
+    @property
+    def _stays_open(self) -> bool:
+        return self.supervised or self.held
 
     def send_pid(self, pid: int) -> None:
         """Tell the starting process which pid the daemon has."""
@@ -76,7 +87,7 @@ class StartupChannel:
         if not self.is_ready:
             self.is_ready = True
             self._send("ready")
-            if not self.supervised:
+            if not self._stays_open:
                 self.close()
 
     def main_entered(self) -> None:
@@ -91,14 +102,14 @@ class StartupChannel:
     def finished(self, status: int) -> bool:
         """Report that main ran to completion before it was ready (a one-shot job)."""
         delivered = self._send(f"done {status}")
-        if not self.supervised:
+        if not self._stays_open:
             self.close()
         return delivered
 
     def fail(self, reason: str) -> bool:
         """Report why startup failed; False when nobody was listening any more."""
         delivered = self._send(f"fail {reason}")
-        if not self.supervised:
+        if not self._stays_open:
             self.close()
         return delivered
 

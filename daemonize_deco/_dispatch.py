@@ -72,8 +72,12 @@ class Dispatcher:
         on_repeat: Callable[[int], None] | None,
         reap_children: bool,
         ready_at: float | None = None,
+        settle: tuple[int, Callable[[], None]] | None = None,
     ) -> None:
         self._record_fd = record_fd
+        # A handover's new instance: the restart's pipe, and what to do once it
+        # closes; until then the claim is not answered (it is not the service yet).
+        self._settle = settle
         self._ready_at = ready_at
         self._hooks = hooks
         self._notifier = notifier
@@ -176,7 +180,10 @@ class Dispatcher:
     def _loop(self) -> None:
         poller = select.poll()  # not select(): descriptors above 1023 are fine
         poller.register(self._record_fd, select.POLLIN)
-        if self._claim is not None:
+        if self._settle is not None:
+            if self._settle[0] >= 0:  # else closed already: the restart was gone
+                poller.register(self._settle[0], 0)  # POLLERR alone: the reader closed it
+        elif self._claim is not None:
             poller.register(self._claim[0].fileno(), select.POLLIN)
         while True:
             with self._lock:
@@ -189,7 +196,9 @@ class Dispatcher:
                 # their callbacks (a SIGTERM's on_stop); what a storm adds
                 # meanwhile does not.
                 self._handle_signals(limit=_PIPE_CAPACITY if quitting else 4096)
-                if self._claim is not None and not quitting:
+                if self._settle is not None and not quitting:
+                    self._settle_when_told(poller)
+                elif self._claim is not None and not quitting:
                     answer_claimants(*self._claim)
             finally:
                 self._busy = False
@@ -204,6 +213,19 @@ class Dispatcher:
             ready_at = self._ready_at
             timeout = None if ready_at is None else max(0, ready_at - time.monotonic()) * 1000
             poller.poll(timeout)
+
+    def _settle_when_told(self, poller: select.poll) -> None:
+        """Once the restart's pipe has closed: settle, then answer the claim from now on."""
+        assert self._settle is not None
+        fd, settle = self._settle
+        if fd >= 0:
+            if not _single(fd).poll(0):
+                return
+            poller.unregister(fd)
+        self._settle = None
+        settle()
+        if self._claim is not None:
+            poller.register(self._claim[0].fileno(), select.POLLIN)
 
     def _ready_after_grace(self) -> None:
         """Declare the service ready once main has run its start grace; forget the deadline."""
@@ -326,6 +348,13 @@ def _say_wakeup_taken() -> None:
         "daemonize_deco's handlers instead, so they still work",
         file=sys.stderr,
     )
+
+
+def _single(fd: int) -> select.poll:
+    """A poller watching ``fd`` for errors and hangups only."""
+    poller = select.poll()
+    poller.register(fd, 0)
+    return poller
 
 
 def wait_in_slices(wait: Callable[[float], bool], timeout: float) -> bool:

@@ -3,7 +3,10 @@
 ``restart`` of a service with ``listen=`` asks the running instance, on its
 claim socket (``_claim``: found by the pidfile's path, answered by the
 dispatcher thread or the supervisor, only to root and its own user), for a
-``handover``.  The answer carries, as SCM_RIGHTS descriptors:
+``handover``.  It first checks who answers: ``SO_PEERCRED`` must name the
+very process that holds the pidfile, as one of the service's users, so a
+squatter on the name is never asked.  The answer carries, as SCM_RIGHTS
+descriptors:
 
 - the pidfile's locked descriptor: the same open file, so the same
   ``flock``; the lock is never released, and never held by two files;
@@ -13,11 +16,16 @@ dispatcher thread or the supervisor, only to root and its own user), for a
 The new instance starts with them (no bind, so no "address already in use"
 and not one refused connection) and becomes ready; only then is its pid
 written into the pidfile (over the old one: ``status`` sees one running
-service throughout) and the old instance stopped as ``stop`` would.  Its
-main stops accepting, finishes what is in flight and returns; seeing the
-pidfile name its successor, it leaves the file, the records beside it and
-the Unix socket files alone.  A new instance that fails to become ready is
-ended, its copies closed, and the old one has not noticed a thing.
+service throughout), its options remembered, and the old instance stopped
+as ``stop`` would.  Its main stops accepting, finishes what is in flight
+and returns; seeing the pidfile name its successor, it leaves the file, the
+records beside it and the Unix socket files alone.
+
+The new instance keeps its startup pipe open until the restart closes it,
+and then settles (:func:`settle`): named by the pidfile, it is the service
+(and ends the old one itself if the restart died before it could);
+otherwise the restart died before it committed, and it stands down.  So
+whatever instant the restarting process dies, one instance is left.
 """
 
 from __future__ import annotations
@@ -28,17 +36,28 @@ import sys
 import time
 
 from . import _claim, _listeners
-from ._control import read_line, stream_socket
-from ._errors import StartupError
+from ._control import peer_credentials, read_line, stream_socket
+from ._errors import PidFileError, StartupError
+from ._proc import wait_exit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ._config import Service
     from ._control import ControlServer
     from ._pidfile import PidFile
 
-__all__ = ["REQUEST", "Handover", "offering", "one_restart_at_a_time", "rebind_claim", "take_over"]
+__all__ = [
+    "REQUEST",
+    "Handover",
+    "forget_predecessor",
+    "offering",
+    "one_restart_at_a_time",
+    "predecessor_descriptor",
+    "settle",
+    "take_over",
+]
 
 REQUEST = "handover"
 _MAX_FDS = 253  # SCM_MAX_FD
@@ -46,34 +65,25 @@ _LOCK_SUFFIX = ".restarting"
 _RETRY_INTERVAL = 0.01
 
 
-def one_restart_at_a_time(pidfile: str, timeout: float) -> int:
-    """Lock ``PIDFILE.restarting`` (a descriptor to close when done); StartupError on timeout.
+def one_restart_at_a_time(pidfile: PidFile, timeout: float) -> PidFile:
+    """Lock ``PIDFILE.restarting``; ``remove()`` what it returns when done.
 
     Two restarts handed the same sockets would each start an instance, one
     of them never stopped: the second waits until the first is done, and
-    then replaces the instance the first one started.  The file stays (a
-    lock file removed while another waits for it locks nothing); opened for
-    reading, so one another user left there locks as well.
+    then replaces the instance the first one started.  The lock file is
+    taken as the pidfile is (a planted one is never used, and a waiter that
+    locked a file its holder unlinked meanwhile locks the new one instead),
+    so it is removed when the restart ends.  StartupError on timeout.
     """
-    import fcntl  # noqa: PLC0415 -- loaded by the pidfile already
+    from ._pidfile import PidFile  # noqa: PLC0415
 
-    path = pidfile + _LOCK_SUFFIX
-    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o644)
-    except OSError as exc:
-        raise StartupError(f"cannot use {path}: {exc.strerror}") from None
+    lock = PidFile(pidfile.path + _LOCK_SUFFIX, pidfile.owners)
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise StartupError(f"another restart is under way ({path} is locked)") from None
-            time.sleep(_RETRY_INTERVAL)
-            continue
-        return fd
+    while not lock.acquire():
+        if time.monotonic() >= deadline:
+            raise StartupError(f"another restart is under way ({lock.path} is locked)")
+        time.sleep(_RETRY_INTERVAL)
+    return lock
 
 
 def offering(pidfile: PidFile, claim: ControlServer) -> tuple[str, Sequence[int]]:
@@ -82,6 +92,23 @@ def offering(pidfile: PidFile, claim: ControlServer) -> tuple[str, Sequence[int]
     if not listening:
         return "error it has no listening sockets", ()
     return f"ok {len(listening)}", [pidfile.fileno(), claim.fileno(), *listening]
+
+
+class _Predecessor:
+    """The instance a handover replaces, as the new one knows it: its pid and a pidfd."""
+
+    pid: int | None = None
+    pidfd: int | None = None
+
+
+def predecessor_descriptor() -> int | None:
+    """The pidfd of the instance being replaced (for the new one to keep)."""
+    return _Predecessor.pidfd
+
+
+def forget_predecessor() -> None:
+    """In the restarting process, once the new instance is forked: the pidfd is not ours."""
+    _Predecessor.pid = _Predecessor.pidfd = None
 
 
 class Handover:
@@ -95,13 +122,18 @@ class Handover:
         if len(self.listening) != count:
             raise ValueError(f"expected {count} listening sockets, got {len(self.listening)}")
 
-    def use(self, pidfile_path: str) -> PidFile:
-        """Make this process start the next instance with them; return the shared pidfile."""
+    def use(self, pidfile: PidFile, pidfd: int) -> PidFile:
+        """Make this process start the next instance with them; return the shared pidfile.
+
+        ``pidfd`` pins the running instance: the new one keeps it, to end
+        that instance itself should the restart die before it could.
+        """
         from ._pidfile import PidFile  # noqa: PLC0415
 
         _listeners.adopt(self.listening)
         _claim.inherit(self.claim)
-        return PidFile.adopt(pidfile_path, self.pidfile)
+        _Predecessor.pid, _Predecessor.pidfd = self.pid, pidfd
+        return PidFile.adopt(pidfile.path, self.pidfile, pidfile.owners)
 
     def close(self) -> None:
         """Close every descriptor received (before :meth:`use`)."""
@@ -109,31 +141,47 @@ class Handover:
             os.close(fd)
 
 
-def take_over(pidfile: str, pid: int, timeout: float) -> Handover:
+def take_over(pidfile: PidFile, pid: int, timeout: float) -> Handover:
     """Ask ``pid``, the verified holder of ``pidfile``, for its sockets.
 
     StartupError with the reason when it cannot or will not (a version that
-    knows no handover, or one with no listening sockets).
+    knows no handover, one with no listening sockets), or when another
+    process answers on its claim (a squatter on the name is never asked).
     """
     sock = stream_socket()
     try:
         sock.settimeout(timeout)
         try:
-            sock.connect(_claim.claim_address(pidfile))
+            sock.connect(_claim.claim_address(pidfile.path))
         except OSError as exc:
             raise StartupError(f"pid {pid} does not answer on its claim socket: {exc}") from None
+        _check_answerer(sock, pidfile, pid)
         sock.sendall(REQUEST.encode("ascii") + b"\n")
         handover = _receive(sock, pid)
     except OSError as exc:
         raise StartupError(f"no handover from pid {pid}: {exc}") from None
     finally:
         sock.close()
-    # Not SO_PEERCRED: a claim passed on names its first listener until rebound.
-    # Whoever answered had the very pidfile open, which only our instances have.
-    if not _same_file(handover.pidfile, pidfile):
+    if not _same_file(handover.pidfile, pidfile.path):
         handover.close()
-        raise StartupError(f"what answers for {pidfile} passed another file")
+        raise StartupError(f"what answers for {pidfile.path} passed another file")
     return handover
+
+
+def _check_answerer(sock: _socket.socket, pidfile: PidFile, pid: int) -> None:
+    """The claim's listener must be ``pid`` itself, as one of the service's users.
+
+    The kernel reports the process that last called listen() on the socket;
+    each instance does, in its own name, once it is the service (:func:`settle`).
+    """
+    answering, uid = peer_credentials(sock)
+    if answering != pid or uid not in pidfile.owners:
+        from ._pidfile import user_name  # noqa: PLC0415
+
+        raise StartupError(
+            f"pid {answering} (user {user_name(uid)}) answers on the claim of {pidfile.path}, "
+            f"not pid {pid}: not trusting it"
+        )
 
 
 def _same_file(fd: int, path: str) -> bool:
@@ -144,18 +192,53 @@ def _same_file(fd: int, path: str) -> bool:
     return (there.st_dev, there.st_ino) == (passed.st_dev, passed.st_ino)
 
 
-def rebind_claim(pidfile: str, timeout: float) -> None:
-    """Once the old instance is gone: have the new one bind the claim in its own name."""
-    sock = stream_socket()
+def settle(pidfile: PidFile, claim: ControlServer | None, service: Service) -> bool:
+    """The restart that started this instance is over (it closed the pipe, or died).
+
+    True when the pidfile names this instance: it is the service now.  It
+    listens on the claim again, which makes the kernel name it to whoever
+    connects (``SO_PEERCRED`` reports the last process that called listen(),
+    and the name is never free meanwhile), remembers its options, and ends
+    the instance it replaced if that one still runs (the restart died while
+    stopping it).  False: the restart ended before it named this instance
+    (killed, or it gave up): the caller stands down.
+    """
+    pid, pidfd = _Predecessor.pid, _Predecessor.pidfd
+    if not pidfile.names_us():
+        if pidfd is None or not wait_exit(pidfd, 0):
+            return False
+        # The replaced instance is gone as well (it failed meanwhile): serve.
+        try:
+            pidfile.put_back(os.getpid())
+        except PidFileError as exc:
+            print(f"daemonize_deco: {exc}", file=sys.stderr)  # still the lock's holder
+    if claim is not None:
+        claim.listen_again()
+    service.remember_options()
+    _Predecessor.pid = _Predecessor.pidfd = None
+    if pid is not None and pidfd is not None:
+        import _thread  # noqa: PLC0415
+
+        _thread.start_new_thread(_end_predecessor, (pid, pidfd, service.config.stop_timeout))
+    return True
+
+
+def _end_predecessor(pid: int, pidfd: int, stop_timeout: float) -> None:
+    """Stop the replaced instance as ``stop`` would, if it still runs; close its pidfd."""
     try:
-        sock.settimeout(timeout)
-        sock.connect(_claim.claim_address(pidfile))
-        sock.sendall(_claim.REBIND.encode("ascii") + b"\n")
-        read_line(sock)
-    except OSError:
-        pass  # the claim only helps find a service whose pidfile was deleted
+        if not wait_exit(pidfd, 0):
+            from ._terminate import terminate  # noqa: PLC0415 -- only after a restart died
+
+            print(
+                f"daemonize_deco: the restart that started this instance ended before pid "
+                f"{pid} was gone; stopping it",
+                file=sys.stderr,
+            )
+            terminate(pidfd, pid, stop_timeout)
+    except (PermissionError, TimeoutError) as exc:
+        print(f"daemonize_deco: cannot stop pid {pid}: {exc}", file=sys.stderr)
     finally:
-        sock.close()
+        os.close(pidfd)
 
 
 def _receive(sock: _socket.socket, pid: int) -> Handover:

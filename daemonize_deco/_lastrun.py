@@ -18,6 +18,10 @@ import time
 
 from . import _beside
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
 __all__ = [
     "SUFFIX",
     "LastRun",
@@ -137,9 +141,9 @@ def write(pidfile: str, run: LastRun) -> bool:
     return _beside.write(record_path(pidfile), run.to_text().encode("utf-8", "backslashreplace"))
 
 
-def read(pidfile: str) -> LastRun | None:
-    """The record beside ``pidfile``; None when there is none (or it is unreadable)."""
-    data = _beside.read(record_path(pidfile), _LIMIT)
+def read(pidfile: str, owners: Collection[int]) -> LastRun | None:
+    """The record beside ``pidfile``; None when there is none (or not one of ``owners``)."""
+    data = _beside.read(record_path(pidfile), _LIMIT, owners)
     return None if data is None else LastRun.from_text(data.decode("utf-8", "replace"))
 
 

@@ -221,6 +221,8 @@ def _wait_until_ready(
         report = watcher.wait(config.start_timeout, interrupts.fileno(), grace)
         if report.outcome in ("ready", "finished"):
             _close_pidfd(report)
+            if pidfile.adopted and report.outcome == "ready":
+                watcher.keep_channel()  # closed once the restart is over (``_handover``)
             return report
         if report.outcome == "interrupted":
             watcher.learn_pid(config.start_timeout)
@@ -229,11 +231,12 @@ def _wait_until_ready(
 
 
 def _sockets_to_keep() -> list[int]:
-    """The listening sockets, and a claim a restart's running instance passed (``_handover``)."""
+    """The listening sockets; a restart's claim and a pidfd of the instance it replaces."""
     listeners = sys.modules.get(f"{__package__}._listeners")
+    handover = sys.modules.get(f"{__package__}._handover")
     kept = [] if listeners is None else listeners.descriptors()
-    claim = inherited_claim()
-    return kept if claim is None else [*kept, claim]
+    passed = [inherited_claim(), None if handover is None else handover.predecessor_descriptor()]
+    return [*kept, *(fd for fd in passed if fd is not None)]
 
 
 def _close_pidfd(report: StartupReport) -> None:

@@ -13,14 +13,14 @@ import time
 
 from ._claim import find_claimant
 from ._errors import PidFileError, StartupError
-from ._pidfile import PidFile, PidFileState
+from ._pidfile import PidFile, PidFileState, user_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._config import Service, ServiceConfig
     from ._detach import DeferredInterrupts
 
-__all__ = ["holder_or_lock", "inspect_service", "pidfile_of", "with_note"]
+__all__ = ["holder_or_lock", "inspect_service", "pidfile_of", "trusted_owners", "with_note"]
 
 _RETRY_INTERVAL = 0.01
 _CLAIM_TIMEOUT = 2.0
@@ -28,7 +28,7 @@ _CLAIM_TIMEOUT = 2.0
 
 def pidfile_of(service: Service) -> PidFile:
     """The service's pidfile (not opened yet)."""
-    return PidFile(service.config.pidfile)
+    return PidFile(service.config.pidfile, trusted_owners(service.config))
 
 
 def holder_or_lock(
@@ -83,20 +83,15 @@ def _other_users_service(pidfile: PidFile, error: PidFileError) -> tuple[int, st
     state = pidfile.inspect(settle=0)
     if not (state.running and state.pid is not None):
         raise error
-    return state.pid, f"owned by user {_user_name(pidfile.owner())}"
+    return state.pid, f"owned by user {user_name(pidfile.owner())}"
 
 
-def _user_name(uid: int) -> str:
-    import pwd  # noqa: PLC0415 -- only this message needs it
+def trusted_owners(config: ServiceConfig) -> frozenset[int]:
+    """Whose the service's files (and its claim) may be: root, the asking user, its user=.
 
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _trusted_uids(config: ServiceConfig) -> set[int]:
-    """Who may hold the claim on our pidfile: root, the asking user, the service's user=."""
+    A pidfile in a shared directory is world-readable, and the names beside
+    it can be taken first by anyone: what another user owns is never believed.
+    """
     trusted = {0, os.geteuid()}
     if isinstance(config.user, int):
         trusted.add(config.user)
@@ -107,7 +102,7 @@ def _trusted_uids(config: ServiceConfig) -> set[int]:
             trusted.add(pwd.getpwnam(config.user).pw_uid)
         except KeyError:
             pass  # no such user: start says so; nobody runs as it
-    return trusted
+    return frozenset(trusted)
 
 
 def inspect_service(
@@ -135,7 +130,7 @@ def _claimant(
 ) -> tuple[int, str] | None:
     """The pid of the process claiming the pidfile's path, and what putting it back gave."""
     claimant = find_claimant(
-        pidfile.path, _CLAIM_TIMEOUT, trusted_uids=_trusted_uids(service.config), put_back=put_back
+        pidfile.path, _CLAIM_TIMEOUT, trusted_uids=pidfile.owners, put_back=put_back
     )
     if claimant is None:
         return None

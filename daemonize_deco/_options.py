@@ -24,7 +24,7 @@ from ._errors import UsageError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
     from typing import NoReturn
 
 __all__ = [
@@ -370,9 +370,13 @@ def remember(pidfile: str, words: Sequence[str]) -> None:
     _beside.write(pidfile + OPTIONS_SUFFIX, "\0".join(words).encode("utf-8", "surrogateescape"))
 
 
-def remembered(pidfile: str) -> list[str] | None:
-    """The option words the service with ``pidfile`` runs (or ran) with; None if unknown."""
-    data = _beside.read(pidfile + OPTIONS_SUFFIX, _WORDS_LIMIT)
+def remembered(pidfile: str, owners: Collection[int]) -> list[str] | None:
+    """The option words the service with ``pidfile`` runs (or ran) with; None if unknown.
+
+    Only a file of one of ``owners`` (the service's) is read: in a shared
+    directory another user could plant one for a restart to run main with.
+    """
+    data = _beside.read(pidfile + OPTIONS_SUFFIX, _WORDS_LIMIT, owners)
     if data is None:
         return None
     return [word for word in data.decode("utf-8", "surrogateescape").split("\0") if word]

@@ -21,9 +21,14 @@ import os
 import stat
 import time
 
+from ._beside import is_trusted
 from ._errors import PidFileError
 from ._lastrun import LastRun
 from ._proc import holds_file
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 __all__ = ["PidFile", "PidFileState", "parse_pid"]
 
@@ -34,6 +39,7 @@ LAST_WORDS_START = b"pid="
 _PID_MAX = 4_194_304  # PID_MAX_LIMIT on 64-bit Linux
 _RETRY_INTERVAL = 0.01
 _CREATION_WINDOW = 1.0
+_REPLACE_ATTEMPTS = 10
 
 
 def parse_pid(content: bytes) -> int | None:
@@ -50,17 +56,26 @@ class PidFileState:
 
     ``last_words``: the content of a pidfile its service could not remove
     and left its last-run record in (see :meth:`PidFile.remove`).
+    ``foreign_owner``: the uid of the user a file not to be trusted belongs
+    to (another user planted it in a shared directory): it tells nothing.
     """
 
-    __slots__ = ("exists", "last_words", "pid", "running")
+    __slots__ = ("exists", "foreign_owner", "last_words", "pid", "running")
 
     def __init__(
-        self, *, exists: bool, running: bool, pid: int | None = None, last_words: bytes = b""
+        self,
+        *,
+        exists: bool,
+        running: bool,
+        pid: int | None = None,
+        last_words: bytes = b"",
+        foreign_owner: int | None = None,
     ) -> None:
         self.exists = exists
         self.running = running
         self.pid = pid
         self.last_words = last_words
+        self.foreign_owner = foreign_owner
 
     def __repr__(self) -> str:
         return f"PidFileState(exists={self.exists}, running={self.running}, pid={self.pid})"
@@ -114,11 +129,27 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-class PidFile:
-    """A pidfile at ``path``, locked with ``flock`` by the process that runs the service."""
+def user_name(uid: int) -> str:
+    """The name of user ``uid`` (the number when it has none)."""
+    import pwd  # noqa: PLC0415 -- only messages about other users need it
 
-    def __init__(self, path: str) -> None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+class PidFile:
+    """A pidfile at ``path``, locked with ``flock`` by the process that runs the service.
+
+    ``owners`` are the uids a pidfile may belong to (root, the user asking,
+    the service's user): one of another user's, planted in a shared
+    directory, is never believed, and ``acquire`` replaces it when it may.
+    """
+
+    def __init__(self, path: str, owners: Collection[int] | None = None) -> None:
         self.path = path
+        self.owners = frozenset({0, os.geteuid()} if owners is None else owners)
         self._fd: int | None = None
         self.last_words: bytes | None = None  # left in the file when it cannot be removed
         self.adopted = False  # passed by the instance a restart replaces
@@ -166,8 +197,16 @@ class PidFile:
         later by :meth:`write_pid`.  Raises :class:`PidFileError` when the path
         cannot be used.
         """
+        attempts = 0
         while True:
-            fd = self._open(os.O_RDWR | os.O_CREAT)
+            fd = self._open_to_lock()
+            if fd is None:
+                attempts += 1
+                if attempts >= _REPLACE_ATTEMPTS:
+                    raise PidFileError(
+                        f"cannot use pidfile {self.path}: another user keeps creating it"
+                    )
+                continue  # a planted file was removed: create ours
             if not _try_lock(fd):
                 os.close(fd)
                 return False
@@ -184,10 +223,60 @@ class PidFile:
         self._fd = fd
         return True
 
+    def _open_to_lock(self) -> int | None:
+        """Open (or create) the pidfile for writing; None when a planted one was removed.
+
+        Another user may have created the name first in a shared directory,
+        to write a pid of theirs in it later: such a file is unlinked (root
+        may, even in a sticky directory) and a fresh one created, or refused
+        with the reason when we may not remove it.
+        """
+        try:
+            fd = self._open(os.O_RDWR | os.O_CREAT)
+        except PidFileError as exc:
+            # fs.protected_regular refuses O_CREAT on another user's file in a sticky directory.
+            if not isinstance(exc.__cause__, PermissionError):
+                raise
+            found = self._foreign_at_path()
+            if found is None:
+                raise
+            self._remove_foreign(found)
+            return None
+        found = os.fstat(fd)
+        if is_trusted(found, self.owners):
+            return fd
+        os.close(fd)
+        self._remove_foreign(found)
+        return None
+
+    def _foreign_at_path(self) -> os.stat_result | None:
+        """The regular file at the path, when it is one not to be trusted.
+
+        Anything else (a symlink, a FIFO) is refused as it is, never removed.
+        """
+        try:
+            found = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return None
+        if not stat.S_ISREG(found.st_mode) or is_trusted(found, self.owners):
+            return None
+        return found
+
+    def _remove_foreign(self, found: os.stat_result) -> None:
+        """Unlink the untrusted file ``found`` if the path still names it."""
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (found.st_dev, found.st_ino):
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass  # gone already: ours to create
+        except PermissionError as exc:
+            raise PidFileError(f"cannot use pidfile {self.path}: {_distrust(found)}") from exc
+
     @classmethod
-    def adopt(cls, path: str, fd: int) -> PidFile:
+    def adopt(cls, path: str, fd: int, owners: Collection[int]) -> PidFile:
         """The pidfile whose locked descriptor another process passed us (``_handover``)."""
-        pidfile = cls(path)
+        pidfile = cls(path, owners)
         pidfile._fd = fd
         pidfile.adopted = True
         return pidfile
@@ -218,6 +307,10 @@ class PidFile:
             return False
         held = os.fstat(self._fd)
         return holds_file(pid, (held.st_dev, held.st_ino)) is True
+
+    def names_us(self) -> bool:
+        """Whether the locked file names this process (a handover committed to it)."""
+        return self._fd is not None and parse_pid(os.pread(self._fd, 32, 0)) == os.getpid()
 
     def fileno(self) -> int:
         """The locked descriptor (to keep open when detaching)."""
@@ -251,7 +344,7 @@ class PidFile:
                 return False
             self.write_pid(pid)  # its content was overwritten (echo x > app.pid)
             return True
-        replacement = PidFile(self.path)
+        replacement = PidFile(self.path, self.owners)
         if not replacement.acquire():
             raise PidFileError(f"another process holds the file now at {self.path}")
         new = replacement._held_fd()
@@ -318,6 +411,9 @@ class PidFile:
             if fd is None:
                 return _ABSENT
             try:
+                found = os.fstat(fd)
+                if not is_trusted(found, self.owners):
+                    return PidFileState(exists=True, running=False, foreign_owner=found.st_uid)
                 content = os.pread(fd, 32, 0)
                 pid = parse_pid(content)
                 if _try_lock(fd):
@@ -349,6 +445,8 @@ class PidFile:
             named = parse_pid(os.pread(fd, 32, 0))
         finally:
             os.close(fd)
+        if not is_trusted(held, self.owners):
+            return False
         return named == pid and holds_file(pid, (held.st_dev, held.st_ino)) is not False
 
     def remove_if_stale(self) -> bool:
@@ -360,6 +458,8 @@ class PidFile:
         if fd is None:
             return False
         try:
+            if not is_trusted(os.fstat(fd), self.owners):
+                return False  # another user's: start replaces it, nothing else touches it
             if not _try_lock(fd) or not self._names(fd):
                 return False
             os.unlink(self.path)
@@ -376,6 +476,18 @@ class PidFile:
             return os.stat(self.path, follow_symlinks=False).st_uid
         except OSError:
             return -1
+
+
+def _distrust(found: os.stat_result) -> str:
+    """Why a file at the pidfile's path is not to be trusted."""
+    if not stat.S_ISREG(found.st_mode):
+        return f"it is {_file_kind(found.st_mode)}"
+    if found.st_nlink != 1:
+        return "it has another name (a hard link to it), so writing it would write elsewhere"
+    return (
+        f"it belongs to user {user_name(found.st_uid)}, who could write any pid in it; "
+        "remove it, or keep the pidfile in a directory of the service's own"
+    )
 
 
 _held: PidFile | None = None

@@ -21,7 +21,7 @@ import sys
 import time
 
 from . import _lastrun, _notify, _signals
-from ._claim import PUT_BACK, REBIND, listen_for_claimants, rebind
+from ._claim import PUT_BACK, listen_for_claimants
 from ._control import ControlServer
 from ._detach import flush_standard_streams
 from ._errors import PidFileError, describe, exit_status, last_words
@@ -215,7 +215,7 @@ def claim_answers(pidfile: PidFile, claim: ControlServer) -> dict[str, Answer]:
         except PidFileError as exc:
             return f"error {exc}", ()
 
-    answers: dict[str, Answer] = {PUT_BACK: put_back, REBIND: lambda: rebind(claim, pidfile.path)}
+    answers: dict[str, Answer] = {PUT_BACK: put_back}
     if "daemonize_deco._listeners" in sys.modules:  # loaded by listen=: sockets to hand over
         from ._handover import REQUEST, offering  # noqa: PLC0415
 
@@ -286,6 +286,7 @@ def serve(
         _facts.control = listen_for_control()
         _facts.claim = None if pidfile is None else _claim_identity(pidfile)
         _watch_progress(config, notifier, heartbeats, supervised=pidfile is None)
+        settle = _settling(service, pidfile, startup)
         dispatcher = Dispatcher(
             record_fd=record_fd,
             hooks=hooks,
@@ -298,6 +299,7 @@ def serve(
             on_repeat=on_repeat,
             reap_children=is_init,
             ready_at=_grace_deadline(config),
+            settle=settle,
         )
         _arm_readiness(startup)  # before the dispatcher may declare it
         dispatcher.start()
@@ -325,6 +327,30 @@ def serve(
     )
     _release_signals()
     return outcome.status
+
+
+def _settling(
+    service: Service, pidfile: PidFile | None, startup: StartupChannel | None
+) -> tuple[int, Callable[[], None]] | None:
+    """For a handover's new instance: the restart's pipe, and what to do once it closes."""
+    if pidfile is None or startup is None or not pidfile.adopted:
+        return None
+    # Held from now on; closed already (-1) if the restart died before this.
+    startup.hold()
+
+    def settle() -> None:
+        from ._handover import settle  # noqa: PLC0415 -- loaded by the restart that forked us
+
+        startup.close()
+        if not settle(pidfile, _facts.claim, service):
+            last_words(lambda: print(
+                "daemonize_deco: the restart that started this instance ended before it took "
+                "over (killed?); standing down, the running instance serves on",
+                file=sys.stderr,
+            ))  # fmt: skip
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return startup.fileno(), settle
 
 
 def _account_for_the_run(
@@ -379,14 +405,11 @@ def take_the_pidfile(service: Service, pidfile: PidFile, pid: int) -> None:
     A pidfile a restart passed on (``_handover``) still names the running
     instance: the restart writes our pid once we are ready.
     """
-    if not pidfile.adopted:
-        pidfile.write_pid(pid)
     pidfile.keep_out_of_forks()
     _lastrun.forget(service.config.pidfile)
-    if service.signature:
-        from ._options import remember  # noqa: PLC0415 -- loaded by main's signature
-
-        remember(service.config.pidfile, service.words)
+    if not pidfile.adopted:  # else the restart writes both once we are ready (``_handover``)
+        pidfile.write_pid(pid)
+        service.remember_options()
 
 
 def _watch_progress(
@@ -502,10 +525,11 @@ def _ran_to_completion(config: ServiceConfig, outcome: Outcome) -> bool:
 def _record(
     config: ServiceConfig, pid: int, started: float, outcome: Outcome, pidfile: PidFile
 ) -> None:
-    """Write the run's last words beside the pidfile, or, failing that, give them to it.
+    """Write the run's last words beside the pidfile, and give them to the pidfile.
 
-    A service that dropped privileges may write neither there nor unlink its
-    pidfile (a root-owned directory): the pidfile then keeps the record.
+    A service that dropped privileges may not unlink its pidfile (a
+    root-owned directory, or a root-owned file in a sticky one): the pidfile
+    then keeps the record instead of a pid, and says "not running".
     """
     signum = _signals.stop_signal() if _signals.should_stop() else None
     # Only SIGTERM and SIGINT stop a service; naming them needs no enum import at exit.
@@ -518,8 +542,10 @@ def _record(
         exception=outcome.exception,
         signal=None if signum is None else names.get(signum, str(signum)),
     )
-    if not _lastrun.write(config.pidfile, run):
-        pidfile.last_words = run.to_text().encode("utf-8", "backslashreplace")
+    _lastrun.write(config.pidfile, run)
+    # Also kept for the pidfile itself: a service that may not unlink it (a
+    # root-owned file in /tmp, a root-owned directory) leaves them in it.
+    pidfile.last_words = run.to_text().encode("utf-8", "backslashreplace")
 
 
 def _end_service(dispatcher: Dispatcher | None, stop_timeout: float) -> bool:

@@ -24,7 +24,7 @@ __all__ = ["StartupReport", "StartupWatcher"]
 class StartupReport:
     """What the starting process learned: the daemon's pid and how startup ended."""
 
-    __slots__ = ("outcome", "pid", "pidfd", "pipe_ended", "reason")
+    __slots__ = ("channel", "outcome", "pid", "pidfd", "pipe_ended", "reason")
 
     def __init__(
         self, outcome: Literal["ready", "finished", "failed", "timeout", "interrupted"]
@@ -34,6 +34,13 @@ class StartupReport:
         self.pidfd: int | None = None
         self.reason = ""
         self.pipe_ended = False  # every process that could write to it is gone
+        self.channel: int | None = None  # the pipe, kept open past ready (a handover)
+
+    def close_channel(self) -> None:
+        """Close the startup pipe kept past ready: the new instance of a handover settles."""
+        if self.channel is not None:
+            os.close(self.channel)
+            self.channel = None
 
 
 class StartupWatcher:
@@ -62,6 +69,10 @@ class StartupWatcher:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    def keep_channel(self) -> None:
+        """Leave the pipe open, with the report: the daemon waits for its end (``_handover``)."""
+        self.report.channel, self._fd = self._fd, -1
 
     def wait(
         self, timeout: float, interrupt_fd: int | None = None, grace: float | None = None

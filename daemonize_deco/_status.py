@@ -14,11 +14,14 @@ import os
 import time
 
 from . import _lastrun
+from ._pidfile import user_name
 from ._proc import fd_targets, read_stat, uptime
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._pidfile import PidFileState
+    from collections.abc import Collection
+
+    from ._pidfile import PidFile, PidFileState
     from ._supervisor import SupervisorState
 
 __all__ = ["StatusReport"]
@@ -29,19 +32,20 @@ _MIB = 1024 * 1024
 class StatusReport:
     """Everything status says about one service, gathered once."""
 
-    def __init__(self, name: str, pidfile: str, state: PidFileState, note: str = "") -> None:
+    def __init__(self, name: str, pidfile: PidFile, state: PidFileState, note: str = "") -> None:
         self.name = name
-        self.pidfile = pidfile
+        self.pidfile = pidfile.path
         self.state = state
         self.note = note
+        owners = pidfile.owners
         pid = state.pid if state.running else None
         self.uptime = uptime(pid) if pid is not None else None
-        self.options = _remembered(pidfile) if state.running else None
-        self.supervision = _supervision(pidfile, pid)
+        self.options = _remembered(self.pidfile, owners) if state.running else None
+        self.supervision = _supervision(self.pidfile, owners, pid)
         # Supervised, what counts is the service's use, not the supervisor's.
         watched = pid if self.supervision is None else self.supervision.service
         self.resources = resources(watched) if watched is not None else Resources()
-        self.last = None if state.running else _lastrun.read(pidfile)
+        self.last = None if state.running else _lastrun.read(self.pidfile, owners)
         if state.last_words:  # the service could not remove its pidfile: its record is in it
             self.last = _lastrun.LastRun.from_text(state.last_words.decode("utf-8", "replace"))
 
@@ -54,11 +58,22 @@ class StatusReport:
         return last.failed
 
     @property
+    def left_behind(self) -> bool:
+        """The service's own pidfile is there, though nothing runs (it died, or gave up)."""
+        state = self.state
+        return state.exists and not state.running and not state.last_words and not self.foreign
+
+    @property
+    def foreign(self) -> bool:
+        """The file at the pidfile's path is another user's: it says nothing of the service."""
+        return self.state.foreign_owner is not None
+
+    @property
     def exit_status(self) -> int:
         """0 running, 1 dead but its pidfile left behind (or given up on), 3 not running."""
         if self.state.running:
             return 0
-        return 1 if self.state.exists and not self.state.last_words else 3
+        return 1 if self.left_behind else 3
 
     def text(self) -> str:
         """The sentence, and for a running service the lines of detail below it."""
@@ -69,7 +84,7 @@ class StatusReport:
                 f"{self.name} failed: {self.failed} "
                 f"(supervisor pid {self.last.pid} gave up at {_lastrun.clock(self.last.ended)})"
             )
-        if self.state.exists and not self.state.last_words:
+        if self.left_behind:
             pid = self.state.pid
             stale = f" (pid {pid})" if pid is not None else ""
             if self.last is not None and self.last.pid == pid:
@@ -80,7 +95,13 @@ class StatusReport:
                 f"{self.name} is not running, but its pidfile {self.pidfile} is left behind"
                 f"{stale}: {how}"
             )
-        after = "" if self.last is None else f" (last run: {self.last.describe()})"
+        notes = [] if self.last is None else [f"last run: {self.last.describe()}"]
+        if self.state.foreign_owner is not None:
+            notes.append(
+                f"the file at {self.pidfile} belongs to user "
+                f"{user_name(self.state.foreign_owner)} and is not trusted"
+            )
+        after = f" ({'; '.join(notes)})" if notes else ""
         return f"{self.name} is not running{after}"
 
     def _running_line(self) -> str:
@@ -147,7 +168,8 @@ class StatusReport:
             "open_fds": used.open_fds,
             "children": used.children,
             "listening": used.listening,
-            "pidfile_left_behind": self.exit_status == 1,
+            "pidfile_left_behind": self.left_behind,
+            "pidfile_foreign_owner": self.state.foreign_owner,
             "note": self.note or None,
             "failed": self.failed,
             "supervision": None
@@ -176,13 +198,13 @@ class StatusReport:
         return json.dumps(document)
 
 
-def _supervision(pidfile: str, pid: int | None) -> SupervisorState | None:
+def _supervision(pidfile: str, owners: Collection[int], pid: int | None) -> SupervisorState | None:
     """The supervisor's state, when the running pid is a supervisor's (``restart=``)."""
     if pid is None:
         return None
     from ._supervisor import SupervisorState  # noqa: PLC0415 -- status only
 
-    state = SupervisorState.read(pidfile)
+    state = SupervisorState.read(pidfile, owners)
     return state if state is not None and state.supervisor == pid else None
 
 
@@ -192,10 +214,10 @@ def _quoted(word: str) -> str:
     return "'" + word.replace("'", "'\\''") + "'"
 
 
-def _remembered(pidfile: str) -> list[str] | None:
+def _remembered(pidfile: str, owners: Collection[int]) -> list[str] | None:
     from ._options import remembered  # noqa: PLC0415 -- a small read; no option parsing
 
-    return remembered(pidfile)
+    return remembered(pidfile, owners)
 
 
 class Resources:

@@ -54,6 +54,7 @@ from ._watchdog import ABORT_GRACE, hang_message, round_length
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import mmap
+    from collections.abc import Collection
 
     from ._config import Service
     from ._hygiene import Credentials
@@ -83,9 +84,9 @@ class SupervisorState:
         return _beside.fields_to_text((key, getattr(self, key)) for key in self.__slots__)
 
     @classmethod
-    def read(cls, pidfile: str) -> SupervisorState | None:
-        """The state beside ``pidfile``; None when there is none or it is not one."""
-        data = _beside.read(pidfile + STATE_SUFFIX, 4096)
+    def read(cls, pidfile: str, owners: Collection[int]) -> SupervisorState | None:
+        """The state beside ``pidfile``; None when there is none, or not one of ``owners``."""
+        data = _beside.read(pidfile + STATE_SUFFIX, 4096, owners)
         if data is None:
             return None
         fields = _beside.fields_from_text(data.decode("utf-8", "replace"))
@@ -147,6 +148,11 @@ class _Supervisor:
         self.policy = service.config.restart
         self.pidfile = pidfile
         self.startup: StartupChannel | None = startup
+        # A handover's new supervisor: the restart's pipe, watched until it closes
+        # (``_handover.settle``); until then it is not the service, and keeps quiet.
+        self.settling: StartupChannel | None = startup if pidfile.adopted else None
+        if self.settling is not None:
+            self.settling.hold()
         self.pid = os.getpid()
         self.started = time.time()
         self.state = SupervisorState(self.pid)
@@ -184,6 +190,8 @@ class _Supervisor:
 
     def round(self) -> None:
         """Wait for the next event, and handle what came."""
+        if self.settling is not None and self.settling.fileno() < 0:
+            self.settle(self.settling)  # closed already: the restart was gone before we held it
         poller = select.poll()
         poller.register(self.record_fd, select.POLLIN)
         for server in (self.control, self.claim):
@@ -194,17 +202,37 @@ class _Supervisor:
             poller.register(child.pidfd, select.POLLIN)
             if child.channel_fd is not None:
                 poller.register(child.channel_fd, select.POLLIN)
+        settling = self.settling
+        if settling is not None and settling.fileno() >= 0:
+            poller.register(settling.fileno(), 0)  # POLLERR alone: the restart closed it
         deadline = self.next_deadline()
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
         ready = {fd for fd, _ in poller.poll(timeout)}
         if child is not None and child.channel_fd in ready:
             self.read_child(child)
         self.handle_signals()
-        if self.claim is not None and self.claim.fileno() in ready:
+        if settling is not None and settling.fileno() in ready:
+            self.settle(settling)
+        elif self.claim is not None and self.claim.fileno() in ready and self.settling is None:
             answer_claimants(self.claim, claim_answers(self.pidfile, self.claim))
         if child is not None and child is self.child and child.pidfd in ready:
             self.child_ended(child)
         self.on_time()
+
+    def settle(self, channel: StartupChannel) -> None:
+        """The restart that started us is over: be the service, or stand down."""
+        from ._handover import settle  # noqa: PLC0415 -- loaded by the restart that forked us
+
+        self.settling = None
+        channel.close()
+        if settle(self.pidfile, self.claim, self.service):
+            self.save_state()
+            return
+        self.say(
+            "the restart that started this supervisor ended before it took over (killed?); "
+            "standing down, the running instance serves on"
+        )
+        self.stop(signal.SIGTERM)
 
     def next_deadline(self) -> float | None:
         deadlines = [self.restart_due]
@@ -499,6 +527,8 @@ class _Supervisor:
         self.control = self.claim = None
 
     def save_state(self) -> None:
+        if self.settling is not None:
+            return  # not the service yet: the running one's state stands
         _beside.write(self.config.pidfile + STATE_SUFFIX, self.state.to_text().encode())
 
     def say(self, text: str) -> None:

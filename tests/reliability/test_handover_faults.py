@@ -1,0 +1,268 @@
+"""The handover of a listen= restart under attack: a killed restart, a squatted claim, a
+forged answer, a failed new instance.
+
+Whatever instant the restarting process dies, afterwards exactly one instance runs and
+status and stop reach it; the claim and the handover are answered only by the instance
+itself.  Each test failed before its fix.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import MARK, is_gone, wait_for
+from test_kvserver import free_port
+from test_listeners import ANSWER_WITH_PID, PRELUDE, ask_pid
+
+from daemonize_deco._claim import claim_address
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="acting as nobody needs root")
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+# ANSWER_WITH_PID, but a stop lingers while a file "linger" exists (a slow graceful stop).
+LINGERING = (
+    ANSWER_WITH_PID
+    + """
+while os.path.exists(os.path.join(here, "linger")):
+    time.sleep(0.05)
+print("stopped", os.getpid(), flush=True)
+"""
+)
+
+
+def lingering(make_service, port: int, **options):
+    options.setdefault("stop_timeout", 3.0)
+    return make_service(
+        LINGERING, prelude=PRELUDE, listen=[f"tcp://127.0.0.1:{port}"], wait_ready=True, **options
+    )
+
+
+def instances(svc, supervised: bool) -> list[int]:
+    """The service's live processes (a supervised one counts its supervisor and service)."""
+    found = svc.daemons()
+    if not supervised:
+        return found
+    return [pid for pid in found if not any(_ppid(pid) == other for other in found)]
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError):
+        return 0
+
+
+def assert_one_instance_reached_by_commands(svc, port: int, supervised: bool) -> int:
+    """Exactly one instance is left; status, the pidfile and a client agree; stop ends it."""
+    survivor = wait_for(
+        lambda: (left := instances(svc, supervised)) and len(left) == 1 and left[0],
+        timeout=30,
+        what="exactly one instance left",
+    )
+    assert svc.read_pid() == survivor
+    status = svc.cli("status")
+    assert status.returncode == 0 and f"pid {survivor}" in status.stdout, status.stdout
+    served_by = ask_pid(("127.0.0.1", port))
+    assert served_by == survivor or _ppid(served_by) == survivor
+    assert svc.cli("stop").returncode == 0
+    wait_for(lambda: not svc.daemons(), what="nothing left after stop")
+    again = svc.cli("start")
+    assert again.returncode == 0, again.stderr  # the port is free: nothing holds it
+    assert svc.cli("stop").returncode == 0
+    return survivor
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "restart (listen=) SIGKILLed while the new instance starts",
+    lost="the new instance stands down; the old one serves on, and status and stop reach it",
+)
+@pytest.mark.parametrize("supervised", [False, True], ids=["plain", "supervised"])
+def test_sigkill_of_restart_before_the_new_instance_is_ready(make_service, supervised):
+    port = free_port()
+    options = {"restart": "on-failure"} if supervised else {}
+    svc = lingering(make_service, port, **options)
+    old = svc.start()
+    (svc.dir / "slow").touch()
+    restart = svc.popen("restart")
+    wait_for(lambda: len(svc.daemons()) > (2 if supervised else 1), what="the new instance")
+    restart.kill()
+    restart.communicate()
+    (svc.dir / "slow").unlink()
+    survivor = assert_one_instance_reached_by_commands(svc, port, supervised)
+    assert survivor == old
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "restart (listen=) SIGKILLed after the new instance took over, while the old one stops",
+    lost="the new instance ends the old one itself (SIGKILL after stop_timeout): one instance",
+)
+@pytest.mark.parametrize("supervised", [False, True], ids=["plain", "supervised"])
+def test_sigkill_of_restart_while_the_old_instance_stops(make_service, supervised):
+    port = free_port()
+    options = {"restart": "on-failure"} if supervised else {}
+    svc = lingering(make_service, port, **options)
+    old = svc.start()
+    (svc.dir / "linger").touch()  # the old instance's stop takes as long as the file is there
+    restart = svc.popen("restart")
+    wait_for(lambda: svc.read_pid() not in (None, old), what="the pidfile to name the new one")
+    restart.kill()
+    restart.communicate()
+    wait_for(lambda: is_gone(old), timeout=30, what="the old instance to be ended")
+    (svc.dir / "linger").unlink()
+    survivor = assert_one_instance_reached_by_commands(svc, port, supervised)
+    assert survivor != old
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "restart (listen=) with a new instance that fails keeps the running options",
+    lost="PIDFILE.options still names the running instance's settings; a plain restart reuses them",
+)
+def test_a_failed_handover_keeps_the_remembered_options(make_service):
+    port = free_port()
+    body = "if tag == 'broken':\n    raise RuntimeError('bad tag')\n" + ANSWER_WITH_PID
+    svc = make_service(body, prelude=PRELUDE, listen=[f"tcp://127.0.0.1:{port}"], wait_ready=True)
+    svc.script.write_text(svc.script.read_text().replace("def main():", "def main(tag: str = ''):"))
+    started = svc.cli("start", "--tag", "good")
+    assert started.returncode == 0, started.stderr
+    old = svc.pid_from(started.stdout)
+    failed = svc.cli("restart", "--tag", "broken")
+    assert failed.returncode == 1 and "bad tag" in failed.stderr, failed.stderr
+    assert "options: --tag good" in svc.cli("status").stdout
+    plain = svc.cli("restart")
+    assert plain.returncode == 0, plain.stderr
+    new = svc.read_pid()
+    assert new != old and "options: --tag good" in svc.cli("status").stdout
+    assert svc.cli("stop").returncode == 0
+
+
+@pytest.fixture
+def open_dir():
+    """A directory every user may enter (the pidfile is world-readable there)."""
+    folder = Path(tempfile.mkdtemp(prefix="dd-open-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+# Binds the claim name first and answers a handover request with its own descriptors:
+# the real pidfile (world-readable), and a listening socket of its own.
+SQUATTER = """
+import array, os, socket, sys
+claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+claim.bind(bytes.fromhex(sys.argv[1]))
+claim.listen(8)
+print("squatting", flush=True)
+mine = socket.socket()
+mine.bind(("127.0.0.1", 0))
+mine.listen(8)
+while True:
+    conn, _ = claim.accept()
+    try:
+        conn.recv(100)
+        pidfile = os.open(sys.argv[2], os.O_RDONLY)
+        fds = array.array("i", [pidfile, claim.fileno(), mine.fileno()])
+        conn.sendmsg([b"ok 1\\n"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        os.close(pidfile)
+    except OSError:
+        pass
+    conn.close()
+"""
+
+
+def spawn_as_nobody(mark: str, code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [SYSTEM_PYTHON, "-c", code, *args], user="nobody", group="nogroup", extra_groups=[],
+        stdout=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin", MARK: mark},
+    )  # fmt: skip
+
+
+@ROOT_ONLY
+@pytest.mark.scenario(
+    "Security",
+    "another user squats the claim name and answers restart's handover with their sockets",
+    lost="nothing of theirs is used: one line says so, restart stops and starts; one instance",
+)
+def test_a_handover_from_a_squatter_is_refused(make_service, open_dir, mark):
+    port = free_port()
+    pidfile = open_dir / "svc.pid"
+    squatter = spawn_as_nobody(mark, SQUATTER, claim_address(str(pidfile)).hex(), str(pidfile))
+    try:
+        assert squatter.stdout.readline() == "squatting\n"
+        svc = make_service(
+            ANSWER_WITH_PID, prelude=PRELUDE, listen=[f"tcp://127.0.0.1:{port}"],
+            wait_ready=True, pidfile=str(pidfile),
+        )  # fmt: skip
+        old = svc.start()
+        restarted = svc.cli("restart")
+        assert restarted.returncode == 0, restarted.stderr
+        assert "Traceback" not in restarted.stderr
+        assert len(restarted.stderr.splitlines()) == 1, restarted.stderr
+        assert "restarting by stop and start" in restarted.stderr
+        assert "(user nobody)" in restarted.stderr, restarted.stderr
+        new = svc.read_pid()
+        assert new != old and is_gone(old)
+        assert wait_for(lambda: svc.daemons() == [new], what="one instance")
+        assert ask_pid(("127.0.0.1", port)) == new
+        assert svc.cli("stop").returncode == 0
+        assert squatter.poll() is None
+    finally:
+        squatter.kill()
+        squatter.communicate()
+
+
+# Tries to bind the claim name in a tight loop; says so if it ever gets it.
+GRABBER = """
+import socket, sys
+name = bytes.fromhex(sys.argv[1])
+while True:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(name)
+    except OSError:
+        sock.close()
+        continue
+    print("got it", flush=True)
+    sock.listen(1)
+    sys.stdin.read() if False else __import__("time").sleep(3600)
+"""
+
+
+@ROOT_ONLY
+@pytest.mark.scenario(
+    "Security",
+    "another user tries to take the claim name in a tight loop through 20 restarts",
+    lost="the claim passes from instance to instance without a gap: never taken",
+)
+def test_the_claim_is_never_free_during_restarts(make_service, open_dir, mark):
+    port = free_port()
+    pidfile = open_dir / "svc.pid"
+    svc = make_service(
+        ANSWER_WITH_PID, prelude=PRELUDE, listen=[f"tcp://127.0.0.1:{port}"],
+        wait_ready=True, pidfile=str(pidfile),
+    )  # fmt: skip
+    svc.start()
+    grabber = spawn_as_nobody(mark, GRABBER, claim_address(str(pidfile)).hex())
+    try:
+        for _ in range(20):
+            restarted = svc.cli("restart")
+            assert restarted.returncode == 0, restarted.stderr
+            assert "its sockets kept" in restarted.stdout, restarted.stdout
+        current = svc.read_pid()
+        pidfile.unlink()
+        status = svc.cli("status")
+        assert status.returncode == 0 and f"pid {current}" in status.stdout, status.stdout
+    finally:
+        grabber.kill()
+        out, _ = grabber.communicate()
+    assert "got it" not in out
+    assert svc.cli("stop").returncode == 0
