@@ -126,12 +126,21 @@ def run_custom(
 
     A function taking only ``*args`` (``signature`` None) gets the words as
     they are; one with parameters gets them through argparse, like main's
-    options: positional parameters stay positional.
+    options: positional parameters stay positional.  ``-h`` or ``--help``
+    alone prints the command's help, whatever its parameters.
     """
     if signature is None:
-        if args and not takes_words(func):
+        if not args:
+            return exit_status(func())
+        from ._options import HELP_FLAGS, Signature  # noqa: PLC0415 -- a small module
+
+        if len(args) == 1 and args[0] in HELP_FLAGS:
+            # Read now, for its help: the usage line names the *args parameter.
+            signature = Signature(func, what=f"command {word!r}", commands=True)
+        elif takes_words(func):
+            return exit_status(func(*args))
+        else:
             raise UsageError(f"{word} takes no arguments, got {args[0]!r}")
-        return exit_status(func(*args))
     if not signature and not args:
         return exit_status(func())
     from ._options import HelpRequested  # noqa: PLC0415 -- loaded by the signature already
@@ -186,6 +195,7 @@ def _add_unit_flags(parser: argparse.ArgumentParser) -> None:
 
 
 # The built-in commands' own flags, by the name their ``_cli.Command`` gives.
+# ``_options.COMMAND_FLAGS`` lists them for decoration (a test checks the two agree).
 FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "stop_timeout": _add_stop_timeout,
     "status": _add_status_flags,

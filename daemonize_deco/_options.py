@@ -11,7 +11,9 @@ pathlib.Path, an enum.Enum (its member names) and typing.Literal (its
 values) as choices, and any of them ``| None`` with a default of None.  A
 parameter without a default is a required option (for ``@main.command``
 functions: a positional argument).  An unannotated parameter takes its
-default's type, or str.  ``_`` in a name is ``-`` on the line.
+default's type, or str.  ``_`` in a name is ``-`` on the line.  A parameter
+whose flag another parameter, or a built-in command, gives already is a
+TypeError too: argparse would only say so when that command line is parsed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 __all__ = [
+    "COMMAND_FLAGS",
+    "HELP_FLAGS",
     "HelpRequested",
     "Option",
     "Signature",
@@ -45,6 +49,20 @@ _NO_DEFAULT = object()
 OPTIONS_SUFFIX = ".options"
 _WORDS_LIMIT = 65536
 _SECTION_ENDS = ("Returns:", "Yields:", "Raises:", "Example:", "Examples:", "Note:", "Notes:")
+# Every command, a custom one too, takes these (``make_parser``).
+HELP_FLAGS = ("-h", "--help")
+# The built-in commands' own flags, added beside main's options, and the
+# commands that take them: what ``_command_line.FLAGS`` adds (a test checks
+# the two agree), written out so that decoration does not load argparse.
+COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
+    "--timeout": ("stop", "restart"),
+    "--json": ("status",),
+    "-n": ("logs",),
+    "--lines": ("logs",),
+    "-f": ("logs",),
+    "--follow": ("logs",),
+    "--socket": ("systemd-unit",),
+}
 
 
 class Option:
@@ -80,6 +98,15 @@ class Option:
         self.doc = doc
 
     @property
+    def flags(self) -> tuple[str, ...]:
+        """The flags it adds to a parser (none for a positional argument)."""
+        if self.positional:
+            return ()
+        if self.is_flag:
+            return (self.flag, "--no-" + self.flag[2:])
+        return (self.flag,)
+
+    @property
     def required(self) -> bool:
         """Whether the command line must give it."""
         return self.default is _NO_DEFAULT and not self.variadic
@@ -92,7 +119,11 @@ class Option:
             return [self.flag if value else "--no-" + self.flag[2:]]
         if value is None:
             return []
-        return [self.flag, text_of(value)]
+        text = text_of(value)
+        if not text or text.startswith("-"):
+            # As two words, "-x" would read as an option and "" is no word at all.
+            return [f"{self.flag}={text}"]
+        return [self.flag, text]
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         """Add this option (or positional argument) to ``parser``."""
@@ -199,7 +230,7 @@ def make_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
             raise HelpRequested(parser.format_help().rstrip("\n"))
 
     parser = Parser(prog=prog, description=description or None, add_help=False, allow_abbrev=False)
-    parser.add_argument("-h", "--help", nargs=0, action=Help, help="show this help and exit")
+    parser.add_argument(*HELP_FLAGS, nargs=0, action=Help, help="show this help and exit")
     return parser
 
 
@@ -241,7 +272,35 @@ def _read_signature(func: Callable[..., object], *, what: str, positional: bool)
                 doc=docs.get(param.name, ""),
             )
         )
+    _refuse_clashes(options, what=what, built_in={} if positional else COMMAND_FLAGS)
     return options
+
+
+def _refuse_clashes(
+    options: Sequence[Option], *, what: str, built_in: Mapping[str, Sequence[str]]
+) -> None:
+    """A TypeError for a flag two parameters give, or one a command takes already."""
+    given: dict[str, str] = {}
+    for option in options:
+        for flag in option.flags:
+            if flag in HELP_FLAGS:
+                raise TypeError(
+                    f"{what}: parameter {option.name!r} gives {flag}, which every command "
+                    "takes for its help; give the parameter another name"
+                )
+            if flag in built_in:
+                commands = " and ".join(built_in[flag])
+                raise TypeError(
+                    f"{what}: parameter {option.name!r} gives {flag}, which {commands} "
+                    f"take{'s' * (len(built_in[flag]) == 1)} already; "
+                    "give the parameter another name"
+                )
+            if flag in given:
+                raise TypeError(
+                    f"{what}: parameters {given[flag]!r} and {option.name!r} both give {flag}; "
+                    "give one of them another name"
+                )
+            given[flag] = option.name
 
 
 def _option(
@@ -379,7 +438,7 @@ def remembered(pidfile: str, owners: Collection[int]) -> list[str] | None:
     data = _beside.read(pidfile + OPTIONS_SUFFIX, _WORDS_LIMIT, owners)
     if data is None:
         return None
-    return [word for word in data.decode("utf-8", "surrogateescape").split("\0") if word]
+    return data.decode("utf-8", "surrogateescape").split("\0") if data else []
 
 
 def forget(pidfile: str) -> None:
