@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from . import _lastrun, _notify, _signals
+from . import _heartbeat, _lastrun, _notify, _signals
 from ._claim import PUT_BACK, listen_for_claimants
 from ._control import ControlServer
 from ._detach import flush_standard_streams
@@ -305,10 +305,12 @@ def serve(
         dispatcher.start()
         _default_readiness(config, startup)
         outcome = _call_main(service.call_main, service_pid, config.name)
+        _heartbeat.ending()  # what is left is bounded by stop_timeout, not the watchdog
         _facts.threads_left = _wait_for_threads(config.stop_timeout)
     except BaseException as exc:
         if os.getpid() != service_pid:
             raise  # a forked child unwinding: nothing here is its to clean up
+        _heartbeat.ending()
         _end_service(dispatcher, config.stop_timeout)
         failed = Outcome(1, exception=describe(exc))
         if pidfile is None:
@@ -429,7 +431,6 @@ def _watch_progress(
         return
     import faulthandler  # noqa: PLC0415 -- only a watched service pays for it
 
-    from . import _heartbeat  # noqa: PLC0415
     from ._watchdog import Watchdog, round_length  # noqa: PLC0415
 
     faulthandler.enable(all_threads=True)

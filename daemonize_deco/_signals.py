@@ -60,6 +60,7 @@ __all__ = [
     "should_stop",
     "sleep",
     "stop_fd",
+    "stop_requested",
     "stop_signal",
     "when_main_loops",
 ]
@@ -96,7 +97,9 @@ class _State:
         self.soon: Callable[[], object] | None = None
         self.main_loops: Callable[[], object] | None = None
         self.beat: Callable[[], None] | None = None
-        self.waiting: Callable[[], None] | None = None
+        self.begin_wait: Callable[[], None] | None = None
+        self.end_wait: Callable[[], None] | None = None
+        self.ending: Callable[[], None] | None = None
         self.main_thread = _thread.get_ident()
 
 
@@ -129,9 +132,26 @@ def should_stop() -> bool:
     return _state.stop_requested
 
 
-def count_heartbeats(beat: Callable[[], None] | None, waiting: Callable[[], None] | None) -> None:
-    """Have main's thread call ``beat`` in should_stop()/sleep(), ``waiting`` while it sleeps."""
-    _state.beat, _state.waiting = beat, waiting
+def count_heartbeats(
+    beat: Callable[[], None] | None,
+    *,
+    begin_wait: Callable[[], None] | None = None,
+    end_wait: Callable[[], None] | None = None,
+    ending: Callable[[], None] | None = None,
+) -> None:
+    """Have main's thread beat in should_stop() and sleep(), and say when it waits in sleep().
+
+    ``beat`` runs in main's should_stop(); ``begin_wait`` and ``end_wait``
+    around main's waits in sleep(); ``ending`` at the first stop request
+    (from a signal handler, maybe).
+    """
+    _state.beat, _state.begin_wait, _state.end_wait = beat, begin_wait, end_wait
+    _state.ending = ending
+
+
+def stop_requested() -> bool:
+    """Whether a stop was requested: should_stop() without its side effects, for other threads."""
+    return _state.stop_requested
 
 
 def call_soon(callback: Callable[[], object]) -> None:
@@ -183,16 +203,14 @@ def sleep(seconds: float) -> bool:
     read_end, _ = _stop_pipe()
     poller = select.poll()
     poller.register(read_end, select.POLLIN)
-    beats = _state.beat is not None and _thread.get_ident() == _state.main_thread
-    if not beats:
+    begin_wait, end_wait = _state.begin_wait, _state.end_wait
+    if begin_wait is None or end_wait is None or _thread.get_ident() != _state.main_thread:
         return _sleep_on(poller, seconds)
-    if _state.waiting is not None:
-        _state.waiting()
+    begin_wait()
     try:
         return _sleep_on(poller, seconds)
     finally:
-        if _state.beat is not None:
-            _state.beat()
+        end_wait()  # a beat, then the end of the wait
 
 
 def _sleep_on(poller: select.poll, seconds: float) -> bool:
@@ -217,6 +235,8 @@ def request_stop(signum: int | None = None) -> bool:
         return False
     _state.stop_signal = signum
     _state.stop_requested = True
+    if _state.ending is not None:
+        _state.ending()  # the watchdog stands down: stop_timeout bounds the run now
     write_end = _state.stop_write
     if write_end is not None:
         try:
@@ -385,7 +405,7 @@ def _clean_slate_in_child() -> None:
     _close_pipes()
     _state.stop_signal = None
     _state.stop_requested = False
-    _state.beat = _state.waiting = None  # a worker's loop is not main's progress
+    count_heartbeats(None)  # a worker's loop is not main's progress, nor its stop main's
 
 
 def _close_pipes() -> None:

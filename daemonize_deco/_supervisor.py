@@ -14,7 +14,9 @@ holder of its lock and claim.  It forks the service as its child and:
   ``on_signal`` signals as they are;
 - with ``watchdog=S``, reads the service's heartbeats from a shared slot
   and ends a service that made none for S seconds: SIGABRT (faulthandler
-  writes its threads' stacks to the log), SIGKILL a second later;
+  writes its threads' stacks to the log), SIGKILL a second later; once a
+  stop was asked for (of it, or of the service directly) or main returned,
+  it no longer does: ``stop_timeout`` bounds the rest;
 - writes ``PIDFILE.supervisor`` whenever that changes, for ``status``.
 
 The service dies with it: the child asks the kernel for SIGKILL when its
@@ -39,7 +41,7 @@ from ._claim import answer_claimants, listen_for_claimants
 from ._control import ControlServer, ask, reply
 from ._detach import StartupChannel, exit_daemon, reopen_logs
 from ._errors import exit_status, last_words
-from ._heartbeat import WAITING, last_beat, shared_slot
+from ._heartbeat import reset, shared_slot, silence
 from ._runtime import (
     claim_answers,
     let_go_for_successor,
@@ -239,7 +241,7 @@ class _Supervisor:
         child = self.child
         if child is not None:
             deadlines.append(child.kill_at)
-            if self.heartbeats is not None and child.ready and child.hung is None:
+            if self.watching(child):
                 assert self.config.watchdog is not None
                 deadlines.append(time.monotonic() + round_length(self.config.watchdog))
             elif not child.ready and self.startup is None:
@@ -258,7 +260,7 @@ class _Supervisor:
         if child.kill_at is not None and now >= child.kill_at:
             child.kill_at = None
             _send(child.pidfd, signal.SIGKILL)
-        elif self.heartbeats is not None and child.ready and child.hung is None and self.is_hung():
+        elif self.watching(child) and self.is_hung():
             self.end_hung(child)
         elif self.never_ready(child, now):
             # A restarted service that never gets ready: start_timeout, as for a start.
@@ -281,7 +283,7 @@ class _Supervisor:
         """Fork the service; in the child, run it and never return."""
         read_end, write_end = os.pipe()
         if self.heartbeats is not None:
-            self.heartbeats[:] = time.monotonic_ns().to_bytes(8, "little")
+            reset(self.heartbeats)
         pid = os.fork()
         if pid == 0:
             os.close(read_end)
@@ -414,18 +416,25 @@ class _Supervisor:
         self.save_state()
         self.say(f"the service (pid {child.pid}) {ended}; restarting in {wait:g}s")
 
+    def watching(self, child: _Child) -> bool:
+        """Whether the watchdog watches ``child``: ready, not hung, and not being stopped."""
+        return (
+            self.heartbeats is not None
+            and child.ready
+            and child.hung is None
+            and self.stopping is None
+        )
+
     def is_hung(self) -> bool:
+        """No heartbeat for ``watchdog`` seconds (the slot says so, not while it ends)."""
         assert self.heartbeats is not None
         assert self.config.watchdog is not None
-        last = last_beat(self.heartbeats)
-        if last is None or last == WAITING:
-            return False
-        return (time.monotonic_ns() - last) / 1e9 > self.config.watchdog
+        return silence(self.heartbeats) > self.config.watchdog
 
     def end_hung(self, child: _Child) -> None:
         assert self.config.watchdog is not None
         child.hung = self.config.watchdog
-        self.say(hang_message(self.config.name, self.config.watchdog, child.pid))
+        self.say(hang_message(self.config.watchdog, child.pid))
         _send(child.pidfd, signal.SIGABRT)  # faulthandler writes its stacks, then it dies
         child.kill_at = time.monotonic() + ABORT_GRACE
 

@@ -11,7 +11,9 @@ last heartbeat (``_heartbeat``):
 - with ``watchdog=S``, a main that has not beaten for S seconds (once it is
   ready) is hung: the thread says so in the log and sends the process
   SIGABRT, on which faulthandler writes every thread's stack, and SIGKILL a
-  second later if that did not end it.
+  second later if that did not end it.  Waiting in ``sleep()`` is not
+  silence, nor is anything after a stop request or main's return: from
+  then on ``stop_timeout`` alone bounds the run.
 
 A supervised service is watched by its supervisor instead (``_supervisor``).
 """
@@ -41,10 +43,10 @@ def round_length(limit: float) -> float:
     return min(0.25, limit / 4)
 
 
-def hang_message(name: str, limit: float, pid: int) -> str:
-    """The log line before a hung service's stacks."""
+def hang_message(limit: float, pid: int) -> str:
+    """The log line before a hung service's stacks (after ``NAME: ``)."""
     return (
-        f"{name}: main made no progress for {limit:g}s (pid {pid}): hung; "
+        f"main made no progress for {limit:g}s (pid {pid}): hung; "
         "ending it with SIGABRT, its threads' stacks follow"
     )
 
@@ -83,16 +85,13 @@ class Watchdog:
 
     @staticmethod
     def _age() -> float:
-        """Seconds since main's last heartbeat (0 while it waits in sleep())."""
-        last = _heartbeat.last_beat()
-        if last is None or last == _heartbeat.WAITING:
-            return 0.0
-        return max(0.0, (time.monotonic_ns() - last) / 1e9)
+        """Seconds of main's silence (0 while it waits in sleep() or the run ends)."""
+        return _heartbeat.silence()
 
     def _abort(self) -> None:
         assert self._abort_after is not None
         # Straight to the descriptor: the hung main may hold sys.stderr's lock.
-        line = hang_message(self._name, self._abort_after, os.getpid()) + "\n"
+        line = f"{self._name}: {hang_message(self._abort_after, os.getpid())}\n"
         os.write(2, line.encode("utf-8", "replace"))
         os.kill(os.getpid(), signal.SIGABRT)  # faulthandler writes the stacks, then it dies
         time.sleep(ABORT_GRACE)
