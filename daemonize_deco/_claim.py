@@ -36,6 +36,7 @@ __all__ = [
     "answer_claimants",
     "claim_address",
     "find_claimant",
+    "fnv1a",
     "forget_inherited",
     "has_open",
     "inherit",
@@ -50,7 +51,7 @@ _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 
 
-def _fnv1a(data: bytes) -> int:
+def fnv1a(data: bytes) -> int:
     """A 64-bit digest without importing hashlib (milliseconds before every daemon is ready)."""
     digest = _FNV_OFFSET
     for byte in data:
@@ -65,7 +66,7 @@ def claim_address(pidfile: str) -> bytes:
         return b"\0" + name
     # Too long: the end of the path (where names differ) and a digest of all of it.
     tail = name[-(_NAME_LIMIT - len(_PREFIX) - 18) :]
-    return b"\0" + f"{_PREFIX}{_fnv1a(name):016x}".encode() + b":" + tail
+    return b"\0" + f"{_PREFIX}{fnv1a(name):016x}".encode() + b":" + tail
 
 
 class _Inherited:

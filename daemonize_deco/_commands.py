@@ -103,8 +103,17 @@ def stop(service: Service) -> int:
             pid, status=None, started=started, ended=time.time(), killed=f"SIGKILL by stop, {why}"
         )
         _lastrun.write(pidfile.path, killed)
-        say(f"{service.name} killed (pid {pid}): {why}")
+        # Killed, it could not end what it started in sessions of their own.
+        say(f"{service.name} killed (pid {pid}): {why}{_end_left_by(service, pidfile, pid)}")
     return 0
+
+
+def _end_left_by(service: Service, pidfile: PidFile, pid: int) -> str:
+    """End what the dead run of ``pid`` left running; the words that say so (or "")."""
+    from ._descendants import describe, end_left_by  # noqa: PLC0415 -- only after a killed run
+
+    ended = end_left_by(pidfile.path, pid, _stop_timeout(service))
+    return f"; ended {describe(ended)} its last run left running" if ended else ""
 
 
 def _stop_timeout(service: Service) -> float:
@@ -122,15 +131,16 @@ def _say_not_running(service: Service, pidfile: PidFile, state: PidFileState) ->
         say(f"{service.name} is not running (the file at {pidfile.path} is user {owner}'s: not "
             "trusted, left alone)")  # fmt: skip
         return
+    left = "" if state.pid is None else _end_left_by(service, pidfile, state.pid)
     try:
         removed = state.exists and pidfile.remove_if_stale()
     except PidFileError as exc:  # another user's stale file: not running is what counts
-        say(f"{service.name} is not running ({exc})")
+        say(f"{service.name} is not running ({exc}){left}")
         return
     if removed:
-        say(f"{service.name} is not running (removed stale pidfile {pidfile.path})")
+        say(f"{service.name} is not running (removed stale pidfile {pidfile.path}){left}")
     else:
-        say(f"{service.name} is not running")
+        say(f"{service.name} is not running{left}")
 
 
 def restart(service: Service) -> int:

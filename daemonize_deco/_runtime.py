@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from . import _heartbeat, _lastrun, _notify, _signals
+from . import _descendants, _heartbeat, _lastrun, _notify, _signals
 from ._claim import PUT_BACK, listen_for_claimants
 from ._control import ControlServer
 from ._detach import flush_standard_streams
@@ -310,8 +310,8 @@ def serve(
     except BaseException as exc:
         if os.getpid() != service_pid:
             raise  # a forked child unwinding: nothing here is its to clean up
-        _heartbeat.ending()
         _end_service(dispatcher, config.stop_timeout)
+        _end_what_it_started(pidfile, startup, config.stop_timeout)
         failed = Outcome(1, exception=describe(exc))
         if pidfile is None:
             _tell_supervisor(startup, failed, was_ready=False)
@@ -324,6 +324,7 @@ def serve(
     was_ready = _end_service(dispatcher, config.stop_timeout)
     if _facts.threads_left:
         _say_threads_left(config.stop_timeout)
+    _end_what_it_started(pidfile, startup, config.stop_timeout)
     _account_for_the_run(
         service, pidfile, startup, (service_pid, started), outcome, was_ready=was_ready
     )
@@ -353,6 +354,31 @@ def _settling(
             os.kill(os.getpid(), signal.SIGTERM)
 
     return startup.fileno(), settle
+
+
+def _end_what_it_started(
+    pidfile: PidFile | None, startup: StartupChannel | None, timeout: float
+) -> None:
+    """End the processes the run started (``_descendants``) before it lets go of its pidfile.
+
+    Detached, the process group made for it goes too; in the foreground the
+    group is the caller's.  A supervisor's service (no pidfile) leaves all
+    that to its supervisor.
+    """
+    if pidfile is None:
+        return
+    group = os.getpgrp() if startup is not None else None
+    try:
+        ended = _descendants.end_descendants(_descendants.worn_mark(), timeout, group=group)
+    except OSError as exc:
+        why = f"daemonize_deco: cannot end what main started: {exc}"
+        last_words(lambda: print(why, file=sys.stderr))
+        return
+    if ended:
+        last_words(lambda: print(
+            f"daemonize_deco: ended {_descendants.describe(ended)} main had left running",
+            file=sys.stderr,
+        ))  # fmt: skip
 
 
 def _account_for_the_run(
@@ -402,12 +428,14 @@ def release_listeners(*, remove_files: bool = True) -> None:
 
 
 def take_the_pidfile(service: Service, pidfile: PidFile, pid: int) -> None:
-    """Write our pid into the locked pidfile; start a new run's records beside it.
+    """Write our pid into the locked pidfile; start a new run, its records and its mark.
 
     A pidfile a restart passed on (``_handover``) still names the running
     instance: the restart writes our pid once we are ready.
     """
     pidfile.keep_out_of_forks()
+    # Everything the run starts carries its mark, to be ended with it.
+    _descendants.wear(_descendants.mark_for(pidfile.path, pid))
     _lastrun.forget(service.config.pidfile)
     if not pidfile.adopted:  # else the restart writes both once we are ready (``_handover``)
         pidfile.write_pid(pid)
@@ -556,6 +584,7 @@ def _end_service(dispatcher: Dispatcher | None, stop_timeout: float) -> bool:
     the process with the default action while it writes its record and
     removes its pidfile (:func:`_release_signals` comes last).
     """
+    _heartbeat.ending()  # what is left is bounded by stop_timeout, not by the watchdog
     was_ready = _disarm_readiness()
     if dispatcher is not None:
         dispatcher.stop(stop_timeout)

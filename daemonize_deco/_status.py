@@ -14,6 +14,7 @@ import os
 import time
 
 from . import _lastrun
+from ._descendants import describe, left_by
 from ._pidfile import user_name
 from ._proc import fd_targets, read_stat, uptime
 
@@ -46,6 +47,7 @@ class StatusReport:
         watched = pid if self.supervision is None else self.supervision.service
         self.resources = resources(watched) if watched is not None else Resources()
         self.last = None if state.running else _lastrun.read(self.pidfile, owners)
+        self.leftovers = _left_by(self.pidfile, state) if self.left_behind else []
         if state.last_words:  # the service could not remove its pidfile: its record is in it
             self.last = _lastrun.LastRun.from_text(state.last_words.decode("utf-8", "replace"))
 
@@ -91,6 +93,8 @@ class StatusReport:
                 how = f"last run: {self.last.describe()}"
             else:
                 how = "it died without cleaning up (killed?)"
+            if self.leftovers:
+                how += f"; {describe(self.leftovers)} it started still run: stop ends them"
             return (
                 f"{self.name} is not running, but its pidfile {self.pidfile} is left behind"
                 f"{stale}: {how}"
@@ -169,6 +173,7 @@ class StatusReport:
             "children": used.children,
             "listening": used.listening,
             "pidfile_left_behind": self.left_behind,
+            "leftovers": self.leftovers,
             "pidfile_foreign_owner": self.state.foreign_owner,
             "note": self.note or None,
             "failed": self.failed,
@@ -196,6 +201,11 @@ class StatusReport:
             },
         }
         return json.dumps(document)
+
+
+def _left_by(pidfile: str, state: PidFileState) -> list[int]:
+    """What a run that died without cleaning up started and is still running."""
+    return [] if state.pid is None else left_by(pidfile, state.pid)
 
 
 def _supervision(pidfile: str, owners: Collection[int], pid: int | None) -> SupervisorState | None:

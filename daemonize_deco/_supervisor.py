@@ -39,6 +39,7 @@ import time
 from . import _beside, _lastrun, _signals
 from ._claim import answer_claimants, listen_for_claimants
 from ._control import ControlServer, ask, reply
+from ._descendants import describe, end_descendants, worn_mark
 from ._detach import StartupChannel, exit_daemon, reopen_logs
 from ._errors import exit_status, last_words
 from ._heartbeat import reset, shared_slot, silence
@@ -355,6 +356,7 @@ class _Supervisor:
         self.state.service = self.state.service_started = None
         status = _status_of(wait_status)
         ended = self.describe_end(child, wait_status)
+        self.end_what_it_left(child)
         if self.startup is not None:  # the first run never got ready: the start failed
             self.report_failed_start(child, ended)
             self.ending = (status, child.exception, None)
@@ -368,6 +370,16 @@ class _Supervisor:
             self.ending = (status, None, None)
             return
         self.schedule_restart(child, ended)
+
+    def end_what_it_left(self, child: _Child) -> None:
+        """End what the run started and left running, before anything else runs."""
+        try:
+            left = end_descendants(worn_mark(), self.config.stop_timeout, group=os.getpgrp())
+        except OSError as exc:
+            self.say(f"cannot end what the service (pid {child.pid}) left running: {exc}")
+            return
+        if left:
+            self.say(f"ended {describe(left)} the service (pid {child.pid}) left running")
 
     def report_failed_start(self, child: _Child, ended: str) -> None:
         assert self.startup is not None

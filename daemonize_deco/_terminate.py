@@ -3,7 +3,8 @@
 Pids are reused, so nothing here signals a bare pid.  A process is first
 pinned with a pidfd (``_proc.open_pidfd``), checked, and then signalled
 through the pidfd, so the signal can only reach the process that was checked.
-Loaded by the commands that stop a service, never by the daemon itself.
+Loaded by the commands that stop a service, and by a daemon only when a
+run ends with processes of its own still running (``_descendants``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from ._proc import BADGE_LINK, fd_targets, open_pidfd, read_stat, wait_exit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from typing import Literal
 
-__all__ = ["Ending", "terminate"]
+__all__ = ["Ending", "end_pinned", "terminate"]
 
 _KILL_WAIT = 5.0
 
@@ -98,11 +100,34 @@ def _group_members(pgid: int) -> list[int]:
 def _end_group(pgid: int, timeout: float) -> int:
     """SIGTERM what is left in ``pgid``, SIGKILL it after ``timeout``; return how many."""
     pidfds = [fd for fd in map(open_pidfd, _group_members(pgid)) if fd is not None]
-    if not pidfds:
-        return 0
     try:
         # Members are alive and hold the group id, so it names no one else.
-        os.killpg(pgid, signal.SIGTERM)
+        _end(pidfds, timeout, lambda signum: os.killpg(pgid, signum))
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+    return len(pidfds)
+
+
+def end_pinned(pidfds: Sequence[int], timeout: float) -> None:
+    """SIGTERM the processes the pidfds pin, SIGKILL those left ``timeout`` seconds later."""
+
+    def send(signum: int) -> None:
+        for fd in pidfds:
+            try:
+                signal.pidfd_send_signal(fd, signum)
+            except ProcessLookupError:
+                continue  # exited already
+
+    _end(pidfds, timeout, send)
+
+
+def _end(pidfds: Sequence[int], timeout: float, send: Callable[[int], object]) -> None:
+    """``send(SIGTERM)``, wait for every pidfd, ``send(SIGKILL)`` if some are left."""
+    if not pidfds:
+        return
+    try:
+        send(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         remaining = list(pidfds)
         while remaining and (left := deadline - time.monotonic()) > 0:
@@ -110,10 +135,6 @@ def _end_group(pgid: int, timeout: float) -> int:
             if remaining:
                 wait_exit(remaining[0], left)
         if remaining:
-            os.killpg(pgid, signal.SIGKILL)
+            send(signal.SIGKILL)
     except ProcessLookupError:
         pass  # all gone meanwhile
-    finally:
-        for fd in pidfds:
-            os.close(fd)
-    return len(pidfds)

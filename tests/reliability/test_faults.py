@@ -60,7 +60,7 @@ def test_stop_escalates_when_sigterm_is_ignored(make_service, stuck):
 @pytest.mark.scenario(
     "Faults",
     "The daemon's children (multiprocessing and subprocess)",
-    lost="after stop, no worker survives: what main left running is ended with the group",
+    lost="after stop, no worker survives: the service ends what main left running as it ends",
 )
 def test_children_do_not_survive_stop(make_service):
     body = """
@@ -80,7 +80,8 @@ def test_children_do_not_survive_stop(make_service):
     assert len(children) == 2 and all(alive(c) for c in children)
     result = svc.cli("stop")
     assert result.returncode == 0, result.stderr
-    assert f"stopped (pid {pid}); ended 2 process(es) it left running" in result.stdout
+    assert f"svc stopped (pid {pid})" in result.stdout
+    assert "ended 2 processes (pids " in svc.log_text(), svc.log_text()
     for child in children:
         assert is_gone(child), f"child {child} survived the stop"
     wait_for(lambda: marked_pids(svc.mark) == [], timeout=5, what="no marked process left")
