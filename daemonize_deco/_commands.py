@@ -147,7 +147,7 @@ def restart(service: Service) -> int:
 
 def _refuse_a_managers_child(service: Service) -> None:
     """Its manager would take the stop for a crash, and a detached successor is nobody's."""
-    state, _ = inspect_service(service, pidfile_of(service))
+    state = pidfile_of(service).inspect(settle=0)  # as it is: stop and _replace repair it
     manager = None if state.pid is None or not state.running else manager_of(state.pid)
     if manager is not None:
         raise ManagedError(
