@@ -17,6 +17,7 @@ from . import _lastrun
 from ._claim import has_open
 from ._control import ImpostorError, ask
 from ._errors import (
+    ManagedError,
     NoLogError,
     NotRunningError,
     PidFileError,
@@ -27,6 +28,7 @@ from ._errors import (
 )
 from ._launch import start
 from ._lookup import inspect_service, pidfile_of, with_note
+from ._managers import manager_of
 from ._output import complain, say
 from ._pidfile import user_name
 from ._proc import open_pidfd, uptime
@@ -147,14 +149,28 @@ def restart(service: Service) -> int:
     """Stop (waiting until gone) if running, then start.
 
     With ``listen=``, the running instance hands its sockets to the new one,
-    which is started first; the old one is stopped once it is ready.
+    which is started first; the old one is stopped once it is ready.  An
+    instance a process manager runs in the foreground is the manager's to
+    restart: ManagedError names the manager's command.
     """
+    _refuse_a_managers_child(service)
     if service.config.listen:
         replaced = _replace(service, pidfile_of(service))
         if replaced is not None:
             return replaced
     stop(service)
     return start(service)
+
+
+def _refuse_a_managers_child(service: Service) -> None:
+    """Its manager would take the stop for a crash, and a detached successor is nobody's."""
+    state = pidfile_of(service).inspect(settle=0)  # as it is: stop and _replace repair it
+    manager = None if state.pid is None or not state.running else manager_of(state.pid)
+    if manager is not None:
+        raise ManagedError(
+            f"not restarted: pid {state.pid} runs in the foreground under {manager.name}; "
+            f"{manager.restart}"
+        )
 
 
 def _replace(service: Service, pidfile: PidFile) -> int | None:

@@ -19,6 +19,7 @@ __all__ = [
     "DaemonError",
     "DetachError",
     "ListenError",
+    "ManagedError",
     "NoLogError",
     "NotRunningError",
     "PidFileError",
@@ -84,6 +85,10 @@ class StopError(DaemonError, OSError):
 
 class AlreadyRunningError(DaemonError):
     """``run`` found another process holding the pidfile."""
+
+
+class ManagedError(DaemonError):
+    """``restart`` of a service a process manager runs in the foreground: the manager's to do."""
 
 
 class NotRunningError(DaemonError):

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Credentials",
     "close_inherited_fds",
+    "die_with_parent",
     "drop_privileges",
     "log_handlers",
     "prevent_core_dumps",
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 COMM_LENGTH = 15  # TASK_COMM_LEN less the terminating NUL
+_PR_SET_PDEATHSIG = 1
 
 
 def set_process_name(name: str) -> None:
@@ -106,6 +108,26 @@ def resolve_credentials(user: str | int | None, group: str | int | None) -> Cred
     return Credentials(name, uid, gid, groups)
 
 
+def die_with_parent(signum: int, parent: int) -> None:
+    """Have the kernel send ``signum`` when ``parent``, our parent now, exits.
+
+    When it has exited already (we were re-parented), ``signum`` is sent at
+    once.  The kernel forgets the request in children, and when the
+    process's user or group changes: :func:`drop_privileges` asks again.
+    """
+    import ctypes  # noqa: PLC0415 -- prctl has no os binding; only these services pay for it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    _parent_death[:] = [signum, parent]
+    if os.getppid() != parent:  # it died before we asked
+        os.kill(os.getpid(), signum)
+
+
+_parent_death: list[int] = []  # the signal and the parent asked for, to ask again after setuid
+
+
 def drop_privileges(credentials: Credentials) -> None:
     """setgroups, setgid, setuid, in that order; then check root cannot be regained."""
     try:
@@ -114,6 +136,9 @@ def drop_privileges(credentials: Credentials) -> None:
         os.setresuid(credentials.uid, credentials.uid, credentials.uid)
     except OSError as exc:
         raise DetachError(f"cannot drop privileges to {credentials.user}: {exc.strerror}") from exc
+    if _parent_death:
+        # Changing the effective ids cleared the parent-death signal (prctl(2)).
+        die_with_parent(*_parent_death)
     if credentials.uid != 0:
         try:
             os.setuid(0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 import os
-import stat
 import sys
 
 from ._claim import forget_inherited, inherited_claim
@@ -24,8 +23,9 @@ from ._detach import (
 from ._errors import AlreadyRunningError, DaemonError, DetachError, StartupError
 from ._hygiene import close_inherited_fds, resolve_credentials
 from ._lookup import holder_or_lock, pidfile_of, with_note
+from ._managers import running_under
 from ._output import complain, say
-from ._proc import command_line, read_stat, wait_exit
+from ._proc import wait_exit
 from ._runtime import release_listeners, serve
 
 TYPE_CHECKING = False
@@ -34,12 +34,11 @@ if TYPE_CHECKING:
 
     from ._config import Service, ServiceConfig
     from ._hygiene import Credentials
+    from ._managers import Manager
     from ._pidfile import PidFile
     from ._startup import StartupReport, StartupWatcher
 
 __all__ = ["check_before_fork", "detach_and_wait", "run", "start"]
-
-_SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh", "busybox"})
 
 
 def check_before_fork(config: ServiceConfig) -> Credentials | None:
@@ -50,75 +49,16 @@ def check_before_fork(config: ServiceConfig) -> Credentials | None:
     return resolve_credentials(config.user, config.group)
 
 
-def _manager() -> str | None:
-    """The process manager that wants us in the foreground, if any.
-
-    ``NOTIFY_SOCKET`` is systemd's word to its main process (the service
-    removes it from its children's environment).  ``SUPERVISOR_ENABLED`` is
-    inherited by every descendant of supervisord, so it counts only when
-    supervisord itself (perhaps through one shell) started this command.
-    As PID 1 (a container's command) there is nobody to detach to: the
-    kernel would end the daemon with the namespace when we exit.  Started by
-    PID 1 itself (sysvinit's respawn, a container's tini or dumb-init), the
-    init watches this very process; but not under a systemd unit
-    (``INVOCATION_ID``), where PID 1 is systemd and ``Type=forking`` expects
-    the fork.  A socket on stdin is inetd's (or systemd's ``Accept=yes``)
-    connection, served in the foreground.
-    """
-    if os.environ.get("NOTIFY_SOCKET"):
-        return "systemd Type=notify"
-    if os.environ.get("SUPERVISOR_ENABLED") and _started_by_supervisord():
-        return "supervisord"
-    if os.getpid() == 1:
-        return "PID 1 of a container"
-    if os.getppid() == 1 and not os.environ.get("INVOCATION_ID"):
-        return "init (its parent is PID 1)"
-    if _stdin_is_a_socket():
-        return "a super-server (stdin is a network socket)"
-    return None
-
-
-def _stdin_is_a_socket() -> bool:
-    """Stdin is an internet socket: inetd's or systemd's (``Accept=yes``) connection.
-
-    Unix-domain sockets do not count: sshd and job runners hand commands
-    socketpairs for their standard streams.
-    """
-    try:
-        if not stat.S_ISSOCK(os.fstat(0).st_mode):
-            return False
-        import _socket  # noqa: PLC0415 -- loaded by then, via _control
-
-        probe = _socket.socket(fileno=os.dup(0))  # reads SO_DOMAIN
-    except OSError:
-        return False
-    try:
-        return probe.family in (_socket.AF_INET, _socket.AF_INET6)
-    finally:
-        probe.close()
-
-
-def _started_by_supervisord() -> bool:
-    parent = os.getppid()
-    for _ in range(2):  # the parent, or the parent of a wrapper shell
-        words = command_line(parent)
-        if any(os.path.basename(word) == "supervisord" for word in words[:3]):
-            return True
-        if not words or os.path.basename(words[0]) not in _SHELLS:
-            return False
-        stat = read_stat(parent)
-        if stat is None:
-            return False
-        parent = stat.ppid
-    return False
-
-
 def start(service: Service) -> int:
     """Detach and return once the daemon is ready, or say why it failed."""
-    manager = _manager()
+    manager = running_under()
     if manager is not None:
         # Forking away from a manager makes it think the service died.
-        complain(f"{service.name}: running in the foreground under {manager} (start acts as run)")
+        _say_in_the_foreground(service, manager)
+        if manager.shell is not None:
+            from ._hygiene import die_with_parent  # noqa: PLC0415 -- loads ctypes
+
+            die_with_parent(signal.SIGTERM, manager.shell)  # its manager stops the shell
         return run(service)
     pidfile = pidfile_of(service)
     with DeferredInterrupts() as interrupts:
@@ -138,6 +78,22 @@ def start(service: Service) -> int:
         pidfile.hand_over()
     _say_started(service, report)
     return 0
+
+
+def _say_in_the_foreground(service: Service, manager: Manager) -> None:
+    """Say so on stderr, naming the log files not used, and what is wrong with a shell between."""
+    config = service.config
+    line = f"{service.name}: running in the foreground under {manager.name} (start acts as run)"
+    if config.stdout is not None or config.stderr is not None:
+        files = ", ".join(
+            f"{key}={path}"
+            for key, path in (("stdout", config.stdout), ("stderr", config.stderr))
+            if path is not None
+        )
+        line += f"; output stays on the streams it was given, not {files}"
+    complain(line)
+    if manager.warning is not None:
+        complain(f"{service.name}: warning: {manager.warning}")
 
 
 def _open_listeners(config: ServiceConfig) -> None:

@@ -43,6 +43,7 @@ from ._descendants import describe, end_descendants, worn_mark
 from ._detach import StartupChannel, exit_daemon, reopen_logs
 from ._errors import exit_status, last_words
 from ._heartbeat import reset, shared_slot, silence
+from ._hygiene import die_with_parent
 from ._runtime import (
     claim_answers,
     let_go_for_successor,
@@ -66,7 +67,6 @@ if TYPE_CHECKING:
 __all__ = ["STATE_SUFFIX", "SupervisorState", "supervise"]
 
 STATE_SUFFIX = ".supervisor"
-_PR_SET_PDEATHSIG = 1
 
 
 class SupervisorState:
@@ -299,7 +299,7 @@ class _Supervisor:
     def become_service(self, channel_fd: int) -> None:
         status = 1
         try:
-            _die_with_parent(self.pid)
+            die_with_parent(signal.SIGKILL, self.pid)  # never outlive the supervisor
             # The supervisor's sockets: the service makes its own (its signal
             # pipes the registry's fork hook closed already).
             self.close_sockets()
@@ -554,17 +554,6 @@ class _Supervisor:
 
     def say(self, text: str) -> None:
         last_words(lambda: print(f"{self.config.name}: {text}", file=sys.stderr))
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask the kernel for SIGKILL when the supervisor dies; leave if it already has."""
-    import ctypes  # noqa: PLC0415 -- prctl has no os binding; only a supervised service pays
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:  # it died before we asked
-        os._exit(1)
 
 
 def _send(pidfd: int, signum: int) -> None:

@@ -416,13 +416,20 @@ stopwaitsecs=10
 class Supervisord:
     """A real supervisord (PyPI's supervisor) running one program, driven by supervisorctl."""
 
-    def __init__(self, folder: Path, command: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, folder: Path, command: str, env: dict[str, str], *, as_module: bool = False
+    ) -> None:
         self.dir = folder
         self.conf = folder / "supervisord.conf"
         self.conf.write_text(SUPERVISORD_CONF.format(dir=folder, command=command))
         self.env = env
+        launcher = (
+            [sys.executable, "-m", "supervisor.supervisord"]
+            if as_module
+            else [self._bin("supervisord")]
+        )
         self.proc = subprocess.Popen(
-            [self._bin("supervisord"), "-c", str(self.conf)],
+            [*launcher, "-c", str(self.conf)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
 

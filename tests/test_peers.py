@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import signal
 import socket
-import subprocess
 
 import pytest
-from conftest import IDLE, wait_for
-from test_managers import _child_of
+from conftest import IDLE
 
 from daemonize_deco import daemon
 
@@ -111,28 +108,6 @@ def test_a_unix_socketpair_on_stdin_still_detaches(make_service):
         result = svc.cli("start", stdin=left.fileno())
     assert result.returncode == 0, result.stderr
     svc.stop_gracefully(svc.pid_from(result.stdout))
-
-
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is needed")
-def test_started_by_an_init_it_stays_in_the_foreground(make_service):
-    """Its parent is PID 1 (a container's tini, sysvinit's respawn): that init watches it."""
-    svc = make_service(body="print('in main', os.getppid(), flush=True)\n" + IDLE, stdout=None)
-    svc.env.pop("INVOCATION_ID", None)
-    # sh is PID 1 of a new PID namespace and stays (it has work after the command).
-    command = f"{' '.join(svc.argv('start'))}; echo after"
-    proc = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--kill-child", "sh", "-c", command],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=svc.env,
-    )  # fmt: skip
-    svc.popens.append(proc)
-    assert proc.stdout.readline() == "in main 1\n", "start detached from its init"
-    main_pid = wait_for(svc.read_pid, what="the pidfile")
-    assert main_pid == 2  # in the namespace: sh is 1, start (now the service) is 2
-    init = wait_for(lambda: _child_of(proc.pid), what="the namespace's init")
-    os.kill(_child_of(init), signal.SIGTERM)
-    out, err = proc.communicate(timeout=10)
-    assert "running in the foreground under init (its parent is PID 1)" in err
-    assert "stopping" in out and "after" in out
 
 
 def test_under_a_systemd_unit_start_still_forks(make_service):
