@@ -38,6 +38,7 @@ __all__ = [
     "peer_pid",
     "read_line",
     "reply",
+    "send_request",
     "stream_socket",
 ]
 
@@ -195,21 +196,10 @@ def ask(pid: int, request: str, timeout: float, trigger: Callable[[], object]) -
     Raises TimeoutError when it does not answer within ``timeout``, and
     :class:`ImpostorError` when another process answers in its name.
     """
-    address = find_address(pid)
-    if address is None:
+    sock = send_request(pid, request, timeout, trigger)
+    if sock is None:
         return None
-    sock = stream_socket()
     try:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(address)
-        except (ConnectionRefusedError, FileNotFoundError):
-            return None
-        answering = peer_pid(sock)
-        if answering != pid:
-            raise ImpostorError(f"pid {answering} answers on the control socket of pid {pid}")
-        sock.sendall(request.encode("ascii") + b"\n")
-        trigger()
         try:
             answer = read_line(sock)
         except TimeoutError:
@@ -219,3 +209,42 @@ def ask(pid: int, request: str, timeout: float, trigger: Callable[[], object]) -
         return answer.decode("utf-8", "replace").strip() or None
     finally:
         sock.close()
+
+
+def send_request(
+    pid: int, request: str, timeout: float, trigger: Callable[[], object]
+) -> _socket.socket | None:
+    """Queue ``request`` for the daemon ``pid``, call ``trigger()``; the socket its reply comes on.
+
+    The first half of :func:`ask`, for a caller that waits for the reply in
+    its own poll loop (the supervisor): with ``timeout`` 0 the socket does
+    not block, and a full backlog is a BlockingIOError.  None, triggering
+    nothing, when the daemon has no control socket.
+    """
+    address = find_address(pid)
+    if address is None:
+        return None
+    sock = stream_socket()
+    try:
+        if not _queue(sock, address, pid, request, timeout):
+            sock.close()
+            return None
+        trigger()
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _queue(sock: _socket.socket, address: str, pid: int, request: str, timeout: float) -> bool:
+    """Connect to ``pid``'s control socket and write ``request``; False when nobody listens."""
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    answering = peer_pid(sock)
+    if answering != pid:
+        raise ImpostorError(f"pid {answering} answers on the control socket of pid {pid}")
+    sock.sendall(request.encode("ascii") + b"\n")
+    return True

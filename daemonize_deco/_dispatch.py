@@ -13,6 +13,11 @@ It blocks in ``poll`` with no timeout, so an idle daemon never wakes up;
 only the start grace gives it one deadline: the service is ready once
 ``main`` has run that long.  systemd's watchdog pings come from
 ``_watchdog``, where a slow callback cannot hold them back.
+
+It also answers the claim socket (``_claim``: a restart's handover, a
+deleted pidfile put back).  While it runs callbacks, a thread of its own
+does, for as long as they run: a restart does not wait for a slow
+``on_reload``, and an idle daemon has no more threads than before.
 """
 
 from __future__ import annotations
@@ -48,6 +53,57 @@ _FORK_PAUSE_WAIT = 1.0
 _BUSY_WAIT = 0.05
 _SLICE = 0.05
 _PIPE_CAPACITY = 65536  # Linux's default: what can be pending when a quit is asked for
+
+
+class _ClaimsMeanwhile:
+    """A thread answering the claim socket while the dispatcher runs callbacks.
+
+    Started before the callbacks, told to end and waited for after them, so
+    the two never answer at once and no thread is left while the service is
+    idle.  It runs none of the service's code and takes none of its locks,
+    so a fork in ``main`` meanwhile leaves the child nothing held (and the
+    child closes the claim socket).
+    """
+
+    def __init__(self, claim: tuple[ControlServer, Mapping[str, Answer]]) -> None:
+        self._claim = claim
+        self.native_id: int | None = None
+        self._end = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._ended = _thread.allocate_lock()
+        self._ended.acquire()
+        try:
+            _thread.start_new_thread(self._run, ())
+        except BaseException:
+            self.close()
+            raise
+
+    def _run(self) -> None:
+        try:
+            self.native_id = _thread.get_native_id()
+            _signals.keep_away_from_this_thread()
+            set_thread_name("daemonize_claim")
+            poller = select.poll()
+            poller.register(self._claim[0].fileno(), select.POLLIN)
+            poller.register(self._end, select.POLLIN)
+            while all(fd != self._end for fd, _ in poller.poll()):
+                answer_claimants(*self._claim)
+        finally:
+            self._ended.release()
+
+    def ask_to_end(self) -> None:
+        """Have the thread leave at its next wakeup (it is not answering, or done soon)."""
+        os.eventfd_write(self._end, 1)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the thread to end; True if it has."""
+        if not self._ended.acquire(timeout=timeout):
+            return False
+        self._ended.release()
+        return True
+
+    def close(self) -> None:
+        """Close its descriptor, once the thread has ended."""
+        os.close(self._end)
 
 
 class Dispatcher:
@@ -95,6 +151,7 @@ class Dispatcher:
         self._pausing = False
         self._quitting = False
         self._native_id: int | None = None
+        self._meanwhile: _ClaimsMeanwhile | None = None
 
     def start(self) -> None:
         """Start the thread.
@@ -119,8 +176,19 @@ class Dispatcher:
         _step_aside_at_fork(None)
         with self._lock:
             self._quitting = True
+            meanwhile = self._meanwhile
+            if meanwhile is not None:
+                # Under the lock: the dispatcher closes its descriptor only
+                # after taking it from self._meanwhile.
+                meanwhile.ask_to_end()
         _signals.wake_dispatcher()
-        if wait_in_slices(lambda left: self._finished.acquire(timeout=left), timeout):
+        deadline = time.monotonic() + timeout
+        # The claim must be answered no more once this returns (the sockets
+        # it hands over are closed next), even if a callback runs on.
+        if meanwhile is not None:
+            wait_in_slices(meanwhile.wait, timeout)
+        left = max(0.0, deadline - time.monotonic())
+        if wait_in_slices(lambda left: self._finished.acquire(timeout=left), left):
             self._finished.release()
 
     def pause(self) -> bool:
@@ -144,12 +212,7 @@ class Dispatcher:
         if not self._finished.acquire(timeout=_FORK_PAUSE_WAIT):
             return False  # it took up a callback meanwhile; resume() sorts it out
         self._finished.release()
-        # The lock is released a moment before the kernel lets the thread go,
-        # and the fork warning counts the kernel's threads.
-        task = f"/proc/self/task/{self._native_id}"
-        deadline = time.monotonic() + _FORK_PAUSE_WAIT
-        while os.path.exists(task) and time.monotonic() < deadline:
-            time.sleep(0.00005)
+        _left_the_kernel(self._native_id)
         return True
 
     def resume(self) -> None:
@@ -245,11 +308,28 @@ class Dispatcher:
             except BlockingIOError:
                 return
             limit -= len(recorded)
-            for signum in recorded:
-                if signum == _signals.WAKEUP_TAKEN:
-                    _say_wakeup_taken()
-                elif signum != _WAKE:
-                    self._dispatch(signum)
+            # One thread for the claim per read, not per callback: a storm of
+            # signals would otherwise start thousands.
+            calls_back = any(self._calls_back(signum) for signum in set(recorded))
+            if calls_back:
+                self._answer_claims_meanwhile()
+            try:
+                for signum in recorded:
+                    if signum == _signals.WAKEUP_TAKEN:
+                        _say_wakeup_taken()
+                    elif signum != _WAKE:
+                        self._dispatch(signum)
+            finally:
+                if calls_back:
+                    self._answer_claims_here()
+
+    def _calls_back(self, signum: int) -> bool:
+        """Whether handling ``signum`` runs callbacks of the service."""
+        if signum in _signals.STOP_SIGNALS:
+            return bool(self._hooks.on_stop)
+        if signum == _signals.RELOAD_SIGNAL:
+            return bool(self._hooks.on_reload)
+        return bool(self._hooks.on_signal.get(signum))
 
     def _dispatch(self, signum: int) -> None:
         if signum in _signals.STOP_SIGNALS:
@@ -260,6 +340,27 @@ class Dispatcher:
             _reap_exited_children()
         for callback in self._hooks.on_signal.get(signum, ()):
             _run(callback, f"on_signal({_signals.signal_name(signum)})")
+
+    def _answer_claims_meanwhile(self) -> None:
+        """Have a thread of its own answer the claim while this one runs callbacks."""
+        with self._lock:
+            busy = self._quitting or self._meanwhile is not None
+            if self._claim is None or self._settle is not None or busy:
+                return  # (a handover's new instance answers only once it settled)
+            try:
+                self._meanwhile = _ClaimsMeanwhile(self._claim)
+            except (OSError, RuntimeError):  # out of descriptors or threads
+                pass  # then the claim is answered once the callbacks are done
+
+    def _answer_claims_here(self) -> None:
+        """End the thread that answered the claim meanwhile: this one answers again."""
+        with self._lock:
+            meanwhile, self._meanwhile = self._meanwhile, None
+        if meanwhile is not None:
+            meanwhile.ask_to_end()
+            meanwhile.wait(-1)
+            meanwhile.close()
+            _left_the_kernel(meanwhile.native_id)  # a fork in main right after must not count it
 
     def _stop_requested(self, signum: int) -> None:
         self._stop_requests += 1
@@ -355,6 +456,18 @@ def _single(fd: int) -> select.poll:
     poller = select.poll()
     poller.register(fd, 0)
     return poller
+
+
+def _left_the_kernel(native_id: int | None) -> None:
+    """Wait (up to a second) until the thread whose lock said it ended has left the kernel.
+
+    The lock is released a moment before the kernel lets the thread go, and
+    the fork warning counts the kernel's threads.
+    """
+    task = f"/proc/self/task/{native_id}"
+    deadline = time.monotonic() + _FORK_PAUSE_WAIT
+    while os.path.exists(task) and time.monotonic() < deadline:
+        time.sleep(0.00005)
 
 
 def wait_in_slices(wait: Callable[[float], bool], timeout: float) -> bool:

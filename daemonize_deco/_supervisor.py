@@ -10,8 +10,8 @@ holder of its lock and claim.  It forks the service as its child and:
   longer than ``interval`` starts the count afresh;
 - passes SIGTERM/SIGINT on as a graceful stop (SIGKILL to the service after
   ``stop_timeout``), SIGHUP as an acknowledged reload (answering the
-  ``reload`` commands that sent it with the service's own answer), and the
-  ``on_signal`` signals as they are;
+  ``reload`` commands that sent it with the service's own answer, without
+  waiting for it: ``_reload_relay``), and the ``on_signal`` signals as they are;
 - with ``watchdog=S``, reads the service's heartbeats from a shared slot
   and ends a service that made none for S seconds: SIGABRT (faulthandler
   writes its threads' stacks to the log), SIGKILL a second later; once a
@@ -38,12 +38,13 @@ import time
 
 from . import _beside, _lastrun, _signals
 from ._claim import answer_claimants, listen_for_claimants
-from ._control import ControlServer, ask, reply
+from ._control import ControlServer
 from ._descendants import describe, end_descendants, worn_mark
 from ._detach import StartupChannel, exit_daemon, reopen_logs
 from ._errors import exit_status, last_words
 from ._heartbeat import reset, shared_slot, silence
 from ._hygiene import die_with_parent
+from ._reload_relay import ReloadRelay
 from ._runtime import (
     claim_answers,
     let_go_for_successor,
@@ -58,7 +59,7 @@ from ._watchdog import ABORT_GRACE, hang_message, round_length
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import mmap
-    from collections.abc import Collection
+    from collections.abc import Callable, Collection
 
     from ._config import Service
     from ._hygiene import Credentials
@@ -170,6 +171,7 @@ class _Supervisor:
         self.record_fd = -1
         self.ending: tuple[int, str | None, str | None] | None = None  # status, exception, failed
         self.starter_removes_pidfile = False  # it heard of a failed start, and shares the lock
+        self.relay = ReloadRelay(self.reloadable, self.config.start_timeout)
 
     # -- the life of the supervisor ------------------------------------------------
 
@@ -186,6 +188,7 @@ class _Supervisor:
             while self.ending is None:
                 self.round()
         finally:
+            self.relay.close()
             self.close_sockets()
         status, exception, failed = self.ending
         self.finish(status, exception, failed)
@@ -197,9 +200,11 @@ class _Supervisor:
             self.settle(self.settling)  # closed already: the restart was gone before we held it
         poller = select.poll()
         poller.register(self.record_fd, select.POLLIN)
-        for server in (self.control, self.claim):
-            if server is not None:
-                poller.register(server.fileno(), select.POLLIN)
+        # Not the control socket: its requests are taken up at the SIGHUP that
+        # follows them, and one queued without it would keep poll() from sleeping.
+        for fd in (None if self.claim is None else self.claim.fileno(), self.relay.fileno()):
+            if fd is not None:
+                poller.register(fd, select.POLLIN)
         child = self.child
         if child is not None:
             poller.register(child.pidfd, select.POLLIN)
@@ -218,6 +223,7 @@ class _Supervisor:
             self.settle(settling)
         elif self.claim is not None and self.claim.fileno() in ready and self.settling is None:
             answer_claimants(self.claim, claim_answers(self.pidfile, self.claim))
+        self.relay.carry_on(ready)  # before child_ended: a service answers, then may exit
         if child is not None and child is self.child and child.pidfd in ready:
             self.child_ended(child)
         self.on_time()
@@ -238,7 +244,7 @@ class _Supervisor:
         self.stop(signal.SIGTERM)
 
     def next_deadline(self) -> float | None:
-        deadlines = [self.restart_due]
+        deadlines = [self.restart_due, self.relay.deadline()]
         child = self.child
         if child is not None:
             deadlines.append(child.kill_at)
@@ -478,32 +484,20 @@ class _Supervisor:
         child.kill_at = time.monotonic() + self.config.stop_timeout
 
     def reload(self) -> None:
-        """Reopen our logs; have the service reload; answer the requests with its answer."""
+        """Reopen our logs; have the service reload; the relay answers the requests."""
         waiting = [] if self.control is None else self.control.accept_waiting()
         try:
             reopen_logs(self.config.stdout, self.config.stderr)
         except OSError as exc:
             print(f"daemonize_deco: cannot reopen logs: {exc}", file=sys.stderr)
-        answer = self.reload_service()
-        for conn, request in waiting:
-            reply(conn, answer if request == "reload" else f"error unknown request {request!r}")
+        self.relay.reload(waiting)
 
-    def reload_service(self) -> str:
+    def reloadable(self) -> tuple[int, Callable[[], None]] | None:
+        """The service to ask for a reload, and how to signal it; None while it is not ready."""
         child = self.child
         if child is None or not child.ready:
-            return "error the service is not running now (it is being restarted)"
-        timeout = self.config.start_timeout
-        try:
-            answer = ask(child.pid, "reload", timeout, lambda: _send(child.pidfd, signal.SIGHUP))
-        except TimeoutError:
-            return f"error no answer from the service (pid {child.pid}) within {timeout:g}s"
-        except OSError as exc:  # ImpostorError among them
-            _send(child.pidfd, signal.SIGHUP)
-            return f"error {exc}"
-        if answer is None:  # it has no control socket: the signal is all it gets
-            _send(child.pidfd, signal.SIGHUP)
-            return "ok"
-        return answer
+            return None
+        return child.pid, lambda: _send(child.pidfd, signal.SIGHUP)
 
     # -- the end ------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IDLE, alive, is_gone, proc_status, wait_for
+from conftest import IDLE, alive, is_gone, proc_stat, proc_status, wait_for
 from test_hooks import with_hooks
 
 from daemonize_deco._startup import StartupWatcher
@@ -255,6 +255,49 @@ def test_control_socket_cannot_be_squatted_or_spoofed(make_service):
     assert predictable not in names
     assert control_sockets(child) == [], "a forked child keeps the control socket's name"
     svc.stop_gracefully(pid)
+
+
+HOLDER = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1].replace('@', '\\0', 1))
+print('connected', flush=True)
+sys.stdin.read()
+"""
+
+
+def cpu_ticks(pid: int) -> int:
+    stat = proc_stat(pid)
+    assert stat is not None
+    return int(stat[11]) + int(stat[12])  # utime + stime
+
+
+@ROOT_ONLY
+@pytest.mark.scenario(
+    "Security",
+    "Another user holds a connection to a supervisor's control socket, sending nothing",
+    lost="nothing: the supervisor sleeps on (it spun at 100% CPU); reload is acknowledged",
+)
+def test_a_connection_to_the_supervisors_control_socket_keeps_it_asleep(make_service):
+    svc = with_hooks(make_service, RELOAD_MARKER, restart="on-failure")
+    supervisor = svc.start()
+    # The name is random, but /proc/net/unix shows it to every user.
+    (name,) = [n for n in control_sockets(supervisor) if n.startswith("@daemonize_deco/")]
+    holder = subprocess.Popen(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         SYSTEM_PYTHON, "-c", HOLDER, name],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=svc.env,
+    )  # fmt: skip
+    svc.popens.append(holder)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "connected"
+    before = cpu_ticks(supervisor)
+    time.sleep(1.0)  # a window to measure, not a wait for something
+    assert cpu_ticks(supervisor) - before < 10, "a supervisor spinning in poll() (100 ticks/s)"
+    result = svc.cli("reload")
+    assert result.returncode == 0, result.stderr
+    assert "on_reload ran" in svc.log_text()
+    holder.communicate(timeout=10)  # its stdin closed: it leaves
+    svc.stop_gracefully(supervisor)
 
 
 # -- the dispatcher and the exit status ------------------------------------------------
