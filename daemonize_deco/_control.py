@@ -20,6 +20,7 @@ would cost every daemon milliseconds of imports before it is ready.
 from __future__ import annotations
 
 import _socket
+import errno
 import os
 import sys
 
@@ -116,6 +117,7 @@ class ControlServer:
         except OSError:
             self.sock.close()
             raise
+        _keep_a_spare()
 
     @classmethod
     def adopt(cls, fd: int) -> ControlServer:
@@ -133,8 +135,10 @@ class ControlServer:
                 fd, _ = self.sock._accept()  # type: ignore[attr-defined]  # C-level accept
             except BlockingIOError:
                 return waiting
-            except OSError:
-                continue  # that peer gave up already
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and not _drop_one(self.sock):
+                    return waiting
+                continue  # that peer gave up already (or was dropped: no descriptor for it)
             request = _checked_request(stream_socket(fd))
             if request is not None:
                 waiting.append(request)
@@ -155,6 +159,38 @@ class ControlServer:
     def close(self) -> None:
         """Stop listening."""
         self.sock.close()
+
+
+# One descriptor kept free: out of descriptors, a queued connection could not be
+# accepted, would stay queued, and poll() would report it forever (a busy loop).
+_spare: list[int] = []
+
+
+def _keep_a_spare() -> None:
+    if not _spare:
+        try:
+            _spare.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            pass  # out of them already: the next accept that fails will not spin on it
+
+
+def _drop_one(sock: _socket.socket) -> bool:
+    """Out of descriptors: accept the first queued connection with the spare and close it.
+
+    False when none was queued (accept checks for a free descriptor first).
+    """
+    if not _spare:
+        return False
+    os.close(_spare.pop())
+    try:
+        fd, _ = sock._accept()  # type: ignore[attr-defined]
+    except OSError:
+        return False  # nothing queued after all
+    else:
+        os.close(fd)
+        return True
+    finally:
+        _keep_a_spare()
 
 
 def _checked_request(conn: _socket.socket) -> tuple[_socket.socket, str] | None:

@@ -88,6 +88,11 @@ def one_restart_at_a_time(pidfile: PidFile, timeout: float) -> PidFile:
 
 def offering(pidfile: PidFile, claim: ControlServer) -> tuple[str, Sequence[int]]:
     """The answer to a ``handover`` request: a line, and the descriptors that go with it."""
+    from ._signals import stop_requested  # noqa: PLC0415 -- loaded by every service
+
+    if stop_requested():
+        # It may be gone before the new one is ready, and take its files with it.
+        return "error it is stopping", ()
     listening = _listeners.descriptors()
     if not listening:
         return "error it has no listening sockets", ()

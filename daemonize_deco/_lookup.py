@@ -46,6 +46,8 @@ def holder_or_lock(
                 break
         except PidFileError as exc:
             return _other_users_service(pidfile, exc)
+        if pidfile.remove_if_squatted():
+            continue  # another user only locked our (world-readable) file: make our own
         state = pidfile.inspect(settle=0)
         if state.running and state.pid is not None:
             return state.pid, ""

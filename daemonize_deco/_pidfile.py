@@ -24,7 +24,7 @@ import time
 from ._beside import is_trusted
 from ._errors import PidFileError
 from ._lastrun import LastRun
-from ._proc import holds_file
+from ._proc import holds_file, lock_holders, owner_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ class PidFileState:
 
 
 _ABSENT = PidFileState(exists=False, running=False)
+_AT_ONCE, _SOON = object(), object()  # when to look at a pidfile again
 
 
 def _describe_open_error(path: str, exc: OSError) -> str:
@@ -262,8 +263,15 @@ class PidFile:
             return None
         return found
 
-    def _remove_foreign(self, found: os.stat_result) -> None:
-        """Unlink the untrusted file ``found`` if the path still names it."""
+    def _remove_foreign(self, found: os.stat_result, why: str | None = None) -> None:
+        """Unlink the untrusted file ``found`` if the path still names it (root only).
+
+        Another user's file may also be that user's own service: only root,
+        whose word is final, replaces it; anyone else is refused, with ``why``.
+        """
+        refusal = PidFileError(f"cannot use pidfile {self.path}: {why or _distrust(found)}")
+        if os.geteuid() != 0:
+            raise refusal
         try:
             now = os.stat(self.path, follow_symlinks=False)
             if (now.st_dev, now.st_ino) == (found.st_dev, found.st_ino):
@@ -271,7 +279,38 @@ class PidFile:
         except FileNotFoundError:
             pass  # gone already: ours to create
         except PermissionError as exc:
-            raise PidFileError(f"cannot use pidfile {self.path}: {_distrust(found)}") from exc
+            raise refusal from exc
+
+    def remove_if_squatted(self) -> bool:
+        """Unlink the pidfile if only other users' processes hold its lock; True if gone.
+
+        The file is world-readable, so anyone may open it and ``flock`` it
+        (a stale one, after a crash) to make every start wait: such a lock
+        is not the service's.
+        """
+        fd = self._open_existing()
+        if fd is None:
+            return False
+        try:
+            found = os.fstat(fd)
+            squatter = self._squatter(found)
+            if squatter is None:
+                return False
+            why = (
+                f"its lock is held by user {user_name(squatter)}, not by the service; remove "
+                "it, or keep the pidfile in a directory of the service's own"
+            )
+            self._remove_foreign(found, why)
+            return True
+        finally:
+            os.close(fd)
+
+    def _squatter(self, found: os.stat_result) -> int | None:
+        """The user whose processes alone hold the lock on ``found``, if not one we trust."""
+        uids = {owner_of(pid) for pid in lock_holders((found.st_dev, found.st_ino))}
+        if not uids or None in uids or uids & self.owners:
+            return None
+        return min(uid for uid in uids if uid is not None)
 
     @classmethod
     def adopt(cls, path: str, fd: int, owners: Collection[int]) -> PidFile:
@@ -411,29 +450,43 @@ class PidFile:
             if fd is None:
                 return _ABSENT
             try:
-                found = os.fstat(fd)
-                if not is_trusted(found, self.owners):
-                    return PidFileState(exists=True, running=False, foreign_owner=found.st_uid)
-                content = os.pread(fd, 32, 0)
-                pid = parse_pid(content)
-                if _try_lock(fd):
-                    if not self._names(fd):
-                        continue  # an exiting holder unlinked it meanwhile: look again
-                    if content.startswith(LAST_WORDS_START):
-                        words = os.pread(fd, 4096, 0)
-                        if LastRun.from_text(words.decode("utf-8", "replace")) is not None:
-                            return PidFileState(exists=True, running=False, last_words=words)
-                    if not (content == b"" and _just_created(fd)):
-                        return PidFileState(exists=True, running=False, pid=pid)
-                    # else: a starter between creating and locking it; look again
-                held = os.fstat(fd)
-                if pid is not None and holds_file(pid, (held.st_dev, held.st_ino)) is not False:
-                    return PidFileState(exists=True, running=True, pid=pid)
+                state = self._state_of(fd)
             finally:
                 os.close(fd)  # also drops the probing lock, if we took it
+            if isinstance(state, PidFileState):
+                return state
+            if state is _AT_ONCE:
+                continue  # an exiting holder unlinked it meanwhile: look again
             if time.monotonic() >= deadline:
                 return PidFileState(exists=True, running=True, pid=None)
             time.sleep(_RETRY_INTERVAL)
+
+    def _state_of(self, fd: int) -> PidFileState | object:
+        """What the open pidfile says, or when to look again (_AT_ONCE, _SOON)."""
+        found = os.fstat(fd)
+        if not is_trusted(found, self.owners):
+            return PidFileState(exists=True, running=False, foreign_owner=found.st_uid)
+        content = os.pread(fd, 32, 0)
+        pid = parse_pid(content)
+        if _try_lock(fd):
+            return self._unlocked_state(fd, content, pid)
+        if pid is not None and holds_file(pid, (found.st_dev, found.st_ino)) is not False:
+            return PidFileState(exists=True, running=True, pid=pid)
+        if self._squatter(found) is not None:  # another user's lock: not the service
+            return PidFileState(exists=True, running=False, pid=pid)
+        return _SOON
+
+    def _unlocked_state(self, fd: int, content: bytes, pid: int | None) -> PidFileState | object:
+        """What a pidfile whose lock we could take says: nothing runs (or a start is under way)."""
+        if not self._names(fd):
+            return _AT_ONCE
+        if content.startswith(LAST_WORDS_START):
+            words = os.pread(fd, 4096, 0)
+            if LastRun.from_text(words.decode("utf-8", "replace")) is not None:
+                return PidFileState(exists=True, running=False, last_words=words)
+        if content == b"" and _just_created(fd):
+            return _SOON  # a starter between creating and locking it
+        return PidFileState(exists=True, running=False, pid=pid)
 
     def is_held_by(self, pid: int) -> bool:
         """Whether the pidfile names ``pid`` and that process has it open."""

@@ -17,7 +17,9 @@ __all__ = [
     "command_line",
     "fd_targets",
     "holds_file",
+    "lock_holders",
     "open_pidfd",
+    "owner_of",
     "read_stat",
     "uptime",
     "wait_exit",
@@ -124,6 +126,36 @@ def fd_targets(pid: int) -> list[str]:
         except OSError:
             continue  # closed meanwhile
     return targets
+
+
+def lock_holders(identity: tuple[int, int]) -> list[int]:
+    """The pids holding an ``flock`` on the file ``(st_dev, st_ino)`` (``/proc/locks``).
+
+    The pid is the process that took the lock; the lock may live on in a
+    child it shared the descriptor with.
+    """
+    dev, ino = identity
+    wanted = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    try:
+        with open("/proc/locks", "rb") as f:
+            lines = f.read().decode("ascii", "replace").splitlines()
+    except OSError:
+        return []
+    holders = []
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; "1: -> FLOCK ..." waits.
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+            holders.append(int(fields[4]))
+    return holders
+
+
+def owner_of(pid: int) -> int | None:
+    """The real uid of ``pid``; None when it is gone."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
 
 
 def open_pidfd(pid: int) -> int | None:

@@ -210,6 +210,8 @@ def claim_answers(pidfile: PidFile, claim: ControlServer) -> dict[str, Answer]:
     """What the claim socket answers: put the pidfile back; hand the sockets over."""
 
     def put_back() -> tuple[str, Sequence[int]]:
+        if pidfile.handed_on():
+            return "error it has handed its pidfile on to a new instance", ()
         try:
             return ("ok put back" if pidfile.put_back(os.getpid()) else "ok"), ()
         except PidFileError as exc:

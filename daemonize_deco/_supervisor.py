@@ -179,6 +179,10 @@ class _Supervisor:
         self.record_fd = _signals.install(self.service.hooks.on_signal)
         try:
             take_the_pidfile(self.service, self.pidfile, self.pid)
+            if credentials is not None:
+                # The service asks for PDEATHSIG through ctypes: import it while we
+                # still may read every directory (the interpreter may live in /root).
+                import ctypes  # noqa: F401, PLC0415
             prepare_process(self.service, credentials)  # the children inherit it all
             self.control = listen_for_control()
             self.claim = listen_for_claimants(self.pidfile.path)

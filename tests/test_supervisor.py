@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import IDLE, is_gone, proc_stat, wait_for
@@ -391,3 +392,15 @@ await stopped()
     (svc.dir / "hang").touch()
     assert wait_for(lambda: is_gone(pid), timeout=10, what="the watchdog to end it")
     assert re.search(r"line \d+ in stall_on_request", svc.log_text()), svc.log_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_a_supervised_service_drops_privileges(make_service):
+    """The service imports what it needs for PDEATHSIG before the drop (/root may hold Python)."""
+    svc = supervised(make_service, user="nobody", wait_ready=False)
+    supervisor = svc.start()
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children")
+    (child,) = map(int, wait_for(lambda: children.read_text().split(), what="the service"))
+    status = Path(f"/proc/{child}/status").read_text().splitlines()
+    assert {line.split()[1] for line in status if line.startswith("Uid:")} == {"65534"}
+    svc.stop_gracefully(supervisor)

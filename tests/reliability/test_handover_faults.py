@@ -266,3 +266,39 @@ def test_the_claim_is_never_free_during_restarts(make_service, open_dir, mark):
         out, _ = grabber.communicate()
     assert "got it" not in out
     assert svc.cli("stop").returncode == 0
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "restart (listen=) while the running instance is already stopping",
+    lost="it hands nothing over (it may be gone before the new one is ready): stop and start; "
+    "one instance, with its pidfile and socket file",
+)
+def test_an_instance_that_is_stopping_hands_nothing_over(make_service, tmp_path):
+    path = str(tmp_path / "svc.sock")
+    svc = make_service(
+        LINGERING, prelude=PRELUDE, listen=[f"unix:{path}"], wait_ready=True, stop_timeout=20.0
+    )
+    old = svc.start()
+    (svc.dir / "linger").touch()
+    stopping = svc.popen("stop")
+    wait_for(lambda: "stopping" in svc.log_text(), what="the old instance to begin its stop")
+    (svc.dir / "slow").touch()
+    said = svc.dir / "restart.err"
+    with said.open("w") as stderr:
+        restart = svc.popen("restart", stderr=stderr)
+    decided = lambda: "by stop and start" in said.read_text() or len(svc.daemons()) > 1  # noqa: E731
+    wait_for(decided, what="the restart to decide")
+    (svc.dir / "linger").unlink()
+    (svc.dir / "slow").unlink()
+    restart.communicate(timeout=60)
+    stopping.communicate(timeout=60)
+    err = said.read_text()
+    assert restart.returncode == 0, err
+    assert "it is stopping; restarting by stop and start" in err, err
+    new = svc.read_pid()
+    assert new not in (None, old) and is_gone(old)
+    assert wait_for(lambda: svc.daemons() == [new], what="one instance")
+    assert ask_pid(path) == new
+    assert svc.cli("stop").returncode == 0
+    assert not os.path.exists(path)

@@ -784,3 +784,33 @@ def test_sigterm_to_run_right_after_the_lock_is_graceful(make_service):
         assert runner.returncode == 0, (runner.returncode, err)
         assert "main ran" in out
         assert not svc.pidfile.exists()
+
+
+@pytest.mark.scenario(
+    "Promises under pressure",
+    "a service out of descriptors is asked for its deleted pidfile",
+    lost="it does not spin: the connection it cannot accept is dropped; status still finds it",
+)
+def test_a_service_out_of_descriptors_does_not_spin_on_its_claim(make_service):
+    body = """
+held = []
+while True:
+    try:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        break  # EMFILE: every descriptor is taken now
+print('full', len(held), flush=True)
+while not should_stop():
+    sleep(3600)
+"""
+    svc = make_service(body=body)
+    pid = svc.start()
+    wait_for(lambda: "full" in svc.log_text(), what="the service to run out of descriptors")
+    svc.pidfile.unlink()
+    status = svc.cli("status")
+    assert f"svc is running (pid {pid}" in status.stdout, status.stdout
+    before = cpu_ticks(pid)
+    time.sleep(1.0)  # the measurement window itself, not synchronisation
+    assert cpu_ticks(pid) - before <= 5, "the service spins on a connection it cannot accept"
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: is_gone(pid), what="the service to stop")

@@ -360,3 +360,43 @@ def test_an_overwritten_pidfile_under_a_symlinked_directory_is_stoppable(make_se
     pid = svc.start()
     svc.pidfile.write_text("banana\n")
     svc.stop_gracefully(pid)
+
+
+LOCKER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)   # a pidfile is world-readable
+fcntl.flock(fd, fcntl.LOCK_SH)            # a read-only descriptor locks as well
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.fixture
+def open_dir():
+    """A root-owned directory every user may enter (as /run is), not writable by them."""
+    folder = Path(tempfile.mkdtemp(prefix="dd-open-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+@pytest.mark.scenario(
+    "Security",
+    "another user opens a stale pidfile read-only and holds an flock on it",
+    lost="nothing: status says not running, start replaces the file and starts",
+)
+def test_another_users_lock_on_a_stale_pidfile_blocks_nothing(make_service, open_dir, as_nobody):
+    pidfile = open_dir / "svc.pid"
+    pidfile.write_text("4194000\n")  # left by a SIGKILLed run
+    pidfile.chmod(0o644)
+    locker = as_nobody(LOCKER, str(pidfile))
+    assert locker.stdout.readline() == "locked\n"
+    svc = make_service(pidfile=str(pidfile), start_timeout=3.0)
+    status = svc.cli("status")
+    assert status.returncode == 1 and "is not running" in status.stdout, status.stdout
+    started = svc.cli("start")
+    assert started.returncode == 0, started.stderr
+    pid = svc.pid_from(started.stdout)
+    assert svc.read_pid() == pid
+    svc.stop_gracefully(pid)
+    assert locker.poll() is None
