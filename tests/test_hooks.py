@@ -187,8 +187,9 @@ def hup():
     elapsed = time.monotonic() - started
     assert result.returncode == 0
     assert "stopped" in result.stdout, result.stdout
+    # "stopped", not "killed": the storm's callbacks did not hold the stop past
+    # stop_timeout (about 0.1 s on an idle machine; a figure, not a promise).
     print(f"stop after the storm took {elapsed:.3f}s")
-    assert elapsed < 1.0, "stop must finish within a second after a storm (about 0.1s here)"
     log = svc.log_text()
     assert "reentrant" not in log and "Traceback" not in log
     # print() from two threads may interleave within a line: search, don't anchor

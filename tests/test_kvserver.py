@@ -191,7 +191,8 @@ def test_idle_connection_does_not_delay_the_stop(running):
         started = time.monotonic()
         result = running.cli("stop")
         assert result.returncode == 0 and "stopped" in result.stdout
-        assert time.monotonic() - started < 3, "an idle client must not hold the stop"
+        # Held, it would be killed at stop_timeout (10 s) instead of "stopped".
+        assert time.monotonic() - started < 8, "an idle client must not hold the stop"
         assert sock.recv(100) == b""
 
 
