@@ -104,25 +104,26 @@ def children(pid: int) -> list[int]:
 
 def find_marked(mark: str) -> list[int]:
     """Live processes carrying ``mark``, but this one and other services' daemons."""
-    interpreter = _exe(os.getpid())
     return [
         int(entry)
         for entry in os.listdir("/proc")
-        if entry.isdigit() and int(entry) != os.getpid() and carries(int(entry), mark, interpreter)
+        if entry.isdigit() and int(entry) != os.getpid() and carries(int(entry), mark)
     ]
 
 
-def carries(pid: int, mark: str, interpreter: str | None) -> bool:
+def carries(pid: int, mark: str) -> bool:
     """Whether the live process ``pid`` carries ``mark`` (and no daemon badge of its own).
 
-    Without the variable, only a process of this ``interpreter`` is looked
-    at: forked and not exec'd, its environ is its program's.
+    Without the variable, only a Python process's descriptors are looked at
+    (forked and not exec'd, its environ is its program's): reading every
+    process's would cost a stop milliseconds.
     """
     if not _alive(pid):
         return False
     if f"{VARIABLE}={mark}".encode() in _environ(pid).split(b"\0"):
         return _badges_allow(pid, mark, badge_needed=False)
-    return _exe(pid) == interpreter and _badges_allow(pid, mark, badge_needed=True)
+    exe = os.path.basename(_exe(pid) or "")
+    return exe.startswith("python") and _badges_allow(pid, mark, badge_needed=True)
 
 
 def _environ(pid: int) -> bytes:
@@ -196,7 +197,6 @@ def _pin(
     pids: list[int], mark: str | None, group: int | None, *, children_too: bool
 ) -> dict[int, int]:
     """Pidfds for those of ``pids`` that, once pinned, are still ours (pids are reused)."""
-    interpreter = _exe(os.getpid())
     mine = set(children(os.getpid())) if children_too else set()
     pinned: dict[int, int] = {}
     for pid in pids:
@@ -210,7 +210,7 @@ def _pin(
         ours = stat is not None and (
             pid in mine
             or (group is not None and stat.pgrp == group)
-            or (mark is not None and carries(pid, mark, interpreter))
+            or (mark is not None and carries(pid, mark))
         )
         if ours and _alive(pid):
             pinned[pid] = fd
