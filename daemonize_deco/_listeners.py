@@ -141,6 +141,7 @@ def open_listeners(entries: Sequence[str]) -> None:
     passed = activated()
     opened: list[socket.socket] = []
     try:
+        _refuse_connections(passed)
         for address in addresses:
             sock = _take_passed(passed, address)
             opened.append(sock if sock is not None else _bind(address))
@@ -151,6 +152,40 @@ def open_listeners(entries: Sequence[str]) -> None:
         _remove_made()
         raise
     _held.sockets = opened
+
+
+def _refuse_connections(passed: list[socket.socket]) -> None:
+    """A connection passed in place of a listener (``Accept=yes``): main's accept() would fail.
+
+    With ``Accept=yes`` systemd accepts itself and hands each instance one
+    connected socket, on the listener's address; ``accept()`` on it gives EINVAL.
+    """
+    import socket  # noqa: PLC0415
+
+    for sock in passed:
+        if sock.type == socket.SOCK_STREAM and not sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+        ):
+            raise ListenError(
+                f"systemd passed a connection{_ends(sock)}, not a listening socket: "
+                "listen= needs Accept=no in the .socket unit"
+            )
+
+
+def _ends(sock: socket.socket) -> str:
+    """`` to HOST:PORT from HOST:PORT``, as far as the socket knows them."""
+    text = ""
+    for word, name in (("to", sock.getsockname), ("from", sock.getpeername)):
+        try:
+            where = name()
+        except OSError:
+            continue  # the peer has gone already
+        if isinstance(where, tuple):
+            host = f"[{where[0]}]" if ":" in where[0] else where[0]
+            where = f"{host}:{where[1]}"
+        if where:  # a Unix client is seldom bound to a name
+            text += f" {word} {where}"
+    return text
 
 
 def _refuse_unnamed(passed: list[socket.socket]) -> None:
