@@ -148,7 +148,9 @@ def _replace(service: Service, pidfile: PidFile) -> int | None:
     started as any other service.
     """
     from ._handover import one_restart_at_a_time  # noqa: PLC0415 -- only services with listen=
+    from ._hygiene import remember_program_descriptors  # noqa: PLC0415
 
+    remember_program_descriptors()  # before the restart opens any of its own
     config = service.config
     serialised = one_restart_at_a_time(pidfile.path, config.start_timeout + config.stop_timeout)
     try:

@@ -22,7 +22,7 @@ from ._detach import (
     line_buffer_python_streams,
 )
 from ._errors import AlreadyRunningError, DaemonError, DetachError, StartupError
-from ._hygiene import close_inherited_fds, resolve_credentials
+from ._hygiene import close_inherited_fds, remember_program_descriptors, resolve_credentials
 from ._lookup import holder_or_lock, pidfile_of, with_note
 from ._output import complain, say
 from ._proc import command_line, read_stat, wait_exit
@@ -120,6 +120,7 @@ def start(service: Service) -> int:
         # Forking away from a manager makes it think the service died.
         complain(f"{service.name}: running in the foreground under {manager} (start acts as run)")
         return run(service)
+    remember_program_descriptors()  # before the start opens any of its own
     pidfile = pidfile_of(service)
     with DeferredInterrupts() as interrupts:
         # "Already running" first: another user's start may not even open the logs.
