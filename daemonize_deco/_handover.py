@@ -23,13 +23,14 @@ ended, its copies closed, and the old one has not noticed a thing.
 from __future__ import annotations
 
 import _socket
+import errno
 import os
 import sys
 import time
 
 from . import _claim, _listeners
 from ._control import read_line, stream_socket
-from ._errors import StartupError
+from ._errors import DetachError, StartupError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -113,9 +114,14 @@ def take_over(pidfile: str, pid: int, timeout: float) -> Handover:
     """Ask ``pid``, the verified holder of ``pidfile``, for its sockets.
 
     StartupError with the reason when it cannot or will not (a version that
-    knows no handover, or one with no listening sockets).
+    knows no handover, or one with no listening sockets).  DetachError when
+    this process has no room for them (``ulimit -n``): the running instance
+    is then left alone, not stopped and started afresh.
     """
-    sock = stream_socket()
+    try:
+        sock = stream_socket()
+    except OSError as exc:
+        raise DetachError(f"cannot ask pid {pid} for its sockets: {exc.strerror}") from exc
     try:
         sock.settimeout(timeout)
         try:
@@ -124,6 +130,8 @@ def take_over(pidfile: str, pid: int, timeout: float) -> Handover:
             raise StartupError(f"pid {pid} does not answer on its claim socket: {exc}") from None
         sock.sendall(REQUEST.encode("ascii") + b"\n")
         handover = _receive(sock, pid)
+    except DetachError:
+        raise
     except OSError as exc:
         raise StartupError(f"no handover from pid {pid}: {exc}") from None
     finally:
@@ -146,7 +154,10 @@ def _same_file(fd: int, path: str) -> bool:
 
 def rebind_claim(pidfile: str, timeout: float) -> None:
     """Once the old instance is gone: have the new one bind the claim in its own name."""
-    sock = stream_socket()
+    try:
+        sock = stream_socket()
+    except OSError:
+        return  # no descriptor left (ulimit -n): as below
     try:
         sock.settimeout(timeout)
         sock.connect(_claim.claim_address(pidfile))
@@ -160,12 +171,16 @@ def rebind_claim(pidfile: str, timeout: float) -> None:
 
 def _receive(sock: _socket.socket, pid: int) -> Handover:
     space = _socket.CMSG_SPACE(_MAX_FDS * 4)
-    data, ancillary, _, _ = sock.recvmsg(4096, space, _socket.MSG_CMSG_CLOEXEC)
+    data, ancillary, flags, _ = sock.recvmsg(4096, space, _socket.MSG_CMSG_CLOEXEC)
     fds: list[int] = []
     for level, kind, payload in ancillary:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             usable = len(payload) - len(payload) % 4
             fds += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)]
+    if flags & _socket.MSG_CTRUNC:  # the kernel had no room for them all (ulimit -n)
+        for fd in fds:
+            os.close(fd)
+        raise DetachError(f"cannot receive the sockets of pid {pid}: {os.strerror(errno.EMFILE)}")
     if b"\n" not in data:
         data += read_line(sock)
     line = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip()

@@ -60,8 +60,11 @@ def _set_comm(tid: int, name: str) -> None:
 
 def prevent_core_dumps() -> None:
     """RLIMIT_CORE to 0: a core dump would spill the service's secrets to disk."""
-    import resource  # noqa: PLC0415 -- only services that ask for it carry the module
-
+    try:
+        import resource  # noqa: PLC0415 -- only services that ask for it carry the module
+    except (ImportError, OSError) as exc:  # an extension module: no descriptor left to load it
+        reason = exc.strerror if isinstance(exc, OSError) else exc
+        raise DetachError(f"cannot prevent core dumps: cannot load resource: {reason}") from exc
     try:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (OSError, ValueError) as exc:
@@ -132,8 +135,15 @@ class _Program:
 
 
 def remember_program_descriptors() -> None:
-    """Note the program's own descriptors, before a start opens any (see close_inherited_fds)."""
-    _Program.own = frozenset(fd for fd in _open_descriptors() if _is_own(fd))
+    """Note the program's own descriptors, before a start opens any (see close_inherited_fds).
+
+    Raises DetachError when they cannot be listed (no descriptor left: ``ulimit -n``).
+    """
+    try:
+        listed = _open_descriptors()
+    except OSError as exc:
+        raise DetachError(f"cannot list this process's descriptors: {exc.strerror}") from exc
+    _Program.own = frozenset(fd for fd in listed if _is_own(fd))
 
 
 def close_inherited_fds(keep: Collection[int]) -> None:

@@ -267,7 +267,10 @@ def _bind(address: Address) -> socket.socket:
         _clear_stale_socket_file(address)
     else:
         family, where = _resolve(address)[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)  # non-inheritable (PEP 446)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)  # non-inheritable (PEP 446)
+    except OSError as exc:  # no descriptor left (ulimit -n)
+        raise ListenError(f"cannot listen on {address.text}: {_reason(exc)}") from None
     try:
         if family != socket.AF_UNIX:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -298,7 +301,13 @@ def _clear_stale_socket_file(address: Address) -> None:
         raise ListenError(f"cannot listen on {address.text}: {_reason(exc)}") from None
     if not stat.S_ISSOCK(mode):
         raise ListenError(f"cannot listen on {address.text}: the path exists and is not a socket")
-    with open("/proc/net/unix", encoding="utf-8", errors="surrogateescape") as table:
+    try:
+        table = open("/proc/net/unix", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+    except OSError as exc:
+        raise ListenError(
+            f"cannot listen on {address.text}: cannot read /proc/net/unix: {_reason(exc)}"
+        ) from None
+    with table:
         next(table)  # Num RefCount Protocol Flags Type St Inode Path
         if any(line.split(None, 7)[7:] == [address.path + "\n"] for line in table):
             raise ListenError(f"cannot listen on {address.text}: address already in use")

@@ -190,7 +190,8 @@ def listen_for_control() -> ControlServer | None:
         return ControlServer()
     except OSError as exc:
         print(
-            f"daemonize_deco: no control socket, reload is unacknowledged: {exc}", file=sys.stderr
+            f"daemonize_deco: no control socket, reload is unacknowledged: {exc.strerror or exc}",
+            file=sys.stderr,
         )
         return None
 
@@ -312,6 +313,8 @@ def serve(
         if pidfile is None:
             _tell_supervisor(startup, failed, was_ready=False)
         else:
+            if not pidfile.adopted:  # a restart's new instance leaves them to the old one
+                release_listeners()
             _record(config, service_pid, started, failed, pidfile)
             if startup is None:
                 pidfile.remove()  # detached, the starting process reports it and removes it

@@ -38,7 +38,7 @@ from . import _beside, _lastrun, _signals
 from ._claim import answer_claimants, listen_for_claimants
 from ._control import ControlServer, ask, reply
 from ._detach import StartupChannel, exit_daemon, reopen_logs
-from ._errors import exit_status, last_words
+from ._errors import DetachError, exit_status, last_words
 from ._heartbeat import WAITING, last_beat, shared_slot
 from ._runtime import (
     claim_answers,
@@ -251,7 +251,10 @@ class _Supervisor:
 
     def spawn(self) -> None:
         """Fork the service; in the child, run it and never return."""
-        read_end, write_end = os.pipe()
+        try:
+            read_end, write_end = os.pipe()
+        except OSError as exc:  # no descriptor left (ulimit -n)
+            raise DetachError(f"cannot create the pipe to the service: {exc.strerror}") from exc
         if self.heartbeats is not None:
             self.heartbeats[:] = time.monotonic_ns().to_bytes(8, "little")
         pid = os.fork()

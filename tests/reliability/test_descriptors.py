@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import pwd
 import sqlite3
+import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
-from conftest import IDLE, wait_for
+from conftest import IDLE, marked_pids, wait_for
+from test_kvserver import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -104,3 +107,102 @@ def test_a_root_only_file_opened_before_dropping_privileges(make_service, tmp_pa
     assert "may not reopen it" in svc.log_text()
     assert secret.read_text() == f"written as uid {pwd.getpwnam('nobody').pw_uid}\n"
     svc.stop_gracefully(pid)
+
+
+# -- a start under a tight ulimit -n -------------------------------------------------
+
+# The venv's interpreter itself needs 5 descriptors to start; from 12 to 16 (with
+# listen= and restart=) a service runs.  Each limit runs out at another step.
+LIMITS = [*range(5, 17), 20]
+TIGHT = """ulimit -n "$0" && exec "$@" """
+
+
+def under_limit(svc, limit: int, command: str, **kw):
+    """``svc.py COMMAND`` with ``ulimit -n LIMIT``."""
+    argv = ["bash", "-c", TIGHT, str(limit), *svc.argv(command)]
+    return argv, dict(env=svc.env, text=True, **kw)
+
+
+def assert_one_named_line(stderr: str, limit: int) -> None:
+    """The failure is one line naming what could not be opened; never a raw OSError."""
+    assert "Traceback" not in stderr, f"ulimit -n {limit}:\n{stderr}"
+    assert "[Errno" not in stderr, f"ulimit -n {limit}: {stderr}"
+    *warnings, line = stderr.splitlines()
+    assert line.startswith("svc: ") and ": Too many open files" in line, (limit, stderr)
+    assert all(w.startswith("daemonize_deco: ") for w in warnings), (limit, stderr)
+
+
+def assert_nothing_left(svc, socket_file: Path | None, limit: int) -> None:
+    wait_for(lambda: svc.daemons() == [] and not marked_pids(svc.mark), what=f"{limit}: gone")
+    assert not svc.pidfile.exists(), f"ulimit -n {limit}: pidfile left"
+    assert socket_file is None or not socket_file.exists(), f"ulimit -n {limit}: socket file"
+
+
+def with_options(make_service, tmp_path, kind: str, body: str = IDLE):
+    listen = {
+        "tcp": [f"tcp://127.0.0.1:{free_port()}"],
+        "unix": [f"unix:{tmp_path}/svc.sock"],
+    }
+    options: dict[str, object] = {}
+    if "tcp" in kind or "unix" in kind:
+        options["listen"] = listen["tcp" if "tcp" in kind else "unix"]
+    if "restart" in kind:
+        options["restart"] = "on-failure"
+    socket_file = tmp_path / "svc.sock" if "unix" in kind else None
+    return make_service(body=body, **options), socket_file
+
+
+@pytest.mark.scenario(
+    "Bad input",
+    "start under ulimit -n 5 to 16 and 20 (plain, listen= TCP or Unix, restart=)",
+    lost="one line naming what could not be opened, exit 1; no pidfile, process or socket file",
+)
+@pytest.mark.parametrize("kind", ["plain", "tcp", "unix", "restart", "unix+restart"])
+def test_start_under_a_tight_descriptor_limit(make_service, tmp_path, kind):
+    svc, socket_file = with_options(make_service, tmp_path, kind)
+    outcomes = {}
+    for limit in LIMITS:
+        argv, kw = under_limit(svc, limit, "start")
+        result = subprocess.run(argv, capture_output=True, timeout=30, **kw)
+        outcomes[limit] = result.returncode
+        if result.returncode == 0:
+            assert "svc started (pid " in result.stdout and not result.stderr, (limit, result)
+            stopped = svc.cli("stop")
+            assert stopped.returncode == 0 and "stopped" in stopped.stdout, (limit, stopped)
+        else:
+            assert result.returncode == 1, (limit, result)
+            assert_one_named_line(result.stderr, limit)
+        assert_nothing_left(svc, socket_file, limit)
+    assert outcomes[LIMITS[0]] == 1 and outcomes[LIMITS[-1]] == 0, outcomes
+
+
+@pytest.mark.scenario(
+    "Bad input",
+    "run under ulimit -n 5 to 16 and 20 (plain, listen= Unix)",
+    lost="one line naming what could not be opened, exit 1; no pidfile, socket file",
+)
+@pytest.mark.parametrize("kind", ["plain", "unix"])
+def test_run_under_a_tight_descriptor_limit(make_service, tmp_path, kind):
+    body = "print('serving', flush=True)\n" + IDLE  # print: main itself has no descriptor to spare
+    svc, socket_file = with_options(make_service, tmp_path, kind, body)
+    outcomes = {}
+    for limit in LIMITS:
+        said = tmp_path / f"run-{limit}.out"
+        with open(said, "w") as out:
+            argv, kw = under_limit(svc, limit, "run", stdout=out, stderr=subprocess.PIPE)
+            runner = subprocess.Popen(argv, **kw)
+        svc.popens.append(runner)
+        wait_for(
+            lambda r=runner, s=said: r.poll() is not None or "serving" in s.read_text(), what="run"
+        )
+        if runner.poll() is None:
+            runner.terminate()
+        _, stderr = runner.communicate(timeout=30)
+        outcomes[limit] = runner.returncode
+        if "serving" in said.read_text():
+            assert runner.returncode == 0 and "Traceback" not in stderr, (limit, stderr)
+        else:
+            assert runner.returncode == 1, (limit, stderr)
+            assert_one_named_line(stderr, limit)
+        assert_nothing_left(svc, socket_file, limit)
+    assert outcomes[LIMITS[0]] == 1 and outcomes[LIMITS[-1]] == 0, outcomes
