@@ -121,7 +121,10 @@ def rebind(server: ControlServer, pidfile: str) -> tuple[str, Sequence[int]]:
     this once it is.  The old socket is closed by the ``dup2`` that puts an
     unbound one in its place (freeing the name), which is then bound.
     """
-    fresh = stream_socket()
+    try:
+        fresh = stream_socket()
+    except OSError as exc:  # no descriptor left (ulimit -n): the claim answers as it is
+        return f"error {exc.strerror}", ()
     os.dup2(fresh.fileno(), server.fileno(), inheritable=False)
     fresh.close()
     try:

@@ -206,3 +206,66 @@ def test_run_under_a_tight_descriptor_limit(make_service, tmp_path, kind):
             assert_one_named_line(stderr, limit)
         assert_nothing_left(svc, socket_file, limit)
     assert outcomes[LIMITS[0]] == 1 and outcomes[LIMITS[-1]] == 0, outcomes
+
+
+@pytest.mark.scenario(
+    "Bad input",
+    "restart with listen= under ulimit -n 5 to 16 and 20",
+    lost="nothing: a restart that has no room fails in one line and the running instance serves on",
+)
+def test_restart_with_listen_under_a_tight_descriptor_limit(make_service, tmp_path):
+    svc, socket_file = with_options(make_service, tmp_path, "unix")
+    running = svc.start()
+    for limit in LIMITS:
+        argv, kw = under_limit(svc, limit, "restart")
+        result = subprocess.run(argv, capture_output=True, timeout=30, **kw)
+        if result.returncode == 0:
+            assert "svc restarted (pid " in result.stdout, (limit, result)
+            running = int(result.stdout.split("(pid ")[1].split(";")[0])
+        else:
+            assert result.returncode == 1, (limit, result)
+            assert_one_named_line(result.stderr, limit)
+        wait_for(lambda r=running: svc.daemons() == [r], what=f"{limit}: one instance")
+        assert svc.read_pid() == running and svc.cli("status").returncode == 0, limit
+        assert socket_file is not None and socket_file.exists()
+    assert result.returncode == 0, "restarted at the highest limit"
+    svc.stop_gracefully(running)
+    assert not socket_file.exists()
+
+
+EXHAUST = """
+import resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    print('descriptors used up', flush=True)
+"""
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "A service whose main used up its descriptors (ulimit -n reached)",
+    lost="nothing: reload answers with the reason, restart hands over, stop is graceful",
+)
+def test_a_service_at_its_descriptor_limit_still_answers(make_service, tmp_path):
+    svc, socket_file = with_options(make_service, tmp_path, "unix", EXHAUST + IDLE)
+    old = svc.start()
+    wait_for(lambda: "descriptors used up" in svc.log_text(), what="main to use them up")
+    for pid in (old, None):
+        reload = svc.cli("reload", timeout=20)  # its request is taken in the spare's place
+        assert reload.returncode == 1, reload
+        assert reload.stderr == (
+            f"svc: reload failed in pid {pid or svc.read_pid()}: "
+            f"cannot open log file {svc.log}: Too many open files\n"
+        )
+        if pid is None:
+            break
+        restart = svc.cli("restart", timeout=40)  # the old one accepts the handover request
+        assert restart.returncode == 0, restart
+        assert f"pid {old} stopped, its sockets kept" in restart.stdout, restart.stdout
+        wait_for(lambda: svc.log_text().count("descriptors used up") == 2, what="the new main")
+    svc.stop_gracefully(svc.read_pid())
+    assert socket_file is not None and not socket_file.exists()
