@@ -19,9 +19,11 @@ writes its pid in it.  Only root and the daemon's own user may ask.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from ._control import ControlServer, peer_credentials, read_line, reply, stream_socket
+from ._errors import DetachError, PidFileError
 from ._proc import fd_targets, holds_file
 
 TYPE_CHECKING = False
@@ -93,14 +95,21 @@ def forget_inherited() -> None:
 
 
 def listen_for_claimants(pidfile: str) -> ControlServer | None:
-    """Bind the claim; None when another process holds the name (said by the caller)."""
+    """Bind the claim; None when another process holds the name (said by the caller).
+
+    Raises DetachError when no socket can be had.
+    """
     if _Inherited.fd is not None:
         fd, _Inherited.fd = _Inherited.fd, None
         return ControlServer.adopt(fd)
     try:
         return ControlServer(claim_address(pidfile))
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return None
+        # No descriptor left (ulimit -n): a service that cannot claim its path
+        # could be started twice once its pidfile is deleted.
+        raise DetachError(f"cannot claim {pidfile}: {exc.strerror}") from exc
 
 
 def answer_claimants(server: ControlServer, answers: Mapping[str, Answer]) -> None:
@@ -152,7 +161,12 @@ def find_claimant(
     hold it open and squat the name) and has the pidfile open.  With
     ``put_back=False`` it is only found (its answer is then "ok").
     """
-    sock = stream_socket()
+    try:
+        sock = stream_socket()
+    except OSError as exc:  # no descriptor left (ulimit -n): the question has no answer
+        raise PidFileError(
+            f"cannot look for a service claiming {pidfile}: cannot open a socket: {exc.strerror}"
+        ) from exc
     try:
         sock.settimeout(timeout)
         try:

@@ -181,8 +181,10 @@ def _replace(service: Service, pidfile: PidFile) -> int | None:
     started as any other service.
     """
     from ._handover import one_restart_at_a_time  # noqa: PLC0415 -- only services with listen=
+    from ._launch import before_starting  # noqa: PLC0415
 
     config = service.config
+    before_starting(config)
     serialised = one_restart_at_a_time(pidfile, config.start_timeout + config.stop_timeout)
     try:
         # Looked at with the restarts serialised: the one before ours may have replaced it.

@@ -23,6 +23,7 @@ import _socket
 import errno
 import os
 import sys
+import time
 
 from ._proc import fd_targets
 
@@ -47,6 +48,35 @@ _PEERCRED_SIZE = 12  # struct ucred: pid, uid, gid as C ints
 _CLIENT_TIMEOUT = 1.0
 _LINE_LIMIT = 4096
 _PREFIX = "daemonize_deco/"
+_NO_ROOM = (errno.EMFILE, errno.ENFILE)
+_NO_ROOM_PAUSE = 0.05
+
+
+class _Spare:
+    """A descriptor held in reserve, so that at the limit (``ulimit -n``) a request still fits.
+
+    A connection accept() cannot take (EMFILE) stays queued, and its socket
+    readable: a loop polling it would wake at once, forever.  The spare is
+    let go of to take it, and taken back once it is answered.
+    """
+
+    fd = -1
+
+    @classmethod
+    def reserve(cls) -> None:
+        if cls.fd < 0:
+            try:
+                cls.fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # at the limit already: taken back after a request closes
+
+    @classmethod
+    def release(cls) -> bool:
+        if cls.fd < 0:
+            return False
+        os.close(cls.fd)
+        cls.fd = -1
+        return True
 
 
 def find_address(pid: int) -> str | None:
@@ -117,7 +147,7 @@ class ControlServer:
         except OSError:
             self.sock.close()
             raise
-        _keep_a_spare()
+        _Spare.reserve()
 
     @classmethod
     def adopt(cls, fd: int) -> ControlServer:
@@ -125,20 +155,29 @@ class ControlServer:
         server = object.__new__(cls)
         server.sock = stream_socket(fd)
         server.sock.setblocking(False)
+        _Spare.reserve()
         return server
 
     def accept_waiting(self) -> list[tuple[_socket.socket, str]]:
-        """Accept every queued connection and read its request; refused or mute peers dropped."""
+        """Accept every queued connection and read its request; refused or mute peers dropped.
+
+        With no descriptor left, one at a time, in the spare's place.
+        """
         waiting: list[tuple[_socket.socket, str]] = []
+        _Spare.reserve()
         while True:
             try:
                 fd, _ = self.sock._accept()  # type: ignore[attr-defined]  # C-level accept
             except BlockingIOError:
                 return waiting
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE) and not _drop_one(self.sock):
-                    return waiting
-                continue  # that peer gave up already (or was dropped: no descriptor for it)
+                if exc.errno not in _NO_ROOM:
+                    continue  # that peer gave up already
+                if not waiting and _Spare.release():
+                    continue
+                if not waiting:
+                    time.sleep(_NO_ROOM_PAUSE)  # nothing to let go of: do not spin
+                return waiting  # the rest at the next round, once these are answered
             request = _checked_request(stream_socket(fd))
             if request is not None:
                 waiting.append(request)
@@ -159,38 +198,6 @@ class ControlServer:
     def close(self) -> None:
         """Stop listening."""
         self.sock.close()
-
-
-# One descriptor kept free: out of descriptors, a queued connection could not be
-# accepted, would stay queued, and poll() would report it forever (a busy loop).
-_spare: list[int] = []
-
-
-def _keep_a_spare() -> None:
-    if not _spare:
-        try:
-            _spare.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-        except OSError:
-            pass  # out of them already: the next accept that fails will not spin on it
-
-
-def _drop_one(sock: _socket.socket) -> bool:
-    """Out of descriptors: accept the first queued connection with the spare and close it.
-
-    False when none was queued (accept checks for a free descriptor first).
-    """
-    if not _spare:
-        return False
-    os.close(_spare.pop())
-    try:
-        fd, _ = sock._accept()  # type: ignore[attr-defined]
-    except OSError:
-        return False  # nothing queued after all
-    else:
-        os.close(fd)
-        return True
-    finally:
-        _keep_a_spare()
 
 
 def _checked_request(conn: _socket.socket) -> tuple[_socket.socket, str] | None:

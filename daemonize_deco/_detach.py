@@ -141,7 +141,10 @@ class DeferredInterrupts:
         self.signum: int | None = None
         self._owner = os.getpid()
         self._previous: dict[int, Handler] = {}
-        self._read, self._write = os.pipe()
+        try:
+            self._read, self._write = os.pipe()
+        except OSError as exc:  # no descriptor left (ulimit -n)
+            raise DetachError(f"cannot create the pipe that defers Ctrl-C: {exc.strerror}") from exc
         os.set_blocking(self._write, False)
 
     def __enter__(self) -> DeferredInterrupts:
@@ -268,6 +271,14 @@ def open_log(path: str) -> int:
     return fd
 
 
+def _open_null(flags: int) -> int:
+    """Open /dev/null; DetachError when it cannot be (no descriptor left: ``ulimit -n``)."""
+    try:
+        return os.open(os.devnull, flags)
+    except OSError as exc:
+        raise DetachError(f"cannot open {os.devnull}: {exc.strerror}") from exc
+
+
 def redirect_standard_streams(stdout: str | None, stderr: str | None) -> None:
     """Stdin from /dev/null, stdout and stderr to the log files (or /dev/null).
 
@@ -275,7 +286,7 @@ def redirect_standard_streams(stdout: str | None, stderr: str | None) -> None:
     in the daemon, so ``subprocess.run(..., capture_output=True)`` of the
     start command returns as soon as that command does.
     """
-    null = os.open(os.devnull, os.O_RDWR)
+    null = _open_null(os.O_RDWR)
     os.dup2(null, 0)
     os.close(null)
     _point_output_at(stdout, stderr)
@@ -294,7 +305,7 @@ def reopen_logs(stdout: str | None, stderr: str | None) -> None:
 
 def _point_output_at(stdout: str | None, stderr: str | None) -> None:
     """Descriptors 1 and 2 onto the log files, or /dev/null; stderr follows a lone stdout."""
-    out = open_log(stdout) if stdout else os.open(os.devnull, os.O_WRONLY)
+    out = open_log(stdout) if stdout else _open_null(os.O_WRONLY)
     try:
         err = out if stderr in (None, stdout) else open_log(stderr)
     except DetachError:
@@ -331,7 +342,7 @@ def line_buffer_python_streams() -> None:
         sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 -- lives as long as the process
 
 
-def wear_group_badge() -> int:
+def wear_group_badge() -> None:
     """Mark this process as the leader of a group daemonize_deco made for it.
 
     ``stop`` ends what a daemon left running in its process group, and must
@@ -341,10 +352,12 @@ def wear_group_badge() -> int:
     descriptor in itself, and ``/proc/PID/fd`` shows it to whoever may signal
     it.  Children lose it at fork.
     """
-    fd = os.memfd_create(f"{GROUP_BADGE}{os.getpgrp()}", os.MFD_CLOEXEC)
+    try:
+        fd = os.memfd_create(f"{GROUP_BADGE}{os.getpgrp()}", os.MFD_CLOEXEC)
+    except OSError as exc:
+        raise DetachError(f"cannot create the group's badge (a memfd): {exc.strerror}") from exc
     _badge.append(fd)
     os.register_at_fork(after_in_child=_drop_group_badge)
-    return fd
 
 
 _badge: list[int] = []
@@ -435,8 +448,10 @@ def _become_daemon(
             os._exit(0)
         in_daemon()
         channel.send_pid(os.getpid())
-        badge = wear_group_badge()
-        close_inherited({channel.fileno(), badge})
+        # First let go of the starter's descriptors: under a tight ulimit -n,
+        # what the daemon opens next needs their places.
+        close_inherited({channel.fileno()})
+        wear_group_badge()
         change_working_directory(workdir)
         # A known umask: files the daemon creates get the modes it was
         # configured with, not whatever the launching shell had.

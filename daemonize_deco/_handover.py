@@ -31,13 +31,14 @@ whatever instant the restarting process dies, one instance is left.
 from __future__ import annotations
 
 import _socket
+import errno
 import os
 import sys
 import time
 
 from . import _claim, _listeners
 from ._control import peer_credentials, read_line, stream_socket
-from ._errors import PidFileError, StartupError
+from ._errors import DetachError, PidFileError, StartupError
 from ._proc import wait_exit
 
 TYPE_CHECKING = False
@@ -152,8 +153,13 @@ def take_over(pidfile: PidFile, pid: int, timeout: float) -> Handover:
     StartupError with the reason when it cannot or will not (a version that
     knows no handover, one with no listening sockets), or when another
     process answers on its claim (a squatter on the name is never asked).
+    DetachError when this process has no room for them (``ulimit -n``): the
+    running instance is then left alone, not stopped and started afresh.
     """
-    sock = stream_socket()
+    try:
+        sock = stream_socket()
+    except OSError as exc:
+        raise DetachError(f"cannot ask pid {pid} for its sockets: {exc.strerror}") from exc
     try:
         sock.settimeout(timeout)
         try:
@@ -163,6 +169,8 @@ def take_over(pidfile: PidFile, pid: int, timeout: float) -> Handover:
         _check_answerer(sock, pidfile, pid)
         sock.sendall(REQUEST.encode("ascii") + b"\n")
         handover = _receive(sock, pid)
+    except DetachError:
+        raise
     except OSError as exc:
         raise StartupError(f"no handover from pid {pid}: {exc}") from None
     finally:
@@ -248,12 +256,16 @@ def _end_predecessor(pid: int, pidfd: int, stop_timeout: float) -> None:
 
 def _receive(sock: _socket.socket, pid: int) -> Handover:
     space = _socket.CMSG_SPACE(_MAX_FDS * 4)
-    data, ancillary, _, _ = sock.recvmsg(4096, space, _socket.MSG_CMSG_CLOEXEC)
+    data, ancillary, flags, _ = sock.recvmsg(4096, space, _socket.MSG_CMSG_CLOEXEC)
     fds: list[int] = []
     for level, kind, payload in ancillary:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             usable = len(payload) - len(payload) % 4
             fds += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)]
+    if flags & _socket.MSG_CTRUNC:  # the kernel had no room for them all (ulimit -n)
+        for fd in fds:
+            os.close(fd)
+        raise DetachError(f"cannot receive the sockets of pid {pid}: {os.strerror(errno.EMFILE)}")
     if b"\n" not in data:
         data += read_line(sock)
     line = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip()

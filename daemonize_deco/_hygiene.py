@@ -6,8 +6,10 @@ reason, so a failure before ready reaches ``start``'s caller.
 
 from __future__ import annotations
 
+import _socket  # the C module, loaded with the package: socket.py would import enum
 import _thread
 import os
+import stat
 import sys
 
 from ._errors import DetachError
@@ -24,6 +26,7 @@ __all__ = [
     "drop_privileges",
     "log_handlers",
     "prevent_core_dumps",
+    "remember_program_descriptors",
     "resolve_credentials",
     "set_process_name",
     "set_thread_name",
@@ -59,8 +62,11 @@ def _set_comm(tid: int, name: str) -> None:
 
 def prevent_core_dumps() -> None:
     """RLIMIT_CORE to 0: a core dump would spill the service's secrets to disk."""
-    import resource  # noqa: PLC0415 -- only services that ask for it carry the module
-
+    try:
+        import resource  # noqa: PLC0415 -- only services that ask for it carry the module
+    except (ImportError, OSError) as exc:  # an extension module: no descriptor left to load it
+        reason = exc.strerror if isinstance(exc, OSError) else exc
+        raise DetachError(f"cannot prevent core dumps: cannot load resource: {reason}") from exc
     try:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (OSError, ValueError) as exc:
@@ -147,33 +153,81 @@ def drop_privileges(credentials: Credentials) -> None:
         raise DetachError("privileges were not dropped: setuid(0) still succeeds")
 
 
+class _Program:
+    """The descriptors the program held before a start opened any of its own."""
+
+    own: frozenset[int] = frozenset()
+
+
+def remember_program_descriptors() -> None:
+    """Note the program's own descriptors, before a start opens any (see close_inherited_fds).
+
+    Raises DetachError when they cannot be listed (no descriptor left: ``ulimit -n``).
+    """
+    try:
+        listed = _open_descriptors()
+    except OSError as exc:
+        raise DetachError(f"cannot list this process's descriptors: {exc.strerror}") from exc
+    _Program.own = frozenset(fd for fd in listed if _is_own(fd))
+
+
 def close_inherited_fds(keep: Collection[int]) -> None:
-    """Let go of every descriptor above 2 the daemon got from its launcher, but ``keep``.
+    """Let go of every descriptor above 2 the daemon got from its starter, but the program's own.
 
     Inheritable ones came from whoever launched us (a harness's pipe, a
-    shell's redirection): closed.  Non-inheritable ones (PEP 446) were opened
-    by this program before it forked (a host's listening socket): /dev/null
-    takes their place rather than closing them, because a Python object of
-    the host may still own the number and close it when collected, which
-    would close whatever the daemon opened since under that number (its log,
-    its pidfile).  Logging handlers' files are kept: the daemon logs there.
+    shell's redirection): closed.  Non-inheritable ones (PEP 446) the
+    program opened itself before ``start`` (a file, a database, a root-only
+    file opened before ``user=`` drops privileges) stay, as across any fork:
+    the daemon writes on through them.  Only a listening socket among those
+    is let go of (a host program's server, that it can listen again at
+    once): /dev/null takes its place rather than closing it, because a
+    Python object of the host still owns the number and may close it when
+    collected, which would close whatever the daemon opened since under that
+    number.  The start's own (noted after :func:`remember_program_descriptors`)
+    are closed: their objects live on a stack the daemon never returns to.
+    ``keep``: the daemon's (pidfile, listen= sockets, ``files_preserve``).
     """
     keep = {*keep, *_logging_descriptors()}
-    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    null = -1
     try:
-        for entry in os.listdir("/proc/self/fd"):
-            fd = int(entry)
+        for fd in _open_descriptors():
             if fd <= 2 or fd in keep or fd == null:
                 continue
             try:
-                if os.get_inheritable(fd):
+                if os.get_inheritable(fd) or fd not in _Program.own:
                     os.close(fd)
-                else:
+                elif _is_listening(fd):
+                    if null < 0:
+                        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
                     os.dup2(null, fd, inheritable=False)
             except OSError:
                 continue  # the listing's own descriptor, closed by now
     finally:
-        os.close(null)
+        if null >= 0:
+            os.close(null)
+
+
+def _open_descriptors() -> list[int]:
+    """This process's descriptors, in ascending order (the listing's own one among them)."""
+    return sorted(int(entry) for entry in os.listdir("/proc/self/fd"))
+
+
+def _is_own(fd: int) -> bool:
+    try:
+        return not os.get_inheritable(fd)
+    except OSError:
+        return False  # the listing's own descriptor, closed by now
+
+
+def _is_listening(fd: int) -> bool:
+    """Whether ``fd`` is a socket that accepts connections (``SO_ACCEPTCONN``)."""
+    if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+        return False
+    sock = _socket.socket(fileno=fd)
+    try:
+        return bool(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ACCEPTCONN))
+    finally:
+        sock.detach()  # the number stays open: it was only looked at
 
 
 def log_handlers() -> list[Any]:

@@ -20,8 +20,8 @@ from ._detach import (
     detach,
     line_buffer_python_streams,
 )
-from ._errors import AlreadyRunningError, DaemonError, DetachError, StartupError
-from ._hygiene import close_inherited_fds, resolve_credentials
+from ._errors import AlreadyRunningError, DetachError, StartupError
+from ._hygiene import close_inherited_fds, remember_program_descriptors, resolve_credentials
 from ._lookup import holder_or_lock, pidfile_of, with_note
 from ._managers import running_under
 from ._output import complain, say
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ._pidfile import PidFile
     from ._startup import StartupReport, StartupWatcher
 
-__all__ = ["check_before_fork", "detach_and_wait", "run", "start"]
+__all__ = ["before_starting", "check_before_fork", "detach_and_wait", "run", "start"]
 
 
 def check_before_fork(config: ServiceConfig) -> Credentials | None:
@@ -60,6 +60,7 @@ def start(service: Service) -> int:
 
             die_with_parent(signal.SIGTERM, manager.shell)  # its manager stops the shell
         return run(service)
+    before_starting(service.config)
     pidfile = pidfile_of(service)
     with DeferredInterrupts() as interrupts:
         # "Already running" first: another user's start may not even open the logs.
@@ -71,7 +72,7 @@ def start(service: Service) -> int:
         try:
             credentials = check_before_fork(service.config)
             _open_listeners(service.config)
-        except DaemonError:
+        except BaseException:
             pidfile.remove()  # not forked yet: the lock is ours alone
             raise
         report = detach_and_wait(service, pidfile, credentials, interrupts)
@@ -94,6 +95,31 @@ def _say_in_the_foreground(service: Service, manager: Manager) -> None:
     complain(line)
     if manager.warning is not None:
         complain(f"{service.name}: warning: {manager.warning}")
+
+
+def before_starting(config: ServiceConfig) -> None:
+    """A start's first step, before it opens any descriptor of its own.
+
+    Notes which descriptors are the program's (the daemon keeps them), and
+    imports what the daemon will load.
+    """
+    remember_program_descriptors()
+    _load_what_it_runs(config, supervised=config.restart.enabled)
+
+
+def _load_what_it_runs(config: ServiceConfig, *, supervised: bool) -> None:
+    """Import, while no descriptor is held yet, the modules the service loads later.
+
+    An import reads a file: under a tight ``ulimit -n``, one made with the
+    pidfile locked and the sockets bound could fail and leave them behind.
+    """
+    names = [f"{__package__}._supervisor"] if supervised else []
+    if config.prevent_core:
+        names.append("resource")
+    if config.listen:
+        names += ["socket", f"{__package__}._listeners", f"{__package__}._handover"]
+    for name in names:
+        __import__(name)
 
 
 def _open_listeners(config: ServiceConfig) -> None:
@@ -182,7 +208,8 @@ def _wait_until_ready(
             return report
         if report.outcome == "interrupted":
             watcher.learn_pid(config.start_timeout)
-        reason = _end_failed_start(service, pidfile, report)
+    # The pipe closed first: under a tight ulimit -n, ending the start needs its descriptor.
+    reason = _end_failed_start(service, pidfile, report)
     raise StartupError(f"failed to start: {reason}")
 
 
@@ -230,6 +257,8 @@ def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport)
     elif not gone:
         reason += "; its pid is unknown, so its pidfile is left to it"
     if gone:
+        # Its Unix socket files are ours to remove now: it may have died before it could.
+        release_listeners(remove_files=not pidfile.adopted)
         pidfile.remove()
     else:
         pidfile.hand_over()
@@ -239,6 +268,7 @@ def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport)
 def run(service: Service) -> int:
     """Run in the foreground: same pidfile and signals, no fork, no redirect."""
     credentials = resolve_credentials(service.config.user, service.config.group)
+    _load_what_it_runs(service.config, supervised=False)
     pidfile = pidfile_of(service)
     with DeferredInterrupts() as interrupts:
         holder = holder_or_lock(service, pidfile, interrupts)
@@ -252,7 +282,7 @@ def run(service: Service) -> int:
         # the handlers take it, and main starts with should_stop() already True.
         try:
             _open_listeners(service.config)
-        except DaemonError:
+        except BaseException:
             pidfile.remove()
             raise
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, DeferredInterrupts.SIGNALS)

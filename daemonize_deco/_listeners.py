@@ -141,6 +141,7 @@ def open_listeners(entries: Sequence[str]) -> None:
     passed = activated()
     opened: list[socket.socket] = []
     try:
+        _refuse_connections(passed)
         for address in addresses:
             sock = _take_passed(passed, address)
             opened.append(sock if sock is not None else _bind(address))
@@ -151,6 +152,40 @@ def open_listeners(entries: Sequence[str]) -> None:
         _remove_made()
         raise
     _held.sockets = opened
+
+
+def _refuse_connections(passed: list[socket.socket]) -> None:
+    """A connection passed in place of a listener (``Accept=yes``): main's accept() would fail.
+
+    With ``Accept=yes`` systemd accepts itself and hands each instance one
+    connected socket, on the listener's address; ``accept()`` on it gives EINVAL.
+    """
+    import socket  # noqa: PLC0415
+
+    for sock in passed:
+        if sock.type == socket.SOCK_STREAM and not sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+        ):
+            raise ListenError(
+                f"systemd passed a connection{_ends(sock)}, not a listening socket: "
+                "listen= needs Accept=no in the .socket unit"
+            )
+
+
+def _ends(sock: socket.socket) -> str:
+    """`` to HOST:PORT from HOST:PORT``, as far as the socket knows them."""
+    text = ""
+    for word, name in (("to", sock.getsockname), ("from", sock.getpeername)):
+        try:
+            where = name()
+        except OSError:
+            continue  # the peer has gone already
+        if isinstance(where, tuple):
+            host = f"[{where[0]}]" if ":" in where[0] else where[0]
+            where = f"{host}:{where[1]}"
+        if where:  # a Unix client is seldom bound to a name
+            text += f" {word} {where}"
+    return text
 
 
 def _refuse_unnamed(passed: list[socket.socket]) -> None:
@@ -232,7 +267,10 @@ def _bind(address: Address) -> socket.socket:
         _clear_stale_socket_file(address)
     else:
         family, where = _resolve(address)[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)  # non-inheritable (PEP 446)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)  # non-inheritable (PEP 446)
+    except OSError as exc:  # no descriptor left (ulimit -n)
+        raise ListenError(f"cannot listen on {address.text}: {_reason(exc)}") from None
     try:
         if family != socket.AF_UNIX:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -263,7 +301,13 @@ def _clear_stale_socket_file(address: Address) -> None:
         raise ListenError(f"cannot listen on {address.text}: {_reason(exc)}") from None
     if not stat.S_ISSOCK(mode):
         raise ListenError(f"cannot listen on {address.text}: the path exists and is not a socket")
-    with open("/proc/net/unix", encoding="utf-8", errors="surrogateescape") as table:
+    try:
+        table = open("/proc/net/unix", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+    except OSError as exc:
+        raise ListenError(
+            f"cannot listen on {address.text}: cannot read /proc/net/unix: {_reason(exc)}"
+        ) from None
+    with table:
         next(table)  # Num RefCount Protocol Flags Type St Inode Path
         if any(line.split(None, 7)[7:] == [address.path + "\n"] for line in table):
             raise ListenError(f"cannot listen on {address.text}: address already in use")

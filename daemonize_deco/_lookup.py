@@ -64,8 +64,12 @@ def holder_or_lock(
                 f"pidfile {pidfile.path} is locked, but names no process that holds it"
             )
         time.sleep(_RETRY_INTERVAL)
-    if _claimant(service, pidfile, put_back=False) is None:
-        return None
+    try:
+        if _claimant(service, pidfile, put_back=False) is None:
+            return None
+    except BaseException:
+        pidfile.remove()  # ours alone still: nothing left behind
+        raise
     pidfile.remove()  # the running daemon puts its own back, locked, at this path
     found = _claimant(service, pidfile)
     if found is None:  # it exited meanwhile: start afresh

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import select
 
+from ._errors import PidFileError
+
 __all__ = [
     "BADGE_LINK",
     "GROUP_BADGE",
@@ -89,7 +91,8 @@ def holds_file(pid: int, identity: tuple[int, int]) -> bool | None:
     """Whether ``pid`` has a descriptor open on the file ``(st_dev, st_ino)``.
 
     None when we may not look (another user's process, and we are not root):
-    then we could not signal it either.
+    then we could not signal it either.  PidFileError when we cannot look
+    (no descriptor left: ``ulimit -n``): no answer is better than a guess.
     """
     fd_dir = f"/proc/{pid}/fd"
     try:
@@ -98,6 +101,8 @@ def holds_file(pid: int, identity: tuple[int, int]) -> bool | None:
         return None
     except (FileNotFoundError, ProcessLookupError):
         return False
+    except OSError as exc:
+        raise PidFileError(f"cannot look at {fd_dir}: {exc.strerror}") from exc
     for entry in entries:
         try:
             st = os.stat(f"{fd_dir}/{entry}")

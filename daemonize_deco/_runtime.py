@@ -190,7 +190,8 @@ def listen_for_control() -> ControlServer | None:
         return ControlServer()
     except OSError as exc:
         print(
-            f"daemonize_deco: no control socket, reload is unacknowledged: {exc}", file=sys.stderr
+            f"daemonize_deco: no control socket, reload is unacknowledged: {exc.strerror or exc}",
+            file=sys.stderr,
         )
         return None
 
@@ -312,16 +313,8 @@ def serve(
     except BaseException as exc:
         if os.getpid() != service_pid:
             raise  # a forked child unwinding: nothing here is its to clean up
-        _end_service(dispatcher, config.stop_timeout)
-        _end_what_it_started(pidfile, startup, config.stop_timeout)
-        failed = Outcome(1, exception=describe(exc))
-        if pidfile is None:
-            _tell_supervisor(startup, failed, was_ready=False)
-        else:
-            _record(config, service_pid, started, failed, pidfile)
-            if startup is None:
-                pidfile.remove()  # detached, the starting process reports it and removes it
-        _release_signals()
+        run = (service_pid, started)
+        _account_for_a_failure(service, pidfile, startup, dispatcher, run=run, exc=exc)
         raise
     was_ready = _end_service(dispatcher, config.stop_timeout)
     if _facts.threads_left:
@@ -356,6 +349,31 @@ def _settling(
             os.kill(os.getpid(), signal.SIGTERM)
 
     return startup.fileno(), settle
+
+
+def _account_for_a_failure(
+    service: Service,
+    pidfile: PidFile | None,
+    startup: StartupChannel | None,
+    dispatcher: Dispatcher | None,
+    *,
+    run: tuple[int, float],
+    exc: BaseException,
+) -> None:
+    """The service failed before main returned (or main raised out of serve): clean up."""
+    config = service.config
+    _end_service(dispatcher, config.stop_timeout)
+    _end_what_it_started(pidfile, startup, config.stop_timeout)
+    failed = Outcome(1, exception=describe(exc))
+    if pidfile is None:
+        _tell_supervisor(startup, failed, was_ready=False)
+    else:
+        if not pidfile.adopted:  # a restart's new instance leaves them to the old one
+            release_listeners()
+        _record(config, *run, failed, pidfile)
+        if startup is None:
+            pidfile.remove()  # detached, the starting process reports it and removes it
+    _release_signals()
 
 
 def _end_what_it_started(

@@ -39,7 +39,7 @@ import os
 import select
 import time
 
-from ._errors import DaemonError
+from ._errors import DaemonError, DetachError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -299,6 +299,7 @@ def install(
     SIGKILL).  ``on_repeat(signum)`` runs, from the handler, when a stop
     signal comes again.  Must be called from the main thread;
     :func:`restore` puts the previous handlers, wakeup fd and mask back.
+    Raises DetachError when the pipes cannot be made (``ulimit -n``).
     """
     if not _state.fork_hook:
         os.register_at_fork(after_in_child=_clean_slate_in_child)
@@ -310,8 +311,12 @@ def install(
     _state.stop_signals_handled = 0
     _state.on_repeat = on_repeat
     _state.main_thread = _thread.get_ident()
-    _stop_pipe()
-    record_read, record_write = os.pipe()
+    try:
+        _stop_pipe()
+        record_read, record_write = os.pipe()
+    except OSError as exc:  # no descriptor left (ulimit -n)
+        _close_pipes()
+        raise DetachError(f"cannot create the signal pipes: {exc.strerror}") from exc
     for end in (record_read, record_write):
         os.set_blocking(end, False)  # the dispatcher drains it; handlers never wait on it
     _state.record_read, _state.record_write = record_read, record_write

@@ -41,7 +41,7 @@ from ._claim import answer_claimants, listen_for_claimants
 from ._control import ControlServer
 from ._descendants import describe, end_descendants, worn_mark
 from ._detach import StartupChannel, exit_daemon, reopen_logs
-from ._errors import exit_status, last_words
+from ._errors import DetachError, exit_status, last_words
 from ._heartbeat import reset, shared_slot, silence
 from ._hygiene import die_with_parent
 from ._reload_relay import ReloadRelay
@@ -292,7 +292,10 @@ class _Supervisor:
 
     def spawn(self) -> None:
         """Fork the service; in the child, run it and never return."""
-        read_end, write_end = os.pipe()
+        try:
+            read_end, write_end = os.pipe()
+        except OSError as exc:  # no descriptor left (ulimit -n)
+            raise DetachError(f"cannot create the pipe to the service: {exc.strerror}") from exc
         if self.heartbeats is not None:
             reset(self.heartbeats)
         pid = os.fork()

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import REPO, is_gone, marked_pids, wait_for
+from conftest import MARK, REPO, is_gone, marked_pids, wait_for
 from test_kvserver import KV, free_port
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -432,6 +432,57 @@ def test_socket_activation_with_a_count_past_the_passed_descriptors(make_service
     assert result.returncode == 1
     assert result.stderr.startswith("svc: systemd passed LISTEN_FDS=3, but fd 3 is not a socket")
     assert len(result.stderr.splitlines()) == 1
+    assert not svc.pidfile.exists()
+
+
+@pytest.mark.scenario(
+    "Bad input",
+    "systemd-socket-activate --accept (Accept=yes) hands in a connection for listen=",
+    lost="one line, exit 1, before main runs: no EINVAL from accept() in main, no pidfile",
+)
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_socket_activation_refuses_a_connection_for_a_listener(make_service, tmp_path, kind):
+    if shutil.which("systemd-socket-activate") is None:
+        pytest.fail("systemd-socket-activate is needed (.ci/run installs systemd)")
+    port, path = free_port(), str(tmp_path / "activate.sock")
+    family, where, to = (
+        (socket.AF_INET, ("127.0.0.1", port), f"127.0.0.1:{port}")
+        if kind == "tcp"
+        else (socket.AF_UNIX, path, path)
+    )
+    svc = answering(make_service, [f"tcp://{to}" if kind == "tcp" else f"unix:{path}"])
+    said = tmp_path / "activate.err"
+    with open(said, "w") as err:  # the service's stderr is the activator's
+        activator = ["systemd-socket-activate", "--accept", f"--listen={to}"]
+        passed_on = ["-E", "PYTHONPATH", "-E", MARK]
+        command = [*activator, *passed_on, *svc.argv("run")]
+        started = subprocess.Popen(command, env=svc.env, stdout=subprocess.DEVNULL, stderr=err)
+        svc.popens.append(started)  # killed at teardown
+
+    def connected() -> socket.socket | None:
+        sock = socket.socket(family)
+        try:
+            sock.connect(where)
+        except (ConnectionRefusedError, FileNotFoundError):
+            sock.close()
+            return None
+        return sock
+
+    with wait_for(connected, what="systemd-socket-activate listening") as client:
+        peer = f" from 127.0.0.1:{client.getsockname()[1]}" if kind == "tcp" else ""
+        client.settimeout(20)
+        try:
+            answer = client.recv(100)
+        except ConnectionResetError:
+            answer = b""
+    assert answer == b"", "main answered on a socket systemd accepted"
+    text = wait_for(lambda: "died with code" in (t := said.read_text()) and t, what="its exit")
+    assert "died with code 1" in text, text
+    assert [line for line in text.splitlines() if line.startswith("svc")] == [
+        f"svc: systemd passed a connection to {to}{peer}, not a listening socket: "
+        "listen= needs Accept=no in the .socket unit"
+    ], text
+    assert "Traceback" not in text and "Errno" not in text, text
     assert not svc.pidfile.exists()
 
 
