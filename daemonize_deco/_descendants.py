@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 
 from ._claim import fnv1a
+from ._errors import DetachError
 from ._proc import GROUP_BADGE, read_stat
 
 __all__ = [
@@ -72,12 +73,19 @@ class _Worn:
 
 
 def wear(mark: str) -> None:
-    """Mark this process and everything it will start as this run's."""
+    """Mark this process and everything it will start as this run's.
+
+    Raises DetachError when it has no descriptor left for the mark.
+    """
     os.environ[VARIABLE] = mark
     if _Worn.fd is not None:
         os.close(_Worn.fd)
-    # Close-on-exec: a program exec'd is found by the variable; a fork keeps the memfd.
-    _Worn.fd = os.memfd_create(f"{_BADGE}{mark}", os.MFD_CLOEXEC)
+        _Worn.fd = None
+    try:
+        # Close-on-exec: a program exec'd is found by the variable; a fork keeps the memfd.
+        _Worn.fd = os.memfd_create(f"{_BADGE}{mark}", os.MFD_CLOEXEC)
+    except OSError as exc:
+        raise DetachError(f"cannot mark the processes of the run: {exc.strerror}") from exc
     _Worn.mark = mark
 
 
@@ -165,8 +173,6 @@ def end_descendants(
     ``group`` (the process group made for a detached daemon): SIGTERM, then
     SIGKILL to those still alive ``timeout`` seconds later.
     """
-    from ._terminate import end_pinned  # noqa: PLC0415 -- only when a run ends
-
     ended: list[int] = []
     for _ in range(_ROUNDS):
         candidates = set(children(os.getpid())) if children_too else set()
@@ -177,6 +183,8 @@ def end_descendants(
         if not pinned:
             break
         try:
+            from ._terminate import end_pinned  # noqa: PLC0415 -- only when some are left
+
             end_pinned(list(pinned.values()), timeout)
         finally:
             for fd in pinned.values():

@@ -391,7 +391,7 @@ def _end_what_it_started(
     try:
         ended = _descendants.end_descendants(_descendants.worn_mark(), timeout, group=group)
     except OSError as exc:
-        why = f"daemonize_deco: cannot end what main started: {exc}"
+        why = f"daemonize_deco: cannot end what main started: {exc.strerror or exc}"
         last_words(lambda: print(why, file=sys.stderr))
         return
     if ended:

@@ -256,13 +256,16 @@ def test_a_service_at_its_descriptor_limit_still_answers(make_service, tmp_path)
     wait_for(lambda: "descriptors used up" in svc.log_text(), what="main to use them up")
     for pid in (old, None):
         reload = svc.cli("reload", timeout=20)  # its request is taken in the spare's place
-        assert reload.returncode == 1, reload
-        assert reload.stderr == (
+        failed = (
             f"svc: reload failed in pid {pid or svc.read_pid()}: "
             f"cannot open log file {svc.log}: Too many open files\n"
         )
         if pid is None:
+            # The new instance let go of its startup pipe once the restart was over:
+            # that one descriptor may be free for the log now. Either way, it answers.
+            assert (reload.returncode, reload.stderr) in ((0, ""), (1, failed)), reload
             break
+        assert (reload.returncode, reload.stderr) == (1, failed), reload
         restart = svc.cli("restart", timeout=40)  # the old one accepts the handover request
         assert restart.returncode == 0, restart
         assert f"pid {old} stopped, its sockets kept" in restart.stdout, restart.stdout
