@@ -32,17 +32,21 @@ from ._claim import fnv1a
 from ._errors import DetachError
 from ._proc import GROUP_BADGE, read_stat
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._proc import ProcStat
+
 __all__ = [
     "VARIABLE",
-    "children",
+    "Run",
+    "carries",
     "describe",
-    "end_descendants",
     "end_left_by",
-    "find_marked",
+    "end_run",
     "left_by",
     "mark_for",
+    "this_run",
     "wear",
-    "worn_mark",
 ]
 
 VARIABLE = "DAEMONIZE_DECO_RUN"
@@ -50,6 +54,7 @@ _BADGE = "daemonize_deco-run-"
 _BADGE_LINK = f"/memfd:{_BADGE}"
 _GROUP_LINK = f"/memfd:{GROUP_BADGE}"
 _ROUNDS = 3  # ending a process orphans its own children: look again, a few times
+_KTHREADD = 2  # the parent of kernel threads, which have no environment to read
 
 
 def mark_for(pidfile: str, holder: int) -> str:
@@ -89,45 +94,56 @@ def wear(mark: str) -> None:
     _Worn.mark = mark
 
 
-def worn_mark() -> str | None:
-    """The mark this process wears, if any."""
-    return _Worn.mark
+class Run:
+    """What identifies a run's processes: its mark, its process group, when it began.
 
+    ``parent``: this process, whose children are the run's too (a command
+    looking for a dead run's processes has none of them).  ``since``: the
+    run's start in clock ticks since boot; a process older than that cannot
+    be one it started, so most are passed over after reading their stat.
+    """
 
-def children(pid: int) -> list[int]:
-    """The children of ``pid`` (every thread's)."""
-    found: list[int] = []
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for tid in threads:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                found += [int(word) for word in f.read().split()]
-        except OSError:
-            continue  # the thread ended meanwhile
-    return found
+    __slots__ = ("group", "mark", "parent", "since")
 
+    def __init__(
+        self,
+        mark: str | None,
+        *,
+        group: int | None = None,
+        parent: int | None = None,
+        since: int | None = None,
+    ) -> None:
+        self.mark = mark
+        self.group = group
+        self.parent = parent
+        self.since = since
 
-def find_marked(mark: str) -> list[int]:
-    """Live processes carrying ``mark``, but this one and other services' daemons."""
-    return [
-        int(entry)
-        for entry in os.listdir("/proc")
-        if entry.isdigit() and int(entry) != os.getpid() and carries(int(entry), mark)
-    ]
+    def holds(self, pid: int, stat: ProcStat | None) -> bool:
+        """Whether the live process ``pid`` (whose stat is given) is one of the run's."""
+        if stat is None or stat.state in ("Z", "X") or pid in (os.getpid(), self.parent):
+            return False
+        if self.since is not None and stat.starttime_ticks < self.since:
+            return False
+        if stat.ppid == self.parent or (self.group is not None and stat.pgrp == self.group):
+            return True
+        return self.mark is not None and stat.ppid != _KTHREADD and carries(pid, self.mark)
+
+    def processes(self) -> list[int]:
+        """The run's live processes, in one pass over /proc."""
+        return [
+            int(entry)
+            for entry in os.listdir("/proc")
+            if entry.isdigit() and self.holds(int(entry), read_stat(int(entry)))
+        ]
 
 
 def carries(pid: int, mark: str) -> bool:
-    """Whether the live process ``pid`` carries ``mark`` (and no daemon badge of its own).
+    """Whether process ``pid`` carries ``mark`` (and no daemon badge of its own).
 
     Without the variable, only a Python process's descriptors are looked at
     (forked and not exec'd, its environ is its program's): reading every
     process's would cost a stop milliseconds.
     """
-    if not _alive(pid):
-        return False
     if f"{VARIABLE}={mark}".encode() in _environ(pid).split(b"\0"):
         return _badges_allow(pid, mark, badge_needed=False)
     exe = os.path.basename(_exe(pid) or "")
@@ -163,23 +179,26 @@ def _badges_allow(pid: int, mark: str, *, badge_needed: bool) -> bool:
     return mark in runs or not badge_needed
 
 
-def end_descendants(
-    mark: str | None, timeout: float, *, group: int | None = None, children_too: bool = True
-) -> list[int]:
-    """End what this run started; return the pids ended.
+def this_run(*, group: int | None = None) -> Run:
+    """The run this process serves: its mark, its children, and ``group`` if it made one."""
+    me = read_stat(os.getpid())
+    return Run(
+        _Worn.mark,
+        group=group,
+        parent=os.getpid(),
+        since=None if me is None else me.starttime_ticks,
+    )
 
-    Its children (unless not ``children_too``: a command ending what a dead
-    run left), the processes carrying ``mark``, and the other members of
-    ``group`` (the process group made for a detached daemon): SIGTERM, then
-    SIGKILL to those still alive ``timeout`` seconds later.
+
+def end_run(run: Run, timeout: float) -> list[int]:
+    """End the run's processes; return their pids.
+
+    SIGTERM, then SIGKILL to those still alive ``timeout`` seconds later.
+    Ending one orphans its own children, found at the next look.
     """
     ended: list[int] = []
     for _ in range(_ROUNDS):
-        candidates = set(children(os.getpid())) if children_too else set()
-        candidates.update([] if mark is None else find_marked(mark))
-        if group is not None:
-            candidates.update(_group_members(group))
-        pinned = _pin(sorted(candidates - set(ended)), mark, group, children_too=children_too)
+        pinned = _pin([pid for pid in run.processes() if pid not in ended], run)
         if not pinned:
             break
         try:
@@ -193,53 +212,29 @@ def end_descendants(
     return ended
 
 
-def _group_members(group: int) -> list[int]:
-    return [
-        int(entry)
-        for entry in os.listdir("/proc")
-        if entry.isdigit() and (stat := read_stat(int(entry))) is not None and stat.pgrp == group
-    ]
-
-
-def _pin(
-    pids: list[int], mark: str | None, group: int | None, *, children_too: bool
-) -> dict[int, int]:
-    """Pidfds for those of ``pids`` that, once pinned, are still ours (pids are reused)."""
-    mine = set(children(os.getpid())) if children_too else set()
+def _pin(pids: list[int], run: Run) -> dict[int, int]:
+    """Pidfds for those of ``pids`` that, once pinned, are still the run's (pids are reused)."""
     pinned: dict[int, int] = {}
     for pid in pids:
-        if pid == os.getpid():
-            continue
         try:
             fd = os.pidfd_open(pid)
         except OSError:
             continue  # gone already
-        stat = read_stat(pid)
-        ours = stat is not None and (
-            pid in mine
-            or (group is not None and stat.pgrp == group)
-            or (mark is not None and carries(pid, mark))
-        )
-        if ours and _alive(pid):
+        if run.holds(pid, read_stat(pid)):
             pinned[pid] = fd
         else:
             os.close(fd)
     return pinned
 
 
-def _alive(pid: int) -> bool:
-    stat = read_stat(pid)
-    return stat is not None and stat.state not in ("Z", "X")
-
-
 def left_by(pidfile: str, pid: int) -> list[int]:
-    """What the run whose pidfile names ``pid`` started and is still running."""
-    return find_marked(mark_for(pidfile, pid))
+    """What the dead run whose pidfile names ``pid`` started and is still running."""
+    return Run(mark_for(pidfile, pid)).processes()
 
 
 def end_left_by(pidfile: str, pid: int, timeout: float) -> list[int]:
-    """End what the (dead) run whose pidfile names ``pid`` left running; return the pids."""
-    return end_descendants(mark_for(pidfile, pid), timeout, children_too=False)
+    """End what the dead run whose pidfile names ``pid`` left running; return the pids."""
+    return end_run(Run(mark_for(pidfile, pid)), timeout)
 
 
 def describe(pids: list[int]) -> str:

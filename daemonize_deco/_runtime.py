@@ -389,7 +389,7 @@ def _end_what_it_started(
         return
     group = os.getpgrp() if startup is not None else None
     try:
-        ended = _descendants.end_descendants(_descendants.worn_mark(), timeout, group=group)
+        ended = _descendants.end_run(_descendants.this_run(group=group), timeout)
     except OSError as exc:
         why = f"daemonize_deco: cannot end what main started: {exc.strerror or exc}"
         last_words(lambda: print(why, file=sys.stderr))

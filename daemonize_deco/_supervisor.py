@@ -39,7 +39,7 @@ import time
 from . import _beside, _lastrun, _signals
 from ._claim import answer_claimants, listen_for_claimants
 from ._control import ControlServer
-from ._descendants import describe, end_descendants, worn_mark
+from ._descendants import describe, end_run, this_run
 from ._detach import StartupChannel, exit_daemon, reopen_logs
 from ._errors import DetachError, exit_status, last_words
 from ._heartbeat import reset, shared_slot, silence
@@ -387,7 +387,7 @@ class _Supervisor:
     def end_what_it_left(self, child: _Child) -> None:
         """End what the run started and left running, before anything else runs."""
         try:
-            left = end_descendants(worn_mark(), self.config.stop_timeout, group=os.getpgrp())
+            left = end_run(this_run(group=os.getpgrp()), self.config.stop_timeout)
         except OSError as exc:
             self.say(f"cannot end what the service (pid {child.pid}) left running: {exc}")
             return

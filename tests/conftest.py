@@ -10,9 +10,11 @@ condition against a deadline.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -245,3 +247,48 @@ def make_service(tmp_path: Path, mark: str) -> Iterator[Callable[..., Service]]:
             if proc.poll() is None:
                 proc.kill()
             proc.communicate()
+
+
+# -- another user ------------------------------------------------------------------
+
+# Debian's interpreter: the test's own may live under /root, which nobody cannot enter.
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _scratch_dir(mode: int) -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="dd-shared-", dir="/tmp"))
+    folder.chmod(mode)
+    yield folder
+    shutil.rmtree(folder)
+
+
+@pytest.fixture
+def sticky_dir() -> Iterator[Path]:
+    """A /tmp-like directory: world-writable and sticky, reachable by nobody."""
+    yield from _scratch_dir(0o1777)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A root-owned directory every user may enter but not write, as /run is."""
+    yield from _scratch_dir(0o755)
+
+
+@pytest.fixture
+def as_nobody(mark: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``python -c CODE ARGS...`` as the real user nobody; killed at teardown."""
+    started: list[subprocess.Popen[str]] = []
+
+    def spawn(code: str, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [SYSTEM_PYTHON, "-c", code, *args], user="nobody", group="nogroup", extra_groups=[],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={"PATH": "/usr/bin:/bin", MARK: mark},
+        )  # fmt: skip
+        started.append(proc)
+        return proc
+
+    yield spawn
+    for proc in started:
+        proc.kill()
+        proc.communicate()

@@ -14,9 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import IDLE, MARK, REPO, SCRIPT, is_gone, wait_for
-
-SYSTEM_PYTHON = "/usr/bin/python3"
+from conftest import IDLE, MARK, REPO, SCRIPT, SYSTEM_PYTHON, is_gone, wait_for
 
 pytestmark = [
     pytest.mark.timeout(60),

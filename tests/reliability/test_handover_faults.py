@@ -9,13 +9,10 @@ itself.  Each test failed before its fix.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import MARK, is_gone, wait_for
+from conftest import is_gone, wait_for
 from test_kvserver import free_port
 from test_listeners import ANSWER_WITH_PID, PRELUDE, ask_pid
 
@@ -24,7 +21,6 @@ from daemonize_deco._claim import claim_address
 pytestmark = pytest.mark.timeout(120)
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="acting as nobody needs root")
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 # ANSWER_WITH_PID, but a stop lingers while a file "linger" exists (a slow graceful stop).
 LINGERING = (
@@ -145,15 +141,6 @@ def test_a_failed_handover_keeps_the_remembered_options(make_service):
     assert svc.cli("stop").returncode == 0
 
 
-@pytest.fixture
-def open_dir():
-    """A directory every user may enter (the pidfile is world-readable there)."""
-    folder = Path(tempfile.mkdtemp(prefix="dd-open-", dir="/tmp"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder)
-
-
 # Binds the claim name first and answers a handover request with its own descriptors:
 # the real pidfile (world-readable), and a listening socket of its own.
 SQUATTER = """
@@ -179,23 +166,16 @@ while True:
 """
 
 
-def spawn_as_nobody(mark: str, code: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [SYSTEM_PYTHON, "-c", code, *args], user="nobody", group="nogroup", extra_groups=[],
-        stdout=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin", MARK: mark},
-    )  # fmt: skip
-
-
 @ROOT_ONLY
 @pytest.mark.scenario(
     "Security",
     "another user squats the claim name and answers restart's handover with their sockets",
     lost="nothing of theirs is used: one line says so, restart stops and starts; one instance",
 )
-def test_a_handover_from_a_squatter_is_refused(make_service, open_dir, mark):
+def test_a_handover_from_a_squatter_is_refused(make_service, open_dir, as_nobody):
     port = free_port()
     pidfile = open_dir / "svc.pid"
-    squatter = spawn_as_nobody(mark, SQUATTER, claim_address(str(pidfile)).hex(), str(pidfile))
+    squatter = as_nobody(SQUATTER, claim_address(str(pidfile)).hex(), str(pidfile))
     try:
         assert squatter.stdout.readline() == "squatting\n"
         svc = make_service(
@@ -243,7 +223,7 @@ while True:
     "another user tries to take the claim name in a tight loop through 20 restarts",
     lost="the claim passes from instance to instance without a gap: never taken",
 )
-def test_the_claim_is_never_free_during_restarts(make_service, open_dir, mark):
+def test_the_claim_is_never_free_during_restarts(make_service, open_dir, as_nobody):
     port = free_port()
     pidfile = open_dir / "svc.pid"
     svc = make_service(
@@ -251,7 +231,7 @@ def test_the_claim_is_never_free_during_restarts(make_service, open_dir, mark):
         wait_ready=True, pidfile=str(pidfile),
     )  # fmt: skip
     svc.start()
-    grabber = spawn_as_nobody(mark, GRABBER, claim_address(str(pidfile)).hex())
+    grabber = as_nobody(GRABBER, claim_address(str(pidfile)).hex())
     try:
         for _ in range(20):
             restarted = svc.cli("restart")

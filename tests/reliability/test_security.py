@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 from conftest import marked_pids
@@ -16,15 +13,6 @@ pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.skipif(os.geteuid() != 0, reason="setting the trap as nobody needs root"),
 ]
-
-
-@pytest.fixture
-def sticky_dir():
-    """A /tmp-like directory: world-writable and sticky, reachable by nobody."""
-    folder = Path(tempfile.mkdtemp(prefix="dd-sticky-", dir="/tmp"))
-    folder.chmod(0o1777)
-    yield folder
-    shutil.rmtree(folder)
 
 
 @pytest.mark.scenario(

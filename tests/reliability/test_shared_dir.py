@@ -17,15 +17,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import MARK, REPO, SCRIPT, alive, is_gone, wait_for
+from conftest import MARK, REPO, SCRIPT, SYSTEM_PYTHON, alive, is_gone, wait_for
 from test_kvserver import free_port
 
 pytestmark = [
     pytest.mark.timeout(90),
     pytest.mark.skipif(os.geteuid() != 0, reason="acting as nobody needs root"),
 ]
-
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 # Creates the path as nobody and keeps it open; on each line read from stdin,
 # writes its own pid into the file it holds (as a forger would).
@@ -42,35 +40,6 @@ for line in sys.stdin:
     os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
     print("written", flush=True)
 """
-
-
-@pytest.fixture
-def sticky_dir():
-    """A /tmp-like directory: world-writable and sticky."""
-    folder = Path(tempfile.mkdtemp(prefix="dd-shared-", dir="/tmp"))
-    folder.chmod(0o1777)
-    yield folder
-    shutil.rmtree(folder)
-
-
-@pytest.fixture
-def as_nobody(mark):
-    """Start a Python program as nobody; every one is killed at teardown."""
-    started: list[subprocess.Popen[str]] = []
-
-    def spawn(code: str, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [SYSTEM_PYTHON, "-c", code, *args], user="nobody", group="nogroup", extra_groups=[],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env={"PATH": "/usr/bin:/bin", MARK: mark},
-        )  # fmt: skip
-        started.append(proc)
-        return proc
-
-    yield spawn
-    for proc in started:
-        proc.kill()
-        proc.communicate()
 
 
 def nobody_writes(path: Path, data: bytes) -> None:
@@ -369,15 +338,6 @@ fcntl.flock(fd, fcntl.LOCK_SH)            # a read-only descriptor locks as well
 print("locked", flush=True)
 sys.stdin.readline()
 """
-
-
-@pytest.fixture
-def open_dir():
-    """A root-owned directory every user may enter (as /run is), not writable by them."""
-    folder = Path(tempfile.mkdtemp(prefix="dd-open-", dir="/tmp"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder)
 
 
 @pytest.mark.scenario(
