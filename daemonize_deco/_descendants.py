@@ -5,14 +5,10 @@ outlive it: in its process group, or in a session of their own
 (``start_new_session=True``), re-parented to init once the service is gone.
 So every run marks its descendants, and whoever ends the run ends them:
 
-- the mark: an environment variable, which the programs a descendant execs
-  inherit, and a memfd, which the processes it forks inherit (a forked
-  child's ``/proc/PID/environ`` still shows the environment its program
-  was started with, not the variable set since).  Its value is derived
-  from the boot, the pidfile's real path and the pid of the process
-  holding it, so a command that finds a stale pidfile knows what to look
-  for, and a process of another service (which wears a mark of its own)
-  is never taken for one of ours;
+- the mark (``_mark``): an environment variable and a memfd that what the
+  run starts inherits, derived from what a command can know of the run
+  from its pidfile; a process of another service (which wears a mark of
+  its own) is never taken for one of ours;
 - a service ends its children and the marked processes when it ends (and,
   detached, what is left in the process group made for it); a supervisor
   ends what each run of its service left before the next run; ``stop``
@@ -28,70 +24,19 @@ from __future__ import annotations
 
 import os
 
-from ._claim import fnv1a
-from ._errors import DetachError
-from ._proc import GROUP_BADGE, read_stat
+from ._mark import BADGE, VARIABLE, mark_for, worn
+from ._proc import GROUP_BADGE, ever_started_one, read_stat
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._proc import ProcStat
 
-__all__ = [
-    "VARIABLE",
-    "Run",
-    "carries",
-    "describe",
-    "end_left_by",
-    "end_run",
-    "left_by",
-    "mark_for",
-    "this_run",
-    "wear",
-]
+__all__ = ["Run", "carries", "describe", "end_left_by", "end_run", "left_by", "this_run"]
 
-VARIABLE = "DAEMONIZE_DECO_RUN"
-_BADGE = "daemonize_deco-run-"
-_BADGE_LINK = f"/memfd:{_BADGE}"
+_BADGE_LINK = f"/memfd:{BADGE}"
 _GROUP_LINK = f"/memfd:{GROUP_BADGE}"
 _ROUNDS = 3  # ending a process orphans its own children: look again, a few times
 _KTHREADD = 2  # the parent of kernel threads, which have no environment to read
-
-
-def mark_for(pidfile: str, holder: int) -> str:
-    """The mark of the run whose pidfile (at ``pidfile``) names ``holder``."""
-    directory, name = os.path.split(pidfile)
-    real = os.path.join(os.path.realpath(directory), name)
-    return f"{fnv1a(f'{_boot_id()}:{holder}:{real}'.encode('utf-8', 'surrogateescape')):016x}"
-
-
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
-            return f.read().decode("ascii", "replace").strip()
-    except OSError:
-        return ""
-
-
-class _Worn:
-    mark: str | None = None
-    fd: int | None = None
-
-
-def wear(mark: str) -> None:
-    """Mark this process and everything it will start as this run's.
-
-    Raises DetachError when it has no descriptor left for the mark.
-    """
-    os.environ[VARIABLE] = mark
-    if _Worn.fd is not None:
-        os.close(_Worn.fd)
-        _Worn.fd = None
-    try:
-        # Close-on-exec: a program exec'd is found by the variable; a fork keeps the memfd.
-        _Worn.fd = os.memfd_create(f"{_BADGE}{mark}", os.MFD_CLOEXEC)
-    except OSError as exc:
-        raise DetachError(f"cannot mark the processes of the run: {exc.strerror}") from exc
-    _Worn.mark = mark
 
 
 class Run:
@@ -183,7 +128,7 @@ def this_run(*, group: int | None = None) -> Run:
     """The run this process serves: its mark, its children, and ``group`` if it made one."""
     me = read_stat(os.getpid())
     return Run(
-        _Worn.mark,
+        worn(),
         group=group,
         parent=os.getpid(),
         since=None if me is None else me.starttime_ticks,
@@ -197,6 +142,8 @@ def end_run(run: Run, timeout: float) -> list[int]:
     Ending one orphans its own children, found at the next look.
     """
     ended: list[int] = []
+    if run.parent == os.getpid() and not ever_started_one():
+        return ended  # nothing it started can be left: no need to look at every process
     for _ in range(_ROUNDS):
         pinned = _pin([pid for pid in run.processes() if pid not in ended], run)
         if not pinned:

@@ -23,7 +23,6 @@ from ._detach import (
 from ._errors import AlreadyRunningError, DetachError, StartupError
 from ._hygiene import close_inherited_fds, remember_program_descriptors, resolve_credentials
 from ._lookup import holder_or_lock, pidfile_of, with_note
-from ._managers import running_under
 from ._output import complain, say
 from ._proc import wait_exit
 from ._runtime import release_listeners, serve
@@ -49,9 +48,24 @@ def check_before_fork(config: ServiceConfig) -> Credentials | None:
     return resolve_credentials(config.user, config.group)
 
 
+def _manager() -> Manager | None:
+    """The manager that wants this command in the foreground, if any (``_managers``).
+
+    A daemon keeps every module its start loaded, and this one is no daemon's
+    business: with no manager, it is let go of before the fork.
+    """
+    from ._managers import running_under  # noqa: PLC0415
+
+    manager = running_under()
+    if manager is None:
+        sys.modules.pop(f"{__package__}._managers", None)
+        vars(sys.modules[__package__]).pop("_managers", None)
+    return manager
+
+
 def start(service: Service) -> int:
     """Detach and return once the daemon is ready, or say why it failed."""
-    manager = running_under()
+    manager = _manager()
     if manager is not None:
         # Forking away from a manager makes it think the service died.
         _say_in_the_foreground(service, manager)

@@ -17,6 +17,7 @@ __all__ = [
     "GROUP_BADGE",
     "ProcStat",
     "command_line",
+    "ever_started_one",
     "fd_targets",
     "holds_file",
     "lock_holders",
@@ -161,6 +162,27 @@ def owner_of(pid: int) -> int | None:
         return os.stat(f"/proc/{pid}").st_uid
     except OSError:
         return None
+
+
+def ever_started_one() -> bool:
+    """Whether this process has started any process (every descendant comes from one).
+
+    A child lives on as one until it is reaped, and a reaped one has counted
+    its page faults into RUSAGE_CHILDREN (a process cannot run without one).
+    Both start from nothing at fork; an exec'd program's count includes what
+    ran before it in the same process.
+    """
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                if f.read().strip():
+                    return True
+        except OSError:
+            continue  # the thread ended meanwhile
+    import resource  # noqa: PLC0415 -- loaded already when core dumps are prevented
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_minflt + used.ru_majflt > 0
 
 
 def open_pidfd(pid: int) -> int | None:

@@ -20,12 +20,13 @@ import os
 import sys
 import time
 
-from . import _descendants, _heartbeat, _lastrun, _notify, _signals
+from . import _heartbeat, _lastrun, _mark, _notify, _signals
 from ._claim import PUT_BACK, listen_for_claimants
 from ._control import ControlServer
 from ._detach import flush_standard_streams
 from ._errors import PidFileError, describe, exit_status, last_words
 from ._hygiene import drop_privileges, prevent_core_dumps, set_process_name
+from ._proc import ever_started_one
 from ._ready import arm as _arm_readiness
 from ._ready import disarm as _disarm_readiness
 from ._ready import forget_in_child as _forget_readiness
@@ -385,20 +386,28 @@ def _end_what_it_started(
     group is the caller's.  A supervisor's service (no pidfile) leaves all
     that to its supervisor.
     """
-    if pidfile is None:
-        return
+    if pidfile is None or not ever_started_one():
+        return  # (nothing it started can be left: no need to look at every process)
     group = os.getpgrp() if startup is not None else None
     try:
-        ended = _descendants.end_run(_descendants.this_run(group=group), timeout)
+        from ._descendants import end_run, this_run  # noqa: PLC0415 -- only then
+
+        ended = end_run(this_run(group=group), timeout)
     except OSError as exc:
         why = f"daemonize_deco: cannot end what main started: {exc.strerror or exc}"
         last_words(lambda: print(why, file=sys.stderr))
         return
     if ended:
         last_words(lambda: print(
-            f"daemonize_deco: ended {_descendants.describe(ended)} main had left running",
+            f"daemonize_deco: ended {_descendants_named(ended)} main had left running",
             file=sys.stderr,
         ))  # fmt: skip
+
+
+def _descendants_named(pids: list[int]) -> str:
+    from ._descendants import describe  # noqa: PLC0415 -- loaded by end_run already
+
+    return describe(pids)
 
 
 def _account_for_the_run(
@@ -455,7 +464,7 @@ def take_the_pidfile(service: Service, pidfile: PidFile, pid: int) -> None:
     """
     pidfile.keep_out_of_forks()
     # Everything the run starts carries its mark, to be ended with it.
-    _descendants.wear(_descendants.mark_for(pidfile.path, pid))
+    _mark.wear(_mark.mark_for(pidfile.path, pid))
     _lastrun.forget(service.config.pidfile)
     if not pidfile.adopted:  # else the restart writes both once we are ready (``_handover``)
         pidfile.write_pid(pid)

@@ -39,12 +39,10 @@ import time
 from . import _beside, _lastrun, _signals
 from ._claim import answer_claimants, listen_for_claimants
 from ._control import ControlServer
-from ._descendants import describe, end_run, this_run
 from ._detach import StartupChannel, exit_daemon, reopen_logs
 from ._errors import DetachError, exit_status, last_words
 from ._heartbeat import reset, shared_slot, silence
 from ._hygiene import die_with_parent
-from ._reload_relay import ReloadRelay
 from ._runtime import (
     claim_answers,
     let_go_for_successor,
@@ -64,6 +62,7 @@ if TYPE_CHECKING:
     from ._config import Service
     from ._hygiene import Credentials
     from ._pidfile import PidFile
+    from ._reload_relay import ReloadRelay
 
 __all__ = ["STATE_SUFFIX", "SupervisorState", "supervise"]
 
@@ -171,7 +170,7 @@ class _Supervisor:
         self.record_fd = -1
         self.ending: tuple[int, str | None, str | None] | None = None  # status, exception, failed
         self.starter_removes_pidfile = False  # it heard of a failed start, and shares the lock
-        self.relay = ReloadRelay(self.reloadable, self.config.start_timeout)
+        self.relay: ReloadRelay | None = None  # made at the first reload
 
     # -- the life of the supervisor ------------------------------------------------
 
@@ -192,7 +191,8 @@ class _Supervisor:
             while self.ending is None:
                 self.round()
         finally:
-            self.relay.close()
+            if self.relay is not None:
+                self.relay.close()
             self.close_sockets()
         status, exception, failed = self.ending
         self.finish(status, exception, failed)
@@ -206,7 +206,8 @@ class _Supervisor:
         poller.register(self.record_fd, select.POLLIN)
         # Not the control socket: its requests are taken up at the SIGHUP that
         # follows them, and one queued without it would keep poll() from sleeping.
-        for fd in (None if self.claim is None else self.claim.fileno(), self.relay.fileno()):
+        relay = None if self.relay is None else self.relay.fileno()
+        for fd in (None if self.claim is None else self.claim.fileno(), relay):
             if fd is not None:
                 poller.register(fd, select.POLLIN)
         child = self.child
@@ -227,7 +228,8 @@ class _Supervisor:
             self.settle(settling)
         elif self.claim is not None and self.claim.fileno() in ready and self.settling is None:
             answer_claimants(self.claim, claim_answers(self.pidfile, self.claim))
-        self.relay.carry_on(ready)  # before child_ended: a service answers, then may exit
+        if self.relay is not None:
+            self.relay.carry_on(ready)  # before child_ended: a service answers, then may exit
         if child is not None and child is self.child and child.pidfd in ready:
             self.child_ended(child)
         self.on_time()
@@ -248,7 +250,7 @@ class _Supervisor:
         self.stop(signal.SIGTERM)
 
     def next_deadline(self) -> float | None:
-        deadlines = [self.restart_due, self.relay.deadline()]
+        deadlines = [self.restart_due, None if self.relay is None else self.relay.deadline()]
         child = self.child
         if child is not None:
             deadlines.append(child.kill_at)
@@ -386,6 +388,8 @@ class _Supervisor:
 
     def end_what_it_left(self, child: _Child) -> None:
         """End what the run started and left running, before anything else runs."""
+        from ._descendants import describe, end_run, this_run  # noqa: PLC0415 -- a run ended
+
         try:
             left = end_run(this_run(group=os.getpgrp()), self.config.stop_timeout)
         except OSError as exc:
@@ -497,6 +501,10 @@ class _Supervisor:
             reopen_logs(self.config.stdout, self.config.stderr)
         except OSError as exc:
             print(f"daemonize_deco: cannot reopen logs: {exc}", file=sys.stderr)
+        if self.relay is None:
+            from ._reload_relay import ReloadRelay  # noqa: PLC0415 -- a supervisor that reloads
+
+            self.relay = ReloadRelay(self.reloadable, self.config.start_timeout)
         self.relay.reload(waiting)
 
     def reloadable(self) -> tuple[int, Callable[[], None]] | None:

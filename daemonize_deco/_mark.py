@@ -1,0 +1,65 @@
+"""The mark a run puts on what it starts, for ``_descendants`` to find it by.
+
+Two marks, for two ways a process comes to be: an environment variable,
+which the programs a descendant execs inherit, and a memfd, which the
+processes it forks inherit (a forked child's ``/proc/PID/environ`` still
+shows the environment its program was started with, not the variable set
+since; a memfd shows in ``/proc/PID/fd`` as ``/memfd:NAME``).  The value is
+derived from the boot, the pidfile's real path and the pid of the process
+holding it: a command that finds a stale pidfile knows what to look for.
+Worn by every service; looking for what carries it loads ``_descendants``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._claim import fnv1a
+from ._errors import DetachError
+
+__all__ = ["BADGE", "VARIABLE", "mark_for", "wear", "worn"]
+
+VARIABLE = "DAEMONIZE_DECO_RUN"
+BADGE = "daemonize_deco-run-"
+
+
+def mark_for(pidfile: str, holder: int) -> str:
+    """The mark of the run whose pidfile (at ``pidfile``) names ``holder``."""
+    directory, name = os.path.split(pidfile)
+    real = os.path.join(os.path.realpath(directory), name)
+    return f"{fnv1a(f'{_boot_id()}:{holder}:{real}'.encode('utf-8', 'surrogateescape')):016x}"
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return f.read().decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+
+
+class _Worn:
+    mark: str | None = None
+    fd: int | None = None
+
+
+def wear(mark: str) -> None:
+    """Mark this process and everything it will start as this run's.
+
+    Raises DetachError when it has no descriptor left for the mark.
+    """
+    os.environ[VARIABLE] = mark
+    if _Worn.fd is not None:
+        os.close(_Worn.fd)
+        _Worn.fd = None
+    try:
+        # Close-on-exec: a program exec'd is found by the variable; a fork keeps the memfd.
+        _Worn.fd = os.memfd_create(f"{BADGE}{mark}", os.MFD_CLOEXEC)
+    except OSError as exc:
+        raise DetachError(f"cannot mark the processes of the run: {exc.strerror}") from exc
+    _Worn.mark = mark
+
+
+def worn() -> str | None:
+    """The mark this process wears, if any."""
+    return _Worn.mark
