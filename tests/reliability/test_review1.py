@@ -1,0 +1,74 @@
+"""Review of Reliability III: breaks found by attacking the change, each a failing test.
+
+Every test here failed on the code under review (branch review1, base 77b4d0b).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import MARK, alive, is_gone, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="acting as nobody needs root")
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture
+def open_dir():
+    """A root-owned directory every user may enter (as /run is), not writable by them."""
+    folder = Path(tempfile.mkdtemp(prefix="dd-open-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+# Opens the (world-readable) pidfile read-only, locks it, and leaves the lock to a
+# child in a session of its own: the process /proc/locks names is gone at once.
+HANDED_DOWN_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_SH)
+child = os.fork()
+if child == 0:
+    os.setsid()
+    for std in (0, 1, 2):
+        os.close(std)  # the test waits for the end of the output
+    time.sleep(3600)
+    os._exit(0)
+print(child, flush=True)
+"""
+
+
+@ROOT_ONLY
+@pytest.mark.scenario(
+    "Security",
+    "another user locks a stale pidfile and leaves the lock to a child (the locker exits)",
+    lost="status says running (pid unknown), start fails: the /proc/locks pid is a dead one",
+)
+def test_a_lock_handed_down_to_a_child_does_not_pass_for_the_service(make_service, open_dir, mark):
+    pidfile = open_dir / "svc.pid"
+    pidfile.write_text("4194000\n")  # left by a SIGKILLed run
+    pidfile.chmod(0o644)
+    locker = subprocess.run(
+        [SYSTEM_PYTHON, "-c", HANDED_DOWN_LOCK, str(pidfile)], user="nobody", group="nogroup",
+        extra_groups=[], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", MARK: mark},
+        timeout=30, check=True,
+    )  # fmt: skip
+    holder = int(locker.stdout)
+    assert alive(holder)
+    svc = make_service(pidfile=str(pidfile), start_timeout=3.0)
+    status = svc.cli("status")
+    assert "is not running" in status.stdout, status.stdout
+    started = svc.cli("start")
+    assert started.returncode == 0, started.stderr
+    pid = svc.pid_from(started.stdout)
+    assert svc.read_pid() == pid
+    svc.stop_gracefully(pid)
+    assert alive(holder), "the other user's process is not ours to signal"
