@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MARK, alive, is_gone, wait_for
+from test_listeners import ANSWER_WITH_PID, PRELUDE, ask_pid
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -72,3 +73,33 @@ def test_a_lock_handed_down_to_a_child_does_not_pass_for_the_service(make_servic
     assert svc.read_pid() == pid
     svc.stop_gracefully(pid)
     assert alive(holder), "the other user's process is not ours to signal"
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "stop of the running instance while a restart (listen=unix:) starts the new one",
+    lost="the new instance serves on, but its socket file was removed by the old one: "
+    "no client can connect; the pidfile is gone too",
+)
+def test_stop_during_a_handover_leaves_the_new_instance_its_socket_file(make_service, tmp_path):
+    path = str(tmp_path / "svc.sock")
+    svc = make_service(
+        ANSWER_WITH_PID, prelude=PRELUDE, listen=[f"unix:{path}"], wait_ready=True,
+        stop_timeout=5.0,
+    )  # fmt: skip
+    old = svc.start()
+    (svc.dir / "slow").touch()  # the new instance waits before it is ready
+    restart = svc.popen("restart")
+    wait_for(lambda: len(svc.daemons()) == 2, what="the new instance")
+    stop = svc.cli("stop")
+    assert stop.returncode == 0, stop.stderr
+    assert is_gone(old)
+    (svc.dir / "slow").unlink()
+    out, err = restart.communicate(timeout=60)
+    left = wait_for(lambda: len(svc.daemons()) < 2 and [svc.daemons()], what="one instance")[0]
+    if left:  # the restart won: what runs must be reachable, as after any restart
+        (new,) = left
+        assert os.path.exists(path), f"pid {new} serves on a socket file that is gone ({out}{err})"
+        assert ask_pid(path) == new
+        assert svc.read_pid() == new
+    assert svc.cli("stop").returncode == 0
