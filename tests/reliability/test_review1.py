@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 from conftest import MARK, alive, is_gone, wait_for
+from test_handover_faults import LINGERING
+from test_kvserver import free_port
 from test_listeners import ANSWER_WITH_PID, PRELUDE, ask_pid
+
+from daemonize_deco._claim import claim_address
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -102,4 +109,41 @@ def test_stop_during_a_handover_leaves_the_new_instance_its_socket_file(make_ser
         assert os.path.exists(path), f"pid {new} serves on a socket file that is gone ({out}{err})"
         assert ask_pid(path) == new
         assert svc.read_pid() == new
+    assert svc.cli("stop").returncode == 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.scenario(
+    "Load",
+    "a connection waits on the claim while a supervised restart's new supervisor settles "
+    "(the restart suspended with Ctrl-Z after the old instance is gone)",
+    lost="the new supervisor spins at 100% CPU until the restart resumes (any user may connect)",
+)
+def test_a_settling_supervisor_does_not_spin_on_a_waiting_claim(make_service):
+    port = free_port()
+    svc = make_service(
+        LINGERING, prelude=PRELUDE, listen=[f"tcp://127.0.0.1:{port}"], wait_ready=True,
+        restart="on-failure", stop_timeout=30.0,
+    )  # fmt: skip
+    old = svc.start()
+    (svc.dir / "linger").touch()  # the old instance's stop lasts until the file goes
+    restart = svc.popen("restart")
+    new = wait_for(lambda: svc.read_pid() not in (None, old) and svc.read_pid(), what="commit")
+    os.kill(restart.pid, signal.SIGSTOP)  # Ctrl-Z: its pipe to the new supervisor stays open
+    try:
+        (svc.dir / "linger").unlink()
+        wait_for(lambda: is_gone(old), timeout=30, what="the old supervisor to end")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as waiting:
+            waiting.connect(claim_address(str(svc.pidfile)))
+            before, since = cpu_seconds(new), time.monotonic()
+            wait_for(lambda: time.monotonic() - since > 2, what="two seconds to pass")
+            spent = cpu_seconds(new) - before
+    finally:
+        os.kill(restart.pid, signal.SIGCONT)
+    restart.communicate(timeout=60)
+    assert spent < 0.3, f"the settling supervisor used {spent:.2f}s of CPU in 2s"
     assert svc.cli("stop").returncode == 0
