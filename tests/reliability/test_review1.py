@@ -147,3 +147,31 @@ def test_a_settling_supervisor_does_not_spin_on_a_waiting_claim(make_service):
     restart.communicate(timeout=60)
     assert spent < 0.3, f"the settling supervisor used {spent:.2f}s of CPU in 2s"
     assert svc.cli("stop").returncode == 0
+
+
+WORKER = """
+worker = subprocess.Popen(["sleep", "1001"], start_new_session=True)
+print("worker", worker.pid, flush=True)
+while not should_stop():
+    sleep(3600)
+"""
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "kill -9 of a service with a worker, then start (not stop) again",
+    lost="the dead run's worker runs forever: start overwrites the pidfile that named its run, "
+    "so neither status nor stop can find it again",
+)
+def test_start_after_a_killed_run_does_not_lose_its_workers(make_service):
+    svc = make_service(WORKER, stop_timeout=3.0)
+    first = svc.start()
+    worker = int(wait_for(lambda: "worker " in svc.log_text() and svc.log_text(), what="worker")
+                 .split("worker ")[1].split()[0])  # fmt: skip
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: is_gone(first), what="the killed run")
+    assert alive(worker)
+    second = svc.start()
+    stop = svc.cli("stop")
+    assert stop.returncode == 0 and f"svc stopped (pid {second})" in stop.stdout, stop.stdout
+    assert is_gone(worker), "the first run's worker outlived start and stop"
