@@ -175,3 +175,30 @@ def test_start_after_a_killed_run_does_not_lose_its_workers(make_service):
     stop = svc.cli("stop")
     assert stop.returncode == 0 and f"svc stopped (pid {second})" in stop.stdout, stop.stdout
     assert is_gone(worker), "the first run's worker outlived start and stop"
+
+
+STUBBORN = """
+worker = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 1000"], start_new_session=True)
+print("worker", worker.pid, flush=True)
+while not should_stop():
+    sleep(3600)
+print("main returned", flush=True)
+"""
+
+
+@pytest.mark.scenario(
+    "Promises under pressure",
+    "stop of a service whose worker ignores SIGTERM (main returns at once)",
+    lost="the service spends all of stop_timeout on its worker, so stop SIGKILLs the service "
+    "itself: 'killed', a record of SIGKILL, for a main that stopped cleanly",
+)
+def test_a_worker_ignoring_sigterm_does_not_get_its_service_killed(make_service):
+    svc = make_service(STUBBORN, stop_timeout=2.0)
+    pid = svc.start()
+    worker = int(wait_for(lambda: "worker " in svc.log_text() and svc.log_text(), what="worker")
+                 .split("worker ")[1].split()[0])  # fmt: skip
+    stop = svc.cli("stop")
+    assert stop.returncode == 0, stop.stderr
+    assert "main returned" in svc.log_text()
+    assert is_gone(worker)
+    assert f"svc stopped (pid {pid})" in stop.stdout, stop.stdout
