@@ -202,3 +202,38 @@ def test_a_worker_ignoring_sigterm_does_not_get_its_service_killed(make_service)
     assert "main returned" in svc.log_text()
     assert is_gone(worker)
     assert f"svc stopped (pid {pid})" in stop.stdout, stop.stdout
+
+
+FULL = """
+import resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+workers = [subprocess.Popen(["sleep", "1000"], start_new_session=True) for _ in range(3)]
+print("workers", *[w.pid for w in workers], flush=True)
+held = []
+while True:
+    try:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        break
+main.held = held  # kept open until the process exits, as a busy server's connections
+while not should_stop():
+    sleep(3600)
+"""
+
+
+@pytest.mark.scenario(
+    "Promises under pressure",
+    "stop of a service that uses all its descriptors and has workers in sessions of their own",
+    lost="the workers outlive the stop: ending them needs descriptors (pidfds, /proc), the "
+    "service only logs 'cannot end what main started', and no command finds them afterwards",
+)
+def test_a_service_out_of_descriptors_still_ends_its_workers(make_service):
+    svc = make_service(FULL, stop_timeout=3.0)
+    pid = svc.start()
+    line = wait_for(lambda: "workers " in svc.log_text() and svc.log_text(), what="workers")
+    workers = [int(word) for word in line.split("workers ")[1].split("\n")[0].split()]
+    stop = svc.cli("stop")
+    assert stop.returncode == 0, stop.stderr
+    assert wait_for(lambda: is_gone(pid), what="the service to end")
+    left = [worker for worker in workers if alive(worker)]
+    assert not left, f"workers {left} outlived the stop; the log says: {svc.log_text()}"
