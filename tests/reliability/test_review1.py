@@ -237,3 +237,36 @@ def test_a_service_out_of_descriptors_still_ends_its_workers(make_service):
     assert wait_for(lambda: is_gone(pid), what="the service to end")
     left = [worker for worker in workers if alive(worker)]
     assert not left, f"workers {left} outlived the stop; the log says: {svc.log_text()}"
+
+
+SELF_RESTART = """
+here = os.path.dirname(__file__)
+while not should_stop():
+    if os.path.exists(os.path.join(here, "restart-me")):
+        os.remove(os.path.join(here, "restart-me"))
+        with open(os.path.join(here, "restart.out"), "w") as out:
+            # In a session of its own, so that its service's stop does not end it.
+            subprocess.Popen([sys.executable, __file__, "restart"], start_new_session=True,
+                             stdout=out, stderr=out)
+    sleep(0.05)
+"""
+
+
+@pytest.mark.scenario(
+    "Promises under pressure",
+    "main restarts its own service (restart in a session of its own, as an admin endpoint does)",
+    lost="the old instance ends the restart as its descendant while the restart stops it: "
+    "nothing is started again, the service is down",
+)
+def test_a_service_can_restart_itself(make_service):
+    svc = make_service(SELF_RESTART, stop_timeout=3.0)
+    old = svc.start()
+    (svc.dir / "restart-me").touch()
+    new = wait_for(
+        lambda: (pid := svc.read_pid()) not in (None, old) and alive(pid) and pid,
+        timeout=30, what=f"a new instance (restart said: {(svc.dir / 'restart.out')})",
+    )  # fmt: skip
+    assert is_gone(old)
+    said = (svc.dir / "restart.out").read_text()
+    assert f"svc started (pid {new})" in said, said
+    svc.stop_gracefully(new)
