@@ -270,3 +270,57 @@ def test_a_service_can_restart_itself(make_service):
     said = (svc.dir / "restart.out").read_text()
     assert f"svc started (pid {new})" in said, said
     svc.stop_gracefully(new)
+
+
+@pytest.fixture
+def sticky_dir():
+    """A /tmp-like directory: world-writable and sticky."""
+    folder = Path(tempfile.mkdtemp(prefix="dd-shared-", dir="/tmp"))
+    folder.chmod(0o1777)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def nobody_links(target: str, path: Path) -> None:
+    subprocess.run(["ln", "-s", target, str(path)], user="nobody", group="nogroup",
+                   extra_groups=[], check=True)  # fmt: skip
+
+
+@ROOT_ONLY
+@pytest.mark.scenario(
+    "Security",
+    "another user plants a symlink at PIDFILE.restarting in a shared directory",
+    lost="every restart of the listen= service fails ('cannot use pidfile ...restarting: it is "
+    "a symbolic link'), though README says a planted .restarting is ignored",
+)
+def test_a_symlink_planted_as_the_restart_lock_does_not_block_restarts(make_service, sticky_dir):
+    pidfile = sticky_dir / "svc.pid"
+    port = free_port()
+    svc = make_service(
+        ANSWER_WITH_PID, prelude=PRELUDE, listen=[f"tcp://127.0.0.1:{port}"], wait_ready=True,
+        pidfile=str(pidfile),
+    )  # fmt: skip
+    old = svc.start()
+    nobody_links("/nonexistent", sticky_dir / "svc.pid.restarting")
+    restarted = svc.cli("restart")
+    assert restarted.returncode == 0, restarted.stderr
+    new = svc.read_pid()
+    assert new != old and is_gone(old)
+    svc.stop_gracefully(new)
+
+
+@ROOT_ONLY
+@pytest.mark.scenario(
+    "Security",
+    "another user plants a symlink (or a FIFO) as the pidfile in a shared directory",
+    lost="root's start refuses ('it is a symbolic link'): another user keeps a root service "
+    "from starting, though README says only a non-root one can be kept so",
+)
+def test_root_starts_over_a_symlink_planted_as_its_pidfile(make_service, sticky_dir):
+    pidfile = sticky_dir / "svc.pid"
+    nobody_links("/nonexistent", pidfile)
+    svc = make_service(pidfile=str(pidfile))
+    started = svc.cli("start")
+    assert started.returncode == 0, started.stderr
+    pid = svc.pid_from(started.stdout)
+    svc.stop_gracefully(pid)
