@@ -19,6 +19,7 @@ from conftest import MARK, alive, is_gone, wait_for
 from test_handover_faults import LINGERING
 from test_kvserver import free_port
 from test_listeners import ANSWER_WITH_PID, PRELUDE, ask_pid
+from test_shared_dir import options_seen, options_service
 
 from daemonize_deco._claim import claim_address
 
@@ -324,3 +325,27 @@ def test_root_starts_over_a_symlink_planted_as_its_pidfile(make_service, sticky_
     assert started.returncode == 0, started.stderr
     pid = svc.pid_from(started.stdout)
     svc.stop_gracefully(pid)
+
+
+@ROOT_ONLY
+@pytest.mark.scenario(
+    "Security",
+    "another user plants a directory at PIDFILE.options in a shared directory",
+    lost="the options are never written: status shows none, and a plain restart silently runs "
+    "main with its defaults instead of the options the service was started with",
+)
+def test_a_directory_planted_as_the_options_file_does_not_lose_the_options(
+    make_service, sticky_dir
+):
+    pidfile = sticky_dir / "svc.pid"
+    svc = options_service(make_service, pidfile)
+    subprocess.run(["mkdir", f"{pidfile}.options"], user="nobody", group="nogroup",
+                   extra_groups=[], check=True)  # fmt: skip
+    started = svc.cli("start", "--host", "127.0.0.2")
+    assert started.returncode == 0, started.stderr
+    restarted = svc.cli("restart")
+    assert restarted.returncode == 0, restarted.stderr
+    new = svc.read_pid()
+    wait_for(lambda: len(options_seen(svc)) == 2, what="the second run's options in the log")
+    assert options_seen(svc)[-1] == ["127.0.0.2", "/srv"], "restart dropped the options"
+    svc.stop_gracefully(new)
