@@ -349,3 +349,30 @@ def test_a_directory_planted_as_the_options_file_does_not_lose_the_options(
     wait_for(lambda: len(options_seen(svc)) == 2, what="the second run's options in the log")
     assert options_seen(svc)[-1] == ["127.0.0.2", "/srv"], "restart dropped the options"
     svc.stop_gracefully(new)
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "a second Ctrl-C in run, while main (with a worker in a session of its own) stops",
+    lost="the worker runs on, and with the pidfile removed no command can find it",
+)
+def test_a_second_ctrl_c_in_run_leaves_no_worker_running(make_service):
+    body = """
+worker = subprocess.Popen(["sleep", "1000"], start_new_session=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print("worker", worker.pid, flush=True)
+while not should_stop():
+    time.sleep(0.01)
+print("asked", flush=True)
+while True:
+    time.sleep(0.05)     # a slow stop: only a second Ctrl-C ends it
+"""
+    svc = make_service(body=body)
+    proc = svc.popen("run")
+    worker = int(proc.stdout.readline().split()[1])
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.stdout.readline() == "asked\n"
+    os.kill(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=10)
+    assert proc.returncode == 128 + signal.SIGINT
+    assert wait_for(lambda: is_gone(worker), timeout=10, what="the worker to end with the run")
