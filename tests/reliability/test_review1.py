@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -376,3 +377,48 @@ while True:
     proc.communicate(timeout=10)
     assert proc.returncode == 128 + signal.SIGINT
     assert wait_for(lambda: is_gone(worker), timeout=10, what="the worker to end with the run")
+
+
+@pytest.mark.scenario(
+    "Bad input",
+    "start under ulimit -n 5 to 12 (issue 22, item 13)",
+    lost="at some limits a traceback (the failure path's lazy import finds no descriptor) "
+    "and a stale pidfile left behind",
+)
+def test_start_with_very_few_descriptors_fails_in_one_line(make_service):
+    svc = make_service()
+    for limit in range(5, 13):
+        script = f"ulimit -n {limit} && exec {sys.executable} {svc.script} start"
+        result = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                                env=svc.env, timeout=30)  # fmt: skip
+        if result.returncode == 0:  # enough for this start: stop it, try the next limit
+            svc.stop_gracefully(svc.pid_from(result.stdout))
+            continue
+        assert "Traceback" not in result.stderr, (limit, result.stderr)
+        assert len(result.stderr.splitlines()) == 1, (limit, result.stderr)
+        assert not svc.pidfile.exists(), (limit, svc.cli("status").stdout)
+        assert not svc.daemons()
+
+
+@pytest.mark.skipif(not shutil.which("systemd-socket-activate"), reason="needs systemd")
+@pytest.mark.scenario(
+    "Bad input",
+    "socket activation with Accept=yes hands a connected socket in (issue 22, item 19)",
+    lost="main gets it as its listener and dies of OSError [Errno 22] in accept(), a traceback",
+)
+def test_a_connected_socket_passed_as_a_listener_is_a_one_line_error(make_service):
+    port = free_port()
+    body = "(sock,) = listeners()\nready()\nsock.accept()\n"
+    svc = make_service(body, prelude=PRELUDE, listen=[f"tcp://127.0.0.1:{port}"], wait_ready=True)
+    activator = svc.popen(
+        "run", command_prefix=["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--accept",
+                               "-E", "PYTHONPATH", "-E", MARK],
+    )  # fmt: skip
+    with socket.socket() as client:
+        client.settimeout(10)
+        wait_for(lambda: client.connect_ex(("127.0.0.1", port)) == 0, what="the activator")
+        client.recv(1)  # the end of the connection, when the service exits
+    activator.kill()
+    _, err = activator.communicate(timeout=10)
+    assert "Traceback" not in err, err
+    assert "Errno 22" not in err, err
