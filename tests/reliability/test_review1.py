@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MARK, alive, is_gone, wait_for
+from conftest import MARK, REPO, SCRIPT, Service, alive, is_gone, wait_for
 from test_handover_faults import LINGERING
 from test_kvserver import free_port
 from test_listeners import ANSWER_WITH_PID, PRELUDE, ask_pid
@@ -422,3 +422,50 @@ def test_a_connected_socket_passed_as_a_listener_is_a_one_line_error(make_servic
     _, err = activator.communicate(timeout=10)
     assert "Traceback" not in err, err
     assert "Errno 22" not in err, err
+
+
+@pytest.fixture
+def nobodys_service(mark):
+    """A service script nobody may run, its pidfile in a directory of nobody's own."""
+    folder = Path(tempfile.mkdtemp(prefix="dd-nobody-", dir="/tmp"))
+    folder.chmod(0o755)
+    shutil.copytree(REPO / "daemonize_deco", folder / "daemonize_deco",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    run_dir = folder / "run"
+    run_dir.mkdir()
+    shutil.chown(run_dir, "nobody", "nogroup")
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    script = folder / "svc.py"
+    options = f"pidfile={str(run_dir / 'svc.pid')!r}, stdout={str(run_dir / 'svc.log')!r}"
+    body = "    while not should_stop():\n        sleep(3600)"
+    script.write_text(SCRIPT.format(prelude="", options=options, body=body))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(folder), MARK: mark}
+
+    def cli(*args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
+        who = {} if user is None else {"user": user, "group": "nogroup", "extra_groups": []}
+        return subprocess.run([SYSTEM_PYTHON, str(script), *args], capture_output=True,
+                              text=True, env=env, timeout=30, **who)  # fmt: skip
+
+    yield cli
+    shutil.rmtree(folder)
+
+
+@ROOT_ONLY
+@pytest.mark.scenario(
+    "Security",
+    "root addresses a service a user started (no user=), its pidfile in that user's own directory",
+    lost="root's status says 'not running (not trusted)', root's stop leaves it running, and "
+    "root's start unlinks its pidfile and starts a second copy as root (0980da4 said running)",
+)
+def test_root_sees_a_users_running_service_in_the_users_own_directory(nobodys_service):
+    started = nobodys_service("start", user="nobody")
+    assert started.returncode == 0, started.stderr
+    pid = Service.pid_from(started.stdout)
+    status = nobodys_service("status")
+    assert status.returncode == 0 and f"running (pid {pid}" in status.stdout, status.stdout
+    again = nobodys_service("start")
+    assert "already running" in again.stdout, again.stdout
+    stop = nobodys_service("stop")
+    assert f"stopped (pid {pid})" in stop.stdout, stop.stdout
+    assert is_gone(pid)
