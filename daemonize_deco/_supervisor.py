@@ -205,9 +205,11 @@ class _Supervisor:
         poller = select.poll()
         poller.register(self.record_fd, select.POLLIN)
         # Not the control socket: its requests are taken up at the SIGHUP that
-        # follows them, and one queued without it would keep poll() from sleeping.
+        # follows them, and one queued without it would keep poll() from sleeping;
+        # nor, while settling, the claim, which is answered only once settled.
+        claim = None if self.claim is None or self.settling is not None else self.claim.fileno()
         relay = None if self.relay is None else self.relay.fileno()
-        for fd in (None if self.claim is None else self.claim.fileno(), relay):
+        for fd in (claim, relay):
             if fd is not None:
                 poller.register(fd, select.POLLIN)
         child = self.child
