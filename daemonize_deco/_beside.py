@@ -53,11 +53,20 @@ def write(path: str, data: bytes) -> bool:
             os.write(fd, data)
         finally:
             os.close(fd)
-        os.rename(temporary, path)
+        _rename(temporary, path)
     except OSError:
         remove(temporary)
         return False
     return True
+
+
+def _rename(temporary: str, path: str) -> None:
+    """Put the new file in place, over an empty directory another user made at the name."""
+    try:
+        os.rename(temporary, path)
+    except IsADirectoryError:
+        os.rmdir(path)  # only an empty one goes: what is in it is not ours
+        os.rename(temporary, path)
 
 
 def _create_temporary(path: str) -> tuple[int | None, str]:

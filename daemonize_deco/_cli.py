@@ -14,6 +14,7 @@ import atexit
 import os
 import sys
 
+from . import _mark
 from ._detach import ensure_standard_fds, flush_standard_streams
 from ._errors import DaemonError, UsageError
 from ._output import complain, say
@@ -165,6 +166,7 @@ def dispatch(service: Service, argv: Sequence[str]) -> int:
     Never raises DaemonError, nor KeyboardInterrupt (Ctrl-C is a line and status 130).
     """
     ensure_standard_fds()
+    _mark.wear_command_badge()  # (``run`` drops it: the process is the service then)
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else service.name
     command: str | None = None
     try:

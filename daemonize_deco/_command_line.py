@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ._errors import UsageError, exit_status
 from ._hooks import takes_words
+from ._output import complain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -87,6 +88,11 @@ def _reused(
 
     at = _given(service, signature, signature.fill(dict(addressing)), {}, parser)
     words = remembered(at.config.pidfile, trusted_owners(at.config))
+    if words is None and _runs(at):
+        complain(
+            f"{service.name}: the running instance's options are unknown ({at.config.pidfile}"
+            ".options is missing or not trusted): restarting with the defaults"
+        )
     if not words:
         return addressing
     try:
@@ -94,6 +100,13 @@ def _reused(
     except UsageError as exc:  # main's signature changed since that start
         parser.error(f"the running instance's options ({' '.join(words)}) no longer fit: {exc}")
     return {option.name: reparsed.get(option.name) for option in signature.options}
+
+
+def _runs(service: Service) -> bool:
+    """Whether the instance ``service`` names runs (its pidfile says so)."""
+    from ._lookup import pidfile_of  # noqa: PLC0415 -- restart loads it anyway
+
+    return pidfile_of(service).inspect(settle=0).running
 
 
 def _given(

@@ -30,8 +30,7 @@ from ._launch import start
 from ._lookup import inspect_service, pidfile_of, with_note
 from ._managers import manager_of
 from ._output import complain, say
-from ._pidfile import user_name
-from ._proc import open_pidfd, uptime
+from ._proc import open_pidfd, uptime, wait_exit
 from ._terminate import terminate
 
 TYPE_CHECKING = False
@@ -129,9 +128,8 @@ def _say_not_running(service: Service, pidfile: PidFile, state: PidFileState) ->
         say(f"{service.name} is not running")
         return
     if state.foreign_owner is not None:
-        owner = user_name(state.foreign_owner)
-        say(f"{service.name} is not running (the file at {pidfile.path} is user {owner}'s: not "
-            "trusted, left alone)")  # fmt: skip
+        say(f"{service.name} is not running (what is at {pidfile.path} is not trusted, and left "
+            f"alone: {state.distrust})")  # fmt: skip
         return
     left = "" if state.pid is None else _end_left_by(service, pidfile, state.pid)
     try:
@@ -225,11 +223,11 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
             try:
                 report = detach_and_wait(service, shared, credentials, interrupts)
             except StartupError as exc:
-                raise StartupError(f"{exc}; pid {old} is still running and serving") from None
+                raise StartupError(f"{exc}; {_what_runs(service, pidfd, old)}") from None
             finally:
                 forget_predecessor()
             try:
-                new = _commit(service, shared, report, old)
+                new = _commit(service, shared, report, old, pidfd)
                 try:
                     ending = terminate(pidfd, old, _stop_timeout(service))
                 except (PermissionError, TimeoutError) as exc:
@@ -243,17 +241,26 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
     return 0
 
 
-def _commit(service: Service, shared: PidFile, report: StartupReport, old: int) -> int:
+def _commit(
+    service: Service, shared: PidFile, report: StartupReport, old: int, old_pidfd: int
+) -> int:
     """Make the ready new instance the service: its pid, then its options, in the pidfile's name.
 
-    StartupError when it only ran and finished (it left the file to the old one).
+    StartupError when it only ran and finished, or died at once (it left the
+    file to the old one).
     """
     new = report.pid
     if report.outcome != "ready" or new is None:
         shared.hand_over()
         raise StartupError(
             f"failed to restart: the new instance ran and finished ({report.reason}) "
-            f"instead of serving; pid {old} is still running and serving"
+            f"instead of serving; {_what_runs(service, old_pidfd, old)}"
+        )
+    if not _alive(new):
+        shared.hand_over()
+        raise StartupError(
+            f"failed to restart: the new instance (pid {new}) ended as soon as it was ready; "
+            f"{_what_runs(service, old_pidfd, old)}"
         )
     shared.write_pid(new)  # from now on the pidfile names the new instance
     if service.signature:
@@ -262,6 +269,30 @@ def _commit(service: Service, shared: PidFile, report: StartupReport, old: int) 
         remember(service.config.pidfile, service.words)  # only now: it may have failed
     shared.hand_over()
     return new
+
+
+def _alive(pid: int) -> bool:
+    pidfd = open_pidfd(pid)
+    if pidfd is None:
+        return False
+    try:
+        return not wait_exit(pidfd, 0)
+    finally:
+        os.close(pidfd)
+
+
+def _what_runs(service: Service, old_pidfd: int, old: int) -> str:
+    """After a failed handover: the old instance serves on, or (stopped meanwhile) nothing does.
+
+    The old one left the pidfile and its socket files to the restart; with
+    nothing to hand them to, they are removed here.
+    """
+    if not wait_exit(old_pidfd, 0):
+        return f"pid {old} is still running and serving"
+    from ._listeners import remove_unused_files  # noqa: PLC0415 -- loaded by listen=
+
+    remove_unused_files(service.config.listen)
+    return f"pid {old} ended meanwhile (stopped?), so nothing runs now"
 
 
 def status(service: Service) -> int:

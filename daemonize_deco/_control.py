@@ -39,6 +39,7 @@ __all__ = [
     "peer_credentials",
     "peer_pid",
     "read_line",
+    "release_spare",
     "reply",
     "send_request",
     "stream_socket",
@@ -77,6 +78,11 @@ class _Spare:
         os.close(cls.fd)
         cls.fd = -1
         return True
+
+
+def release_spare() -> None:
+    """Let go of the descriptor held in reserve (no request will be taken any more)."""
+    _Spare.release()
 
 
 def find_address(pid: int) -> str | None:

@@ -23,8 +23,9 @@ binding would cost every supervisor some 150 KiB.)
 from __future__ import annotations
 
 import os
+import time
 
-from ._mark import BADGE, VARIABLE, mark_for, worn
+from ._mark import BADGE, COMMAND_BADGE, VARIABLE, mark_for, worn
 from ._proc import GROUP_BADGE, ever_started_one, read_stat
 
 TYPE_CHECKING = False
@@ -34,8 +35,10 @@ if TYPE_CHECKING:
 __all__ = ["Run", "carries", "describe", "end_left_by", "end_run", "left_by", "this_run"]
 
 _BADGE_LINK = f"/memfd:{BADGE}"
+_COMMAND_LINK = f"/memfd:{COMMAND_BADGE}"
 _GROUP_LINK = f"/memfd:{GROUP_BADGE}"
 _ROUNDS = 3  # ending a process orphans its own children: look again, a few times
+_ROUNDS_AT_MOST = 100  # ... and more, while there is time, when few can be pinned at once
 _KTHREADD = 2  # the parent of kernel threads, which have no environment to read
 
 
@@ -70,7 +73,7 @@ class Run:
         if self.since is not None and stat.starttime_ticks < self.since:
             return False
         if stat.ppid == self.parent or (self.group is not None and stat.pgrp == self.group):
-            return True
+            return not _runs_a_command(pid)
         return self.mark is not None and stat.ppid != _KTHREADD and carries(pid, self.mark)
 
     def processes(self) -> list[int]:
@@ -110,15 +113,28 @@ def _exe(pid: int) -> str | None:
         return None
 
 
-def _badges_allow(pid: int, mark: str, *, badge_needed: bool) -> bool:
-    """Whether ``pid``'s memfds say it is ours: not a daemon, nor another run's process."""
+def _memfds(pid: int) -> list[str] | None:
+    """What ``pid``'s memfds are named (``/memfd:NAME (deleted)``); None if we may not look."""
     try:
         targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
     except OSError:
+        return None
+    return [target for target in targets if target.startswith("/memfd:")]
+
+
+def _runs_a_command(pid: int) -> bool:
+    """Whether ``pid`` runs a command (``restart`` that main ran): never a run's to end."""
+    return any(target.startswith(_COMMAND_LINK) for target in _memfds(pid) or ())
+
+
+def _badges_allow(pid: int, mark: str, *, badge_needed: bool) -> bool:
+    """Whether ``pid``'s memfds say it is ours: not a daemon, a command, another run's."""
+    targets = _memfds(pid)
+    if targets is None:
         return False
     runs = {t[len(_BADGE_LINK) :].split(" ", 1)[0] for t in targets if t.startswith(_BADGE_LINK)}
-    if any(t.startswith(_GROUP_LINK) for t in targets):
-        return False  # a daemon of its own (a service this one started): not ours to end
+    if any(t.startswith((_GROUP_LINK, _COMMAND_LINK)) for t in targets):
+        return False  # a daemon of its own, or a command: not ours to end
     if runs - {mark}:
         return False  # it belongs to another run
     return mark in runs or not badge_needed
@@ -139,19 +155,23 @@ def end_run(run: Run, timeout: float) -> list[int]:
     """End the run's processes; return their pids.
 
     SIGTERM, then SIGKILL to those still alive ``timeout`` seconds later.
-    Ending one orphans its own children, found at the next look.
+    Ending one orphans its own children, found at the next look; with few
+    descriptors left (``ulimit -n``), they are ended a few at a time.
     """
     ended: list[int] = []
     if run.parent == os.getpid() and not ever_started_one():
         return ended  # nothing it started can be left: no need to look at every process
-    for _ in range(_ROUNDS):
-        pinned = _pin([pid for pid in run.processes() if pid not in ended], run)
-        if not pinned:
+    # Imported first: an import takes a descriptor, which a pidfd may take later.
+    from ._terminate import end_pinned  # noqa: PLC0415 -- only when some may be left
+
+    deadline = time.monotonic() + timeout  # for every round together
+    for round_ in range(_ROUNDS_AT_MOST):
+        left = [pid for pid in run.processes() if pid not in ended]
+        pinned = _pin(left, run)
+        if not pinned or (round_ >= _ROUNDS and time.monotonic() >= deadline):
             break
         try:
-            from ._terminate import end_pinned  # noqa: PLC0415 -- only when some are left
-
-            end_pinned(list(pinned.values()), timeout)
+            end_pinned(list(pinned.values()), max(0.0, deadline - time.monotonic()))
         finally:
             for fd in pinned.values():
                 os.close(fd)
@@ -165,9 +185,15 @@ def _pin(pids: list[int], run: Run) -> dict[int, int]:
     for pid in pids:
         try:
             fd = os.pidfd_open(pid)
-        except OSError:
+        except ProcessLookupError:
             continue  # gone already
-        if run.holds(pid, read_stat(pid)):
+        except OSError:
+            break  # no descriptor left: these first, the others at the next round
+        try:
+            ours = run.holds(pid, read_stat(pid))
+        except OSError:
+            ours = False  # no descriptor left to look with: at the next round
+        if ours:
             pinned[pid] = fd
         else:
             os.close(fd)

@@ -55,6 +55,7 @@ __all__ = [
     "forget_predecessor",
     "offering",
     "one_restart_at_a_time",
+    "pending",
     "predecessor_descriptor",
     "settle",
     "take_over",
@@ -78,7 +79,7 @@ def one_restart_at_a_time(pidfile: PidFile, timeout: float) -> PidFile:
     """
     from ._pidfile import PidFile  # noqa: PLC0415
 
-    lock = PidFile(pidfile.path + _LOCK_SUFFIX, pidfile.owners)
+    lock = PidFile(pidfile.path + _LOCK_SUFFIX, pidfile.owners, what="restart lock")
     deadline = time.monotonic() + timeout
     while not lock.acquire():
         if time.monotonic() >= deadline:
@@ -97,7 +98,38 @@ def offering(pidfile: PidFile, claim: ControlServer) -> tuple[str, Sequence[int]
     listening = _listeners.descriptors()
     if not listening:
         return "error it has no listening sockets", ()
+    _Offered.yes = True
     return f"ok {len(listening)}", [pidfile.fileno(), claim.fileno(), *listening]
+
+
+class _Offered:
+    """Whether this instance handed its sockets to a restart."""
+
+    yes = False
+
+
+def pending(pidfile: PidFile) -> bool:
+    """Whether a restart this instance handed its sockets to may still commit.
+
+    Until it has (the pidfile names the new instance), an instance that
+    ends for another reason (a stop, main returning) must leave the pidfile
+    and the socket files to the new one: the restart holds ``.restarting``.
+    """
+    if not _Offered.yes:
+        return False
+    import fcntl  # noqa: PLC0415 -- loaded by the pidfile already
+
+    try:
+        fd = os.open(pidfile.path + _LOCK_SUFFIX, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # none: no restart under way
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (and with it the probing lock, if we took it)
+    return False
 
 
 class _Predecessor:

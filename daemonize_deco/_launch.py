@@ -63,6 +63,24 @@ def _manager() -> Manager | None:
     return manager
 
 
+def _end_what_the_last_run_left(service: Service, pidfile: PidFile) -> str:
+    """A run that was killed could not end what it started (``_descendants``): end it now.
+
+    Its pidfile, about to name the new run, was the one way to find them.
+    Returns the line that says so ("" when there was none).
+    """
+    pid = pidfile.previous_pid
+    if pid is None:
+        return ""
+    from ._descendants import describe, end_left_by  # noqa: PLC0415 -- only after a crash
+
+    try:
+        ended = end_left_by(pidfile.path, pid, service.config.stop_timeout)
+    except OSError:
+        return ""  # (no descriptor to look with: status and stop can still tell them)
+    return f"{service.name}: ended {describe(ended)} its last run left running" if ended else ""
+
+
 def start(service: Service) -> int:
     """Detach and return once the daemon is ready, or say why it failed."""
     manager = _manager()
@@ -83,6 +101,7 @@ def start(service: Service) -> int:
             pid, note = holder
             say(f"{service.name} is already running ({with_note(f'pid {pid}', note)})")
             return 0
+        ended = _end_what_the_last_run_left(service, pidfile)
         try:
             credentials = check_before_fork(service.config)
             _open_listeners(service.config)
@@ -92,6 +111,8 @@ def start(service: Service) -> int:
         report = detach_and_wait(service, pidfile, credentials, interrupts)
         pidfile.hand_over()
     _say_started(service, report)
+    if ended:
+        say(ended)  # after the outcome: the first line stays "started (pid N)"
     return 0
 
 
@@ -291,6 +312,9 @@ def run(service: Service) -> int:
             raise AlreadyRunningError(
                 f"already running ({with_note(f'pid {pid}', note)}); not starting a second copy"
             )
+        ended = _end_what_the_last_run_left(service, pidfile)
+        if ended:
+            complain(ended)  # stdout is the service's from now on
         # From the lock to the service's handlers, a stop signal waits (blocked)
         # instead of killing us with the default action and the pidfile left behind;
         # the handlers take it, and main starts with should_stop() already True.

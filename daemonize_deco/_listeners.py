@@ -40,6 +40,7 @@ __all__ = [
     "listeners",
     "open_listeners",
     "parse_address",
+    "remove_unused_files",
 ]
 
 _SD_LISTEN_FDS_START = 3
@@ -312,6 +313,17 @@ def _clear_stale_socket_file(address: Address) -> None:
         if any(line.split(None, 7)[7:] == [address.path + "\n"] for line in table):
             raise ListenError(f"cannot listen on {address.text}: address already in use")
     os.unlink(address.path)
+
+
+def remove_unused_files(entries: Sequence[str]) -> None:
+    """Remove the Unix socket files of ``entries`` that no socket is bound to any more."""
+    for entry in entries:
+        address = parse_address(entry)
+        if address.is_unix:
+            try:
+                _clear_stale_socket_file(address)
+            except (ListenError, OSError):
+                continue  # in use, or not a socket: not ours to remove
 
 
 def _reason(exc: OSError) -> str:

@@ -93,12 +93,19 @@ def _other_users_service(pidfile: PidFile, error: PidFileError) -> tuple[int, st
 
 
 def trusted_owners(config: ServiceConfig) -> frozenset[int]:
-    """Whose the service's files (and its claim) may be: root, the asking user, its user=.
+    """Whose the service's files (and its claim) may be.
 
-    A pidfile in a shared directory is world-readable, and the names beside
-    it can be taken first by anyone: what another user owns is never believed.
+    Root, the asking user, the service's ``user=``, and the owner of the
+    pidfile's directory: nobody else can have made a file there but in a
+    directory others may write (``/tmp``), where the names can be taken
+    first by anyone, and what another user owns is never believed.  (A
+    user's service in the user's own directory is that user's, even to root.)
     """
     trusted = {0, os.geteuid()}
+    try:
+        trusted.add(os.stat(os.path.dirname(config.pidfile)).st_uid)
+    except OSError:
+        pass  # no directory: no file either
     if isinstance(config.user, int):
         trusted.add(config.user)
     elif config.user is not None:

@@ -17,10 +17,22 @@ import os
 from ._claim import fnv1a
 from ._errors import DetachError
 
-__all__ = ["BADGE", "VARIABLE", "mark_for", "wear", "worn"]
+__all__ = [
+    "BADGE",
+    "COMMAND_BADGE",
+    "VARIABLE",
+    "drop_command_badge",
+    "mark_for",
+    "wear",
+    "wear_command_badge",
+    "worn",
+]
 
 VARIABLE = "DAEMONIZE_DECO_RUN"
 BADGE = "daemonize_deco-run-"
+# Worn by a command (stop, restart...) that a service's main may run on itself:
+# it carries the run's mark, but it is not the run's to end.
+COMMAND_BADGE = "daemonize_deco-command"
 
 
 def mark_for(pidfile: str, holder: int) -> str:
@@ -63,3 +75,34 @@ def wear(mark: str) -> None:
 def worn() -> str | None:
     """The mark this process wears, if any."""
     return _Worn.mark
+
+
+class _Command:
+    fd: int | None = None
+    fork_hook = False
+
+
+def wear_command_badge() -> None:
+    """Say, in ``/proc/PID/fd``, that this process runs a command, not a service.
+
+    A ``restart`` that main runs on its own service must not be ended with
+    that service's run.  The badge is closed in every child (the daemon a
+    start forks is a service); it is best effort: without a descriptor to
+    spare, the command goes unmarked.
+    """
+    if _Command.fd is not None:
+        return
+    try:
+        _Command.fd = os.memfd_create(COMMAND_BADGE, os.MFD_CLOEXEC)
+    except OSError:
+        return
+    if not _Command.fork_hook:
+        os.register_at_fork(after_in_child=drop_command_badge)
+        _Command.fork_hook = True
+
+
+def drop_command_badge() -> None:
+    """This process is (or runs) a service from now on: not a command."""
+    if _Command.fd is not None:
+        os.close(_Command.fd)
+        _Command.fd = None

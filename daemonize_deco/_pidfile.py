@@ -24,7 +24,7 @@ import time
 from ._beside import is_trusted
 from ._errors import PidFileError
 from ._lastrun import LastRun
-from ._proc import holds_file, lock_holders, owner_of
+from ._proc import holds_file, lock_holders, openers, owner_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class PidFileState:
     to (another user planted it in a shared directory): it tells nothing.
     """
 
-    __slots__ = ("exists", "foreign_owner", "last_words", "pid", "running")
+    __slots__ = ("distrust", "exists", "foreign_owner", "last_words", "pid", "running")
 
     def __init__(
         self,
@@ -70,25 +70,35 @@ class PidFileState:
         pid: int | None = None,
         last_words: bytes = b"",
         foreign_owner: int | None = None,
+        distrust: str = "",
     ) -> None:
         self.exists = exists
         self.running = running
         self.pid = pid
         self.last_words = last_words
         self.foreign_owner = foreign_owner
+        self.distrust = distrust  # why, then
 
     def __repr__(self) -> str:
         return f"PidFileState(exists={self.exists}, running={self.running}, pid={self.pid})"
 
 
 _ABSENT = PidFileState(exists=False, running=False)
+
+
+def _foreign_state(found: os.stat_result) -> PidFileState:
+    return PidFileState(
+        exists=True, running=False, foreign_owner=found.st_uid, distrust=distrust(found)
+    )
+
+
 _AT_ONCE, _SOON = object(), object()  # when to look at a pidfile again
 
 
-def _describe_open_error(path: str, exc: OSError) -> str:
+def _describe_open_error(path: str, exc: OSError, what: str = "pidfile") -> str:
     if exc.errno in (errno.ELOOP, errno.EACCES) and os.path.islink(path):
         # EACCES too: with fs.protected_symlinks the kernel refuses first.
-        return f"cannot use pidfile {path}: it is a symbolic link, which is refused, not followed"
+        return f"cannot use {what} {path}: it is a symbolic link, which is refused, not followed"
     reasons = {
         errno.EISDIR: "it is a directory",
         errno.ENOTDIR: "a component of the path is not a directory",
@@ -103,11 +113,12 @@ def _describe_open_error(path: str, exc: OSError) -> str:
         reason = f"directory {directory} does not exist"
     else:
         reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
-    return f"cannot use pidfile {path}: {reason}"
+    return f"cannot use {what} {path}: {reason}"
 
 
 def _file_kind(mode: int) -> str:
     kinds = {
+        stat.S_ISLNK: "a symbolic link",
         stat.S_ISDIR: "a directory",
         stat.S_ISFIFO: "a FIFO",
         stat.S_ISSOCK: "a socket",
@@ -115,6 +126,15 @@ def _file_kind(mode: int) -> str:
         stat.S_ISBLK: "a block device",
     }
     return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+
+
+def _named_in(content: bytes) -> int | None:
+    """The pid a pidfile's content names: a pid, or the pid of a last-run record left in it."""
+    pid = parse_pid(content[:32])
+    if pid is None and content.startswith(LAST_WORDS_START):
+        run = LastRun.from_text(content.decode("utf-8", "replace"))
+        pid = None if run is None else run.pid
+    return pid
 
 
 def _just_created(fd: int) -> bool:
@@ -148,11 +168,15 @@ class PidFile:
     directory, is never believed, and ``acquire`` replaces it when it may.
     """
 
-    def __init__(self, path: str, owners: Collection[int] | None = None) -> None:
+    def __init__(
+        self, path: str, owners: Collection[int] | None = None, *, what: str = "pidfile"
+    ) -> None:
         self.path = path
+        self.what = what  # what messages call it (``_handover`` locks a file the same way)
         self.owners = frozenset({0, os.geteuid()} if owners is None else owners)
         self._fd: int | None = None
         self.last_words: bytes | None = None  # left in the file when it cannot be removed
+        self.previous_pid: int | None = None  # what the file named when acquire() locked it
         self.adopted = False  # passed by the instance a restart replaces
 
     # -- opening -----------------------------------------------------------
@@ -164,11 +188,11 @@ class PidFile:
         try:
             fd = os.open(self.path, flags, PIDFILE_MODE)
         except OSError as exc:
-            raise PidFileError(_describe_open_error(self.path, exc)) from exc
+            raise PidFileError(_describe_open_error(self.path, exc, self.what)) from exc
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             os.close(fd)
-            raise PidFileError(f"cannot use pidfile {self.path}: it is {_file_kind(mode)}")
+            raise PidFileError(f"cannot use {self.what} {self.path}: it is {_file_kind(mode)}")
         return fd
 
     def _open_existing(self) -> int | None:
@@ -205,7 +229,7 @@ class PidFile:
                 attempts += 1
                 if attempts >= _REPLACE_ATTEMPTS:
                     raise PidFileError(
-                        f"cannot use pidfile {self.path}: another user keeps creating it"
+                        f"cannot use {self.what} {self.path}: another user keeps creating it"
                     )
                 continue  # a planted file was removed: create ours
             if not _try_lock(fd):
@@ -214,13 +238,14 @@ class PidFile:
             if self._names(fd):
                 break
             os.close(fd)  # an exiting holder unlinked it between our open and lock: reopen
+        self.previous_pid = _named_in(os.pread(fd, 4096, 0))
         try:
             os.ftruncate(fd, 0)
             if stat.S_IMODE(os.fstat(fd).st_mode) != PIDFILE_MODE:
                 os.fchmod(fd, PIDFILE_MODE)  # fixed whatever the umask says
         except OSError as exc:
             os.close(fd)
-            raise PidFileError(f"cannot write pidfile {self.path}: {exc.strerror}") from exc
+            raise PidFileError(f"cannot write {self.what} {self.path}: {exc.strerror}") from exc
         self._fd = fd
         return True
 
@@ -234,10 +259,9 @@ class PidFile:
         """
         try:
             fd = self._open(os.O_RDWR | os.O_CREAT)
-        except PidFileError as exc:
-            # fs.protected_regular refuses O_CREAT on another user's file in a sticky directory.
-            if not isinstance(exc.__cause__, PermissionError):
-                raise
+        except PidFileError:
+            # A symlink or FIFO planted there, or (fs.protected_regular) another
+            # user's file in a sticky directory, which O_CREAT may not open.
             found = self._foreign_at_path()
             if found is None:
                 raise
@@ -251,17 +275,18 @@ class PidFile:
         return None
 
     def _foreign_at_path(self) -> os.stat_result | None:
-        """The regular file at the path, when it is one not to be trusted.
+        """What is at the path, when it is not to be trusted: another user's, or a hard link.
 
-        Anything else (a symlink, a FIFO) is refused as it is, never removed.
+        A symlink or FIFO of a trusted user (root's own) is refused as it
+        is, never removed.
         """
         try:
             found = os.stat(self.path, follow_symlinks=False)
         except OSError:
             return None
-        if not stat.S_ISREG(found.st_mode) or is_trusted(found, self.owners):
-            return None
-        return found
+        if found.st_uid not in self.owners:
+            return found
+        return found if stat.S_ISREG(found.st_mode) and found.st_nlink != 1 else None
 
     def _remove_foreign(self, found: os.stat_result, why: str | None = None) -> None:
         """Unlink the untrusted file ``found`` if the path still names it (root only).
@@ -269,16 +294,17 @@ class PidFile:
         Another user's file may also be that user's own service: only root,
         whose word is final, replaces it; anyone else is refused, with ``why``.
         """
-        refusal = PidFileError(f"cannot use pidfile {self.path}: {why or _distrust(found)}")
+        refusal = PidFileError(f"cannot use {self.what} {self.path}: {why or distrust(found)}")
         if os.geteuid() != 0:
             raise refusal
         try:
             now = os.stat(self.path, follow_symlinks=False)
             if (now.st_dev, now.st_ino) == (found.st_dev, found.st_ino):
-                os.unlink(self.path)
+                # Unlink follows no symlink; rmdir takes only an empty directory.
+                (os.rmdir if stat.S_ISDIR(found.st_mode) else os.unlink)(self.path)
         except FileNotFoundError:
             pass  # gone already: ours to create
-        except PermissionError as exc:
+        except OSError as exc:  # a directory with something in it is not ours to empty
             raise refusal from exc
 
     def remove_if_squatted(self) -> bool:
@@ -307,8 +333,14 @@ class PidFile:
 
     def _squatter(self, found: os.stat_result) -> int | None:
         """The user whose processes alone hold the lock on ``found``, if not one we trust."""
-        uids = {owner_of(pid) for pid in lock_holders((found.st_dev, found.st_ino))}
-        if not uids or None in uids or uids & self.owners:
+        identity = (found.st_dev, found.st_ino)
+        holders = lock_holders(identity)
+        uids = {owner_of(pid) for pid in holders}
+        if None in uids:
+            # /proc/locks names the process that took the lock, gone now: the lock
+            # lives on in the processes it shared the descriptor with.
+            uids = {owner_of(pid) for pid in openers(identity)} - {None}
+        if not holders or not uids or uids & self.owners:
             return None
         return min(uid for uid in uids if uid is not None)
 
@@ -383,7 +415,7 @@ class PidFile:
                 return False
             self.write_pid(pid)  # its content was overwritten (echo x > app.pid)
             return True
-        replacement = PidFile(self.path, self.owners)
+        replacement = PidFile(self.path, self.owners, what=self.what)
         if not replacement.acquire():
             raise PidFileError(f"another process holds the file now at {self.path}")
         new = replacement._held_fd()
@@ -392,7 +424,7 @@ class PidFile:
             os.dup2(new, held, inheritable=False)
         except OSError as exc:
             replacement.remove()
-            raise PidFileError(f"cannot write pidfile {self.path}: {exc.strerror}") from exc
+            raise PidFileError(f"cannot write {self.what} {self.path}: {exc.strerror}") from exc
         os.close(new)
         return True
 
@@ -446,6 +478,9 @@ class PidFile:
         """
         deadline = time.monotonic() + settle
         while True:
+            foreign = self._foreign_at_path()
+            if foreign is not None:
+                return _foreign_state(foreign)
             fd = self._open_existing()
             if fd is None:
                 return _ABSENT
@@ -465,7 +500,7 @@ class PidFile:
         """What the open pidfile says, or when to look again (_AT_ONCE, _SOON)."""
         found = os.fstat(fd)
         if not is_trusted(found, self.owners):
-            return PidFileState(exists=True, running=False, foreign_owner=found.st_uid)
+            return _foreign_state(found)
         content = os.pread(fd, 32, 0)
         pid = parse_pid(content)
         if _try_lock(fd):
@@ -531,16 +566,17 @@ class PidFile:
             return -1
 
 
-def _distrust(found: os.stat_result) -> str:
-    """Why a file at the pidfile's path is not to be trusted."""
-    if not stat.S_ISREG(found.st_mode):
-        return f"it is {_file_kind(found.st_mode)}"
-    if found.st_nlink != 1:
+def distrust(found: os.stat_result) -> str:
+    """Why what is at the pidfile's path is not to be trusted."""
+    if stat.S_ISREG(found.st_mode) and found.st_nlink != 1:
         return "it has another name (a hard link to it), so writing it would write elsewhere"
-    return (
-        f"it belongs to user {user_name(found.st_uid)}, who could write any pid in it; "
-        "remove it, or keep the pidfile in a directory of the service's own"
+    owner = user_name(found.st_uid)
+    what = (
+        f"it belongs to user {owner}, who could write any pid in it"
+        if stat.S_ISREG(found.st_mode)
+        else f"it is {_file_kind(found.st_mode)} of user {owner}'s"
     )
+    return f"{what}; remove it, or keep the pidfile in a directory of the service's own"
 
 
 _held: PidFile | None = None

@@ -22,6 +22,8 @@ __all__ = [
     "holds_file",
     "lock_holders",
     "open_pidfd",
+    "openers",
+    "own_children",
     "owner_of",
     "read_stat",
     "uptime",
@@ -114,6 +116,22 @@ def holds_file(pid: int, identity: tuple[int, int]) -> bool | None:
     return False
 
 
+def openers(identity: tuple[int, int]) -> list[int]:
+    """Every other process we may look at that has the file ``(st_dev, st_ino)`` open.
+
+    A slow look (every descriptor of every process), for rare questions.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                if holds_file(int(entry), identity):
+                    found.append(int(entry))
+            except PidFileError:
+                continue  # no descriptor left to look with: not one of them, as far as we know
+    return found
+
+
 def fd_targets(pid: int) -> list[str]:
     """What ``pid``'s descriptors point at (``socket:[123]``, paths, ``/memfd:...``).
 
@@ -164,6 +182,18 @@ def owner_of(pid: int) -> int | None:
         return None
 
 
+def own_children() -> list[int]:
+    """This process's children (every thread's)."""
+    found: list[int] = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                found += [int(word) for word in f.read().split()]
+        except OSError:
+            continue  # the thread ended meanwhile
+    return found
+
+
 def ever_started_one() -> bool:
     """Whether this process has started any process (every descendant comes from one).
 
@@ -172,13 +202,8 @@ def ever_started_one() -> bool:
     Both start from nothing at fork; an exec'd program's count includes what
     ran before it in the same process.
     """
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/children", "rb") as f:
-                if f.read().strip():
-                    return True
-        except OSError:
-            continue  # the thread ended meanwhile
+    if own_children():
+        return True
     import resource  # noqa: PLC0415 -- loaded already when core dumps are prevented
 
     used = resource.getrusage(resource.RUSAGE_CHILDREN)

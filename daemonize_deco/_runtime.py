@@ -22,11 +22,11 @@ import time
 
 from . import _heartbeat, _lastrun, _mark, _notify, _signals
 from ._claim import PUT_BACK, listen_for_claimants
-from ._control import ControlServer
+from ._control import ControlServer, release_spare
 from ._detach import flush_standard_streams
 from ._errors import PidFileError, describe, exit_status, last_words
 from ._hygiene import drop_privileges, prevent_core_dumps, set_process_name
-from ._proc import ever_started_one
+from ._proc import ever_started_one, own_children
 from ._ready import arm as _arm_readiness
 from ._ready import disarm as _disarm_readiness
 from ._ready import forget_in_child as _forget_readiness
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "claim_answers",
+    "handed_on",
     "let_go_for_successor",
     "listen_for_control",
     "prepare_process",
@@ -168,6 +169,7 @@ def _die_now(pidfile: PidFile) -> Callable[[int], None]:
         if not dying.acquire(blocking=False):
             return  # the other thread is ending the process already
         pidfile.remove()
+        _signal_children(signal.SIGTERM)  # no wait: what they do on it is theirs
         try:
             flush_standard_streams()
         except RuntimeError:
@@ -175,6 +177,19 @@ def _die_now(pidfile: PidFile) -> Callable[[int], None]:
         os._exit(128 + signum)
 
     return die
+
+
+def _signal_children(signum: int) -> None:
+    """Send ``signum`` to this process's children (a run ending at once)."""
+    try:
+        children = own_children()
+    except OSError:
+        return  # no descriptor to look with
+    for pid in children:
+        try:
+            os.kill(pid, signum)  # a child's pid cannot be reused until we reap it
+        except ProcessLookupError:
+            continue
 
 
 def _link_manager() -> _notify.Notifier:
@@ -268,6 +283,7 @@ def serve(
     the slot it reads them from.
     """
     _facts.served = True
+    _mark.drop_command_badge()  # ``run``, ``start`` under a manager: a service now
     if not _facts.fork_hook:
         os.register_at_fork(after_in_child=_not_the_service_in_child)
         _facts.fork_hook = True
@@ -392,7 +408,7 @@ def _end_what_it_started(
     try:
         from ._descendants import end_run, this_run  # noqa: PLC0415 -- only then
 
-        ended = end_run(this_run(group=group), timeout)
+        ended = end_run(this_run(group=group), _signals.time_left(timeout))
     except OSError as exc:
         why = f"daemonize_deco: cannot end what main started: {exc.strerror or exc}"
         last_words(lambda: print(why, file=sys.stderr))
@@ -429,7 +445,7 @@ def _account_for_the_run(
         # with its pidfile, its records and its sockets; the restart reports it.
         _let_go_of_pidfile(pidfile, startup, was_ready=False, outcome=outcome, finished=finished)
         return
-    if pidfile.handed_on():
+    if handed_on(pidfile):
         let_go_for_successor(pidfile)
         return
     release_listeners()
@@ -440,6 +456,14 @@ def _account_for_the_run(
 
         forget(config.pidfile)  # the options of a running service: it no longer runs
     _let_go_of_pidfile(pidfile, startup, was_ready=was_ready, outcome=outcome, finished=finished)
+
+
+def handed_on(pidfile: PidFile) -> bool:
+    """Whether the pidfile is, or may yet be, a successor's (``_handover``): not ours to remove."""
+    if pidfile.handed_on():
+        return True
+    handover = sys.modules.get(f"{__package__}._handover")  # loaded with listen= only
+    return handover is not None and bool(handover.pending(pidfile))
 
 
 def let_go_for_successor(pidfile: PidFile) -> None:
@@ -621,6 +645,7 @@ def _end_service(dispatcher: Dispatcher | None, stop_timeout: float) -> bool:
         if server is not None:
             server.close()
     _facts.control = _facts.claim = None
+    release_spare()  # the service answers no more requests: the run's end may need it
     return was_ready
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "stop_fd",
     "stop_requested",
     "stop_signal",
+    "time_left",
     "when_main_loops",
 ]
 
@@ -81,6 +82,7 @@ class _State:
     def __init__(self) -> None:
         self.stop_signal: int | None = None
         self.stop_requested = False
+        self.stop_requested_at: float | None = None  # monotonic
         self.stop_read: int | None = None
         self.stop_write: int | None = None
         self.previous: dict[int, Handler] = {}
@@ -182,6 +184,20 @@ def _reached_main_loop() -> None:
         callback()
 
 
+def time_left(stop_timeout: float) -> float:
+    """What is left of ``stop_timeout`` since the stop request, less a margin to exit in.
+
+    ``stop`` SIGKILLs the service ``stop_timeout`` after its SIGTERM: the
+    last steps of a stop (ending a worker that ignores SIGTERM) must fit in
+    before, not take the service down with them.  All of it without a stop.
+    """
+    asked = _state.stop_requested_at if _state.stop_requested else None
+    if asked is None:
+        return stop_timeout
+    margin = min(0.5, stop_timeout / 4)
+    return max(0.05, stop_timeout - (time.monotonic() - asked) - margin)
+
+
 def stop_signal() -> int | None:
     """The signal that requested the stop, or None."""
     return _state.stop_signal
@@ -234,6 +250,7 @@ def request_stop(signum: int | None = None) -> bool:
     if _state.stop_requested:
         return False
     _state.stop_signal = signum
+    _state.stop_requested_at = time.monotonic()
     _state.stop_requested = True
     if _state.ending is not None:
         _state.ending()  # the watchdog stands down: stop_timeout bounds the run now

@@ -15,7 +15,6 @@ import time
 
 from . import _lastrun
 from ._descendants import describe, left_by
-from ._pidfile import user_name
 from ._proc import fd_targets, read_stat, uptime
 
 TYPE_CHECKING = False
@@ -101,10 +100,7 @@ class StatusReport:
             )
         notes = [] if self.last is None else [f"last run: {self.last.describe()}"]
         if self.state.foreign_owner is not None:
-            notes.append(
-                f"the file at {self.pidfile} belongs to user "
-                f"{user_name(self.state.foreign_owner)} and is not trusted"
-            )
+            notes.append(f"what is at {self.pidfile} is not trusted: {self.state.distrust}")
         after = f" ({'; '.join(notes)})" if notes else ""
         return f"{self.name} is not running{after}"
 

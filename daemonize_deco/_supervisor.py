@@ -45,6 +45,7 @@ from ._heartbeat import reset, shared_slot, silence
 from ._hygiene import die_with_parent
 from ._runtime import (
     claim_answers,
+    handed_on,
     let_go_for_successor,
     listen_for_control,
     prepare_process,
@@ -393,7 +394,9 @@ class _Supervisor:
         from ._descendants import describe, end_run, this_run  # noqa: PLC0415 -- a run ended
 
         try:
-            left = end_run(this_run(group=os.getpgrp()), self.config.stop_timeout)
+            left = end_run(
+                this_run(group=os.getpgrp()), _signals.time_left(self.config.stop_timeout)
+            )
         except OSError as exc:
             self.say(f"cannot end what the service (pid {child.pid}) left running: {exc}")
             return
@@ -520,7 +523,7 @@ class _Supervisor:
 
     def finish(self, status: int, exception: str | None, failed: str | None) -> None:
         """Record the supervisor's run; remove the pidfile, or leave it when it gave up."""
-        if self.pidfile.handed_on():
+        if handed_on(self.pidfile):
             let_go_for_successor(self.pidfile)
         else:
             self.record_the_end(status, exception, failed)

@@ -4,7 +4,8 @@ Pids are reused, so nothing here signals a bare pid.  A process is first
 pinned with a pidfd (``_proc.open_pidfd``), checked, and then signalled
 through the pidfd, so the signal can only reach the process that was checked.
 Loaded by the commands that stop a service, and by a daemon only when a
-run ends with processes of its own still running (``_descendants``).
+run that started processes ends (``_descendants``) or a restart that
+replaced it died before the old instance was gone (``_handover``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Security: a pidfile trap set by another user in a world-writable directory."""
+"""Security: a pidfile trap set by another user in a world-writable directory, and root's own
+symlink at the pidfile's path."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ pytestmark = [
 @pytest.mark.scenario(
     "Security",
     "Pidfile pre-created by another user as a symlink to a victim file",
-    lost="the victim is never written, truncated or chmod-ed; start, status and stop refuse",
+    lost="the victim is never written, truncated or chmod-ed: status and stop leave the trap "
+    "alone (not trusted); root's start removes it (unlink follows nothing) and makes its own",
 )
 @pytest.mark.parametrize("target", ["existing victim", "dangling"])
 def test_symlink_trap_by_nobody(make_service, tmp_path, sticky_dir, target):
@@ -31,12 +33,16 @@ def test_symlink_trap_by_nobody(make_service, tmp_path, sticky_dir, target):
     before = victim.stat() if victim.exists() else None
     svc = make_service(pidfile=str(trap))
 
+    status = svc.cli("status")
+    assert status.returncode == 3 and "a symbolic link of user nobody's" in status.stdout
+    assert svc.cli("stop").returncode == 0
+    assert trap.is_symlink(), "status and stop leave the trap as it was"
     start = svc.cli("start")
-    assert start.returncode == 1 and "symbolic link" in start.stderr
-    assert svc.cli("status").returncode == 4
-    assert svc.cli("stop").returncode == 1
+    assert start.returncode == 0, start.stderr
+    pid = svc.pid_from(start.stdout)
+    assert not trap.is_symlink() and svc.read_pid() == pid, "replaced by a file of root's own"
+    svc.stop_gracefully(pid)
     assert marked_pids(svc.mark) == []
-    assert trap.is_symlink(), "the trap is left as it was"
     if before is None:
         assert not victim.exists(), "a dangling trap must not create its target"
     else:
@@ -46,3 +52,20 @@ def test_symlink_trap_by_nobody(make_service, tmp_path, sticky_dir, target):
             before.st_mtime_ns,
             0o600,
         )
+
+
+@pytest.mark.scenario(
+    "Bad input",
+    "the pidfile's path is a symlink root made itself",
+    lost="nothing: root's own symlink is refused as it is, never followed nor removed",
+)
+def test_roots_own_symlink_is_refused(make_service, tmp_path):
+    target = tmp_path / "elsewhere.pid"
+    link = tmp_path / "svc.pid"
+    link.symlink_to(target)
+    svc = make_service(pidfile=str(link))
+    start = svc.cli("start")
+    assert start.returncode == 1 and "symbolic link" in start.stderr, start.stderr
+    assert svc.cli("status").returncode == 4
+    assert link.is_symlink() and not target.exists()
+    assert marked_pids(svc.mark) == []
