@@ -195,6 +195,8 @@ def dispatch(service: Service, argv: Sequence[str]) -> int:
         # What the command had done stands (a stop's SIGTERM was sent); say so in one line.
         complain(f"{service.name}: {command or 'command'} interrupted")
         return INTERRUPTED
+    finally:
+        _mark.drop_command_badge()  # a program calling main.cli() goes on: not a command
 
 
 def _bound(

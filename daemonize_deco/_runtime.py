@@ -402,10 +402,12 @@ def _end_what_it_started(
     group is the caller's.  A supervisor's service (no pidfile) leaves all
     that to its supervisor.
     """
-    if pidfile is None or not ever_started_one():
-        return  # (nothing it started can be left: no need to look at every process)
+    if pidfile is None:
+        return
     group = os.getpgrp() if startup is not None else None
     try:
+        if not ever_started_one():
+            return  # nothing it started can be left: no need to look at every process
         from ._descendants import end_run, this_run  # noqa: PLC0415 -- only then
 
         ended = end_run(this_run(group=group), _signals.time_left(timeout))
