@@ -24,7 +24,7 @@ import time
 from ._beside import is_trusted
 from ._errors import PidFileError
 from ._lastrun import LastRun
-from ._proc import holds_file, lock_holders, openers, owner_of
+from ._proc import holds_file, lock_holders, openers, owner_of, writers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -135,6 +135,11 @@ def _named_in(content: bytes) -> int | None:
         run = LastRun.from_text(content.decode("utf-8", "replace"))
         pid = None if run is None else run.pid
     return pid
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    found = os.fstat(fd)
+    return found.st_dev, found.st_ino
 
 
 def _just_created(fd: int) -> bool:
@@ -519,8 +524,8 @@ class PidFile:
             words = os.pread(fd, 4096, 0)
             if LastRun.from_text(words.decode("utf-8", "replace")) is not None:
                 return PidFileState(exists=True, running=False, last_words=words)
-        if content == b"" and _just_created(fd):
-            return _SOON  # a starter between creating and locking it
+        if content == b"" and (_just_created(fd) or writers(_identity(fd))):
+            return _SOON  # a starter between creating and locking it (on a busy machine, later)
         return PidFileState(exists=True, running=False, pid=pid)
 
     def is_held_by(self, pid: int) -> bool:

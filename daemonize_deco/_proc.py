@@ -28,6 +28,7 @@ __all__ = [
     "read_stat",
     "uptime",
     "wait_exit",
+    "writers",
 ]
 
 # The name of the memfd a detached daemon holds to say "this group is mine".
@@ -130,6 +131,33 @@ def openers(identity: tuple[int, int]) -> list[int]:
             except PidFileError:
                 continue  # no descriptor left to look with: not one of them, as far as we know
     return found
+
+
+def writers(identity: tuple[int, int]) -> list[int]:
+    """Every other process we may look at that has the file ``(st_dev, st_ino)`` open to write.
+
+    Read off ``/proc/PID/fdinfo``'s flags: commands that only look open read-only.
+    """
+    return [pid for pid in openers(identity) if _writes_to(pid, identity)]
+
+
+def _writes_to(pid: int, identity: tuple[int, int]) -> bool:
+    try:
+        entries = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for entry in entries:
+        try:
+            found = os.stat(f"/proc/{pid}/fd/{entry}")
+            if (found.st_dev, found.st_ino) != identity:
+                continue
+            with open(f"/proc/{pid}/fdinfo/{entry}", "rb") as info:
+                flags = [int(line.split()[1], 8) for line in info if line.startswith(b"flags:")]
+        except (OSError, ValueError):
+            continue  # closed meanwhile
+        if flags and flags[0] & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+            return True
+    return False
 
 
 def fd_targets(pid: int) -> list[str]:

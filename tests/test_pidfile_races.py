@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import time
 
 import pytest
 from conftest import alive, is_gone, wait_for
@@ -149,3 +151,37 @@ def test_status_probes_do_not_confuse_stop_or_run(make_service):
         for probe in probes:
             probe.communicate(timeout=60)
             assert probe.returncode in (0, 3)
+
+
+# A starter the scheduler stops between creating the pidfile and locking it:
+# the file is there, empty and unlocked, for longer than a moment.
+SLOW_STARTER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+print("created", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.scenario(
+    "Load",
+    "a start held up (a loaded machine) between creating its pidfile and locking it",
+    lost="nothing: status does not call the empty file 'left behind' while its creator has "
+    "it open to write; once the creator is gone, it does",
+)
+def test_an_empty_pidfile_its_starter_still_holds_is_no_stale_one(make_service):
+    svc = make_service()
+    starter = subprocess.Popen(
+        [sys.executable, "-c", SLOW_STARTER, str(svc.pidfile)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert starter.stdout.readline() == "created\n"
+        created = svc.pidfile.stat().st_ctime
+        wait_for(lambda: time.time() - created > 1.5, what="the file to be older than a moment")
+        status = svc.cli("status")
+        assert status.returncode == 0 and "running (pid unknown)" in status.stdout, status.stdout
+    finally:
+        starter.communicate("\n", timeout=10)
+    status = svc.cli("status")
+    assert status.returncode == 1 and "left behind" in status.stdout, status.stdout
