@@ -279,3 +279,70 @@ def test_a_planted_restart_lock_is_not_a_handover_under_way(make_service, sticky
     status = svc.cli("status")
     assert "last run: pid" in status.stdout, status.stdout
     assert not path.exists(), "the socket file of a stopped service is left behind"
+
+
+# A worker in a session of its own that ignores SIGTERM and says when it got one.
+STUBBORN_WORKER = """
+here = os.path.dirname(__file__)
+if not os.path.exists(os.path.join(here, "second")):
+    subprocess.Popen(
+        ["sh", "-c", f"trap 'echo > {here}/termed' TERM; while :; do sleep 0.1; done"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+ready()
+while not should_stop():
+    sleep(3600)
+"""
+
+
+@pytest.mark.scenario(
+    "Promises under pressure",
+    "Ctrl-C to start while it ends what a SIGKILLed run left (a worker that ignores SIGTERM, "
+    "stop_timeout=30)",
+    lost="Ctrl-C is deferred for all of stop_timeout: start cannot be interrupted meanwhile",
+)
+def test_ctrl_c_to_a_start_ending_what_a_killed_run_left_is_not_deferred(make_service):
+    svc = make_service(STUBBORN_WORKER, wait_ready=True, stop_timeout=30.0)
+    pid = svc.start()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: is_gone(pid), what="the killed run")
+    (svc.dir / "second").touch()
+    start = svc.popen("start")
+    wait_for((svc.dir / "termed").exists, timeout=20, what="start to end the worker")
+    start.send_signal(signal.SIGINT)
+    try:
+        out, _ = start.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("start went on for stop_timeout after Ctrl-C")
+    assert start.returncode != 0, out
+
+
+# main takes 1.5 s to finish after a stop; its worker 0.5 s to finish after SIGTERM.
+SLOW_STOP_WITH_WORKER = """
+here = os.path.dirname(__file__)
+subprocess.Popen(
+    ["sh", "-c", f"trap 'sleep 0.5; echo > {here}/done; exit 0' TERM; "
+     f"echo > {here}/up; while :; do sleep 0.1; done"],
+    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+)
+ready()
+while not should_stop():
+    sleep(3600)
+time.sleep(1.5)
+"""
+
+
+@pytest.mark.scenario(
+    "Options",
+    "stop --timeout 30 of a service with stop_timeout=1 whose main takes 1.5 s to finish, "
+    "with a worker that takes 0.5 s to end on SIGTERM",
+    lost="the worker gets SIGKILL 50 ms after its SIGTERM: the service counts its workers' "
+    "time from the decorator's stop_timeout, not the 30 s the stop gave",
+)
+def test_stop_timeout_given_to_stop_is_the_workers_time_too(make_service):
+    svc = make_service(SLOW_STOP_WITH_WORKER, wait_ready=True, stop_timeout=1.0)
+    pid = svc.start()
+    wait_for((svc.dir / "up").exists, what="the worker")
+    stopped = svc.cli("stop", "--timeout", "30")
+    assert stopped.stdout == f"svc stopped (pid {pid})\n", stopped
+    assert (svc.dir / "done").exists(), "the worker was killed before it could finish"
