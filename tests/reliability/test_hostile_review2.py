@@ -346,3 +346,27 @@ def test_stop_timeout_given_to_stop_is_the_workers_time_too(make_service):
     stopped = svc.cli("stop", "--timeout", "30")
     assert stopped.stdout == f"svc stopped (pid {pid})\n", stopped
     assert (svc.dir / "done").exists(), "the worker was killed before it could finish"
+
+
+@ROOT_ONLY
+@pytest.mark.scenario(
+    "Security",
+    "after a failed restart (the old instance serves on), another user makes a FIFO at "
+    "PIDFILE.restarting; the service is then stopped",
+    lost="the ending instance opens the FIFO to see whether a restart is under way and blocks "
+    "there: stop has to SIGKILL it after stop_timeout (a run whose main returns hangs forever)",
+)
+def test_a_fifo_at_the_restart_lock_does_not_hang_the_end_of_a_run(make_service, sticky_dir):
+    pidfile = sticky_dir / "svc.pid"
+    path = sticky_dir / "svc.sock"
+    svc = make_service(
+        ANSWER_WITH_PID, prelude=PRELUDE, pidfile=str(pidfile), listen=[f"unix:{path}"],
+        wait_ready=True, stop_timeout=3.0,
+    )  # fmt: skip
+    pid = svc.start()
+    (svc.dir / "fail").touch()
+    failed = svc.cli("restart")
+    assert failed.returncode == 1 and "is still running and serving" in failed.stderr, failed
+    (svc.dir / "fail").unlink()
+    _as_nobody("import os, sys; os.mkfifo(sys.argv[1], 0o644)", f"{pidfile}.restarting")
+    svc.stop_gracefully(pid)
