@@ -370,3 +370,35 @@ def test_a_fifo_at_the_restart_lock_does_not_hang_the_end_of_a_run(make_service,
     (svc.dir / "fail").unlink()
     _as_nobody("import os, sys; os.mkfifo(sys.argv[1], 0o644)", f"{pidfile}.restarting")
     svc.stop_gracefully(pid)
+
+
+# Creates the name again whenever it is gone, as fast as it can.
+RECREATOR = """
+import os, sys
+print("looping", flush=True)
+while True:
+    try:
+        os.close(os.open(sys.argv[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        pass
+"""
+
+
+@ROOT_ONLY
+@pytest.mark.scenario(
+    "Security",
+    "another user re-creates the pidfile's name in a loop in a shared directory",
+    lost="root's start fails every time ('another user keeps creating it'): it unlinks the "
+    "planted file and creates its own under the same name, a race the loop wins",
+)
+def test_a_looping_planter_does_not_keep_root_from_starting(make_service, sticky_dir, as_nobody):
+    pidfile = sticky_dir / "svc.pid"
+    svc = make_service(pidfile=str(pidfile))
+    looper = as_nobody(RECREATOR, str(pidfile))
+    assert looper.stdout.readline() == "looping\n"
+    started = svc.cli("start")
+    assert started.returncode == 0, started.stderr
+    pid = svc.pid_from(started.stdout)
+    assert svc.read_pid() == pid
+    looper.kill()
+    svc.stop_gracefully(pid)
