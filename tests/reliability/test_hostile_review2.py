@@ -402,3 +402,33 @@ def test_a_looping_planter_does_not_keep_root_from_starting(make_service, sticky
     assert svc.read_pid() == pid
     looper.kill()
     svc.stop_gracefully(pid)
+
+
+# main drops privileges itself (no user=), as a program that opens what only root may
+# open first does.
+DROPS_ITS_OWN_PRIVILEGES = """
+os.setgid(65534)
+os.setgroups([])
+os.setuid(65534)
+ready()
+while not should_stop():
+    sleep(3600)
+"""
+
+
+@ROOT_ONLY
+@pytest.mark.scenario(
+    "Promises under pressure",
+    "start (again) as root of a running service whose main dropped privileges itself",
+    lost="the service's own process is taken for another user squatting the lock: start "
+    "unlinks its pidfile, which the service may not put back in a root-owned directory",
+)
+def test_a_service_that_dropped_privileges_itself_is_no_squatter(make_service, open_dir):
+    svc = make_service(DROPS_ITS_OWN_PRIVILEGES, pidfile=str(open_dir / "svc.pid"), wait_ready=True)
+    pid = svc.start()
+    inode = svc.pidfile.stat().st_ino
+    again = svc.cli("start")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"svc is already running (pid {pid})\n", again.stdout
+    assert svc.pidfile.exists() and svc.pidfile.stat().st_ino == inode
+    svc.stop_gracefully(pid)
