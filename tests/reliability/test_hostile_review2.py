@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MARK, SYSTEM_PYTHON, alive, is_gone, wait_for
+from test_kvserver import free_port
 from test_listeners import ANSWER_WITH_PID, PRELUDE
 from test_shared_dir import EVIL, RESTART_LOCK, options_seen, options_service
 
@@ -432,3 +433,47 @@ def test_a_service_that_dropped_privileges_itself_is_no_squatter(make_service, o
     assert again.stdout == f"svc is already running (pid {pid})\n", again.stdout
     assert svc.pidfile.exists() and svc.pidfile.stat().st_ino == inode
     svc.stop_gracefully(pid)
+
+
+# Serves (listen=), with a worker in a session of its own; its stop outlasts stop_timeout.
+SLOW_TO_STOP_SERVER = """
+here = os.path.dirname(__file__)
+if not os.path.exists(os.path.join(here, "second")):
+    worker = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    print("worker", worker.pid, flush=True)
+listeners()
+ready()
+while not should_stop():
+    sleep(3600)
+time.sleep(1000)     # never finishes its stop: SIGKILL after stop_timeout
+"""
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "restart (listen=) of an instance that does not stop within stop_timeout and has a "
+    "worker in a session of its own",
+    lost="the old instance is SIGKILLed and its worker runs on: the pidfile names the new "
+    "instance, so no command finds what the old one left",
+)
+def test_a_handover_that_kills_the_old_instance_ends_what_it_left(make_service):
+    port = free_port()
+    svc = make_service(
+        SLOW_TO_STOP_SERVER, prelude=PRELUDE, listen=[f"tcp://127.0.0.1:{port}"],
+        wait_ready=True, stop_timeout=1.0,
+    )  # fmt: skip
+    old = svc.start()
+    line = wait_for(lambda: [x for x in svc.log_text().splitlines() if x.startswith("worker ")])
+    worker = int(line[0].split()[1])
+    (svc.dir / "second").touch()
+    try:
+        restarted = svc.cli("restart")
+        assert restarted.returncode == 0, restarted.stderr
+        assert f"pid {old} killed after 1s" in restarted.stdout, restarted.stdout
+        new = svc.read_pid()
+        wait_for(lambda: is_gone(worker), timeout=5, what="the old instance's worker to end")
+    finally:
+        if alive(worker):
+            os.kill(worker, signal.SIGKILL)
+    svc.cli("stop", "--timeout", "0.5")
+    assert new is not None and is_gone(new)
