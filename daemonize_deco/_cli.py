@@ -166,7 +166,6 @@ def dispatch(service: Service, argv: Sequence[str]) -> int:
     Never raises DaemonError, nor KeyboardInterrupt (Ctrl-C is a line and status 130).
     """
     ensure_standard_fds()
-    _mark.wear_command_badge()  # (``run`` drops it: the process is the service then)
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else service.name
     command: str | None = None
     try:
@@ -181,6 +180,9 @@ def dispatch(service: Service, argv: Sequence[str]) -> int:
             signature = service.hooks.command_signatures[command]
             return run_custom(custom, signature, command, argv[1:], prog)
         spec = COMMANDS[command]
+        # A built-in command is never part of a run, even one main runs on its own
+        # service (``run`` drops the badge: the process is the service then).
+        _mark.wear_command_badge()
         given = _bound(service, spec, command, argv[1:], prog)
         if isinstance(given, str):
             say(given)

@@ -87,7 +87,7 @@ def _reused(
     from ._options import remembered  # noqa: PLC0415 -- loaded by main's signature already
 
     at = _given(service, signature, signature.fill(dict(addressing)), {}, parser)
-    words = remembered(at.config.pidfile, trusted_owners(at.config))
+    words = remembered(at.config.pidfile, trusted_owners(at.config, directory=False))
     if words is None and _runs(at):
         complain(
             f"{service.name}: the running instance's options are unknown ({at.config.pidfile}"

@@ -27,7 +27,7 @@ from ._errors import (
     UsageError,
 )
 from ._launch import start
-from ._lookup import inspect_service, pidfile_of, with_note
+from ._lookup import inspect_service, pidfile_of, trusted_owners, with_note
 from ._managers import manager_of
 from ._output import complain, say
 from ._proc import open_pidfd, uptime, wait_exit
@@ -237,7 +237,8 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
     finally:
         os.close(pidfd)
     how = "stopped" if ending.how == "stopped" else f"killed after {_stop_timeout(service):g}s"
-    say(f"{service.name} restarted (pid {new}; pid {old} {how}, its sockets kept)")
+    left = "" if ending.how == "stopped" else _end_left_by(service, pidfile, old)
+    say(f"{service.name} restarted (pid {new}; pid {old} {how}, its sockets kept){left}")
     return 0
 
 
@@ -301,7 +302,8 @@ def status(service: Service) -> int:
 
     pidfile = pidfile_of(service)
     state, note = inspect_service(service, pidfile)
-    report = StatusReport(service.name, pidfile, state, note)
+    options_by = trusted_owners(service.config, directory=False)
+    report = StatusReport(service.name, pidfile, state, note, option_owners=options_by)
     say(report.as_json() if service.flags.get("json") else report.text())
     return report.exit_status
 

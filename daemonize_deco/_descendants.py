@@ -22,6 +22,7 @@ binding would cost every supervisor some 150 KiB.)
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 import os
 import time
 
@@ -32,7 +33,16 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._proc import ProcStat
 
-__all__ = ["Run", "carries", "describe", "end_left_by", "end_run", "left_by", "this_run"]
+__all__ = [
+    "Run",
+    "carries",
+    "describe",
+    "end_left_by",
+    "end_run",
+    "left_by",
+    "signal_run",
+    "this_run",
+]
 
 _BADGE_LINK = f"/memfd:{BADGE}"
 _COMMAND_LINK = f"/memfd:{COMMAND_BADGE}"
@@ -151,7 +161,7 @@ def this_run(*, group: int | None = None) -> Run:
     )
 
 
-def end_run(run: Run, timeout: float) -> list[int]:
+def end_run(run: Run, timeout: float, interrupt: int | None = None) -> list[int]:
     """End the run's processes; return their pids.
 
     SIGTERM, then SIGKILL to those still alive ``timeout`` seconds later.
@@ -166,17 +176,31 @@ def end_run(run: Run, timeout: float) -> list[int]:
 
     deadline = time.monotonic() + timeout  # for every round together
     for round_ in range(_ROUNDS_AT_MOST):
-        left = [pid for pid in run.processes() if pid not in ended]
-        pinned = _pin(left, run)
-        if not pinned or (round_ >= _ROUNDS and time.monotonic() >= deadline):
+        if round_ >= _ROUNDS and time.monotonic() >= deadline:
+            break
+        pinned = _pin([pid for pid in run.processes() if pid not in ended], run)
+        if not pinned:
             break
         try:
-            end_pinned(list(pinned.values()), max(0.0, deadline - time.monotonic()))
+            end_pinned(list(pinned.values()), max(0.0, deadline - time.monotonic()), interrupt)
         finally:
             for fd in pinned.values():
                 os.close(fd)
         ended += pinned
     return ended
+
+
+def signal_run(run: Run, signum: int) -> list[int]:
+    """Send ``signum`` to the run's processes without waiting; return their pids."""
+    pinned = _pin(run.processes(), run)
+    for fd in pinned.values():
+        try:
+            signal.pidfd_send_signal(fd, signum)
+        except ProcessLookupError:
+            continue
+        finally:
+            os.close(fd)
+    return list(pinned)
 
 
 def _pin(pids: list[int], run: Run) -> dict[int, int]:
@@ -205,9 +229,9 @@ def left_by(pidfile: str, pid: int) -> list[int]:
     return Run(mark_for(pidfile, pid)).processes()
 
 
-def end_left_by(pidfile: str, pid: int, timeout: float) -> list[int]:
+def end_left_by(pidfile: str, pid: int, timeout: float, interrupt: int | None = None) -> list[int]:
     """End what the dead run whose pidfile names ``pid`` left running; return the pids."""
-    return end_run(Run(mark_for(pidfile, pid)), timeout)
+    return end_run(Run(mark_for(pidfile, pid)), timeout, interrupt)
 
 
 def describe(pids: list[int]) -> str:

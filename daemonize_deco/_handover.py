@@ -119,11 +119,16 @@ def pending(pidfile: PidFile) -> bool:
         return False
     import fcntl  # noqa: PLC0415 -- loaded by the pidfile already
 
+    from ._beside import is_trusted  # noqa: PLC0415 -- loaded by the pidfile already
+
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # (a FIFO: no wait)
     try:
-        fd = os.open(pidfile.path + _LOCK_SUFFIX, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(pidfile.path + _LOCK_SUFFIX, flags)
     except OSError:
         return False  # none: no restart under way
     try:
+        if not is_trusted(os.fstat(fd), pidfile.owners):
+            return False  # another user's, or no lock file at all: not a restart of ours
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
@@ -264,11 +269,12 @@ def settle(pidfile: PidFile, claim: ControlServer | None, service: Service) -> b
     if pid is not None and pidfd is not None:
         import _thread  # noqa: PLC0415
 
-        _thread.start_new_thread(_end_predecessor, (pid, pidfd, service.config.stop_timeout))
+        timeout = service.config.stop_timeout
+        _thread.start_new_thread(_end_predecessor, (pidfile.path, pid, pidfd, timeout))
     return True
 
 
-def _end_predecessor(pid: int, pidfd: int, stop_timeout: float) -> None:
+def _end_predecessor(pidfile: str, pid: int, pidfd: int, stop_timeout: float) -> None:
     """Stop the replaced instance as ``stop`` would, if it still runs; close its pidfd."""
     try:
         if not wait_exit(pidfd, 0):
@@ -279,7 +285,10 @@ def _end_predecessor(pid: int, pidfd: int, stop_timeout: float) -> None:
                 f"{pid} was gone; stopping it",
                 file=sys.stderr,
             )
-            terminate(pidfd, pid, stop_timeout)
+            if terminate(pidfd, pid, stop_timeout).how == "killed":
+                from ._descendants import end_left_by  # noqa: PLC0415
+
+                end_left_by(pidfile, pid, stop_timeout)  # it could not end them itself
     except (PermissionError, TimeoutError) as exc:
         print(f"daemonize_deco: cannot stop pid {pid}: {exc}", file=sys.stderr)
     finally:

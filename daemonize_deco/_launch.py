@@ -42,6 +42,7 @@ __all__ = ["before_starting", "check_before_fork", "detach_and_wait", "run", "st
 
 def check_before_fork(config: ServiceConfig) -> Credentials | None:
     """Find what can be found before forking; return the credentials to drop to."""
+    _warn_about_the_pidfile_directory(config)
     check_workdir(config.workdir)
     for log in {config.stdout, config.stderr} - {None}:
         check_log_path(str(log))
@@ -63,7 +64,28 @@ def _manager() -> Manager | None:
     return manager
 
 
-def _end_what_the_last_run_left(service: Service, pidfile: PidFile) -> str:
+def _warn_about_the_pidfile_directory(config: ServiceConfig) -> None:
+    """Say so when another user owns the pidfile's directory: they can replace its files."""
+    from ._lookup import trusted_owners  # noqa: PLC0415 -- loaded by the start already
+
+    directory = os.path.dirname(config.pidfile)
+    try:
+        owner = os.stat(directory).st_uid
+    except OSError:
+        return
+    if owner not in trusted_owners(config, directory=False):
+        from ._pidfile import user_name  # noqa: PLC0415
+
+        complain(
+            f"{config.name}: warning: {directory} belongs to user {user_name(owner)}, who can "
+            "replace the pidfile and every file beside it; keep them in a directory of the "
+            "service's own"
+        )
+
+
+def _end_what_the_last_run_left(
+    service: Service, pidfile: PidFile, interrupts: DeferredInterrupts
+) -> str:
     """A run that was killed could not end what it started (``_descendants``): end it now.
 
     Its pidfile, about to name the new run, was the one way to find them.
@@ -75,7 +97,8 @@ def _end_what_the_last_run_left(service: Service, pidfile: PidFile) -> str:
     from ._descendants import describe, end_left_by  # noqa: PLC0415 -- only after a crash
 
     try:
-        ended = end_left_by(pidfile.path, pid, service.config.stop_timeout)
+        timeout = service.config.stop_timeout  # (Ctrl-C: SIGKILL at once, and no start)
+        ended = end_left_by(pidfile.path, pid, timeout, interrupts.fileno())
     except OSError:
         return ""  # (no descriptor to look with: status and stop can still tell them)
     return f"{service.name}: ended {describe(ended)} its last run left running" if ended else ""
@@ -101,7 +124,7 @@ def start(service: Service) -> int:
             pid, note = holder
             say(f"{service.name} is already running ({with_note(f'pid {pid}', note)})")
             return 0
-        ended = _end_what_the_last_run_left(service, pidfile)
+        ended = _end_what_the_last_run_left(service, pidfile, interrupts)
         try:
             credentials = check_before_fork(service.config)
             _open_listeners(service.config)
@@ -302,6 +325,7 @@ def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport)
 
 def run(service: Service) -> int:
     """Run in the foreground: same pidfile and signals, no fork, no redirect."""
+    _warn_about_the_pidfile_directory(service.config)
     credentials = resolve_credentials(service.config.user, service.config.group)
     _load_what_it_runs(service.config, supervised=False)
     pidfile = pidfile_of(service)
@@ -312,7 +336,7 @@ def run(service: Service) -> int:
             raise AlreadyRunningError(
                 f"already running ({with_note(f'pid {pid}', note)}); not starting a second copy"
             )
-        ended = _end_what_the_last_run_left(service, pidfile)
+        ended = _end_what_the_last_run_left(service, pidfile, interrupts)
         if ended:
             complain(ended)  # stdout is the service's from now on
         # From the lock to the service's handlers, a stop signal waits (blocked)

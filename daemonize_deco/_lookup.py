@@ -92,20 +92,24 @@ def _other_users_service(pidfile: PidFile, error: PidFileError) -> tuple[int, st
     return state.pid, f"owned by user {user_name(pidfile.owner())}"
 
 
-def trusted_owners(config: ServiceConfig) -> frozenset[int]:
+def trusted_owners(config: ServiceConfig, *, directory: bool = True) -> frozenset[int]:
     """Whose the service's files (and its claim) may be.
 
-    Root, the asking user, the service's ``user=``, and the owner of the
-    pidfile's directory: nobody else can have made a file there but in a
-    directory others may write (``/tmp``), where the names can be taken
-    first by anyone, and what another user owns is never believed.  (A
-    user's service in the user's own directory is that user's, even to root.)
+    Root, the asking user, the service's ``user=``, and (with ``directory``)
+    the owner of the pidfile's directory: nobody else can have made a file
+    there but in a directory others may write (``/tmp``), where the names
+    can be taken first by anyone, and what another user owns is never
+    believed.  A user's service in the user's own directory is that user's,
+    even to root, as far as its pid and its records go; never its options,
+    which ``restart`` runs ``main`` with (``directory=False``): the owner of
+    a directory may be anyone who made it first.
     """
     trusted = {0, os.geteuid()}
-    try:
-        trusted.add(os.stat(os.path.dirname(config.pidfile)).st_uid)
-    except OSError:
-        pass  # no directory: no file either
+    if directory:
+        try:
+            trusted.add(os.stat(os.path.dirname(config.pidfile)).st_uid)
+        except OSError:
+            pass  # no directory: no file either
     if isinstance(config.user, int):
         trusted.add(config.user)
     elif config.user is not None:

@@ -24,7 +24,7 @@ import time
 from ._beside import is_trusted
 from ._errors import PidFileError
 from ._lastrun import LastRun
-from ._proc import holds_file, lock_holders, openers, owner_of, writers
+from ._proc import holds_file, lock_holders, lockers, owner_of, writers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -229,13 +229,14 @@ class PidFile:
         """
         attempts = 0
         while True:
-            fd = self._open_to_lock()
+            if attempts < _REPLACE_ATTEMPTS:
+                fd = self._open_to_lock()
+            elif attempts < 2 * _REPLACE_ATTEMPTS:
+                fd = self._put_in_place()  # another user keeps creating it: replace in one step
+            else:
+                raise PidFileError(f"cannot use {self.what} {self.path}: it keeps changing")
             if fd is None:
                 attempts += 1
-                if attempts >= _REPLACE_ATTEMPTS:
-                    raise PidFileError(
-                        f"cannot use {self.what} {self.path}: another user keeps creating it"
-                    )
                 continue  # a planted file was removed: create ours
             if not _try_lock(fd):
                 os.close(fd)
@@ -278,6 +279,38 @@ class PidFile:
         os.close(fd)
         self._remove_foreign(found)
         return None
+
+    def _put_in_place(self) -> int | None:
+        """A locked file of our own, renamed over what another user keeps creating at the path.
+
+        Unlinking theirs and creating ours is two steps, and a loop of theirs
+        can win the moment between every time; a rename replaces in one.
+        (Only ever over a name found not to be trusted.)
+        """
+        directory, name = os.path.split(self.path)
+        temporary = f"{directory}/.{name}.{os.urandom(8).hex()}"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(temporary, flags, PIDFILE_MODE)
+        except OSError as exc:
+            raise PidFileError(f"cannot create {self.what} {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # a file nobody else has seen: never contended
+            replace = self._foreign_at_path() is not None or not os.path.lexists(self.path)
+            if replace:
+                os.rename(temporary, self.path)
+        except OSError as exc:
+            os.close(fd)
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise PidFileError(f"cannot replace {self.what} {self.path}: {exc.strerror}") from exc
+        if not replace:  # a trusted one is there now (another start of ours): the plain way
+            os.close(fd)
+            os.unlink(temporary)
+            return None
+        return fd
 
     def _foreign_at_path(self) -> os.stat_result | None:
         """What is at the path, when it is not to be trusted: another user's, or a hard link.
@@ -324,7 +357,7 @@ class PidFile:
             return False
         try:
             found = os.fstat(fd)
-            squatter = self._squatter(found)
+            squatter = self._squatter(found, parse_pid(os.pread(fd, 32, 0)))
             if squatter is None:
                 return False
             why = (
@@ -336,16 +369,21 @@ class PidFile:
         finally:
             os.close(fd)
 
-    def _squatter(self, found: os.stat_result) -> int | None:
-        """The user whose processes alone hold the lock on ``found``, if not one we trust."""
+    def _squatter(self, found: os.stat_result, named: int | None) -> int | None:
+        """The user whose processes alone hold the lock on ``found``, if not one we trust.
+
+        Never when the file names a process that has it open: that is the
+        service, whatever user it became.  The lock's holders are those
+        ``/proc/locks`` names that still have the file open (the start that
+        took it is gone, its pid free), or, failing them, those whose
+        descriptors on it carry the lock (a slow look, every descriptor).
+        """
         identity = (found.st_dev, found.st_ino)
-        holders = lock_holders(identity)
-        uids = {owner_of(pid) for pid in holders}
-        if None in uids:
-            # /proc/locks names the process that took the lock, gone now: the lock
-            # lives on in the processes it shared the descriptor with.
-            uids = {owner_of(pid) for pid in openers(identity)} - {None}
-        if not holders or not uids or uids & self.owners:
+        if named is not None and holds_file(named, identity):
+            return None
+        holders = [pid for pid in lock_holders(identity) if holds_file(pid, identity)]
+        uids = {owner_of(pid) for pid in holders or lockers(identity)}
+        if not uids or None in uids or uids & self.owners:
             return None
         return min(uid for uid in uids if uid is not None)
 
@@ -512,7 +550,7 @@ class PidFile:
             return self._unlocked_state(fd, content, pid)
         if pid is not None and holds_file(pid, (found.st_dev, found.st_ino)) is not False:
             return PidFileState(exists=True, running=True, pid=pid)
-        if self._squatter(found) is not None:  # another user's lock: not the service
+        if self._squatter(found, pid) is not None:  # another user's lock: not the service
             return PidFileState(exists=True, running=False, pid=pid)
         return _SOON
 

@@ -12,6 +12,10 @@ import select
 
 from ._errors import PidFileError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = [
     "BADGE_LINK",
     "GROUP_BADGE",
@@ -21,6 +25,7 @@ __all__ = [
     "fd_targets",
     "holds_file",
     "lock_holders",
+    "lockers",
     "open_pidfd",
     "openers",
     "own_children",
@@ -138,10 +143,32 @@ def writers(identity: tuple[int, int]) -> list[int]:
 
     Read off ``/proc/PID/fdinfo``'s flags: commands that only look open read-only.
     """
-    return [pid for pid in openers(identity) if _writes_to(pid, identity)]
+    return [pid for pid in openers(identity) if _descriptor_info(pid, identity, _writes)]
 
 
-def _writes_to(pid: int, identity: tuple[int, int]) -> bool:
+def lockers(identity: tuple[int, int]) -> list[int]:
+    """Every other process we may look at that holds an ``flock`` on the file.
+
+    Through any descriptor of its own (``/proc/PID/fdinfo`` lists a
+    descriptor's locks), unlike ``/proc/locks``, which names only the
+    process that took the lock, gone perhaps, its pid free for another.
+    """
+    return [pid for pid in openers(identity) if _descriptor_info(pid, identity, _locks)]
+
+
+def _writes(info: list[bytes]) -> bool:
+    flags = [int(line.split()[1], 8) for line in info if line.startswith(b"flags:")]
+    return bool(flags) and flags[0] & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+
+
+def _locks(info: list[bytes]) -> bool:
+    return any(line.startswith(b"lock:") and b"FLOCK" in line for line in info)
+
+
+def _descriptor_info(
+    pid: int, identity: tuple[int, int], test: Callable[[list[bytes]], bool]
+) -> bool:
+    """Whether one of ``pid``'s descriptors on the file passes ``test`` (its fdinfo lines)."""
     try:
         entries = os.listdir(f"/proc/{pid}/fd")
     except OSError:
@@ -152,11 +179,10 @@ def _writes_to(pid: int, identity: tuple[int, int]) -> bool:
             if (found.st_dev, found.st_ino) != identity:
                 continue
             with open(f"/proc/{pid}/fdinfo/{entry}", "rb") as info:
-                flags = [int(line.split()[1], 8) for line in info if line.startswith(b"flags:")]
+                if test(info.readlines()):
+                    return True
         except (OSError, ValueError):
             continue  # closed meanwhile
-        if flags and flags[0] & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
-            return True
     return False
 
 
@@ -203,11 +229,15 @@ def lock_holders(identity: tuple[int, int]) -> list[int]:
 
 
 def owner_of(pid: int) -> int | None:
-    """The real uid of ``pid``; None when it is gone."""
+    """The real uid of ``pid`` (a set-user-ID program's too); None when it is gone."""
     try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        return None
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])  # real, effective, saved, filesystem
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def own_children() -> list[int]:

@@ -26,7 +26,7 @@ from ._control import ControlServer, release_spare
 from ._detach import flush_standard_streams
 from ._errors import PidFileError, describe, exit_status, last_words
 from ._hygiene import drop_privileges, prevent_core_dumps, set_process_name
-from ._proc import ever_started_one, own_children
+from ._proc import ever_started_one
 from ._ready import arm as _arm_readiness
 from ._ready import disarm as _disarm_readiness
 from ._ready import forget_in_child as _forget_readiness
@@ -169,7 +169,7 @@ def _die_now(pidfile: PidFile) -> Callable[[int], None]:
         if not dying.acquire(blocking=False):
             return  # the other thread is ending the process already
         pidfile.remove()
-        _signal_children(signal.SIGTERM)  # no wait: what they do on it is theirs
+        _signal_what_it_started(signal.SIGTERM)  # no wait: what they do on it is theirs
         try:
             flush_standard_streams()
         except RuntimeError:
@@ -179,17 +179,19 @@ def _die_now(pidfile: PidFile) -> Callable[[int], None]:
     return die
 
 
-def _signal_children(signum: int) -> None:
-    """Send ``signum`` to this process's children (a run ending at once)."""
+def _signal_what_it_started(signum: int) -> None:
+    """Send ``signum`` to the run's processes (``_descendants``): a run ending at once.
+
+    Nothing here may keep the process from ending: the user asked twice.
+    """
     try:
-        children = own_children()
-    except OSError:
-        return  # no descriptor to look with
-    for pid in children:
-        try:
-            os.kill(pid, signum)  # a child's pid cannot be reused until we reap it
-        except ProcessLookupError:
-            continue
+        if not ever_started_one():
+            return
+        from ._descendants import signal_run, this_run  # noqa: PLC0415 -- rare: a second Ctrl-C
+
+        signal_run(this_run(), signum)
+    except Exception:  # noqa: BLE001 -- whatever it was, exiting comes first
+        return
 
 
 def _link_manager() -> _notify.Notifier:

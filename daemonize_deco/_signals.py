@@ -189,13 +189,15 @@ def time_left(stop_timeout: float) -> float:
 
     ``stop`` SIGKILLs the service ``stop_timeout`` after its SIGTERM: the
     last steps of a stop (ending a worker that ignores SIGTERM) must fit in
-    before, not take the service down with them.  All of it without a stop.
+    before, not take the service down with them.  All of it without a stop;
+    all of it again when most of it is spent already: a service still alive
+    then was given longer (``stop --timeout``), which it cannot know.
     """
     asked = _state.stop_requested_at if _state.stop_requested else None
     if asked is None:
         return stop_timeout
-    margin = min(0.5, stop_timeout / 4)
-    return max(0.05, stop_timeout - (time.monotonic() - asked) - margin)
+    left = stop_timeout - (time.monotonic() - asked) - min(0.5, stop_timeout / 4)
+    return left if left >= stop_timeout / 4 else stop_timeout
 
 
 def stop_signal() -> int | None:

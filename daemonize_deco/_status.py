@@ -32,7 +32,15 @@ _MIB = 1024 * 1024
 class StatusReport:
     """Everything status says about one service, gathered once."""
 
-    def __init__(self, name: str, pidfile: PidFile, state: PidFileState, note: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        pidfile: PidFile,
+        state: PidFileState,
+        note: str = "",
+        *,
+        option_owners: Collection[int] = (),
+    ) -> None:
         self.name = name
         self.pidfile = pidfile.path
         self.state = state
@@ -40,7 +48,8 @@ class StatusReport:
         owners = pidfile.owners
         pid = state.pid if state.running else None
         self.uptime = uptime(pid) if pid is not None else None
-        self.options = _remembered(self.pidfile, owners) if state.running else None
+        # Shown as what a restart would reuse: only a file it would read.
+        self.options = _remembered(self.pidfile, option_owners) if state.running else None
         self.supervision = _supervision(self.pidfile, owners, pid)
         # Supervised, what counts is the service's use, not the supervisor's.
         watched = pid if self.supervision is None else self.supervision.service

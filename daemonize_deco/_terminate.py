@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 import os
+import select
 import time
 
 from ._proc import BADGE_LINK, fd_targets, open_pidfd, read_stat, wait_exit
@@ -110,8 +111,11 @@ def _end_group(pgid: int, timeout: float) -> int:
     return len(pidfds)
 
 
-def end_pinned(pidfds: Sequence[int], timeout: float) -> None:
-    """SIGTERM the processes the pidfds pin, SIGKILL those left ``timeout`` seconds later."""
+def end_pinned(pidfds: Sequence[int], timeout: float, interrupt: int | None = None) -> None:
+    """SIGTERM the processes the pidfds pin, SIGKILL those left ``timeout`` seconds later.
+
+    Sooner, when ``interrupt`` (a descriptor: Ctrl-C to a start) becomes readable.
+    """
 
     def send(signum: int) -> None:
         for fd in pidfds:
@@ -120,10 +124,15 @@ def end_pinned(pidfds: Sequence[int], timeout: float) -> None:
             except ProcessLookupError:
                 continue  # exited already
 
-    _end(pidfds, timeout, send)
+    _end(pidfds, timeout, send, interrupt)
 
 
-def _end(pidfds: Sequence[int], timeout: float, send: Callable[[int], object]) -> None:
+def _end(
+    pidfds: Sequence[int],
+    timeout: float,
+    send: Callable[[int], object],
+    interrupt: int | None = None,
+) -> None:
     """``send(SIGTERM)``, wait for every pidfd, ``send(SIGKILL)`` if some are left."""
     if not pidfds:
         return
@@ -133,9 +142,21 @@ def _end(pidfds: Sequence[int], timeout: float, send: Callable[[int], object]) -
         remaining = list(pidfds)
         while remaining and (left := deadline - time.monotonic()) > 0:
             remaining = [fd for fd in remaining if not wait_exit(fd, 0)]
-            if remaining:
-                wait_exit(remaining[0], left)
+            if remaining and _wait_for_one(remaining[0], interrupt, left):
+                break  # interrupted: no more waiting
         if remaining:
             send(signal.SIGKILL)
     except ProcessLookupError:
         pass  # all gone meanwhile
+
+
+def _wait_for_one(pidfd: int, interrupt: int | None, timeout: float) -> bool:
+    """Wait for ``pidfd``'s exit, up to ``timeout``; True when ``interrupt`` came first."""
+    if interrupt is None:
+        wait_exit(pidfd, timeout)
+        return False
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.register(interrupt, select.POLLIN)
+    ready = dict(poller.poll(max(0, int(timeout * 1000))))
+    return interrupt in ready

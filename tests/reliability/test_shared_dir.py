@@ -360,3 +360,22 @@ def test_another_users_lock_on_a_stale_pidfile_blocks_nothing(make_service, open
     assert svc.read_pid() == pid
     svc.stop_gracefully(pid)
     assert locker.poll() is None
+
+
+@pytest.mark.scenario(
+    "Security",
+    "the pidfile's directory was made first by another user (mkdir before the deploy's mkdir -p)",
+    lost="start and run say, in one line, that that user can replace the service's files",
+)
+def test_a_pidfile_directory_of_another_user_is_warned_about(make_service, sticky_dir):
+    theirs = sticky_dir / "app"
+    subprocess.run(["mkdir", str(theirs)], user="nobody", group="nogroup", extra_groups=[],
+                   check=True)  # fmt: skip
+    svc = make_service(pidfile=str(theirs / "svc.pid"))
+    started = svc.cli("start")
+    assert started.returncode == 0, started.stderr
+    assert started.stderr == (
+        f"svc: warning: {theirs} belongs to user nobody, who can replace the pidfile and every "
+        "file beside it; keep them in a directory of the service's own\n"
+    )
+    svc.stop_gracefully(svc.pid_from(started.stdout))
