@@ -179,3 +179,5 @@ def test_a_clean_exit_after_dropping_privileges_leaves_no_stale_state(shared):
     assert svc.as_root("stop").stdout.strip() == "svc is not running"
     again = svc.as_root("start")
     assert again.returncode == 0, again.stderr
+    second = int(again.stdout.split("(pid ")[1].split(")")[0])
+    wait_for(lambda: is_gone(second), what="the second run to end (before the directory goes)")

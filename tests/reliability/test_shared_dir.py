@@ -291,6 +291,8 @@ def test_a_clean_exit_after_dropping_privileges_in_a_sticky_directory(make_servi
     assert status.stdout.startswith(f"svc is not running (last run: pid {pid} exited with status 0")
     again = svc.cli("start")
     assert again.returncode == 0, again.stderr
+    second = svc.pid_from(again.stdout)
+    wait_for(lambda: is_gone(second), what="the second run to end (before the directory goes)")
 
 
 @pytest.fixture
