@@ -36,7 +36,8 @@ from ._terminate import terminate
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._config import Service
-    from ._pidfile import PidFile, PidFileState
+    from ._looking import PidFileState
+    from ._pidfile import PidFile
     from ._startup import StartupReport
 
 __all__ = ["logs", "print_systemd_unit", "reload", "restart", "status", "stop"]

@@ -13,12 +13,13 @@ import time
 
 from ._claim import find_claimant
 from ._errors import PidFileError, StartupError
-from ._pidfile import PidFile, PidFileState, user_name
+from ._pidfile import PidFile, user_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._config import Service, ServiceConfig
     from ._detach import DeferredInterrupts
+    from ._looking import PidFileState
 
 __all__ = ["holder_or_lock", "inspect_service", "pidfile_of", "trusted_owners", "with_note"]
 
@@ -139,6 +140,8 @@ def inspect_service(
     if found is None:
         return (pidfile.inspect(settle=settle) if state.running else state), ""
     pid, note = found
+    from ._looking import PidFileState  # noqa: PLC0415 -- loaded by inspect() already
+
     return PidFileState(exists=True, running=True, pid=pid), note
 
 

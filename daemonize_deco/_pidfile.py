@@ -19,26 +19,25 @@ import errno
 import fcntl
 import os
 import stat
-import time
 
 from ._beside import is_trusted
 from ._errors import PidFileError
 from ._lastrun import LastRun
-from ._proc import holds_file, lock_holders, lockers, owner_of, writers
+from ._proc import holds_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Collection
 
-__all__ = ["PidFile", "PidFileState", "parse_pid"]
+    from ._looking import PidFileState
+
+__all__ = ["LAST_WORDS_START", "PidFile", "distrust", "parse_pid", "try_lock", "user_name"]
 
 PIDFILE_MODE = 0o644
 # A last-run record (``_lastrun``) starts so; a pid never does (and garbage
 # that starts so is still garbage: it must parse as a record).
 LAST_WORDS_START = b"pid="
 _PID_MAX = 4_194_304  # PID_MAX_LIMIT on 64-bit Linux
-_RETRY_INTERVAL = 0.01
-_CREATION_WINDOW = 1.0
 _REPLACE_ATTEMPTS = 10
 
 
@@ -49,50 +48,6 @@ def parse_pid(content: bytes) -> int | None:
         return None
     pid = int(text)
     return pid if 0 < pid <= _PID_MAX else None
-
-
-class PidFileState:
-    """What a pidfile says: whether it exists, whether its lock is held, and the pid.
-
-    ``last_words``: the content of a pidfile its service could not remove
-    and left its last-run record in (see :meth:`PidFile.remove`).
-    ``foreign_owner``: the uid of the user a file not to be trusted belongs
-    to (another user planted it in a shared directory): it tells nothing.
-    """
-
-    __slots__ = ("distrust", "exists", "foreign_owner", "last_words", "pid", "running")
-
-    def __init__(
-        self,
-        *,
-        exists: bool,
-        running: bool,
-        pid: int | None = None,
-        last_words: bytes = b"",
-        foreign_owner: int | None = None,
-        distrust: str = "",
-    ) -> None:
-        self.exists = exists
-        self.running = running
-        self.pid = pid
-        self.last_words = last_words
-        self.foreign_owner = foreign_owner
-        self.distrust = distrust  # why, then
-
-    def __repr__(self) -> str:
-        return f"PidFileState(exists={self.exists}, running={self.running}, pid={self.pid})"
-
-
-_ABSENT = PidFileState(exists=False, running=False)
-
-
-def _foreign_state(found: os.stat_result) -> PidFileState:
-    return PidFileState(
-        exists=True, running=False, foreign_owner=found.st_uid, distrust=distrust(found)
-    )
-
-
-_AT_ONCE, _SOON = object(), object()  # when to look at a pidfile again
 
 
 def _describe_open_error(path: str, exc: OSError, what: str = "pidfile") -> str:
@@ -137,17 +92,7 @@ def _named_in(content: bytes) -> int | None:
     return pid
 
 
-def _identity(fd: int) -> tuple[int, int]:
-    found = os.fstat(fd)
-    return found.st_dev, found.st_ino
-
-
-def _just_created(fd: int) -> bool:
-    """Whether the file changed within the last second (a start may be under way)."""
-    return time.time() - os.fstat(fd).st_ctime < _CREATION_WINDOW
-
-
-def _try_lock(fd: int) -> bool:
+def try_lock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -200,7 +145,7 @@ class PidFile:
             raise PidFileError(f"cannot use {self.what} {self.path}: it is {_file_kind(mode)}")
         return fd
 
-    def _open_existing(self) -> int | None:
+    def open_existing(self) -> int | None:
         """Open the pidfile for reading only; None when there is none (nothing is created)."""
         try:
             return self._open(os.O_RDONLY)
@@ -209,7 +154,7 @@ class PidFile:
                 return None
             raise
 
-    def _names(self, fd: int) -> bool:
+    def names(self, fd: int) -> bool:
         """Whether the path still names the file open on ``fd`` (it was not unlinked)."""
         try:
             at_path = os.stat(self.path, follow_symlinks=False)
@@ -238,10 +183,10 @@ class PidFile:
             if fd is None:
                 attempts += 1
                 continue  # a planted file was removed: create ours
-            if not _try_lock(fd):
+            if not try_lock(fd):
                 os.close(fd)
                 return False
-            if self._names(fd):
+            if self.names(fd):
                 break
             os.close(fd)  # an exiting holder unlinked it between our open and lock: reopen
         self.previous_pid = _named_in(os.pread(fd, 4096, 0))
@@ -268,16 +213,16 @@ class PidFile:
         except PidFileError:
             # A symlink or FIFO planted there, or (fs.protected_regular) another
             # user's file in a sticky directory, which O_CREAT may not open.
-            found = self._foreign_at_path()
+            found = self.foreign_at_path()
             if found is None:
                 raise
-            self._remove_foreign(found)
+            self.remove_foreign(found)
             return None
         found = os.fstat(fd)
         if is_trusted(found, self.owners):
             return fd
         os.close(fd)
-        self._remove_foreign(found)
+        self.remove_foreign(found)
         return None
 
     def _put_in_place(self) -> int | None:
@@ -296,7 +241,7 @@ class PidFile:
             raise PidFileError(f"cannot create {self.what} {self.path}: {exc.strerror}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # a file nobody else has seen: never contended
-            replace = self._foreign_at_path() is not None or not os.path.lexists(self.path)
+            replace = self.foreign_at_path() is not None or not os.path.lexists(self.path)
             if replace:
                 os.rename(temporary, self.path)
         except OSError as exc:
@@ -312,7 +257,7 @@ class PidFile:
             return None
         return fd
 
-    def _foreign_at_path(self) -> os.stat_result | None:
+    def foreign_at_path(self) -> os.stat_result | None:
         """What is at the path, when it is not to be trusted: another user's, or a hard link.
 
         A symlink or FIFO of a trusted user (root's own) is refused as it
@@ -326,7 +271,7 @@ class PidFile:
             return found
         return found if stat.S_ISREG(found.st_mode) and found.st_nlink != 1 else None
 
-    def _remove_foreign(self, found: os.stat_result, why: str | None = None) -> None:
+    def remove_foreign(self, found: os.stat_result, why: str | None = None) -> None:
         """Unlink the untrusted file ``found`` if the path still names it (root only).
 
         Another user's file may also be that user's own service: only root,
@@ -344,48 +289,6 @@ class PidFile:
             pass  # gone already: ours to create
         except OSError as exc:  # a directory with something in it is not ours to empty
             raise refusal from exc
-
-    def remove_if_squatted(self) -> bool:
-        """Unlink the pidfile if only other users' processes hold its lock; True if gone.
-
-        The file is world-readable, so anyone may open it and ``flock`` it
-        (a stale one, after a crash) to make every start wait: such a lock
-        is not the service's.
-        """
-        fd = self._open_existing()
-        if fd is None:
-            return False
-        try:
-            found = os.fstat(fd)
-            squatter = self._squatter(found, parse_pid(os.pread(fd, 32, 0)))
-            if squatter is None:
-                return False
-            why = (
-                f"its lock is held by user {user_name(squatter)}, not by the service; remove "
-                "it, or keep the pidfile in a directory of the service's own"
-            )
-            self._remove_foreign(found, why)
-            return True
-        finally:
-            os.close(fd)
-
-    def _squatter(self, found: os.stat_result, named: int | None) -> int | None:
-        """The user whose processes alone hold the lock on ``found``, if not one we trust.
-
-        Never when the file names a process that has it open: that is the
-        service, whatever user it became.  The lock's holders are those
-        ``/proc/locks`` names that still have the file open (the start that
-        took it is gone, its pid free), or, failing them, those whose
-        descriptors on it carry the lock (a slow look, every descriptor).
-        """
-        identity = (found.st_dev, found.st_ino)
-        if named is not None and holds_file(named, identity):
-            return None
-        holders = [pid for pid in lock_holders(identity) if holds_file(pid, identity)]
-        uids = {owner_of(pid) for pid in holders or lockers(identity)}
-        if not uids or None in uids or uids & self.owners:
-            return None
-        return min(uid for uid in uids if uid is not None)
 
     @classmethod
     def adopt(cls, path: str, fd: int, owners: Collection[int]) -> PidFile:
@@ -453,7 +356,7 @@ class PidFile:
         holds the file now there.
         """
         held = self._held_fd()
-        if self._names(held):
+        if self.names(held):
             if parse_pid(os.pread(held, 32, 0)) == pid:
                 return False
             self.write_pid(pid)  # its content was overwritten (echo x > app.pid)
@@ -487,7 +390,7 @@ class PidFile:
         """
         if self._fd is None:
             return
-        if self._names(self._fd) and not self.handed_on():
+        if self.names(self._fd) and not self.handed_on():
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
@@ -510,96 +413,31 @@ class PidFile:
             raise PidFileError(f"pidfile {self.path} is not locked by this process")
         return self._fd
 
-    # -- everyone else's side ----------------------------------------------
+    # -- everyone else's side (``_looking``, loaded by those who look) --------
 
     def inspect(self, settle: float = 1.0) -> PidFileState:
-        """Tell whether the service runs, without creating, truncating or locking for long.
+        """Tell whether the service runs, without creating, truncating or locking for long."""
+        from ._looking import inspect  # noqa: PLC0415
 
-        While the lock is held but the file names no process that has it open
-        (a start between lock and pid write), look again for up to ``settle``
-        seconds; after that the state is "running" with an unknown pid.
-        """
-        deadline = time.monotonic() + settle
-        while True:
-            foreign = self._foreign_at_path()
-            if foreign is not None:
-                return _foreign_state(foreign)
-            fd = self._open_existing()
-            if fd is None:
-                return _ABSENT
-            try:
-                state = self._state_of(fd)
-            finally:
-                os.close(fd)  # also drops the probing lock, if we took it
-            if isinstance(state, PidFileState):
-                return state
-            if state is _AT_ONCE:
-                continue  # an exiting holder unlinked it meanwhile: look again
-            if time.monotonic() >= deadline:
-                return PidFileState(exists=True, running=True, pid=None)
-            time.sleep(_RETRY_INTERVAL)
-
-    def _state_of(self, fd: int) -> PidFileState | object:
-        """What the open pidfile says, or when to look again (_AT_ONCE, _SOON)."""
-        found = os.fstat(fd)
-        if not is_trusted(found, self.owners):
-            return _foreign_state(found)
-        content = os.pread(fd, 32, 0)
-        pid = parse_pid(content)
-        if _try_lock(fd):
-            return self._unlocked_state(fd, content, pid)
-        if pid is not None and holds_file(pid, (found.st_dev, found.st_ino)) is not False:
-            return PidFileState(exists=True, running=True, pid=pid)
-        if self._squatter(found, pid) is not None:  # another user's lock: not the service
-            return PidFileState(exists=True, running=False, pid=pid)
-        return _SOON
-
-    def _unlocked_state(self, fd: int, content: bytes, pid: int | None) -> PidFileState | object:
-        """What a pidfile whose lock we could take says: nothing runs (or a start is under way)."""
-        if not self._names(fd):
-            return _AT_ONCE
-        if content.startswith(LAST_WORDS_START):
-            words = os.pread(fd, 4096, 0)
-            if LastRun.from_text(words.decode("utf-8", "replace")) is not None:
-                return PidFileState(exists=True, running=False, last_words=words)
-        if content == b"" and (_just_created(fd) or writers(_identity(fd))):
-            return _SOON  # a starter between creating and locking it (on a busy machine, later)
-        return PidFileState(exists=True, running=False, pid=pid)
+        return inspect(self, settle)
 
     def is_held_by(self, pid: int) -> bool:
         """Whether the pidfile names ``pid`` and that process has it open."""
-        fd = self._open_existing()
-        if fd is None:
-            return False
-        try:
-            held = os.fstat(fd)
-            named = parse_pid(os.pread(fd, 32, 0))
-        finally:
-            os.close(fd)
-        if not is_trusted(held, self.owners):
-            return False
-        return named == pid and holds_file(pid, (held.st_dev, held.st_ino)) is not False
+        from ._looking import is_held_by  # noqa: PLC0415
+
+        return is_held_by(self, pid)
 
     def remove_if_stale(self) -> bool:
-        """Unlink the pidfile if nobody holds its lock; True when it was removed.
+        """Unlink the pidfile if nobody holds its lock; True when it was removed."""
+        from ._looking import remove_if_stale  # noqa: PLC0415
 
-        Raises :class:`PidFileError` when it is stale but may not be removed.
-        """
-        fd = self._open_existing()
-        if fd is None:
-            return False
-        try:
-            if not is_trusted(os.fstat(fd), self.owners):
-                return False  # another user's: start replaces it, nothing else touches it
-            if not _try_lock(fd) or not self._names(fd):
-                return False
-            os.unlink(self.path)
-        except OSError as exc:
-            reason = "permission denied" if isinstance(exc, PermissionError) else exc.strerror
-            raise PidFileError(f"cannot remove its stale pidfile {self.path}: {reason}") from exc
-        finally:
-            os.close(fd)
-        return True
+        return remove_if_stale(self)
+
+    def remove_if_squatted(self) -> bool:
+        """Unlink the pidfile if only other users' processes hold its lock; True if gone."""
+        from ._looking import remove_if_squatted  # noqa: PLC0415
+
+        return remove_if_squatted(self)
 
     def owner(self) -> int:
         """The uid that owns the pidfile (-1 when there is none)."""

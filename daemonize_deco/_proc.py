@@ -14,7 +14,7 @@ from ._errors import PidFileError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    pass
 
 __all__ = [
     "BADGE_LINK",
@@ -24,16 +24,12 @@ __all__ = [
     "ever_started_one",
     "fd_targets",
     "holds_file",
-    "lock_holders",
-    "lockers",
     "open_pidfd",
     "openers",
     "own_children",
-    "owner_of",
     "read_stat",
     "uptime",
     "wait_exit",
-    "writers",
 ]
 
 # The name of the memfd a detached daemon holds to say "this group is mine".
@@ -138,54 +134,6 @@ def openers(identity: tuple[int, int]) -> list[int]:
     return found
 
 
-def writers(identity: tuple[int, int]) -> list[int]:
-    """Every other process we may look at that has the file ``(st_dev, st_ino)`` open to write.
-
-    Read off ``/proc/PID/fdinfo``'s flags: commands that only look open read-only.
-    """
-    return [pid for pid in openers(identity) if _descriptor_info(pid, identity, _writes)]
-
-
-def lockers(identity: tuple[int, int]) -> list[int]:
-    """Every other process we may look at that holds an ``flock`` on the file.
-
-    Through any descriptor of its own (``/proc/PID/fdinfo`` lists a
-    descriptor's locks), unlike ``/proc/locks``, which names only the
-    process that took the lock, gone perhaps, its pid free for another.
-    """
-    return [pid for pid in openers(identity) if _descriptor_info(pid, identity, _locks)]
-
-
-def _writes(info: list[bytes]) -> bool:
-    flags = [int(line.split()[1], 8) for line in info if line.startswith(b"flags:")]
-    return bool(flags) and flags[0] & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
-
-
-def _locks(info: list[bytes]) -> bool:
-    return any(line.startswith(b"lock:") and b"FLOCK" in line for line in info)
-
-
-def _descriptor_info(
-    pid: int, identity: tuple[int, int], test: Callable[[list[bytes]], bool]
-) -> bool:
-    """Whether one of ``pid``'s descriptors on the file passes ``test`` (its fdinfo lines)."""
-    try:
-        entries = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for entry in entries:
-        try:
-            found = os.stat(f"/proc/{pid}/fd/{entry}")
-            if (found.st_dev, found.st_ino) != identity:
-                continue
-            with open(f"/proc/{pid}/fdinfo/{entry}", "rb") as info:
-                if test(info.readlines()):
-                    return True
-        except (OSError, ValueError):
-            continue  # closed meanwhile
-    return False
-
-
 def fd_targets(pid: int) -> list[str]:
     """What ``pid``'s descriptors point at (``socket:[123]``, paths, ``/memfd:...``).
 
@@ -204,40 +152,6 @@ def fd_targets(pid: int) -> list[str]:
         except OSError:
             continue  # closed meanwhile
     return targets
-
-
-def lock_holders(identity: tuple[int, int]) -> list[int]:
-    """The pids holding an ``flock`` on the file ``(st_dev, st_ino)`` (``/proc/locks``).
-
-    The pid is the process that took the lock; the lock may live on in a
-    child it shared the descriptor with.
-    """
-    dev, ino = identity
-    wanted = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
-    try:
-        with open("/proc/locks", "rb") as f:
-            lines = f.read().decode("ascii", "replace").splitlines()
-    except OSError:
-        return []
-    holders = []
-    for line in lines:
-        fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; "1: -> FLOCK ..." waits.
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
-            holders.append(int(fields[4]))
-    return holders
-
-
-def owner_of(pid: int) -> int | None:
-    """The real uid of ``pid`` (a set-user-ID program's too); None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Uid:"):
-                    return int(line.split()[1])  # real, effective, saved, filesystem
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def own_children() -> list[int]:

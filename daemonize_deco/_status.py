@@ -21,7 +21,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Collection
 
-    from ._pidfile import PidFile, PidFileState
+    from ._looking import PidFileState
+    from ._pidfile import PidFile
     from ._supervisor import SupervisorState
 
 __all__ = ["StatusReport"]
