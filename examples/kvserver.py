@@ -569,6 +569,7 @@ _port = PORT
     stdout="{dir}/kvserver.log",
     listen=["tcp://{host}:{port}"],
     wait_ready=True,
+    start_timeout=30.0,  # a start replays the append-only log, long after a busy day
 )
 def main(port: int = PORT, host: str = HOST, dir: Path = DATA) -> None:
     """A Redis-protocol key-value server.
