@@ -11,6 +11,7 @@ costs nothing that matters.
 from __future__ import annotations
 
 import os
+import select
 import sys
 import time
 
@@ -77,6 +78,13 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def _reader_gone(fd: int) -> bool:
+    """Whether the pipe on ``fd`` has lost its reader (POLLERR on a pipe's write end)."""
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
 def follow(paths: Sequence[str], count: int) -> None:
     """Print the last ``count`` lines of each file, then what is appended, until Ctrl-C."""
     out = sys.stdout.buffer
@@ -100,6 +108,8 @@ def follow(paths: Sequence[str], count: int) -> None:
                 if data:
                     out.write(data)
                     out.flush()
+            if _reader_gone(out.fileno()):
+                return  # (with nothing new to write, no EPIPE would ever say so)
             time.sleep(_POLL_INTERVAL)
     except (KeyboardInterrupt, BrokenPipeError):
         return  # Ctrl-C, or the reader (head, less) is gone: both mean "enough"

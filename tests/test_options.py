@@ -366,6 +366,20 @@ def test_logs_into_a_reader_that_goes_away(make_service):
     svc.stop_gracefully(pid)
 
 
+def test_logs_f_notices_its_reader_is_gone_with_nothing_new_to_write(make_service):
+    """What it had fits in the pipe: no write fails, yet it must not follow forever."""
+    svc = make_service(
+        body="print('one', flush=True)\n" + "while not should_stop():\n    sleep(3600)"
+    )
+    pid = svc.start()
+    wait_for(lambda: "one" in svc.log_text(), what="the line")
+    command = f"{' '.join(svc.argv('logs', '-n', '5', '-f'))} | head -n 1"
+    piped = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=svc.env,
+                           timeout=30)  # fmt: skip
+    assert piped.stdout == "one\n" and piped.returncode == 0, piped
+    svc.stop_gracefully(pid)
+
+
 def test_a_parameter_without_default_is_a_required_option(make_service):
     svc = make_service(name="req")
     svc.script.write_text(
