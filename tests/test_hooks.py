@@ -169,12 +169,12 @@ counts = {'usr1': 0, 'hup': 0}
 @main.on_signal(signal.SIGUSR1)
 def usr1():
     counts['usr1'] += 1
-    print('usr1', counts['usr1'])
+    print(f"usr1-{counts['usr1']}")
 
 @main.on_reload
 def hup():
     counts['hup'] += 1
-    print('hup', counts['hup'])
+    print(f"hup-{counts['hup']}")
 """
     svc = with_hooks(make_service, hooks, body=body)
     pid = svc.start()
@@ -182,9 +182,10 @@ def hup():
     for i in range(2000):
         os.kill(pid, signal.SIGUSR1 if i % 2 else signal.SIGHUP)
     assert alive(pid)
-    # print() from two threads may interleave within a line: search, don't anchor.
+    # print() writes its pieces one by one, and main's pieces come between
+    # another thread's: each callback's line is a single piece, found anywhere.
     # (Waited for: on a loaded machine the dispatcher may not have run yet.)
-    ran = lambda: re.search(r"usr1 \d", svc.log_text()) and re.search(r"hup \d", svc.log_text())  # noqa: E731
+    ran = lambda: re.search(r"usr1-\d", svc.log_text()) and re.search(r"hup-\d", svc.log_text())  # noqa: E731
     wait_for(ran, timeout=30, what="the callbacks to run")
     started = time.monotonic()
     result = svc.cli("stop")
