@@ -49,7 +49,7 @@ class StartWatch:
         now = time.monotonic()
         self._grace_ends = now + grace
         self._postponed_ends = now + max(grace, start_timeout - grace)
-        self._known = _stream_socket_inodes() if sockets else None
+        self._known = _sockets_open_now() if sockets else None
         self._postponed = False
 
     def check(self) -> float | None:
@@ -83,9 +83,9 @@ def _say_not_listening() -> None:
 
 
 def _socket_descriptors() -> list[tuple[int, int]]:
-    """This process's socket descriptors with their inodes."""
+    """This process's socket descriptors with their inodes; OSError if it cannot list them."""
     found = []
-    for entry in os.listdir("/proc/self/fd"):
+    for entry in os.listdir("/proc/self/fd"):  # EMFILE: the listing needs a descriptor
         fd = int(entry)
         try:
             status = os.fstat(fd)
@@ -96,15 +96,26 @@ def _socket_descriptors() -> list[tuple[int, int]]:
     return found
 
 
-def _stream_socket_inodes() -> frozenset[int]:
-    """The sockets open before main runs: ours, inherited ones, a journal on stdout."""
-    return frozenset(inode for _, inode in _socket_descriptors())
+def _sockets_open_now() -> frozenset[int] | None:
+    """The sockets open before main runs (ours, inherited ones, a journal on stdout).
+
+    None when they cannot be listed (no descriptor left, no /proc): then
+    nothing is looked at, and the grace alone decides, as without this module.
+    """
+    try:
+        return frozenset(inode for _, inode in _socket_descriptors())
+    except OSError:
+        return None
 
 
 def look(known: frozenset[int]) -> tuple[bool, bool]:
     """Whether main has a stream socket not in ``known``, and whether one of them listens."""
     own = False
-    for fd, inode in _socket_descriptors():
+    try:
+        descriptors = _socket_descriptors()
+    except OSError:
+        return False, False  # out of descriptors for a moment: looked at again in 50 ms
+    for fd, inode in descriptors:
         if inode in known:
             continue
         kind, listening = _kind_of(fd)

@@ -325,6 +325,7 @@ def serve(
     on_repeat = _die_now(pidfile) if startup is None and pidfile is not None else None
     # Imported here: the dispatcher needs threading, which only a service needs.
     from ._dispatch import Dispatcher  # noqa: PLC0415
+    from ._listening import StartWatch  # noqa: PLC0415 -- its start watch, loaded with it
 
     dispatcher: Dispatcher | None = None
     try:
@@ -348,7 +349,7 @@ def serve(
             logs=None if startup is None else (config.stdout, config.stderr),
             on_repeat=on_repeat,
             reap_children=is_init,
-            start_watch=_start_watch(config),
+            start_watch=_start_watch(config, StartWatch),
             settle=settle,
         )
         _arm_readiness(startup)  # before the dispatcher may declare it
@@ -596,16 +597,14 @@ def _let_go_of_pidfile(
         pidfile.remove()
 
 
-def _start_watch(config: ServiceConfig) -> StartWatch | None:
+def _start_watch(config: ServiceConfig, start_watch: type[StartWatch]) -> StartWatch | None:
     """What makes the service ready while main starts, told by the dispatcher.
 
     Its grace and, without ``listen=``, its first listening socket (``_listening``).
     """
     if config.wait_ready or config.start_grace == 0:
         return None
-    from ._listening import StartWatch  # noqa: PLC0415 -- the dispatcher's, loaded with it
-
-    return StartWatch(
+    return start_watch(
         grace=config.start_grace, start_timeout=config.start_timeout, sockets=not config.listen
     )
 
