@@ -45,7 +45,7 @@ __all__ = [
 
 
 class StartupChannel:
-    """The daemon's end of the startup pipe: "pid", "main", then "ready", "done" or "fail".
+    """The daemon's end of the startup pipe: "pid", "main", "wait", then "ready", "done" or "fail".
 
     A supervised service's channel leads to its supervisor and stays open
     after "ready" (``supervised=True``), for its last line: "exit STATUS
@@ -93,6 +93,10 @@ class StartupChannel:
     def main_entered(self) -> None:
         """Tell the starting process that main runs now (its start grace begins)."""
         self._send("main")
+
+    def postpone(self) -> None:
+        """Tell the starting process that main is on its way to listening (``_listening``)."""
+        self._send("wait")
 
     def ended(self, status: int, exception: str | None) -> None:
         """Tell the supervisor how the service ended (its last line)."""

@@ -10,9 +10,10 @@ log, take locks, or call ``server.shutdown()`` while ``main`` is blocked in
 and the service carries on.
 
 It blocks in ``poll`` with no timeout, so an idle daemon never wakes up;
-only the start grace gives it one deadline: the service is ready once
-``main`` has run that long.  systemd's watchdog pings come from
-``_watchdog``, where a slow callback cannot hold them back.
+only the start gives it deadlines: the service is ready once ``main`` has
+run its grace, or listens (``_listening``, looked at until it is ready).
+systemd's watchdog pings come from ``_watchdog``, where a slow callback
+cannot hold them back.
 
 It also answers the claim socket (``_claim``: a restart's handover, a
 deleted pidfile put back).  While it runs callbacks, a thread of its own
@@ -35,7 +36,6 @@ from ._claim import answer_claimants
 from ._control import reply
 from ._detach import reopen_logs
 from ._hygiene import set_thread_name
-from ._ready import is_ready, ready
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ._claim import Answer
     from ._control import ControlServer
     from ._hooks import Callback, Hooks
+    from ._listening import StartWatch
     from ._notify import Notifier
 
 __all__ = ["Dispatcher", "wait_in_slices"]
@@ -127,14 +128,14 @@ class Dispatcher:
         logs: tuple[str | None, str | None] | None,
         on_repeat: Callable[[int], None] | None,
         reap_children: bool,
-        ready_at: float | None = None,
+        start_watch: StartWatch | None = None,
         settle: tuple[int, Callable[[], None]] | None = None,
     ) -> None:
         self._record_fd = record_fd
         # A handover's new instance: the restart's pipe, and what to do once it
         # closes; until then the claim is not answered (it is not the service yet).
         self._settle = settle
-        self._ready_at = ready_at
+        self._start_watch = start_watch
         self._hooks = hooks
         self._notifier = notifier
         self._control = control
@@ -272,10 +273,7 @@ class Dispatcher:
                 # may have been read just now, and poll() would then not return.
                 if self._pausing or self._quitting:
                     continue
-            self._ready_after_grace()
-            ready_at = self._ready_at
-            timeout = None if ready_at is None else max(0, ready_at - time.monotonic()) * 1000
-            poller.poll(timeout)
+            poller.poll(self._readiness_timeout())
 
     def _settle_when_told(self, poller: select.poll) -> None:
         """Once the restart's pipe has closed: settle, then answer the claim from now on."""
@@ -290,15 +288,15 @@ class Dispatcher:
         if self._claim is not None:
             poller.register(self._claim[0].fileno(), select.POLLIN)
 
-    def _ready_after_grace(self) -> None:
-        """Declare the service ready once main has run its start grace; forget the deadline."""
-        if self._ready_at is None:
-            return
-        if is_ready():
-            self._ready_at = None
-        elif time.monotonic() >= self._ready_at:
-            self._ready_at = None
-            ready()
+    def _readiness_timeout(self) -> float | None:
+        """Milliseconds until the start wants looking at again; None once the service is ready."""
+        if self._start_watch is None:
+            return None
+        seconds = self._start_watch.check()
+        if seconds is None:
+            self._start_watch = None  # ready: an idle daemon never wakes again
+            return None
+        return seconds * 1000
 
     def _handle_signals(self, limit: int = 4096) -> None:
         """Dispatch each recorded signal, reading up to ``limit`` bytes of them."""

@@ -15,7 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._detach import StartupChannel
 
-__all__ = ["arm", "disarm", "forget_in_child", "is_ready", "ready"]
+__all__ = ["arm", "disarm", "forget_in_child", "is_ready", "postpone", "ready"]
 
 
 class _Readiness:
@@ -50,6 +50,17 @@ def ready() -> None:
         if _readiness.startup is not None:
             _readiness.startup.ready()
         _notify.current().ready()
+    finally:
+        _readiness.lock.release()
+
+
+def postpone() -> None:
+    """Tell the starting process that the start grace does not end this start (``_listening``)."""
+    if not _readiness.lock.acquire(blocking=False):
+        return  # someone is declaring it ready: nothing to postpone
+    try:
+        if _readiness.armed and not _readiness.done and _readiness.startup is not None:
+            _readiness.startup.postpone()
     finally:
         _readiness.lock.release()
 

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ._detach import StartupChannel
     from ._dispatch import Dispatcher
     from ._hygiene import Credentials
+    from ._listening import StartWatch
     from ._pidfile import PidFile
 
 __all__ = [
@@ -90,19 +91,28 @@ def threads_left_behind() -> tuple[str, ...]:
 class Outcome:
     """How ``main`` ended: its exit status and, when it raised, ``Type: message``."""
 
-    __slots__ = ("exception", "returned", "status")
+    __slots__ = ("cause", "exception", "returned", "status")
 
-    def __init__(self, status: int, *, exception: str | None = None, returned: bool = True):
+    def __init__(
+        self,
+        status: int,
+        *,
+        exception: str | None = None,
+        returned: bool = True,
+        cause: str | None = None,
+    ):
         self.status = status
         self.exception = exception
         self.returned = returned  # False: sys.exit() or an exception
+        self.cause = cause  # the exception sys.exit() was called while handling
 
     def reason(self) -> str:
         """Why a start failed, had this happened before the service was ready."""
         if self.exception is not None:
             return self.exception
         if self.status != 0:
-            return f"main exited with status {self.status}"
+            exited = f"main exited with status {self.status}"
+            return exited if self.cause is None else f"{self.cause} ({exited})"
         return "main returned before it called ready()"
 
 
@@ -114,7 +124,7 @@ def _call_main(main: Callable[[], object], service_pid: int, name: str) -> Outco
         if os.getpid() != service_pid:
             raise  # a child main forked, leaving: not the service's outcome
         if isinstance(exc, SystemExit):
-            outcome = Outcome(exit_status(exc.code), returned=False)
+            outcome = Outcome(exit_status(exc.code), returned=False, cause=_why_it_exited(exc))
         else:
             import traceback  # noqa: PLC0415 -- only a failing main pays for it
 
@@ -130,6 +140,24 @@ def _call_main(main: Callable[[], object], service_pid: int, name: str) -> Outco
         said = "returned" if outcome.returned else "exited with status"
         last_words(lambda: print(f"{name}: main {said} {outcome.status}", file=sys.stderr))
     return outcome
+
+
+def _why_it_exited(exc: SystemExit) -> str | None:
+    """The error a ``sys.exit()`` was called for: raised from, or while handling, it.
+
+    A framework that logs a failure and exits with a status of its own
+    (uvicorn's ``sys.exit(3)`` for a port in use) leaves the reason there.
+    """
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        if not isinstance(cause, (SystemExit, KeyboardInterrupt, GeneratorExit)) and (
+            type(cause).__name__ != "CancelledError"
+        ):
+            return describe(cause)
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _wait_for_threads(timeout: float) -> tuple[str, ...]:
@@ -297,6 +325,7 @@ def serve(
     on_repeat = _die_now(pidfile) if startup is None and pidfile is not None else None
     # Imported here: the dispatcher needs threading, which only a service needs.
     from ._dispatch import Dispatcher  # noqa: PLC0415
+    from ._listening import StartWatch  # noqa: PLC0415 -- its start watch, loaded with it
 
     dispatcher: Dispatcher | None = None
     try:
@@ -320,7 +349,7 @@ def serve(
             logs=None if startup is None else (config.stdout, config.stderr),
             on_repeat=on_repeat,
             reap_children=is_init,
-            ready_at=_grace_deadline(config),
+            start_watch=_start_watch(config, StartWatch),
             settle=settle,
         )
         _arm_readiness(startup)  # before the dispatcher may declare it
@@ -568,11 +597,16 @@ def _let_go_of_pidfile(
         pidfile.remove()
 
 
-def _grace_deadline(config: ServiceConfig) -> float | None:
-    """When main will have run its start grace (the dispatcher makes it ready then)."""
+def _start_watch(config: ServiceConfig, start_watch: type[StartWatch]) -> StartWatch | None:
+    """What makes the service ready while main starts, told by the dispatcher.
+
+    Its grace and, without ``listen=``, its first listening socket (``_listening``).
+    """
     if config.wait_ready or config.start_grace == 0:
         return None
-    return time.monotonic() + config.start_grace
+    return start_watch(
+        grace=config.start_grace, start_timeout=config.start_timeout, sockets=not config.listen
+    )
 
 
 def _default_readiness(config: ServiceConfig, startup: StartupChannel | None) -> None:

@@ -1,6 +1,6 @@
 """The starting process's side of the startup pipe: waiting for the daemon's outcome.
 
-The daemon writes "pid", "main", then "ready", "done" or "fail" (see
+The daemon writes "pid", "main", perhaps "wait", then "ready", "done" or "fail" (see
 ``_detach.StartupChannel``); :class:`StartupWatcher` reads them, watches the
 daemon's pidfd, and times the start grace.  Loaded after the fork, by the
 starter only: the daemon never carries this code.
@@ -56,6 +56,7 @@ class StartupWatcher:
         self._buffer = b""
         self._eof = False
         self._main_at: float | None = None
+        self._postponed = False  # "wait": main is on its way to listening (``_listening``)
         self.report = StartupReport(outcome="timeout")
 
     def __enter__(self) -> StartupWatcher:
@@ -85,7 +86,7 @@ class StartupWatcher:
         """
         deadline = time.monotonic() + timeout
         while not self._decided():
-            grace_ends = None if grace is None or self._main_at is None else self._main_at + grace
+            grace_ends = self._grace_ends(grace, timeout, deadline)
             if grace_ends is not None and time.monotonic() >= grace_ends:
                 self.report.outcome = "ready"
                 break
@@ -104,6 +105,18 @@ class StartupWatcher:
             if interrupt_fd in events and not self._decided():
                 self.report.outcome = "interrupted"
         return self.report
+
+    def _grace_ends(self, grace: float | None, timeout: float, deadline: float) -> float | None:
+        """When main's start grace ends; told "wait", ``grace`` before the timeout instead.
+
+        A postponed grace ends by the deadline at the latest: a main that has
+        not failed by then is ready, as the daemon decides too.
+        """
+        if grace is None or self._main_at is None:
+            return None
+        if self._postponed:
+            return min(self._main_at + max(grace, timeout - grace), deadline)
+        return self._main_at + grace
 
     def _poll(self, interrupt_fd: int | None, seconds: float) -> dict[int, int]:
         poller = select.poll()
@@ -158,6 +171,8 @@ class StartupWatcher:
             self.report.pidfd = open_pidfd(self.report.pid)
         elif word == "main" and self._main_at is None:
             self._main_at = time.monotonic()
+        elif word == "wait":
+            self._postponed = True
         elif word == "ready" and not self._decided():
             self.report.outcome = "ready"
         elif word == "done" and not self._decided():

@@ -353,6 +353,8 @@ class _Supervisor:
         word, _, rest = line.partition(" ")
         if word == "main" and self.startup is not None:
             self.startup.main_entered()
+        elif word == "wait" and self.startup is not None:
+            self.startup.postpone()
         elif word == "ready":
             child.ready = True
             if self.startup is not None:
