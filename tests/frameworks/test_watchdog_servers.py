@@ -78,6 +78,41 @@ SERVE_FOREVER = """
 ThreadingHTTPServer(('127.0.0.1', PORT), Hello).serve_forever()
 """
 
+# README's recipe: a thread that asks the server itself beats while it answers.
+# The server is single-threaded: "/block" holds it, as a hung server would be.
+SYNC_SERVER_WITH_A_PROBE = """
+import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from daemonize_deco import heartbeat
+
+class Hello(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == '/block':
+            print('blocking', flush=True)
+            time.sleep(30)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'ok')
+
+def beat_while_it_answers(url, every):
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=every).close()
+            heartbeat()
+        except OSError:
+            pass
+        time.sleep(every)
+
+PORT = {port}
+"""
+
+PROBE_AND_SERVE = """
+threading.Thread(
+    target=beat_while_it_answers, args=(f'http://127.0.0.1:{PORT}/', 1), daemon=True
+).start()
+HTTPServer(('127.0.0.1', PORT), Hello).serve_forever()
+"""
+
 
 def make(make_service, prelude: str, body: str, *, supervised: bool, asynchronous: bool = True):
     port = free_port()
@@ -207,4 +242,31 @@ def test_a_sync_server_that_never_beats_is_not_taken_for_hung(make_service, supe
     log = svc.log_text()
     line = f"watchdog=3 not armed: nothing beat in the 3s since main began (pid {pid})"
     assert log.count(line) == 1, log
+    stop(svc, started)
+
+
+@pytest.mark.scenario(
+    "Options",
+    "README's probe thread for a sync server (watchdog=3): idle, then a request holds it",
+    lost="the held request; the probe's beats keep it alive idle, their end is a hang",
+)
+def test_a_probe_thread_beats_for_a_sync_server_while_it_answers(make_service):
+    svc, port = make(
+        make_service, SYNC_SERVER_WITH_A_PROBE, PROBE_AND_SERVE, supervised=True, asynchronous=False
+    )
+    started = svc.start()
+    pid = the_service(svc, True, started)
+    stays_up_idle(svc, port, pid)
+    assert "not armed" not in svc.log_text()
+    blocked = Request(port, "/block")
+    wait_for(lambda: "blocking" in svc.log_text(), what="the request to hold the server")
+    second = service_pid(svc, other_than=pid)
+    log = svc.log_text()
+    assert f"main made no progress for {WATCHDOG:g}s (pid {pid}): hung" in log, log
+    assert re.search(r"line \d+ in do_GET", log), log
+    with pytest.raises(ConnectionError):
+        blocked.result()
+    assert wait_for(lambda: accepts(port), timeout=20, what="the restarted server")
+    assert http_get(port) == (200, "ok")
+    assert not is_gone(second)
     stop(svc, started)
