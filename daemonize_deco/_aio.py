@@ -5,7 +5,9 @@ process; while it runs, its event loop is the *service loop*.  The stop flag
 of ``_signals`` has a pipe that becomes readable, and stays readable, once a
 stop is requested: :func:`stopped` watches it with ``loop.add_reader``, so a
 waiting service does not wake until then (an idle asyncio daemon has no
-timer at all).
+timer at all).  Only with a watchdog does the service loop get one: it beats
+from inside (``_heartbeat.LoopBeat``), from main's start to its end, so the
+loop's responsiveness is main's progress.
 
 Callbacks (``on_stop``, ``on_reload``, ``on_signal``) that are coroutine
 functions still come from the dispatcher thread, one at a time, in arrival
@@ -66,6 +68,8 @@ def run_awaitable(awaitable: Awaitable[object]) -> object:
 
     async def as_the_service() -> object:
         _service.loop = asyncio.get_running_loop()
+        # Only a watched service pays for it: one timer in its loop.
+        beating = _heartbeat.LoopBeat(_service.loop) if _heartbeat.counting() else None
         try:
             return await awaitable
         finally:
@@ -78,6 +82,8 @@ def run_awaitable(awaitable: Awaitable[object]) -> object:
                     await asyncio.wrap_future(future)
                 except BaseException:  # noqa: BLE001 -- the dispatcher logs it
                     pass
+            if beating is not None:
+                beating.cancel()
 
     return asyncio.run(as_the_service())
 
@@ -117,7 +123,9 @@ def _shared_waiter(loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]:
 
     loop.add_reader(fd, on_stop_requested)
     _service.waiters[loop] = waiter
-    if _heartbeat.counting():  # a watchdog reads the beats: a stalled loop must stop them
+    # A watchdog reads the beats: a stalled loop must stop them (the service
+    # loop beats already, from main's start).
+    if _heartbeat.counting() and loop is not _service.loop:
         _heartbeat.beat_while_waiting(loop, waiter)
     return waiter
 

@@ -16,7 +16,9 @@ holder of its lock and claim.  It forks the service as its child and:
   and ends a service that made none for S seconds: SIGABRT (faulthandler
   writes its threads' stacks to the log), SIGKILL a second later; once a
   stop was asked for (of it, or of the service directly) or main returned,
-  it no longer does: ``stop_timeout`` bounds the rest;
+  it no longer does: ``stop_timeout`` bounds the rest; a service that has
+  not beaten once, S seconds in, gets a line in the log instead (the
+  watchdog is armed by the first beat);
 - writes ``PIDFILE.supervisor`` whenever that changes, for ``status``.
 
 The service dies with it: the child asks the kernel for SIGKILL when its
@@ -41,7 +43,7 @@ from ._claim import answer_claimants, listen_for_claimants
 from ._control import ControlServer
 from ._detach import StartupChannel, exit_daemon, reopen_logs
 from ._errors import DetachError, exit_status, last_words
-from ._heartbeat import reset, shared_slot, silence
+from ._heartbeat import reset, shared_slot, silence, unarmed
 from ._hygiene import die_with_parent
 from ._runtime import (
     claim_answers,
@@ -53,7 +55,7 @@ from ._runtime import (
     serve,
     take_the_pidfile,
 )
-from ._watchdog import ABORT_GRACE, hang_message, round_length
+from ._watchdog import ABORT_GRACE, hang_message, round_length, unarmed_message
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -125,6 +127,7 @@ class _Child:
         self.early_end: str | None = None  # "fail REASON" or "done STATUS" before ready
         self.exception: str | None = None  # from its "exit" line
         self.hung: float | None = None  # the watchdog's limit, once it ended it
+        self.said_unarmed = False  # that it had not beaten once, watchdog seconds in
         self.kill_at: float | None = None  # SIGKILL after a stop or SIGABRT
 
     def close(self) -> None:
@@ -278,6 +281,10 @@ class _Supervisor:
             _send(child.pidfd, signal.SIGKILL)
         elif self.watching(child) and self.is_hung():
             self.end_hung(child)
+        elif self.watching(child) and not child.said_unarmed and self.is_unarmed():
+            child.said_unarmed = True
+            assert self.config.watchdog is not None
+            self.say(unarmed_message(self.config.watchdog, child.pid))
         elif self.never_ready(child, now):
             # A restarted service that never gets ready: start_timeout, as for a start.
             child.early_end = f"fail not ready within {self.config.start_timeout:g}s"
@@ -466,6 +473,12 @@ class _Supervisor:
         assert self.heartbeats is not None
         assert self.config.watchdog is not None
         return silence(self.heartbeats) > self.config.watchdog
+
+    def is_unarmed(self) -> bool:
+        """Nothing beat once in ``watchdog`` seconds since the service began (not hung: unarmed)."""
+        assert self.heartbeats is not None
+        assert self.config.watchdog is not None
+        return unarmed(self.heartbeats) > self.config.watchdog
 
     def end_hung(self, child: _Child) -> None:
         assert self.config.watchdog is not None

@@ -13,7 +13,9 @@ last heartbeat (``_heartbeat``):
   SIGABRT, on which faulthandler writes every thread's stack, and SIGKILL a
   second later if that did not end it.  Waiting in ``sleep()`` is not
   silence, nor is anything after a stop request or main's return: from
-  then on ``stop_timeout`` alone bounds the run.
+  then on ``stop_timeout`` alone bounds the run.  Nor is the time before
+  the first beat: a main that has not beaten S seconds after it began (a
+  sync main blocked in a server's loop) gets one line in the log instead.
 
 A supervised service is watched by its supervisor instead (``_supervisor``).
 """
@@ -33,7 +35,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._notify import Notifier
 
-__all__ = ["ABORT_GRACE", "Watchdog", "hang_message", "round_length"]
+__all__ = ["ABORT_GRACE", "Watchdog", "hang_message", "round_length", "unarmed_message"]
 
 ABORT_GRACE = 1.0  # seconds from SIGABRT (and the stacks) to SIGKILL
 
@@ -48,6 +50,15 @@ def hang_message(limit: float, pid: int) -> str:
     return (
         f"main made no progress for {limit:g}s (pid {pid}): hung; "
         "ending it with SIGABRT, its threads' stacks follow"
+    )
+
+
+def unarmed_message(limit: float, pid: int) -> str:
+    """The log line (after ``NAME: ``) for a main that never beat within ``limit``."""
+    return (
+        f"watchdog={limit:g} not armed: nothing beat in the {limit:g}s since main began "
+        f"(pid {pid}); a sync main blocked in a server's loop must call heartbeat() "
+        "(README: Watchdog), an asyncio one beats from its loop if main is async def"
     )
 
 
@@ -72,6 +83,7 @@ class Watchdog:
         _signals.keep_away_from_this_thread()
         set_thread_name("dd-watchdog")
         next_ping = time.monotonic()
+        said_unarmed = False
         while True:
             age = self._age()
             if self._ping_every is not None and time.monotonic() >= next_ping:
@@ -81,6 +93,9 @@ class Watchdog:
             if self._abort_after is not None and age > self._abort_after and is_ready():
                 self._abort()
                 return
+            if not said_unarmed and self._unarmed_too_long():
+                said_unarmed = True
+                self._say(unarmed_message(self._abort_after or 0, os.getpid()))
             time.sleep(self._round)
 
     @staticmethod
@@ -88,11 +103,18 @@ class Watchdog:
         """Seconds of main's silence (0 while it waits in sleep() or the run ends)."""
         return _heartbeat.silence()
 
+    def _unarmed_too_long(self) -> bool:
+        """Main has not beaten once in ``watchdog`` seconds, and is ready: say so."""
+        limit = self._abort_after
+        return limit is not None and _heartbeat.unarmed() > limit and is_ready()
+
+    def _say(self, text: str) -> None:
+        # Straight to the descriptor: the hung main may hold sys.stderr's lock.
+        os.write(2, f"{self._name}: {text}\n".encode("utf-8", "replace"))
+
     def _abort(self) -> None:
         assert self._abort_after is not None
-        # Straight to the descriptor: the hung main may hold sys.stderr's lock.
-        line = f"{self._name}: {hang_message(self._abort_after, os.getpid())}\n"
-        os.write(2, line.encode("utf-8", "replace"))
+        self._say(hang_message(self._abort_after, os.getpid()))
         os.kill(os.getpid(), signal.SIGABRT)  # faulthandler writes the stacks, then it dies
         time.sleep(ABORT_GRACE)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 from conftest import IDLE, alive, is_gone, wait_for
 from test_hooks import with_hooks
+from test_managers import NotifyListener
 from test_supervisor import DEADLOCK_ON_REQUEST, service_pid, status_json
 
 pytestmark = pytest.mark.timeout(90)
@@ -212,3 +214,59 @@ def test_heartbeats_from_a_child_process_do_not_hide_a_hung_main(make_service):
     assert f"main made no progress for {WATCHDOG:g}s (pid {first}): hung" in svc.log_text()
     svc.stop_gracefully(supervisor)
     assert is_gone(second)
+
+
+# An async main that never awaits stopped(): an idle loop, until a task blocks it.
+AN_IDLE_LOOP_UNTIL_A_TASK_BLOCKS_IT = """
+async def stall_on_request():
+    hang = os.path.join(os.path.dirname(__file__), 'hang')
+    while not os.path.exists(hang):
+        await asyncio.sleep(0.05)
+    os.remove(hang)
+    time.sleep(3600)  # blocks the loop
+
+asyncio.get_running_loop().create_task(stall_on_request())
+await asyncio.Event().wait()
+"""
+
+
+def pings_within(listener: NotifyListener, seconds: float) -> int:
+    """How many WATCHDOG=1 came in the next ``seconds``."""
+    count = 0
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        listener.sock.settimeout(left)
+        try:
+            count += "WATCHDOG=1" in listener.next()
+        except TimeoutError:
+            break
+    listener.sock.settimeout(10)
+    return count
+
+
+@pytest.mark.scenario(
+    "asyncio",
+    "systemd WatchdogSec=0.8s: an async main idle in its own Event().wait(), then its loop blocked",
+    lost="nothing: pings go on while the loop runs, and stop once it is blocked",
+)
+def test_systemd_pings_follow_an_async_mains_event_loop(make_service, tmp_path):
+    listener = NotifyListener(str(tmp_path / "notify"))
+    svc = make_service(
+        AN_IDLE_LOOP_UNTIL_A_TASK_BLOCKS_IT, prelude="import asyncio", start_grace=0.2
+    )
+    svc.script.write_text(svc.script.read_text().replace("def main():", "async def main():"))
+    env = dict(svc.env, NOTIFY_SOCKET=listener.env_value, WATCHDOG_USEC="800000")
+    proc = svc.popen("run", env=env)
+    try:
+        listener.until("READY=1")
+        # Ten ping intervals (0.4 s) of an idle loop: its beats keep the pings going.
+        assert pings_within(listener, 4.0) >= 5
+        (svc.dir / "hang").touch()
+        wait_for(lambda: not (svc.dir / "hang").exists(), what="the task to block the loop")
+        listener.drain()  # pings sent before the stall
+        # Fresh for WatchdogSec after the last beat: at most two pings follow it.
+        assert pings_within(listener, 3.0) <= 2
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+        listener.sock.close()
