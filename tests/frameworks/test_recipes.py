@@ -27,6 +27,8 @@ RECIPE = re.compile(r"<!-- recipe: (\S+) -->\n+```python\n(.*?)```", re.DOTALL)
 RECIPES = dict(RECIPE.findall((REPO / "README.md").read_text()))
 SERVERS = ("uvicorn", "aiohttp", "waitress", "http.server", "wsgiref", "gunicorn")
 SCHEDULERS = ("apscheduler", "schedule")
+
+
 def test_the_readme_has_every_recipe() -> None:
     assert set(RECIPES) == {*SERVERS, *SCHEDULERS}
 
@@ -73,7 +75,7 @@ def recipe(tmp_path: Path, mark: str):
 
 
 def _pid(output: str) -> int:
-    return int(output.split("(pid ")[1].split(")")[0].split(",")[0])
+    return int(output.split("(pid ")[1].split(")", maxsplit=1)[0].split(",", maxsplit=1)[0])
 
 
 def _stops_cleanly(service: Recipe, pid: int) -> None:
