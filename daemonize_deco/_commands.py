@@ -112,10 +112,10 @@ def stop(service: Service) -> int:
 
 def _end_left_by(service: Service, pidfile: PidFile, pid: int) -> str:
     """End what the dead run of ``pid`` left running; the words that say so (or "")."""
-    from ._descendants import describe, end_left_by  # noqa: PLC0415 -- only after a killed run
+    from ._descendants import describe, end_left_by, killed  # noqa: PLC0415 -- after a killed run
 
     ended = end_left_by(pidfile.path, pid, _stop_timeout(service))
-    return f"; ended {describe(ended)} its last run left running" if ended else ""
+    return f"; ended {describe(ended)} its last run left running{killed(ended)}" if ended else ""
 
 
 def _stop_timeout(service: Service) -> float:

@@ -418,16 +418,10 @@ def _end_what_it_started(
         last_words(lambda: print(why, file=sys.stderr))
         return
     if ended:
-        last_words(lambda: print(
-            f"daemonize_deco: ended {_descendants_named(ended)} main had left running",
-            file=sys.stderr,
-        ))  # fmt: skip
+        from ._descendants import describe, killed  # noqa: PLC0415 -- loaded by end_run already
 
-
-def _descendants_named(pids: list[int]) -> str:
-    from ._descendants import describe  # noqa: PLC0415 -- loaded by end_run already
-
-    return describe(pids)
+        said = f"daemonize_deco: ended {describe(ended)} main had left running{killed(ended)}"
+        last_words(lambda: print(said, file=sys.stderr))
 
 
 def _account_for_the_run(

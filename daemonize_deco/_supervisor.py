@@ -391,7 +391,7 @@ class _Supervisor:
 
     def end_what_it_left(self, child: _Child) -> None:
         """End what the run started and left running, before anything else runs."""
-        from ._descendants import describe, end_run, this_run  # noqa: PLC0415 -- a run ended
+        from ._descendants import describe, end_run, killed, this_run  # noqa: PLC0415 -- a run ended
 
         try:
             left = end_run(
@@ -401,7 +401,9 @@ class _Supervisor:
             self.say(f"cannot end what the service (pid {child.pid}) left running: {exc}")
             return
         if left:
-            self.say(f"ended {describe(left)} the service (pid {child.pid}) left running")
+            self.say(
+                f"ended {describe(left)} the service (pid {child.pid}) left running{killed(left)}"
+            )
 
     def report_failed_start(self, child: _Child, ended: str) -> None:
         assert self.startup is not None
