@@ -555,6 +555,10 @@ class _Supervisor:
             self.pidfile.hand_over()
         else:
             release_listeners()
+            if self.config.listen:
+                from ._handover import remove_unheld_lock  # noqa: PLC0415 -- loaded with listen=
+
+                remove_unheld_lock(self.pidfile)  # a restart killed left it
             self.pidfile.remove()
 
     def close_sockets(self) -> None:
