@@ -18,9 +18,18 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable
 
-__all__ = ["fields_from_text", "fields_to_text", "is_trusted", "read", "remove", "write"]
+__all__ = [
+    "fields_from_text",
+    "fields_to_text",
+    "is_trusted",
+    "read",
+    "remove",
+    "remove_temporaries",
+    "write",
+]
 
 _NAME_ATTEMPTS = 8
+_TOKEN_BYTES = 8  # of a temporary name's random part
 
 
 def fields_to_text(fields: Iterable[tuple[str, object]]) -> str:
@@ -73,7 +82,7 @@ def _create_temporary(path: str) -> tuple[int | None, str]:
     """A new file beside ``path`` under a name nobody could guess and take first."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(_NAME_ATTEMPTS):
-        temporary = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.urandom(8).hex()}"
+        temporary = temporary_name(path, os.urandom(_TOKEN_BYTES).hex())
         try:
             return os.open(temporary, flags, 0o644), temporary
         except FileExistsError:
@@ -97,6 +106,35 @@ def read(path: str, limit: int, owners: Collection[int]) -> bytes | None:
         return None
     finally:
         os.close(fd)
+
+
+def temporary_name(path: str, token: str) -> str:
+    """The temporary name, beside ``path``, under which a new ``path`` is written."""
+    return f"{os.path.dirname(path)}/.{os.path.basename(path)}.{token}"
+
+
+def remove_temporaries(paths: Iterable[str]) -> None:
+    """Remove what writes to ``paths`` cut short (SIGKILL before the rename) left.
+
+    Only names that :func:`temporary_name` makes: a dot, the name, a dot and
+    the random part.
+    """
+    by_folder: dict[str, set[str]] = {}
+    for path in paths:
+        by_folder.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+    for folder, names in by_folder.items():
+        try:
+            found = os.listdir(folder or ".")
+        except OSError:
+            continue  # gone, or not ours to look in
+        for entry in found:
+            name, dot, token = entry[1:].rpartition(".")
+            if entry.startswith(".") and dot and name in names and _is_token(token):
+                remove(os.path.join(folder, entry))
+
+
+def _is_token(text: str) -> bool:
+    return len(text) == 2 * _TOKEN_BYTES and all(c in "0123456789abcdef" for c in text)
 
 
 def remove(path: str) -> None:

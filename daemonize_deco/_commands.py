@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from . import _lastrun
+from . import _beside, _lastrun
 from ._claim import has_open
 from ._control import ImpostorError, ask
 from ._errors import (
@@ -105,6 +105,7 @@ def stop(service: Service) -> int:
             pid, status=None, started=started, ended=time.time(), killed=f"SIGKILL by stop, {why}"
         )
         _lastrun.write(pidfile.path, killed)
+        _remove_what_it_left_beside(pidfile)
         # Killed, it could not end what it started in sessions of their own.
         say(f"{service.name} killed (pid {pid}): {why}{_end_left_by(service, pidfile, pid)}")
     return 0
@@ -112,10 +113,27 @@ def stop(service: Service) -> int:
 
 def _end_left_by(service: Service, pidfile: PidFile, pid: int) -> str:
     """End what the dead run of ``pid`` left running; the words that say so (or "")."""
-    from ._descendants import describe, end_left_by  # noqa: PLC0415 -- only after a killed run
+    from ._descendants import describe, end_left_by, killed  # noqa: PLC0415 -- after a killed run
 
     ended = end_left_by(pidfile.path, pid, _stop_timeout(service))
-    return f"; ended {describe(ended)} its last run left running" if ended else ""
+    return f"; ended {describe(ended)} its last run left running{killed(ended)}" if ended else ""
+
+
+def _remove_what_it_left_beside(pidfile: PidFile) -> None:
+    """What a run that could not end cleanly left beside its pidfile, but its record.
+
+    Its options, its supervisor's state, a restart's lock that nobody holds
+    (a restart killed), and the temporary names of writes cut short.
+    """
+    from ._handover import remove_unheld_lock  # noqa: PLC0415 -- after a killed run
+    from ._options import OPTIONS_SUFFIX  # noqa: PLC0415 -- a small module
+    from ._supervisor import STATE_SUFFIX  # noqa: PLC0415
+
+    for suffix in (OPTIONS_SUFFIX, STATE_SUFFIX):
+        _beside.remove(pidfile.path + suffix)
+    remove_unheld_lock(pidfile)
+    suffixes = ("", OPTIONS_SUFFIX, STATE_SUFFIX, _lastrun.SUFFIX, ".restarting")
+    _beside.remove_temporaries(pidfile.path + suffix for suffix in suffixes)
 
 
 def _stop_timeout(service: Service) -> float:
@@ -139,6 +157,7 @@ def _say_not_running(service: Service, pidfile: PidFile, state: PidFileState) ->
         say(f"{service.name} is not running ({exc}){left}")
         return
     if removed:
+        _remove_what_it_left_beside(pidfile)
         say(f"{service.name} is not running (removed stale pidfile {pidfile.path}){left}")
     else:
         say(f"{service.name} is not running{left}")

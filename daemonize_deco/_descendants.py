@@ -27,18 +27,22 @@ import os
 import time
 
 from ._mark import BADGE, COMMAND_BADGE, VARIABLE, mark_for, worn
-from ._proc import GROUP_BADGE, ever_started_one, read_stat
+from ._proc import GROUP_BADGE, command_line, ever_started_one, read_stat
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from ._proc import ProcStat
 
 __all__ = [
+    "Ended",
     "Run",
     "carries",
     "describe",
     "end_left_by",
     "end_run",
+    "killed",
     "left_by",
     "signal_run",
     "this_run",
@@ -50,6 +54,7 @@ _GROUP_LINK = f"/memfd:{GROUP_BADGE}"
 _ROUNDS = 3  # ending a process orphans its own children: look again, a few times
 _ROUNDS_AT_MOST = 100  # ... and more, while there is time, when few can be pinned at once
 _KTHREADD = 2  # the parent of kernel threads, which have no environment to read
+_COMMAND_CHARS = 60  # of a command named in a log line
 
 
 class Run:
@@ -161,14 +166,34 @@ def this_run(*, group: int | None = None) -> Run:
     )
 
 
-def end_run(run: Run, timeout: float, interrupt: int | None = None) -> list[int]:
+class Ended(list[int]):
+    """The pids :func:`end_run` ended; ``killed``: those that needed SIGKILL, and their commands."""
+
+    __slots__ = ("killed",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.killed: dict[int, str] = {}
+
+    def naming(self, pinned: dict[int, int]) -> Callable[[Sequence[int]], None]:
+        """What names, in ``killed``, those of ``pinned`` (pid: pidfd) about to get SIGKILL."""
+        pids = {fd: pid for pid, fd in pinned.items()}
+
+        def name(pidfds: Sequence[int]) -> None:
+            # Read while they are still alive: a killed process's command line is empty.
+            self.killed.update((pids[fd], _command(pids[fd])) for fd in pidfds)
+
+        return name
+
+
+def end_run(run: Run, timeout: float, interrupt: int | None = None) -> Ended:
     """End the run's processes; return their pids.
 
     SIGTERM, then SIGKILL to those still alive ``timeout`` seconds later.
     Ending one orphans its own children, found at the next look; with few
     descriptors left (``ulimit -n``), they are ended a few at a time.
     """
-    ended: list[int] = []
+    ended = Ended()
     if run.parent == os.getpid() and not ever_started_one():
         return ended  # nothing it started can be left: no need to look at every process
     # Imported first: an import takes a descriptor, which a pidfd may take later.
@@ -182,12 +207,19 @@ def end_run(run: Run, timeout: float, interrupt: int | None = None) -> list[int]
         if not pinned:
             break
         try:
-            end_pinned(list(pinned.values()), max(0.0, deadline - time.monotonic()), interrupt)
+            left = max(0.0, deadline - time.monotonic())
+            end_pinned(list(pinned.values()), left, interrupt, ended.naming(pinned))
         finally:
             for fd in pinned.values():
                 os.close(fd)
-        ended += pinned
+        ended.extend(pinned)
     return ended
+
+
+def _command(pid: int) -> str:
+    """``pid``'s command line, shortened for a log line ("?" when it hides it)."""
+    text = " ".join(command_line(pid)) or "?"
+    return text if len(text) <= _COMMAND_CHARS else text[: _COMMAND_CHARS - 3] + "..."
 
 
 def signal_run(run: Run, signum: int) -> list[int]:
@@ -224,12 +256,22 @@ def _pin(pids: list[int], run: Run) -> dict[int, int]:
     return pinned
 
 
+def killed(ended: Ended) -> str:
+    """``; SIGKILL to 1 of them (still running after SIGTERM): pid 12 (sleep 60)``, or ""."""
+    named = ended.killed
+    if not named:
+        return ""
+    listed = ", ".join(f"pid {pid} ({command})" for pid, command in list(named.items())[:10])
+    more = ", ..." if len(named) > 10 else ""
+    return f"; SIGKILL to {len(named)} of them (still running after SIGTERM): {listed}{more}"
+
+
 def left_by(pidfile: str, pid: int) -> list[int]:
     """What the dead run whose pidfile names ``pid`` started and is still running."""
     return Run(mark_for(pidfile, pid)).processes()
 
 
-def end_left_by(pidfile: str, pid: int, timeout: float, interrupt: int | None = None) -> list[int]:
+def end_left_by(pidfile: str, pid: int, timeout: float, interrupt: int | None = None) -> Ended:
     """End what the dead run whose pidfile names ``pid`` left running; return the pids."""
     return end_run(Run(mark_for(pidfile, pid)), timeout, interrupt)
 

@@ -57,6 +57,7 @@ __all__ = [
     "one_restart_at_a_time",
     "pending",
     "predecessor_descriptor",
+    "remove_unheld_lock",
     "settle",
     "take_over",
 ]
@@ -86,6 +87,20 @@ def one_restart_at_a_time(pidfile: PidFile, timeout: float) -> PidFile:
             raise StartupError(f"another restart is under way ({lock.path} is locked)")
         time.sleep(_RETRY_INTERVAL)
     return lock
+
+
+def remove_unheld_lock(pidfile: PidFile) -> None:
+    """Remove ``PIDFILE.restarting`` when no restart holds it (one killed left it)."""
+    from ._pidfile import PidFile  # noqa: PLC0415
+
+    if not os.path.lexists(pidfile.path + _LOCK_SUFFIX):
+        return
+    lock = PidFile(pidfile.path + _LOCK_SUFFIX, pidfile.owners, what="restart lock")
+    try:
+        if lock.acquire():
+            lock.remove()
+    except (PidFileError, OSError):
+        pass  # another user's, and not ours to remove: it is never used (see above)
 
 
 def offering(pidfile: PidFile, claim: ControlServer) -> tuple[str, Sequence[int]]:

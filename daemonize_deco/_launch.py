@@ -94,14 +94,16 @@ def _end_what_the_last_run_left(
     pid = pidfile.previous_pid
     if pid is None:
         return ""
-    from ._descendants import describe, end_left_by  # noqa: PLC0415 -- only after a crash
+    from ._descendants import describe, end_left_by, killed  # noqa: PLC0415 -- after a crash
 
     try:
         timeout = service.config.stop_timeout  # (Ctrl-C: SIGKILL at once, and no start)
         ended = end_left_by(pidfile.path, pid, timeout, interrupts.fileno())
     except OSError:
         return ""  # (no descriptor to look with: status and stop can still tell them)
-    return f"{service.name}: ended {describe(ended)} its last run left running" if ended else ""
+    if not ended:
+        return ""
+    return f"{service.name}: ended {describe(ended)} its last run left running{killed(ended)}"
 
 
 def start(service: Service) -> int:

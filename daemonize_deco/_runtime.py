@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from . import _heartbeat, _lastrun, _mark, _notify, _signals
+from . import _beside, _heartbeat, _lastrun, _mark, _notify, _signals
 from ._claim import PUT_BACK, listen_for_claimants
 from ._control import ControlServer, release_spare
 from ._detach import flush_standard_streams
@@ -183,8 +183,10 @@ def _wait_for_threads(timeout: float) -> tuple[str, ...]:
     return tuple(t.name for t in threading.enumerate() if t is not me and not t.daemon)
 
 
-def _die_now(pidfile: PidFile) -> Callable[[int], None]:
+def _die_now(pidfile: PidFile, options: str | None) -> Callable[[int], None]:
     """A second Ctrl-C in the foreground: remove the pidfile and exit at once (128+signal).
+
+    ``options`` is the file of the options it runs with: removed too.
 
     It runs in the signal handler (or, when the main thread is stuck in C
     code, on the dispatcher thread), hence ``_exit``: nothing interrupted
@@ -196,7 +198,10 @@ def _die_now(pidfile: PidFile) -> Callable[[int], None]:
     def die(signum: int) -> None:
         if not dying.acquire(blocking=False):
             return  # the other thread is ending the process already
+        ours = not pidfile.handed_on()  # (handed on: the successor's options now)
         pidfile.remove()
+        if ours and options is not None:
+            _beside.remove(options)
         _signal_what_it_started(signal.SIGTERM)  # no wait: what they do on it is theirs
         try:
             flush_standard_streams()
@@ -205,6 +210,15 @@ def _die_now(pidfile: PidFile) -> Callable[[int], None]:
         os._exit(128 + signum)
 
     return die
+
+
+def _options_file(service: Service) -> str | None:
+    """Where the options it runs with are kept (``_options``), if it takes any."""
+    if not service.signature:
+        return None
+    from ._options import OPTIONS_SUFFIX  # noqa: PLC0415 -- loaded by main's signature
+
+    return service.config.pidfile + OPTIONS_SUFFIX
 
 
 def _signal_what_it_started(signum: int) -> None:
@@ -322,7 +336,9 @@ def serve(
     config, hooks = service.config, service.hooks
     is_init = service_pid == 1
     extra = [*hooks.on_signal, *([signal.SIGCHLD] if is_init else [])]
-    on_repeat = _die_now(pidfile) if startup is None and pidfile is not None else None
+    on_repeat = None
+    if startup is None and pidfile is not None:
+        on_repeat = _die_now(pidfile, _options_file(service))
     # Imported here: the dispatcher needs threading, which only a service needs.
     from ._dispatch import Dispatcher  # noqa: PLC0415
     from ._listening import StartWatch  # noqa: PLC0415 -- its start watch, loaded with it
@@ -447,16 +463,10 @@ def _end_what_it_started(
         last_words(lambda: print(why, file=sys.stderr))
         return
     if ended:
-        last_words(lambda: print(
-            f"daemonize_deco: ended {_descendants_named(ended)} main had left running",
-            file=sys.stderr,
-        ))  # fmt: skip
+        from ._descendants import describe, killed  # noqa: PLC0415 -- loaded by end_run already
 
-
-def _descendants_named(pids: list[int]) -> str:
-    from ._descendants import describe  # noqa: PLC0415 -- loaded by end_run already
-
-    return describe(pids)
+        said = f"daemonize_deco: ended {describe(ended)} main had left running{killed(ended)}"
+        last_words(lambda: print(said, file=sys.stderr))
 
 
 def _account_for_the_run(
@@ -484,11 +494,20 @@ def _account_for_the_run(
     release_listeners()
     config = service.config
     _record(config, *run, outcome, pidfile)
+    if config.listen:
+        _remove_unheld_restart_lock(pidfile)
     if service.signature:
         from ._options import forget  # noqa: PLC0415 -- loaded by main's signature
 
         forget(config.pidfile)  # the options of a running service: it no longer runs
     _let_go_of_pidfile(pidfile, startup, was_ready=was_ready, outcome=outcome, finished=finished)
+
+
+def _remove_unheld_restart_lock(pidfile: PidFile) -> None:
+    """A restart killed left its lock file; none under way now (we would have handed on)."""
+    from ._handover import remove_unheld_lock  # noqa: PLC0415 -- loaded with listen=
+
+    remove_unheld_lock(pidfile)
 
 
 def handed_on(pidfile: PidFile) -> bool:

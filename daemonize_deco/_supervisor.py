@@ -400,7 +400,7 @@ class _Supervisor:
 
     def end_what_it_left(self, child: _Child) -> None:
         """End what the run started and left running, before anything else runs."""
-        from ._descendants import describe, end_run, this_run  # noqa: PLC0415 -- a run ended
+        from ._descendants import describe, end_run, killed, this_run  # noqa: PLC0415 -- a run ended
 
         try:
             left = end_run(
@@ -410,7 +410,9 @@ class _Supervisor:
             self.say(f"cannot end what the service (pid {child.pid}) left running: {exc}")
             return
         if left:
-            self.say(f"ended {describe(left)} the service (pid {child.pid}) left running")
+            self.say(
+                f"ended {describe(left)} the service (pid {child.pid}) left running{killed(left)}"
+            )
 
     def report_failed_start(self, child: _Child, ended: str) -> None:
         assert self.startup is not None
@@ -568,6 +570,10 @@ class _Supervisor:
             self.pidfile.hand_over()
         else:
             release_listeners()
+            if self.config.listen:
+                from ._handover import remove_unheld_lock  # noqa: PLC0415 -- loaded with listen=
+
+                remove_unheld_lock(self.pidfile)  # a restart killed left it
             self.pidfile.remove()
 
     def close_sockets(self) -> None:

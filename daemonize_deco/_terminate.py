@@ -111,10 +111,16 @@ def _end_group(pgid: int, timeout: float) -> int:
     return len(pidfds)
 
 
-def end_pinned(pidfds: Sequence[int], timeout: float, interrupt: int | None = None) -> None:
+def end_pinned(
+    pidfds: Sequence[int],
+    timeout: float,
+    interrupt: int | None = None,
+    before_kill: Callable[[Sequence[int]], object] | None = None,
+) -> None:
     """SIGTERM the processes the pidfds pin, SIGKILL those left ``timeout`` seconds later.
 
     Sooner, when ``interrupt`` (a descriptor: Ctrl-C to a start) becomes readable.
+    ``before_kill`` is given the pidfds of those about to get SIGKILL, still alive.
     """
 
     def send(signum: int) -> None:
@@ -124,7 +130,7 @@ def end_pinned(pidfds: Sequence[int], timeout: float, interrupt: int | None = No
             except ProcessLookupError:
                 continue  # exited already
 
-    _end(pidfds, timeout, send, interrupt)
+    _end(pidfds, timeout, send, interrupt, before_kill)
 
 
 def _end(
@@ -132,6 +138,7 @@ def _end(
     timeout: float,
     send: Callable[[int], object],
     interrupt: int | None = None,
+    before_kill: Callable[[Sequence[int]], object] | None = None,
 ) -> None:
     """``send(SIGTERM)``, wait for every pidfd, ``send(SIGKILL)`` if some are left."""
     if not pidfds:
@@ -144,7 +151,10 @@ def _end(
             remaining = [fd for fd in remaining if not wait_exit(fd, 0)]
             if remaining and _wait_for_one(remaining[0], interrupt, left):
                 break  # interrupted: no more waiting
+        remaining = [fd for fd in remaining if not wait_exit(fd, 0)]  # as they are now
         if remaining:
+            if before_kill is not None:
+                before_kill(remaining)
             send(signal.SIGKILL)
     except ProcessLookupError:
         pass  # all gone meanwhile

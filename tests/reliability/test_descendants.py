@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 
 import pytest
 from conftest import alive, is_gone, wait_for
@@ -166,3 +167,92 @@ def test_main_returning_ends_its_workers(make_service):
     wait_for(lambda: is_gone(pid), what="main to return")
     assert all_gone(pids)
     assert re.search(r"ended 5 processes", svc.log_text()), svc.log_text()
+
+
+# Workers that left main's process group, each its own way: a session of its own, one
+# that ignores SIGTERM, a double fork (setsid -f), a Python helper that daemonizes itself
+# (double fork, setsid, every descriptor closed).  Each writes its pid to a file.
+HELPER = """
+import os, sys, time
+if os.fork():
+    os._exit(0)
+os.setsid()
+if os.fork():
+    os._exit(0)
+os.closerange(0, 1024)
+with open(sys.argv[1], "w") as f:
+    f.write(str(os.getpid()))
+while True:
+    time.sleep(1000)
+"""
+
+ESCAPING = f"""
+here = os.path.dirname(__file__)
+def pid_in(name):
+    path = os.path.join(here, name)
+    while not (os.path.exists(path) and open(path).read().strip()):
+        time.sleep(0.01)
+    return int(open(path).read())
+for name in ("double", "helper"):
+    if os.path.exists(os.path.join(here, name)):
+        os.remove(os.path.join(here, name))
+plain = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 1003"], start_new_session=True)
+subprocess.run(["setsid", "-f", "sh", "-c", f"echo $$ > {{here}}/double; exec sleep 1001"])
+subprocess.run([sys.executable, "-c", {HELPER!r}, os.path.join(here, "helper")])
+print("escaped", plain.pid, stubborn.pid, pid_in("double"), pid_in("helper"), flush=True)
+ready()
+while not should_stop():
+    sleep(0.05)
+"""
+
+
+def escaped(text: str) -> list[int] | None:
+    """The pids of the workers, once main printed them (plain, stubborn, double, helper)."""
+    for line in text.splitlines():
+        if line.startswith("escaped "):
+            return [int(word) for word in line.split()[1:]]
+    return None
+
+
+def exec_done(pid: int, command: str) -> bool:
+    """Whether ``pid`` runs ``command`` now (its shell set the trap and exec'd it)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[:2] == command.encode().split()
+    except OSError:
+        return False
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "stop of a service whose workers left its process group (new session, double fork, "
+    "a self-daemonizing helper, one ignoring SIGTERM)",
+    lost="nothing outlives the stop; one log line names the worker that needed SIGKILL",
+)
+@pytest.mark.parametrize("how", ["start", "run", "supervised"])
+def test_workers_that_left_the_group_end_and_the_stubborn_one_is_named(make_service, how):
+    svc = make_service(
+        ESCAPING, stop_timeout=2.0, wait_ready=True,
+        **({"restart": "always"} if how == "supervised" else {}),
+    )  # fmt: skip
+    if how == "run":
+        # Its output to the log (a pipe would be held open by the workers main started).
+        with open(svc.log, "w") as log:
+            runner = svc.popen("run", stdout=log, stderr=subprocess.STDOUT)
+        wait_for(svc.read_pid, timeout=20, what="run to take the pidfile")
+    else:
+        svc.start()
+    pids = wait_for(lambda: escaped(svc.log_text()), timeout=20, what="the workers")
+    stubborn = pids[1]
+    wait_for(lambda: exec_done(stubborn, "sleep 1003"), what="the stubborn worker's trap")
+    stop = svc.cli("stop")
+    assert stop.returncode == 0 and "stopped" in stop.stdout, (stop.stdout, stop.stderr)
+    if how == "run":
+        runner.communicate(timeout=30)
+    assert all_gone(pids), [pid for pid in pids if alive(pid)]
+    said = [line for line in svc.log_text().splitlines() if "left running" in line]
+    assert len(said) == 1, svc.log_text()
+    assert "ended 4 processes" in said[0], said
+    named = f"SIGKILL to 1 of them (still running after SIGTERM): pid {stubborn} (sleep 1003)"
+    assert named in said[0], said
