@@ -129,6 +129,8 @@ def _remove_what_it_left_beside(pidfile: PidFile) -> None:
     from ._options import OPTIONS_SUFFIX  # noqa: PLC0415 -- a small module
     from ._supervisor import STATE_SUFFIX  # noqa: PLC0415
 
+    if pidfile.inspect(settle=0).running:
+        return  # a start came in meanwhile: these are its files now
     for suffix in (OPTIONS_SUFFIX, STATE_SUFFIX):
         _beside.remove(pidfile.path + suffix)
     remove_unheld_lock(pidfile)
