@@ -63,6 +63,9 @@ __all__ = [
 
 REQUEST = "handover"
 _MAX_FDS = 253  # SCM_MAX_FD
+_QUIESCE_PREFIX = "daemonize_deco/quiesce/"
+_QUIESCE_LIMIT = 1.0  # at most this long for what the old instance accepted to be read
+_QUIESCE_WAIT = 0.5  # between looks at whether the restart still runs
 _LOCK_SUFFIX = ".restarting"
 _RETRY_INTERVAL = 0.01
 
@@ -98,14 +101,74 @@ def offering(pidfile: PidFile, claim: ControlServer) -> tuple[str, Sequence[int]
     listening = _listeners.descriptors()
     if not listening:
         return "error it has no listening sockets", ()
+    if _Offered.quiesced:
+        return "error it has stopped accepting", ()
     _Offered.yes = True
-    return f"ok {len(listening)}", [pidfile.fileno(), claim.fileno(), *listening]
+    quiet = _quiet_when_asked(pidfile)
+    answer = f"ok {len(listening)}" if quiet is None else f"ok {len(listening)} {quiet}"
+    return answer, [pidfile.fileno(), claim.fileno(), *listening]
 
 
 class _Offered:
-    """Whether this instance handed its sockets to a restart."""
+    """Whether this instance handed its sockets to a restart; whether it stopped accepting."""
 
     yes = False
+    quiesced = False
+
+
+def _quiet_when_asked(pidfile: PidFile) -> str | None:
+    """Listen on a fresh abstract name for the restart's ``quiesce``; the name, or None.
+
+    The restart asks once the new instance is the service, just before it
+    stops this one (:meth:`Handover.quiesce_old`).  A thread of its own
+    waits for it, as long as a restart may take to get there, then gives up.
+    """
+    import _thread  # noqa: PLC0415
+
+    name = f"{_QUIESCE_PREFIX}{os.urandom(8).hex()}"
+    try:
+        server = stream_socket()
+        try:
+            server.bind("\0" + name)
+            server.listen(1)
+        except OSError:
+            server.close()
+            raise
+    except OSError:
+        return None  # no descriptor left: the restart stops this instance without it
+    _thread.start_new_thread(_answer_quiesce, (server, pidfile))
+    return name
+
+
+def _answer_quiesce(server: _socket.socket, pidfile: PidFile) -> None:
+    """Stop accepting when the restart says so (``_quiesce``), then tell it; once."""
+    try:
+        server.settimeout(_QUIESCE_WAIT)
+        while True:
+            try:
+                accepted, _ = server._accept()  # type: ignore[attr-defined]  # C-level accept
+                break
+            except TimeoutError:
+                if not pending(pidfile):
+                    return  # the restart failed or died: this instance serves on
+        conn = stream_socket(accepted)
+        try:
+            conn.settimeout(_QUIESCE_LIMIT + 1)
+            if peer_credentials(conn)[1] not in pidfile.owners:
+                return
+            if read_line(conn).strip() != b"quiesce":
+                return
+            from . import _quiesce  # noqa: PLC0415 -- only a replaced instance needs it
+
+            _Offered.quiesced = True
+            read = _quiesce.quiesce(_listeners.listeners(), _QUIESCE_LIMIT)
+            conn.sendall(b"ok\n" if read else b"ok unread connections left\n")
+        finally:
+            conn.close()
+    except OSError:
+        pass
+    finally:
+        server.close()
 
 
 def pending(pidfile: PidFile) -> bool:
@@ -157,13 +220,36 @@ def forget_predecessor() -> None:
 class Handover:
     """What the running instance passed: its pidfile, claim and listening sockets."""
 
-    __slots__ = ("claim", "listening", "pid", "pidfile")
+    __slots__ = ("claim", "listening", "pid", "pidfile", "quiet")
 
-    def __init__(self, pid: int, fds: Sequence[int], count: int) -> None:
+    def __init__(self, pid: int, fds: Sequence[int], count: int, quiet: str | None) -> None:
         self.pid = pid
         self.pidfile, self.claim, *self.listening = fds
+        self.quiet = quiet
         if len(self.listening) != count:
             raise ValueError(f"expected {count} listening sockets, got {len(self.listening)}")
+
+    def quiesce_old(self) -> None:
+        """Have the replaced instance stop accepting, and read what it accepted; then stop it.
+
+        Asked only once the new instance is the service.  Anything that goes
+        wrong (an instance that does not know how, one gone meanwhile) only
+        means it is stopped without it.
+        """
+        if self.quiet is None:
+            return
+        sock = stream_socket()
+        try:
+            sock.settimeout(_QUIESCE_LIMIT + 1)
+            sock.connect("\0" + self.quiet)
+            if peer_credentials(sock)[0] != self.pid:
+                return  # not the instance we replace: tell it nothing
+            sock.sendall(b"quiesce\n")
+            read_line(sock)
+        except OSError:
+            pass
+        finally:
+            sock.close()
 
     def use(self, pidfile: PidFile, pidfd: int) -> PidFile:
         """Make this process start the next instance with them; return the shared pidfile.
@@ -311,7 +397,8 @@ def _receive(sock: _socket.socket, pid: int) -> Handover:
         data += read_line(sock)
     line = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
     try:
-        return Handover(pid, fds, _listening_count(line, pid))
+        count, quiet = _offered(line, pid)
+        return Handover(pid, fds, count, quiet)
     except (StartupError, ValueError) as exc:
         for fd in fds:
             os.close(fd)
@@ -320,10 +407,11 @@ def _receive(sock: _socket.socket, pid: int) -> Handover:
         raise
 
 
-def _listening_count(line: str, pid: int) -> int:
-    """The count in an ``ok N`` answer; StartupError with the reason for any other."""
+def _offered(line: str, pid: int) -> tuple[int, str | None]:
+    """The count and quiesce name in an ``ok N [NAME]`` answer; StartupError for any other."""
     word, _, rest = line.partition(" ")
-    if word == "ok" and rest.isdigit():
-        return int(rest)
+    count, _, quiet = rest.partition(" ")
+    if word == "ok" and count.isdigit() and (not quiet or quiet.startswith(_QUIESCE_PREFIX)):
+        return int(count), quiet or None
     reason = rest if word == "error" else f"unexpected answer {line!r}"
     raise StartupError(f"pid {pid} did not hand over its sockets: {reason}")
