@@ -16,6 +16,10 @@ the old instance is sent its stop, :func:`quiesce` therefore
   numbers stay valid.  The listening sockets themselves are not closed nor
   shut down: that would reset the connections waiting in the shared queue;
   the new instance accepts them;
+- wakes each thread already waiting in accept() on one of them (it waits
+  on the socket, not the descriptor, and would take the next connection
+  of the shared queue) with a connection of its own: its next accept() is
+  on the quiet socket;
 - waits, at most ``limit`` seconds, until every connection it accepted has
   received bytes and the server has read them (``FIONREAD`` 0): then the
   server has the request, and a graceful stop answers it.
@@ -34,6 +38,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     from collections.abc import Sequence
+    from typing import Any
+
+    _Address = tuple[int, Any]  # a listening socket's family and getsockname()
 
 __all__ = ["quiesce"]
 
@@ -41,13 +48,16 @@ _POLL_INTERVAL = 0.005
 _TCP_INFO_SIZE = 136  # up to tcpi_bytes_received (Linux 4.1)
 _BYTES_RECEIVED = slice(128, 136)
 _TCP_ESTABLISHED = 1
+_ACCEPT_CALLS = {"x86_64": (43, 288), "aarch64": (202, 242)}  # accept, accept4
 
 
 def quiesce(listening: Sequence[socket.socket], limit: float) -> bool:
     """Stop accepting on ``listening``; wait until what was accepted is read. False on timeout."""
     ends = [_local_end(sock) for sock in listening]
-    stop_accepting(listening)
     deadline = time.monotonic() + limit
+    replaced = stop_accepting(listening)
+    for fd in _accepting_threads(replaced):
+        _wake(replaced[fd], deadline)
     while _unread_connections(ends):
         if time.monotonic() >= deadline:
             return False
@@ -55,19 +65,95 @@ def quiesce(listening: Sequence[socket.socket], limit: float) -> bool:
     return True
 
 
-def stop_accepting(listening: Sequence[socket.socket]) -> None:
-    """Make every descriptor of this process that names one of ``listening`` name a quiet socket."""
-    inodes = set()
+def stop_accepting(listening: Sequence[socket.socket]) -> dict[int, _Address]:
+    """Make every descriptor of this process that names one of ``listening`` name a quiet socket.
+
+    Returns the descriptors replaced, each with the address it listened on.
+    """
+    named: dict[str, _Address] = {}
     for sock in listening:
         try:
-            inodes.add(os.fstat(sock.fileno()).st_ino)
+            named[f"socket:[{os.fstat(sock.fileno()).st_ino}]"] = (sock.family, sock.getsockname())
         except OSError:
             continue  # main closed it
-    fds = [fd for fd, target in _descriptors() if target in {f"socket:[{i}]" for i in inodes}]
+    replaced = {fd: named[target] for fd, target in _descriptors() if target in named}
     for epoll_fd in [fd for fd, target in _descriptors() if target == "anon_inode:[eventpoll]"]:
-        _unwatch(epoll_fd, fds)
-    for fd in fds:
+        _unwatch(epoll_fd, list(replaced))
+    inodes = {int(target[8:-1]) for target in named}
+    for fd in replaced:
         _replace_by_quiet_socket(fd, inodes)
+    return replaced
+
+
+def _accepting_threads(replaced: dict[int, _Address]) -> list[int]:
+    """The replaced descriptor of each thread waiting in accept() on one right now.
+
+    A thread blocked in accept() holds the listening socket itself, not the
+    descriptor: dup2 does not end its wait, and the next connection in the
+    shared queue would be its own (and lost when this instance exits).
+    /proc/self/task/TID/syscall names the call and its descriptor.
+    """
+    calls = _ACCEPT_CALLS.get(os.uname().machine, ())
+    waiting = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/syscall", encoding="ascii") as info:
+                words = info.read().split()
+            if int(words[0]) in calls and int(words[1], 16) in replaced:
+                waiting.append(int(words[1], 16))
+        except (OSError, ValueError, IndexError):
+            continue  # gone, running, or not readable
+    return waiting
+
+
+def _wake(listening: _Address, deadline: float) -> None:
+    """Connect to ``listening`` until one of our accept()s takes such a connection; then close.
+
+    The thread it ends accepts next on the quiet socket.  A connection the
+    other instance takes is an empty one to it, closed at once.
+    """
+    import socket  # noqa: PLC0415
+
+    family, address = listening
+    if family in (socket.AF_INET, socket.AF_INET6):
+        wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+        address = (wildcard.get(address[0], address[0]), *address[1:])
+    while time.monotonic() < deadline:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                if family == socket.AF_UNIX:
+                    sock.bind("")  # a name of its own, for the accepted end to show
+                sock.settimeout(max(deadline - time.monotonic(), _POLL_INTERVAL))
+                sock.connect(address)
+                if _taken_here(sock.getsockname(), deadline):
+                    return
+        except OSError:
+            return  # not reachable from here: the wait ends at the limit
+
+
+def _taken_here(peer: object, deadline: float) -> bool:
+    """Whether a socket of this process is connected to ``peer`` (it accepted it) soon."""
+    wait_until = min(deadline, time.monotonic() + _POLL_INTERVAL * 20)
+    while True:
+        for fd, target in _descriptors():
+            if target.startswith("socket:") and _peer_of(fd) == peer:
+                return True
+        if time.monotonic() >= wait_until:
+            return False
+        time.sleep(_POLL_INTERVAL)
+
+
+def _peer_of(fd: int) -> object:
+    try:
+        sock = _socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None
+    finally:
+        sock.close()
 
 
 def _descriptors() -> list[tuple[int, str]]:
