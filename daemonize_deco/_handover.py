@@ -16,10 +16,17 @@ descriptors:
 The new instance starts with them (no bind, so no "address already in use"
 and not one refused connection) and becomes ready; only then is its pid
 written into the pidfile (over the old one: ``status`` sees one running
-service throughout), its options remembered, and the old instance stopped
-as ``stop`` would.  Its main stops accepting, finishes what is in flight
-and returns; seeing the pidfile name its successor, it leaves the file, the
-records beside it and the Unix socket files alone.
+service throughout), its options remembered, and the old instance first
+quiesced, then stopped as ``stop`` would.  The quiesce (``_quiesce``,
+asked on an abstract name the old instance gave with its sockets, answered
+by a thread of its own) makes the old instance stop accepting without
+closing the shared queue, and waits (at most ``_QUIESCE_LIMIT``) until what
+it accepted has been read: a server told to stop drops a connection it has
+accepted but not read from, and under load there always is one.  Its main
+then stops, finishes what is in flight and returns; seeing the pidfile name
+its successor, it leaves the file, the records beside it and the Unix
+socket files alone.  A supervisor answers the handover for its service, so
+a supervised service is stopped without the quiesce.
 
 The new instance keeps its startup pipe open until the restart closes it,
 and then settles (:func:`settle`): named by the pidfile, it is the service
