@@ -98,8 +98,14 @@ def one_restart_at_a_time(pidfile: PidFile, timeout: float) -> PidFile:
     return lock
 
 
-def offering(pidfile: PidFile, claim: ControlServer) -> tuple[str, Sequence[int]]:
-    """The answer to a ``handover`` request: a line, and the descriptors that go with it."""
+def offering(
+    pidfile: PidFile, claim: ControlServer, *, accepts: bool = True
+) -> tuple[str, Sequence[int]]:
+    """The answer to a ``handover`` request: a line, and the descriptors that go with it.
+
+    ``accepts``: this process accepts on the sockets (not a supervisor,
+    whose service does), so the restart may ask it to quiesce.
+    """
     from ._signals import stop_requested  # noqa: PLC0415 -- loaded by every service
 
     if stop_requested():
@@ -111,7 +117,7 @@ def offering(pidfile: PidFile, claim: ControlServer) -> tuple[str, Sequence[int]
     if _Offered.quiesced:
         return "error it has stopped accepting", ()
     _Offered.yes = True
-    quiet = _quiet_when_asked(pidfile)
+    quiet = _quiet_when_asked(pidfile) if accepts else None
     answer = f"ok {len(listening)}" if quiet is None else f"ok {len(listening)} {quiet}"
     return answer, [pidfile.fileno(), claim.fileno(), *listening]
 
