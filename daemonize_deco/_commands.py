@@ -250,6 +250,7 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
                 forget_predecessor()
             try:
                 new = _commit(service, shared, report, old, pidfd)
+                handover.quiesce_old()
                 try:
                     ending = terminate(pidfd, old, _stop_timeout(service))
                 except (PermissionError, TimeoutError) as exc:

@@ -16,10 +16,17 @@ descriptors:
 The new instance starts with them (no bind, so no "address already in use"
 and not one refused connection) and becomes ready; only then is its pid
 written into the pidfile (over the old one: ``status`` sees one running
-service throughout), its options remembered, and the old instance stopped
-as ``stop`` would.  Its main stops accepting, finishes what is in flight
-and returns; seeing the pidfile name its successor, it leaves the file, the
-records beside it and the Unix socket files alone.
+service throughout), its options remembered, and the old instance first
+quiesced, then stopped as ``stop`` would.  The quiesce (``_quiesce``,
+asked on an abstract name the old instance gave with its sockets, answered
+by a thread of its own) makes the old instance stop accepting without
+closing the shared queue, and waits (at most ``_QUIESCE_LIMIT``) until what
+it accepted has been read: a server told to stop drops a connection it has
+accepted but not read from, and under load there always is one.  Its main
+then stops, finishes what is in flight and returns; seeing the pidfile name
+its successor, it leaves the file, the records beside it and the Unix
+socket files alone.  A supervisor answers the handover for its service, so
+a supervised service is stopped without the quiesce.
 
 The new instance keeps its startup pipe open until the restart closes it,
 and then settles (:func:`settle`): named by the pidfile, it is the service
@@ -64,6 +71,9 @@ __all__ = [
 
 REQUEST = "handover"
 _MAX_FDS = 253  # SCM_MAX_FD
+_QUIESCE_PREFIX = "daemonize_deco/quiesce/"
+_QUIESCE_LIMIT = 1.0  # at most this long for what the old instance accepted to be read
+_QUIESCE_WAIT = 0.5  # between looks at whether the restart still runs
 _LOCK_SUFFIX = ".restarting"
 _RETRY_INTERVAL = 0.01
 
@@ -103,8 +113,14 @@ def remove_unheld_lock(pidfile: PidFile) -> None:
         pass  # another user's, and not ours to remove: it is never used (see above)
 
 
-def offering(pidfile: PidFile, claim: ControlServer) -> tuple[str, Sequence[int]]:
-    """The answer to a ``handover`` request: a line, and the descriptors that go with it."""
+def offering(
+    pidfile: PidFile, claim: ControlServer, *, accepts: bool = True
+) -> tuple[str, Sequence[int]]:
+    """The answer to a ``handover`` request: a line, and the descriptors that go with it.
+
+    ``accepts``: this process accepts on the sockets (not a supervisor,
+    whose service does), so the restart may ask it to quiesce.
+    """
     from ._signals import stop_requested  # noqa: PLC0415 -- loaded by every service
 
     if stop_requested():
@@ -113,14 +129,74 @@ def offering(pidfile: PidFile, claim: ControlServer) -> tuple[str, Sequence[int]
     listening = _listeners.descriptors()
     if not listening:
         return "error it has no listening sockets", ()
+    if _Offered.quiesced:
+        return "error it has stopped accepting", ()
     _Offered.yes = True
-    return f"ok {len(listening)}", [pidfile.fileno(), claim.fileno(), *listening]
+    quiet = _quiet_when_asked(pidfile) if accepts else None
+    answer = f"ok {len(listening)}" if quiet is None else f"ok {len(listening)} {quiet}"
+    return answer, [pidfile.fileno(), claim.fileno(), *listening]
 
 
 class _Offered:
-    """Whether this instance handed its sockets to a restart."""
+    """Whether this instance handed its sockets to a restart; whether it stopped accepting."""
 
     yes = False
+    quiesced = False
+
+
+def _quiet_when_asked(pidfile: PidFile) -> str | None:
+    """Listen on a fresh abstract name for the restart's ``quiesce``; the name, or None.
+
+    The restart asks once the new instance is the service, just before it
+    stops this one (:meth:`Handover.quiesce_old`).  A thread of its own
+    waits for it, as long as a restart may take to get there, then gives up.
+    """
+    import _thread  # noqa: PLC0415
+
+    name = f"{_QUIESCE_PREFIX}{os.urandom(8).hex()}"
+    try:
+        server = stream_socket()
+        try:
+            server.bind("\0" + name)
+            server.listen(1)
+        except OSError:
+            server.close()
+            raise
+    except OSError:
+        return None  # no descriptor left: the restart stops this instance without it
+    _thread.start_new_thread(_answer_quiesce, (server, pidfile))
+    return name
+
+
+def _answer_quiesce(server: _socket.socket, pidfile: PidFile) -> None:
+    """Stop accepting when the restart says so (``_quiesce``), then tell it; once."""
+    try:
+        server.settimeout(_QUIESCE_WAIT)
+        while True:
+            try:
+                accepted, _ = server._accept()  # type: ignore[attr-defined]  # C-level accept
+                break
+            except TimeoutError:
+                if not pending(pidfile):
+                    return  # the restart failed or died: this instance serves on
+        conn = stream_socket(accepted)
+        try:
+            conn.settimeout(_QUIESCE_LIMIT + 1)
+            if peer_credentials(conn)[1] not in pidfile.owners:
+                return
+            if read_line(conn).strip() != b"quiesce":
+                return
+            from . import _quiesce  # noqa: PLC0415 -- only a replaced instance needs it
+
+            _Offered.quiesced = True
+            read = _quiesce.quiesce(_listeners.listeners(), _QUIESCE_LIMIT)
+            conn.sendall(b"ok\n" if read else b"ok unread connections left\n")
+        finally:
+            conn.close()
+    except OSError:
+        pass
+    finally:
+        server.close()
 
 
 def pending(pidfile: PidFile) -> bool:
@@ -172,13 +248,36 @@ def forget_predecessor() -> None:
 class Handover:
     """What the running instance passed: its pidfile, claim and listening sockets."""
 
-    __slots__ = ("claim", "listening", "pid", "pidfile")
+    __slots__ = ("claim", "listening", "pid", "pidfile", "quiet")
 
-    def __init__(self, pid: int, fds: Sequence[int], count: int) -> None:
+    def __init__(self, pid: int, fds: Sequence[int], count: int, quiet: str | None) -> None:
         self.pid = pid
         self.pidfile, self.claim, *self.listening = fds
+        self.quiet = quiet
         if len(self.listening) != count:
             raise ValueError(f"expected {count} listening sockets, got {len(self.listening)}")
+
+    def quiesce_old(self) -> None:
+        """Have the replaced instance stop accepting, and read what it accepted; then stop it.
+
+        Asked only once the new instance is the service.  Anything that goes
+        wrong (an instance that does not know how, one gone meanwhile) only
+        means it is stopped without it.
+        """
+        if self.quiet is None:
+            return
+        sock = stream_socket()
+        try:
+            sock.settimeout(_QUIESCE_LIMIT + 1)
+            sock.connect("\0" + self.quiet)
+            if peer_credentials(sock)[0] != self.pid:
+                return  # not the instance we replace: tell it nothing
+            sock.sendall(b"quiesce\n")
+            read_line(sock)
+        except OSError:
+            pass
+        finally:
+            sock.close()
 
     def use(self, pidfile: PidFile, pidfd: int) -> PidFile:
         """Make this process start the next instance with them; return the shared pidfile.
@@ -326,7 +425,8 @@ def _receive(sock: _socket.socket, pid: int) -> Handover:
         data += read_line(sock)
     line = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
     try:
-        return Handover(pid, fds, _listening_count(line, pid))
+        count, quiet = _offered(line, pid)
+        return Handover(pid, fds, count, quiet)
     except (StartupError, ValueError) as exc:
         for fd in fds:
             os.close(fd)
@@ -335,10 +435,11 @@ def _receive(sock: _socket.socket, pid: int) -> Handover:
         raise
 
 
-def _listening_count(line: str, pid: int) -> int:
-    """The count in an ``ok N`` answer; StartupError with the reason for any other."""
+def _offered(line: str, pid: int) -> tuple[int, str | None]:
+    """The count and quiesce name in an ``ok N [NAME]`` answer; StartupError for any other."""
     word, _, rest = line.partition(" ")
-    if word == "ok" and rest.isdigit():
-        return int(rest)
+    count, _, quiet = rest.partition(" ")
+    if word == "ok" and count.isdigit() and (not quiet or quiet.startswith(_QUIESCE_PREFIX)):
+        return int(count), quiet or None
     reason = rest if word == "error" else f"unexpected answer {line!r}"
     raise StartupError(f"pid {pid} did not hand over its sockets: {reason}")

@@ -267,8 +267,13 @@ def _claim_identity(pidfile: PidFile) -> ControlServer | None:
     return claim
 
 
-def claim_answers(pidfile: PidFile, claim: ControlServer) -> dict[str, Answer]:
-    """What the claim socket answers: put the pidfile back; hand the sockets over."""
+def claim_answers(
+    pidfile: PidFile, claim: ControlServer, *, accepts: bool = True
+) -> dict[str, Answer]:
+    """What the claim socket answers: put the pidfile back; hand the sockets over.
+
+    ``accepts`` is False in a supervisor: its service accepts on the sockets.
+    """
 
     def put_back() -> tuple[str, Sequence[int]]:
         if pidfile.handed_on():
@@ -282,7 +287,7 @@ def claim_answers(pidfile: PidFile, claim: ControlServer) -> dict[str, Answer]:
     if "daemonize_deco._listeners" in sys.modules:  # loaded by listen=: sockets to hand over
         from ._handover import REQUEST, offering  # noqa: PLC0415
 
-        answers[REQUEST] = lambda: offering(pidfile, claim)
+        answers[REQUEST] = lambda: offering(pidfile, claim, accepts=accepts)
     return answers
 
 

@@ -233,7 +233,7 @@ class _Supervisor:
         if settling is not None and settling.fileno() in ready:
             self.settle(settling)
         elif self.claim is not None and self.claim.fileno() in ready and self.settling is None:
-            answer_claimants(self.claim, claim_answers(self.pidfile, self.claim))
+            answer_claimants(self.claim, claim_answers(self.pidfile, self.claim, accepts=False))
         if self.relay is not None:
             self.relay.carry_on(ready)  # before child_ended: a service answers, then may exit
         if child is not None and child is self.child and child.pidfd in ready:
