@@ -16,10 +16,11 @@ is the one replaced: the ``signal`` module's function calls it by name at
 each call, so both spellings reach it.  A chain rather than putting ours
 back later: a handler must be in place before the signal comes.
 
-Setting ``SIG_DFL``, ``SIG_IGN`` or ``default_int_handler`` for such a
-signal puts the registry's handler back alone.  asyncio sets ``SIG_DFL``
-when its loop closes; SIGTERM's default action would then end the service
-half-way through recording its end.
+Setting ``SIG_DFL`` or ``default_int_handler`` for such a signal puts the
+registry's handler back alone.  asyncio sets ``SIG_DFL`` when its loop
+closes; SIGTERM's default action would then end the service half-way
+through recording its end.  ``SIG_IGN`` is the program's own choice and
+is set as asked: the signal is ignored, and ``stop`` ends in SIGKILL.
 
 uvicorn raises the stop signal at itself once it has shut down, for the
 "expected behaviour" (dying of it).  Under a service, main returning is
@@ -83,7 +84,7 @@ def _signal_wrapper(signalnum: int, handler: object) -> object:
     ours = _state.ours.get(signum)
     if ours is None or handler is ours or isinstance(handler, _Chain):
         return _shown(_real_signal(signum, handler))
-    if handler in (_signal.SIG_DFL, _signal.SIG_IGN, _signal.default_int_handler):
+    if handler in (_signal.SIG_DFL, _signal.default_int_handler):
         installed: object = ours
     elif callable(handler):
         installed = _Chain(ours, handler)
