@@ -34,7 +34,14 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Coroutine
     from typing import Any
 
-__all__ = ["is_awaitable", "run_awaitable", "run_callback_result", "stopped"]
+__all__ = [
+    "cancel_main",
+    "is_awaitable",
+    "run_awaitable",
+    "run_callback_result",
+    "running_main",
+    "stopped",
+]
 
 
 class _ServiceLoop:
@@ -52,6 +59,8 @@ class _ServiceLoop:
         self.waiters: dict[asyncio.AbstractEventLoop, asyncio.Future[bool]] = {}
         self.lock = _thread.allocate_lock()
         self.in_flight: list[concurrent.futures.Future[object]] = []
+        self.task: asyncio.Task[object] | None = None  # main's, to cancel on a stop
+        self.cancelled_by_stop = False
 
 
 _service = _ServiceLoop()
@@ -70,11 +79,17 @@ def run_awaitable(awaitable: Awaitable[object]) -> object:
         _service.loop = asyncio.get_running_loop()
         # Only a watched service pays for it: one timer in its loop.
         beating = _heartbeat.LoopBeat(_service.loop) if _heartbeat.counting() else None
+        _service.task = asyncio.current_task()
         try:
             return await awaitable
+        except asyncio.CancelledError:
+            if not _service.cancelled_by_stop:
+                raise
+            return None  # the stop, delivered as asyncio.run's Ctrl-C (``_delivery``)
         finally:
             with _service.lock:
                 _service.loop = None
+                _service.task = None
                 in_flight, _service.in_flight = _service.in_flight, []
             _forget_waiter(asyncio.get_running_loop())
             for future in in_flight:  # callbacks handed over before main ended finish first
@@ -86,6 +101,27 @@ def run_awaitable(awaitable: Awaitable[object]) -> object:
                 beating.cancel()
 
     return asyncio.run(as_the_service())
+
+
+def running_main() -> asyncio.Task[object] | None:
+    """The task running an ``async def main`` right now, if any."""
+    return _service.task
+
+
+def cancel_main() -> bool:
+    """Cancel main's task, as ``asyncio.run`` does on Ctrl-C; False when it has ended already."""
+    with _service.lock:
+        loop, task = _service.loop, _service.task
+        if loop is None or task is None or loop.is_closed():
+            return False
+
+        def cancel() -> None:
+            if not task.done():
+                _service.cancelled_by_stop = True
+                task.cancel()
+
+        loop.call_soon_threadsafe(cancel)
+    return True
 
 
 async def stopped(timeout: float | None = None) -> bool:

@@ -36,8 +36,8 @@ class ServiceConfig:
 
     __slots__ = (
         "files_preserve", "group", "listen", "name", "pidfile", "placeholders", "prevent_core",
-        "restart", "script", "start_grace", "start_timeout", "stderr", "stdout", "stop_timeout",
-        "umask", "user", "wait_ready", "watchdog", "workdir",
+        "restart", "script", "start_grace", "start_timeout", "stderr", "stdout", "stop_main",
+        "stop_timeout", "umask", "user", "wait_ready", "watchdog", "workdir",
     )  # fmt: skip
 
     def __init__(
@@ -61,6 +61,7 @@ class ServiceConfig:
         restart: RestartPolicy | None = None,
         watchdog: float | None = None,
         listen: Iterable[str] | str | None = None,
+        stop_main: str = "auto",
         parameters: Collection[str] = (),
     ) -> None:
         for keyword, flag in (("wait_ready", wait_ready), ("prevent_core", prevent_core)):
@@ -83,6 +84,7 @@ class ServiceConfig:
         self.restart = restart or RestartPolicy()
         self.watchdog = None if watchdog is None else _timeout("watchdog", watchdog)
         self.listen = _listen(listen)
+        self.stop_main = _stop_main(stop_main)
         self.script = _script(func)
         self.placeholders = _placeholders(self, parameters)
 
@@ -301,6 +303,14 @@ def _listen(value: object) -> tuple[str, ...]:
         if not isinstance(entry, str) or "{" not in entry:
             parse_address(entry)
     return tuple(entries)
+
+
+def _stop_main(value: object) -> str:
+    """``stop_main=``: how a stop reaches main (``_delivery``)."""
+    modes = ("auto", "flag", "interrupt")  # _delivery.STOP_MAIN_MODES, without importing it
+    if not isinstance(value, str) or value not in modes:
+        raise ValueError(f"stop_main must be one of {', '.join(map(repr, modes))}, not {value!r}")
+    return value
 
 
 def _account(keyword: str, value: object) -> str | int | None:

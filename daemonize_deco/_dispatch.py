@@ -30,7 +30,7 @@ import select
 import sys
 import time
 
-from . import _signals
+from . import _delivery, _signals
 from ._aio import is_awaitable, run_callback_result
 from ._claim import answer_claimants
 from ._control import reply
@@ -331,7 +331,8 @@ class Dispatcher:
 
     def _dispatch(self, signum: int) -> None:
         if signum in _signals.STOP_SIGNALS:
-            self._stop_requested(signum)
+            if not _signals.is_delivery_echo(signum):
+                self._stop_requested(signum)
         elif signum == _signals.RELOAD_SIGNAL:
             self._reload_and_answer()
         elif signum == signal.SIGCHLD and self._reap_children:
@@ -370,8 +371,10 @@ class Dispatcher:
             return
         _signals.request_stop(signum)  # the main thread may be blocked in C code
         self._notifier.stopping()
+        _delivery.stop_arrived()
         for callback in self._hooks.on_stop:
             _run(callback, "on_stop")
+        _delivery.deliver(signum)  # to a main that never asks (``_delivery``)
 
     def reload(self) -> str:
         """Reopen the log files, run the reload callbacks; return "ok" or "error ..."."""

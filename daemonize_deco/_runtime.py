@@ -20,8 +20,9 @@ import os
 import sys
 import time
 
-from . import _beside, _heartbeat, _lastrun, _mark, _notify, _signals
+from . import _beside, _delivery, _heartbeat, _lastrun, _mark, _notify, _signals
 from ._claim import PUT_BACK, listen_for_claimants
+from ._config import Service
 from ._control import ControlServer, release_spare
 from ._detach import flush_standard_streams
 from ._errors import PidFileError, describe, exit_status, last_words
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from ._claim import Answer
-    from ._config import Service, ServiceConfig
+    from ._config import ServiceConfig
     from ._detach import StartupChannel
     from ._dispatch import Dispatcher
     from ._hygiene import Credentials
@@ -76,6 +77,7 @@ class _Facts:
 
 
 _facts = _Facts()
+_CALLS_MAIN = Service.call_main.__code__  # where main's frames begin, for ``_delivery``
 
 
 def served_here() -> bool:
@@ -125,6 +127,8 @@ def _call_main(main: Callable[[], object], service_pid: int, name: str) -> Outco
             raise  # a child main forked, leaving: not the service's outcome
         if isinstance(exc, SystemExit):
             outcome = Outcome(exit_status(exc.code), returned=False, cause=_why_it_exited(exc))
+        elif isinstance(exc, KeyboardInterrupt) and _signals.main_interrupted():
+            return Outcome(0)  # the stop, delivered as Ctrl-C (``_delivery``): no failure
         else:
             import traceback  # noqa: PLC0415 -- only a failing main pays for it
 
@@ -376,7 +380,9 @@ def serve(
         _arm_readiness(startup)  # before the dispatcher may declare it
         dispatcher.start()
         _default_readiness(config, startup)
+        _delivery.arm(config.stop_main, config.stop_timeout, _CALLS_MAIN)
         outcome = _call_main(service.call_main, service_pid, config.name)
+        _delivery.finish_in_flight(_signals.time_left(config.stop_timeout))
         _heartbeat.ending()  # what is left is bounded by stop_timeout, not the watchdog
         _facts.threads_left = _wait_for_threads(config.stop_timeout)
     except BaseException as exc:

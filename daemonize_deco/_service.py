@@ -127,6 +127,7 @@ def daemon(
     restart_limit: tuple[int, float] = (5, 60.0),
     watchdog: float | None = None,
     listen: Sequence[str] | str | None = None,
+    stop_main: str = "auto",
 ) -> Callable[[Callable[..., object]], Daemon]:
     """Turn ``main()`` into a Unix service driven by its command line.
 
@@ -172,6 +173,12 @@ def daemon(
             before detaching (or passed by systemd socket activation), given
             to main by :func:`listeners`, and handed to the next instance on
             ``restart`` (see README, "Restarting without dropping connections").
+        stop_main: how a stop reaches ``main`` once ``on_stop`` ran: "auto"
+            (a ``main`` that never called :func:`should_stop`, :func:`sleep`
+            or ``await stopped()`` gets KeyboardInterrupt, or its task is
+            cancelled, as on Ctrl-C; one that did sees the flag), "flag"
+            (only the flag), "interrupt" (always, as on Ctrl-C).  See
+            README, "How a stop reaches `main`".
 
     Relative paths resolve against the current directory at decoration time.
     Raises TypeError or ValueError at once for a wrong keyword or value.
@@ -182,7 +189,7 @@ def daemon(
         "start_grace": start_grace, "wait_ready": wait_ready, "name": name, "user": user,
         "group": group, "files_preserve": files_preserve, "prevent_core": prevent_core,
         "restart": RestartPolicy(restart, restart_delay, restart_delay_max, restart_limit),
-        "watchdog": watchdog, "listen": listen,
+        "watchdog": watchdog, "listen": listen, "stop_main": stop_main,
     }  # fmt: skip
 
     def decorate(func: Callable[..., object]) -> Daemon:

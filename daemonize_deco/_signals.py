@@ -39,6 +39,7 @@ import os
 import select
 import time
 
+from . import _takeover
 from ._errors import DaemonError, DetachError
 
 TYPE_CHECKING = False
@@ -103,6 +104,12 @@ class _State:
         self.end_wait: Callable[[], None] | None = None
         self.ending: Callable[[], None] | None = None
         self.main_thread = _thread.get_ident()
+        self.main_asked = False  # main's thread called should_stop() or sleep()
+        # A stop delivered to main as Ctrl-C (``_delivery``): the SIGINT it
+        # sends, the bytes of it the dispatcher is to skip, whether it landed.
+        self.delivery: Callable[[FrameType | None], bool] | None = None
+        self.delivery_echoes = 0
+        self.main_interrupted = False
 
 
 _state = _State()
@@ -125,6 +132,8 @@ def stop_fd() -> int:
 
 def should_stop() -> bool:
     """Return True once a graceful stop was requested (SIGTERM, SIGINT, ``stop``)."""
+    if not _state.main_asked and _thread.get_ident() == _state.main_thread:
+        _state.main_asked = True
     if _state.soon is not None:
         _run_soon()
     if _state.main_loops is not None:
@@ -214,6 +223,8 @@ def sleep(seconds: float) -> bool:
     """
     if not seconds >= 0:
         raise ValueError(f"sleep length must be a non-negative number, not {seconds!r}")
+    if not _state.main_asked and _thread.get_ident() == _state.main_thread:
+        _state.main_asked = True
     if _state.soon is not None:
         _run_soon()
     if _state.main_loops is not None:
@@ -266,6 +277,9 @@ def request_stop(signum: int | None = None) -> bool:
 
 
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    if signum == signal.SIGINT and _state.delivery is not None:
+        _deliver_here(frame)  # our own Ctrl-C for main: not a stop signal of its own
+        return
     _record_if_wakeup_taken(signum)
     # The flag is set here too, not only by the dispatcher, so should_stop()
     # is True by the time the main thread runs its next line.
@@ -275,6 +289,61 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
     _state.stop_signals_handled += 1
     if _state.stop_signals_handled > 1 and _state.on_repeat is not None:
         _state.on_repeat(signum)  # a second Ctrl-C in the foreground: act now
+
+
+def _deliver_here(frame: FrameType | None) -> None:
+    """The SIGINT ``_delivery`` sent main's thread: raise KeyboardInterrupt, if now is the time.
+
+    The one handler that raises into the interrupted code, deliberately: a
+    main that never asks is blocked in a loop built to end on Ctrl-C.  The
+    check that it is blocked there (not running the service's own code) is
+    the delivery's, made here on the very frame that would be interrupted.
+    """
+    deliver, _state.delivery = _state.delivery, None  # one SIGINT, one decision
+    if deliver is None or not deliver(frame):
+        return  # not now: the delivery sends another when main waits
+    _state.main_interrupted = True
+    raise KeyboardInterrupt
+
+
+def expect_delivery(decide: Callable[[FrameType | None], bool] | None) -> None:
+    """The next SIGINT on main's thread is ours: ``decide(frame)`` whether it interrupts main.
+
+    ``decide`` returns True for a KeyboardInterrupt now; it may hand the
+    Ctrl-C to a framework's handler instead and return False.  None: no
+    delivery is pending any more.
+    """
+    if decide is not None and not _state.wakeup_taken:
+        _state.delivery_echoes += 1  # the C handler writes its byte to our record pipe
+    _state.delivery = decide
+
+
+def delivery_pending() -> bool:
+    """Whether a Ctrl-C sent to main is still waiting to interrupt it."""
+    return _state.delivery is not None
+
+
+def is_delivery_echo(signum: int) -> bool:
+    """For the dispatcher: whether this recorded SIGINT was our own, sent to main (skip it)."""
+    if signum != signal.SIGINT or _state.delivery_echoes == 0:
+        return False
+    _state.delivery_echoes -= 1
+    return True
+
+
+def main_asked() -> bool:
+    """Whether main's thread has called should_stop() or sleep() (``await stopped()`` too)."""
+    return _state.main_asked
+
+
+def main_interrupted() -> bool:
+    """Whether a stop was delivered to main as KeyboardInterrupt (it is then no failure)."""
+    return _state.main_interrupted
+
+
+def main_thread() -> int:
+    """The ident of the thread that installed the handlers and runs main."""
+    return _state.main_thread
 
 
 def _on_recorded_signal(signum: int, frame: FrameType | None) -> None:
@@ -330,6 +399,8 @@ def install(
     _state.stop_signals_handled = 0
     _state.on_repeat = on_repeat
     _state.main_thread = _thread.get_ident()
+    _state.main_asked = _state.main_interrupted = False
+    _state.delivery, _state.delivery_echoes = None, 0
     try:
         _stop_pipe()
         record_read, record_write = os.pipe()
@@ -349,6 +420,7 @@ def install(
         blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, handlers)
         _state.unblocked = set(blocked) & set(handlers)
         _state.handled = frozenset(handlers)
+        _takeover.take_part(handlers, STOP_SIGNALS, stop_requested)
     except ValueError as exc:  # not the main thread: only it may set handlers
         restore()
         _close_pipes()
@@ -393,7 +465,9 @@ def wake_dispatcher() -> None:
 
 def restore() -> None:
     """Put back the handlers, wakeup fd and signal mask :func:`install` replaced."""
+    _takeover.release()  # first: a previous SIG_DFL must go in as it is
     _state.on_repeat = None
+    _state.delivery = None
     _state.soon = None
     _state.main_loops = None
     _state.handled = frozenset()

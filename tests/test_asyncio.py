@@ -196,7 +196,9 @@ def test_async_main_under_run_with_options(make_service):
 
 
 def test_an_async_main_that_ignores_the_stop_is_killed(make_service):
-    body = "while True:\n    await asyncio.sleep(3600)"
+    # It asks once, so the stop is the flag only (one that never asks has its
+    # task cancelled: README, "How a stop reaches main").
+    body = "should_stop()\nwhile True:\n    await asyncio.sleep(3600)"
     svc = async_service(make_service, body, stop_timeout=0.3, start_grace=0.1)
     pid = svc.start()
     result = svc.cli("stop")

@@ -184,7 +184,7 @@ def test_stop_escalates_to_sigkill_of_the_group(make_service):
         while True:
             time.sleep(0.2)          # never looks at should_stop()
     """
-    svc = make_service(body=body, stop_timeout=1.0)
+    svc = make_service(body=body, stop_timeout=1.0, stop_main="flag")  # no KeyboardInterrupt
     pid = svc.start()
     child = int(
         wait_for(lambda: "child" in svc.log_text() and svc.log_text(), what="child").split()[1]
@@ -408,7 +408,7 @@ def test_sighup_never_kills(make_service):
 def test_stop_of_a_foreground_run_spares_the_callers_group(make_service):
     """run shares our process group: escalation kills the process, not the group."""
     body = "print('up', flush=True)\nwhile True:\n    time.sleep(0.1)"
-    svc = make_service(body=body, stop_timeout=0.5)
+    svc = make_service(body=body, stop_timeout=0.5, stop_main="flag")  # no KeyboardInterrupt
     proc = svc.popen("run")
     assert proc.stdout.readline() == "up\n"
     assert os.getpgid(proc.pid) == os.getpgrp()

@@ -61,7 +61,9 @@ def test_start_timeout_stops_the_daemon(make_service):
 
 def test_start_timeout_kills_a_daemon_that_ignores_sigterm(make_service):
     body = "while True:\n    time.sleep(0.1)"
-    svc = make_service(body=body, wait_ready=True, start_timeout=0.5, stop_timeout=0.5)
+    svc = make_service(
+        body=body, wait_ready=True, start_timeout=0.5, stop_timeout=0.5, stop_main="flag"
+    )
     assert_failed_cleanly(svc, svc.cli("start"), "not ready within 0.5s; killed it")
 
 

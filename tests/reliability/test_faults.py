@@ -35,7 +35,9 @@ def child_pids(log: str) -> list[int]:
     "stuck",
     [
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True:\n    time.sleep(0.1)",
-        "subprocess.run(['sleep', '300'])  # blocked in C (waitpid) until killed",
+        # It asks, so the stop is the flag only (a main that never asks gets
+        # KeyboardInterrupt, README "How a stop reaches main").
+        "while not should_stop():\n    subprocess.run(['sleep', '300'])  # blocked in C (waitpid)",
     ],
     ids=["catches and ignores SIGTERM", "blocked in C code"],
 )
