@@ -86,7 +86,8 @@ def serve():
     def accept_forever():
         while True:
             conn, _ = sock.accept()  # blocking: no timeout, no selector
-            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+            # Not a daemon thread: the interpreter waits for a request in flight at exit.
+            threading.Thread(target=serve_one, args=(conn,)).start()
 
     threading.Thread(target=accept_forever, daemon=True).start()
     ready()
