@@ -98,6 +98,23 @@ class Server(BaseApplication):
 """
 )
 
+FLASK_APP = """
+from flask import Flask
+
+app = Flask(__name__)
+
+@app.get("/slow")
+def slow():
+    print("request started", flush=True)
+    time.sleep(2)
+    print("request finished", flush=True)
+    return "done"
+
+@app.get("/")
+def fast():
+    return "done"
+"""
+
 SCHEDULER = """
 from apscheduler.schedulers.blocking import BlockingScheduler
 
@@ -120,6 +137,7 @@ SERVERS = {
     ),
     "uvicorn.run": (ASGI_APP + "import uvicorn\n", "uvicorn.run(app, port=PORT)"),
     "aiohttp run_app": (AIOHTTP_APP, "web.run_app(app, port=PORT)"),
+    "flask app.run": (FLASK_APP, "app.run(port=PORT)"),
     "gunicorn": (
         GUNICORN_APP,
         "Server(app, {'bind': '127.0.0.1:PORT', 'workers': 1}).run()",
