@@ -4,8 +4,8 @@
 
 Each framework serves a 2-byte answer from an ``async def main`` on
 ``listen=`` (uvicorn: ``Server.serve(sockets=listeners())``; aiohttp:
-``web.SockSite`` on ``listeners()``); the old instance stops on
-``await stopped()``.  ``ab -c 10`` (a new connection per request) runs
+``web.SockSite`` on ``listeners()``); the old instance stops by uvicorn's
+own SIGTERM handler, or aiohttp's ``await stopped()``.  ``ab -c 10`` (a new connection per request) runs
 while ``restart`` runs ``--restarts`` times, each after the previous one
 returned; then ``ab`` runs again for as long, without restarts, against the
 same service: the baseline, measured in the same run.  For each: requests,
@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 HEADING = "## Restarting uvicorn and aiohttp under load"
 
 SERVICE = """\
-from daemonize_deco import daemon, listeners, stopped
+from daemonize_deco import daemon
 {prelude}
 
 @daemon(pidfile={pidfile!r}, stdout={log!r}, listen=["tcp://127.0.0.1:{port}"])
@@ -47,9 +47,10 @@ if __name__ == "__main__":
     main()
 """
 
+# The programs, as test_zero_drop runs them too.
 UVICORN = """\
-import asyncio
 import uvicorn
+from daemonize_deco import listeners
 
 async def app(scope, receive, send):
     if scope["type"] != "http":
@@ -59,18 +60,12 @@ async def app(scope, receive, send):
 
 async def serve():
     server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
-
-    async def stop_when_told():
-        await stopped()
-        server.should_exit = True
-
-    watcher = asyncio.ensure_future(stop_when_told())
-    await server.serve(sockets=listeners())
-    watcher.cancel()
+    await server.serve(sockets=listeners())  # it stops on SIGTERM by itself
 """
 
 AIOHTTP = """\
 from aiohttp import web
+from daemonize_deco import listeners, stopped
 
 async def hello(request):
     return web.Response(text="ok")

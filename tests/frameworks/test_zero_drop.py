@@ -6,8 +6,8 @@ opens a new connection per request; every restart hands the sockets to a new
 instance, which must lose none of them, and every old instance must end on
 its SIGTERM (``restart`` says "stopped", not "killed after").
 
-The old instance here stops cooperatively (``await stopped()``): how a stop
-reaches a main that never asks is another matter (README, "Stopping").
+uvicorn is written plainly: its own SIGTERM handler (chained after the
+library's) shuts it down; aiohttp's site waits in ``await stopped()``.
 """
 
 from __future__ import annotations
@@ -15,55 +15,18 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 
 import pytest
-from conftest import wait_for
+from conftest import REPO, wait_for
 from frameworks_helpers import free_port, http_get
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from framework_restart_figures import AIOHTTP, UVICORN  # the programs the figures measure
 
 pytestmark = [pytest.mark.frameworks, pytest.mark.timeout(240)]
 
 RESTARTS = 20
-
-UVICORN = """\
-import asyncio
-import uvicorn
-from daemonize_deco import listeners, stopped
-
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"ok"})
-
-async def serve():
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
-
-    async def stop_when_told():
-        await stopped()
-        server.should_exit = True
-
-    watcher = asyncio.ensure_future(stop_when_told())
-    await server.serve(sockets=listeners())
-    watcher.cancel()
-"""
-
-AIOHTTP = """\
-from aiohttp import web
-from daemonize_deco import listeners, stopped
-
-async def hello(request):
-    return web.Response(text="ok")
-
-async def serve():
-    app = web.Application()
-    app.router.add_get("/", hello)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    for sock in listeners():
-        await web.SockSite(runner, sock).start()
-    await stopped()
-    await runner.cleanup()
-"""
 
 BLOCKING = """\
 from daemonize_deco import listeners
