@@ -189,6 +189,19 @@ def _timed(svc: Service, command: str) -> tuple[str, float]:
     return result.stdout, elapsed
 
 
+def _during_a_request(
+    make_service, server: str, command: str
+) -> tuple[Service, int, int, Request, str, float]:
+    """Start ``server``, put a 2-s request in flight, run ``command``: what is needed to judge."""
+    port = free_port()
+    svc = _service(make_service, server, *SERVERS[server], port)
+    pid = svc.start()
+    wait_for(lambda: accepts(port), timeout=15, what="the server to listen")
+    request = _slow_request_in_flight(svc, port)
+    output, elapsed = _timed(svc, command)
+    return svc, port, pid, request, output, elapsed
+
+
 def _stopped_by_sigterm(svc: Service, pid: int) -> None:
     status = svc.cli("status")
     assert status.returncode == 3, status.stdout
@@ -202,12 +215,7 @@ def _stopped_by_sigterm(svc: Service, pid: int) -> None:
 )
 @pytest.mark.parametrize("server", list(SERVERS))
 def test_stop_during_a_request_answers_it_and_stops(make_service, server: str) -> None:
-    port = free_port()
-    svc = _service(make_service, server, *SERVERS[server], port)
-    pid = svc.start()
-    wait_for(lambda: accepts(port), timeout=15, what="the server to listen")
-    request = _slow_request_in_flight(svc, port)
-    output, elapsed = _timed(svc, "stop")
+    svc, _, pid, request, output, elapsed = _during_a_request(make_service, server, "stop")
     assert f"svc stopped (pid {pid})" in output, output
     assert elapsed < WELL_WITHIN, f"stop took {elapsed:.1f}s"
     assert request.result() == (200, "done")
@@ -227,12 +235,7 @@ def test_stop_during_a_request_answers_it_and_stops(make_service, server: str) -
 )
 @pytest.mark.parametrize("server", list(SERVERS))
 def test_restart_during_a_request_answers_it_and_serves_again(make_service, server: str) -> None:
-    port = free_port()
-    svc = _service(make_service, server, *SERVERS[server], port)
-    pid = svc.start()
-    wait_for(lambda: accepts(port), timeout=15, what="the server to listen")
-    request = _slow_request_in_flight(svc, port)
-    output, elapsed = _timed(svc, "restart")
+    svc, port, pid, request, output, elapsed = _during_a_request(make_service, server, "restart")
     assert f"svc stopped (pid {pid})" in output, output
     assert elapsed < WELL_WITHIN + 5, f"restart took {elapsed:.1f}s"
     assert request.result() == (200, "done")
