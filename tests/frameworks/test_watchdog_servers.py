@@ -163,30 +163,18 @@ def stays_up_idle(svc, port: int, pid: int, periods: int = 4) -> None:
 
 @pytest.mark.scenario(
     "asyncio",
-    "an idle uvicorn Server.serve() in async main (watchdog=3), supervised or not",
+    "an idle uvicorn Server.serve() or aiohttp AppRunner/TCPSite in async main (watchdog=3), "
+    "supervised or not",
     lost="nothing: its event loop beats, the server lives on and answers",
 )
-@WAYS
-def test_an_idle_uvicorn_server_is_not_hung(make_service, supervised):
-    svc, port = make(make_service, ASGI_APP, UVICORN_SERVE, supervised=supervised)
-    started = svc.start()
-    pid = the_service(svc, supervised, started)
-    stays_up_idle(svc, port, pid)
-    if supervised:
-        assert service_pid(svc) == pid
-    stop(svc, started)
-
-
-@pytest.mark.scenario(
-    "asyncio",
-    "an idle aiohttp AppRunner/TCPSite in async main (watchdog=3), supervised or not",
-    lost="nothing: its event loop beats, the server lives on and answers",
+@pytest.mark.parametrize(
+    ("app", "serve"),
+    [(ASGI_APP, UVICORN_SERVE), (AIOHTTP_APP, AIOHTTP_SITE)],
+    ids=["uvicorn", "aiohttp"],
 )
 @WAYS
-def test_an_idle_aiohttp_site_is_not_hung(make_service, supervised):
-    svc, port = make(
-        make_service, AIOHTTP_APP, AIOHTTP_SITE, supervised=supervised, asynchronous=True
-    )
+def test_an_idle_server_is_not_hung(make_service, app, serve, supervised):
+    svc, port = make(make_service, app, serve, supervised=supervised)
     started = svc.start()
     pid = the_service(svc, supervised, started)
     stays_up_idle(svc, port, pid)
