@@ -47,7 +47,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import CodeType, FrameType
 
-__all__ = ["STOP_MAIN_MODES", "arm", "deliver", "finish_in_flight", "stop_arrived"]
+__all__ = ["STOP_MAIN_MODES", "arm", "deliver", "finish_in_flight", "main_ended", "stop_arrived"]
 
 STOP_MAIN_MODES = ("auto", "flag", "interrupt")
 _LOOK_EVERY = 0.02  # how often the dispatcher looks at main's stack
@@ -63,6 +63,8 @@ class _State:
         self.main_frame: FrameType | None = None  # where main was when the stop came
         self.callee: FrameType | None = None
         self.lasti = -1
+        self.waiting = False  # main was seen blocked where it is anchored
+        self.ended = False  # main returned (or raised): nothing to deliver to
         self.sent = 0
         self.seen = 0
         self.library: tuple[str, ...] | None = None
@@ -76,14 +78,28 @@ def arm(mode: str, stop_timeout: float, entry: CodeType) -> None:
     """Before main is called: how to deliver its stop; ``entry`` is the code that calls main."""
     _state.mode, _state.stop_timeout, _state.entry = mode, stop_timeout, entry
     _state.main_frame = _state.callee = None
+    _state.ended = False
+
+
+def main_ended() -> None:
+    """Main has returned or raised: a delivery under way gives up."""
+    _state.ended = True
 
 
 def stop_arrived() -> None:
     """On the dispatcher, as the stop comes (before ``on_stop``): note where main is."""
     if _state.mode == "flag" or _state.entry is None:
         return
+    top = sys._current_frames().get(_signals.main_thread())
+    _anchor(top)
+    _state.waiting = _state.main_frame is not None and _where(top) == "waits"
+
+
+def _anchor(top: FrameType | None) -> None:
+    """Take where main is now as the call it waits in, not yet seen waiting there."""
     _state.main_frame = _state.callee = None
-    stack = _main_stack(sys._current_frames().get(_signals.main_thread()))
+    _state.waiting = False
+    stack = _main_stack(top)
     if stack:
         _state.main_frame = stack[-1]
         _state.callee = stack[-2] if len(stack) > 1 else None
@@ -116,7 +132,13 @@ def _say(how: str) -> None:
 
 
 def _interrupt_main() -> None:
-    """Send main's thread Ctrl-C once it waits in the loop; give up if main moved on."""
+    """Send main's thread Ctrl-C once it waits in the loop; give up if main left it.
+
+    Main left the call it was seen waiting in: it is on its way out (``on_stop``
+    ended its loop).  Main not seen waiting yet (the stop came before main was
+    entered, or while its own code set the server up): it is followed into
+    the call it comes to wait in.
+    """
     main = _signals.main_thread()
     deadline = time.monotonic() + _signals.time_left(_state.stop_timeout)
     said = False
@@ -125,8 +147,15 @@ def _interrupt_main() -> None:
         if _state.seen < _state.sent:
             time.sleep(0.005)  # the handler has not run yet: it will
             continue
+        if _state.ended or (_state.mode == "auto" and _signals.main_asked()):
+            return  # main returned, or now polls: the flag is how it hears
         top = sys._current_frames().get(main)
         place = _where(top)
+        if place == "moved on" and not _state.waiting:
+            _anchor(top)  # on its way to the loop: follow it there
+            still = []
+            time.sleep(_LOOK_EVERY)
+            continue
         if place == "moved on":
             if _signals.delivery_pending():
                 _signals.expect_delivery(None)
@@ -136,6 +165,7 @@ def _interrupt_main() -> None:
         # in on_stop returns while serve_forever() runs its last lines).
         still = [*still, (id(top), -1 if top is None else top.f_lasti)][-_STILL_LOOKS:]
         if place == "waits" and len(still) == _STILL_LOOKS and len(set(still)) == 1:
+            _state.waiting = True
             if not said:
                 _say_interrupt()
                 said = True

@@ -378,10 +378,11 @@ def serve(
             settle=settle,
         )
         _arm_readiness(startup)  # before the dispatcher may declare it
+        _delivery.arm(config.stop_main, config.stop_timeout, _CALLS_MAIN)  # before a stop may come
         dispatcher.start()
         _default_readiness(config, startup)
-        _delivery.arm(config.stop_main, config.stop_timeout, _CALLS_MAIN)
         outcome = _call_main(service.call_main, service_pid, config.name)
+        _delivery.main_ended()
         _delivery.finish_in_flight(_signals.time_left(config.stop_timeout))
         _heartbeat.ending()  # what is left is bounded by stop_timeout, not the watchdog
         _facts.threads_left = _wait_for_threads(config.stop_timeout)

@@ -289,6 +289,45 @@ def test_uvicorn_server_serve_in_async_main(make_service, command: str) -> None:
     _stopped_by_sigterm(svc, pid)
 
 
+BUILDS_THEN_SERVES = """
+from wsgiref.simple_server import make_server
+
+def build():
+    print("building", flush=True)
+    busy_until = time.monotonic() + 3
+    while time.monotonic() < busy_until:  # the service's own code, setting up
+        pass
+    print("built", flush=True)
+    return make_server("127.0.0.1", PORT, app)
+"""
+
+
+@pytest.mark.scenario(
+    "Promises under pressure",
+    "stop while main still sets up, in its own code, before it calls the server's loop",
+    lost="nothing: the stop is delivered once main waits in serve_forever(), no SIGKILL",
+)
+def test_a_stop_before_main_reaches_the_loop_is_delivered_there(make_service) -> None:
+    port = free_port()
+    svc = make_service(
+        body="build().serve_forever()",
+        prelude=WSGI_APP + BUILDS_THEN_SERVES.replace("PORT", str(port)),
+        name="svc",
+        start_grace=0.1,
+        stop_timeout=STOP_TIMEOUT,
+    )
+    pid = svc.start()
+    wait_for(lambda: "building" in svc.log_text(), what="main's setup")
+    assert "built" not in svc.log_text()  # the stop comes while main runs its own code
+    output, elapsed = _timed(svc, "stop")
+    assert f"svc stopped (pid {pid})" in output, output
+    assert elapsed < WELL_WITHIN, f"stop took {elapsed:.1f}s"
+    log = svc.log_text()
+    assert "built" in log, log  # its own code was not interrupted
+    assert "stop delivered to main: KeyboardInterrupt in main's thread" in log, log
+    _stopped_by_sigterm(svc, pid)
+
+
 @pytest.mark.scenario(
     "asyncio",
     "stop of an async main that never asks",
