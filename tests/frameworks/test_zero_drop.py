@@ -146,7 +146,10 @@ def _restart_under_load(
 ) -> None:
     port = free_port()
     svc = make_service(
-        body, prelude=prelude, listen=[f"tcp://127.0.0.1:{port}"], stop_timeout=10.0, **options
+        body,
+        prelude=prelude,
+        listen=[f"tcp://127.0.0.1:{port}"],
+        **{"stop_timeout": 10.0, **options},
     )
     svc.start()
     assert wait_for(lambda: _http_ok(port), what="the first answer")
@@ -198,3 +201,29 @@ def _http_ok(port: int) -> bool:
         return http_get(port, timeout=5)[0] == 200
     except OSError:
         return False
+
+
+# README's own shape: main's thread accepts and serves, one connection at a time.
+MAIN_LOOP = (
+    BLOCKING.partition("def serve():")[0]
+    + """\
+def serve():
+    (sock,) = listeners()
+    ready()
+    while not should_stop():
+        conn, _ = sock.accept()  # blocking, in main's own thread
+        time.sleep(0.02)  # the work: under load, the quiesce finds it here, not in accept()
+        serve_one(conn)
+"""
+)
+
+
+@pytest.mark.scenario(
+    "Load",
+    "listen= restarts under ab -c 10: main's own loop accepts, blocking, and serves",
+    lost="nothing: each old instance ends on its SIGTERM, as it did before the quiesce",
+)
+def test_restarts_of_a_main_that_accepts_in_its_own_loop(make_service):
+    # Its next accept() after the quiesce was on the quiet socket, which no
+    # connection ever reaches: SIGTERM could not end it, SIGKILL after stop_timeout.
+    _restart_under_load(make_service, "serve()", MAIN_LOOP, 5, wait_ready=True, stop_timeout=4.0)
