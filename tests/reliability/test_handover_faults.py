@@ -282,3 +282,58 @@ def test_an_instance_that_is_stopping_hands_nothing_over(make_service, tmp_path)
     assert ask_pid(path) == new
     assert svc.cli("stop").returncode == 0
     assert not os.path.exists(path)
+
+
+# Waits for a quiesce name in /proc/net/unix, connects to it once, says so.
+KNOCKER = """
+import socket, time
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    with open("/proc/net/unix") as table:
+        names = [line.split()[-1] for line in table if "@daemonize_deco/quiesce/" in line]
+    if names:
+        break
+    time.sleep(0.01)
+for name in names:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect("\\0" + name[1:])
+print("knocked", len(names), flush=True)
+"""
+
+# Ready once GO exists; once stopped, says whether its listener was quiesced.
+QUIESCE_SEEN = """
+(sock,) = listeners()
+while not os.path.exists(GO):
+    time.sleep(0.01)
+ready()
+while not should_stop():
+    sleep(3600)
+with socket.socket(fileno=os.dup(sock.fileno())) as now:
+    print(os.getpid(), "quiesced" if now.family == socket.AF_UNIX else "accepting", flush=True)
+"""
+
+
+@ROOT_ONLY
+@pytest.mark.scenario(
+    "Security",
+    "another user connects first to the name on which the old instance awaits the quiesce",
+    lost="nothing: the stranger is hung up on, and the restart's own quiesce still comes through",
+)
+def test_another_user_cannot_call_off_the_quiesce(make_service, tmp_path, as_nobody):
+    go = tmp_path / "go"
+    go.touch()
+    prelude = f"import socket\nfrom daemonize_deco import listeners\nGO = {str(go)!r}"
+    svc = make_service(
+        QUIESCE_SEEN, prelude=prelude, listen=[f"tcp://127.0.0.1:{free_port()}"], wait_ready=True
+    )
+    old = svc.start()
+    go.unlink()  # the new instance waits: the knock comes first
+    restart = svc.popen("restart")
+    knocker = as_nobody(KNOCKER)
+    assert knocker.stdout.readline() == "knocked 1\n"
+    go.touch()
+    _, err = restart.communicate(timeout=60)
+    assert restart.returncode == 0, err
+    assert is_gone(old)
+    assert f"{old} quiesced" in svc.log_text(), svc.log_text()
+    svc.stop_gracefully(svc.read_pid())
