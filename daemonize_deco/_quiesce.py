@@ -197,7 +197,10 @@ def _wake_once_stopping(quiet: dict[int, tuple[int, bytes]]) -> None:
     from ._signals import stop_fd  # noqa: PLC0415 -- loaded by every service
 
     poller = select.poll()
-    poller.register(stop_fd(), select.POLLIN)
+    try:
+        poller.register(stop_fd(), select.POLLIN)  # (its pipe, made on first use)
+    except OSError:
+        return  # no descriptor left: stopped as before the quiesce
     poller.poll()
     kept: list[_socket.socket] = []
     while True:
