@@ -284,21 +284,30 @@ def test_an_instance_that_is_stopping_hands_nothing_over(make_service, tmp_path)
     assert not os.path.exists(path)
 
 
-# Waits for a quiesce name in /proc/net/unix, connects to it once, says so.
+# Connects once to the abstract name it is given (found in /proc/net/unix, as anyone can).
 KNOCKER = """
-import socket, time
-deadline = time.monotonic() + 30
-while time.monotonic() < deadline:
-    with open("/proc/net/unix") as table:
-        names = [line.split()[-1] for line in table if "@daemonize_deco/quiesce/" in line]
-    if names:
-        break
-    time.sleep(0.01)
-for name in names:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect("\\0" + name[1:])
-print("knocked", len(names), flush=True)
+import socket, sys
+with socket.socket(socket.AF_UNIX) as sock:
+    sock.connect("\\0" + sys.argv[1])
+print("knocked", flush=True)
 """
+
+
+def _quiesce_name(pid: int) -> str | None:
+    """The abstract name on which ``pid`` awaits a restart's quiesce, once it listens on it."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            inodes.add(os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[").rstrip("]"))
+        except OSError:
+            continue
+    with open("/proc/net/unix") as table:
+        for line in table:
+            fields = line.split()
+            if fields[6] in inodes and fields[-1].startswith("@daemonize_deco/quiesce/"):
+                return fields[-1][1:]
+    return None
+
 
 # Ready once GO exists; once stopped, says whether its listener was quiesced.
 QUIESCE_SEEN = """
@@ -329,8 +338,9 @@ def test_another_user_cannot_call_off_the_quiesce(make_service, tmp_path, as_nob
     old = svc.start()
     go.unlink()  # the new instance waits: the knock comes first
     restart = svc.popen("restart")
-    knocker = as_nobody(KNOCKER)
-    assert knocker.stdout.readline() == "knocked 1\n"
+    name = wait_for(lambda: _quiesce_name(old), what="the old instance's quiesce name")
+    knocker = as_nobody(KNOCKER, name)
+    assert knocker.stdout.readline() == "knocked\n"
     go.touch()
     _, err = restart.communicate(timeout=60)
     assert restart.returncode == 0, err
