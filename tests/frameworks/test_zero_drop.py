@@ -142,7 +142,13 @@ def test_restarts_of_a_blocking_accept_loop(make_service):
 
 
 def _restart_under_load(
-    make_service, body: str, prelude: str, restarts: int, **options: object
+    make_service,
+    body: str,
+    prelude: str,
+    restarts: int,
+    *,
+    blocked_in_accept: bool = False,
+    **options: object,
 ) -> None:
     port = free_port()
     svc = make_service(
@@ -169,7 +175,24 @@ def _restart_under_load(
     assert _figure(report, "Complete requests") > 0, report + errors
     failed, non_2xx = _figure(report, "Failed requests"), _figure(report, "Non-2xx responses")
     assert (failed, non_2xx) == (0, 0), report
-    svc.stop_gracefully(svc.read_pid())
+    if blocked_in_accept:
+        _stop_between_two_accepts(svc, port)
+    else:
+        svc.stop_gracefully(svc.read_pid())
+
+
+def _stop_between_two_accepts(svc, port: int) -> None:
+    """stop a main that sees its stop only between two accept()s: connect until it is gone."""
+    pid = svc.read_pid()
+    stopping = svc.popen("stop")
+
+    def stopped_after_a_request() -> bool:
+        _http_ok(port)  # answered, main looks at should_stop() again
+        return stopping.poll() is not None
+
+    wait_for(stopped_after_a_request, what="the stop")
+    out, err = stopping.communicate(timeout=30)
+    assert f"stopped (pid {pid})" in out, out + err
 
 
 @pytest.mark.scenario(
@@ -226,4 +249,12 @@ def serve():
 def test_restarts_of_a_main_that_accepts_in_its_own_loop(make_service):
     # Its next accept() after the quiesce was on the quiet socket, which no
     # connection ever reaches: SIGTERM could not end it, SIGKILL after stop_timeout.
-    _restart_under_load(make_service, "serve()", MAIN_LOOP, 5, wait_ready=True, stop_timeout=4.0)
+    _restart_under_load(
+        make_service,
+        "serve()",
+        MAIN_LOOP,
+        5,
+        blocked_in_accept=True,
+        wait_ready=True,
+        stop_timeout=4.0,
+    )
