@@ -172,18 +172,11 @@ def _answer_quiesce(server: _socket.socket, pidfile: PidFile) -> None:
     """Stop accepting when the restart says so (``_quiesce``), then tell it; once."""
     try:
         server.settimeout(_QUIESCE_WAIT)
-        while True:
-            try:
-                accepted, _ = server._accept()  # type: ignore[attr-defined]  # C-level accept
-                break
-            except TimeoutError:
-                if not pending(pidfile):
-                    return  # the restart failed or died: this instance serves on
-        conn = stream_socket(accepted)
+        conn = _owners_connection(server, pidfile)
+        if conn is None:
+            return  # the restart failed or died: this instance serves on
         try:
             conn.settimeout(_QUIESCE_LIMIT + 1)
-            if peer_credentials(conn)[1] not in pidfile.owners:
-                return
             if read_line(conn).strip() != b"quiesce":
                 return
             from . import _quiesce  # noqa: PLC0415 -- only a replaced instance needs it
@@ -197,6 +190,28 @@ def _answer_quiesce(server: _socket.socket, pidfile: PidFile) -> None:
         pass
     finally:
         server.close()
+
+
+def _owners_connection(server: _socket.socket, pidfile: PidFile) -> _socket.socket | None:
+    """The next connection from one of the service's users; None once no restart is pending.
+
+    Any user may connect to an abstract name, and /proc/net/unix shows it:
+    a stranger who comes first is hung up on, and the restart still gets through.
+    """
+    while True:
+        try:
+            accepted, _ = server._accept()  # type: ignore[attr-defined]  # C-level accept
+        except TimeoutError:
+            if not pending(pidfile):
+                return None
+            continue
+        conn = stream_socket(accepted)
+        try:
+            if peer_credentials(conn)[1] in pidfile.owners:
+                return conn
+        except OSError:
+            pass  # gone already
+        conn.close()
 
 
 def pending(pidfile: PidFile) -> bool:

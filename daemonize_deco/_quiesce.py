@@ -22,7 +22,11 @@ the old instance is sent its stop, :func:`quiesce` therefore
   on the quiet socket;
 - waits, at most ``limit`` seconds, until every connection it accepted has
   received bytes and the server has read them (``FIONREAD`` 0): then the
-  server has the request, and a graceful stop answers it.
+  server has the request, and a graceful stop answers it;
+- once its stop is requested, wakes each thread that waits in accept() on a
+  quiet socket, the same way: no connection ever reaches one, and a loop
+  that accepts in main's own thread, blocking, would wait there through its
+  SIGTERM (before the quiesce, the next connection of the queue woke it).
 
 Loaded only by the instance a restart replaces.
 """
@@ -30,6 +34,7 @@ Loaded only by the instance a restart replaces.
 from __future__ import annotations
 
 import _socket
+import _thread
 import os
 import sys
 import time
@@ -37,7 +42,7 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
     from typing import Any
 
     _Address = tuple[int, Any]  # a listening socket's family and getsockname()
@@ -49,6 +54,7 @@ _TCP_INFO_SIZE = 136  # up to tcpi_bytes_received (Linux 4.1)
 _BYTES_RECEIVED = slice(128, 136)
 _TCP_ESTABLISHED = 1
 _ACCEPT_CALLS = {"x86_64": (43, 288), "aarch64": (202, 242)}  # accept, accept4
+_KNOCK_EVERY = 0.1  # once stopping: how often a thread waiting on a quiet socket is woken
 
 
 def quiesce(listening: Sequence[socket.socket], limit: float) -> bool:
@@ -58,6 +64,9 @@ def quiesce(listening: Sequence[socket.socket], limit: float) -> bool:
     replaced = stop_accepting(listening)
     for fd in _accepting_threads(replaced):
         _wake(replaced[fd], deadline)
+    quiet = _quiet_sockets(replaced)
+    if quiet:
+        _thread.start_new_thread(_wake_once_stopping, (quiet,))
     while _unread_connections(ends):
         if time.monotonic() >= deadline:
             return False
@@ -85,7 +94,7 @@ def stop_accepting(listening: Sequence[socket.socket]) -> dict[int, _Address]:
     return replaced
 
 
-def _accepting_threads(replaced: dict[int, _Address]) -> list[int]:
+def _accepting_threads(replaced: Collection[int]) -> list[int]:
     """The replaced descriptor of each thread waiting in accept() on one right now.
 
     A thread blocked in accept() holds the listening socket itself, not the
@@ -154,6 +163,70 @@ def _peer_of(fd: int) -> object:
         return None
     finally:
         sock.close()
+
+
+def _quiet_sockets(replaced: dict[int, _Address]) -> dict[int, tuple[int, bytes]]:
+    """Each replaced descriptor that names a quiet socket now: its inode and abstract name."""
+    quiet = {}
+    for fd in replaced:
+        try:
+            inode = os.fstat(fd).st_ino
+            sock = _socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            name = sock.getsockname()
+            if sock.family == _socket.AF_UNIX and isinstance(name, bytes):
+                quiet[fd] = (inode, name)
+        except OSError:
+            continue
+        finally:
+            sock.close()
+    return quiet
+
+
+def _wake_once_stopping(quiet: dict[int, tuple[int, bytes]]) -> None:
+    """From the stop request on, wake every thread waiting in accept() on a quiet socket.
+
+    Its connection sends nothing and is half-closed: a recv() on it ends, a
+    send() succeeds.  Kept open until the process ends; again and again, as
+    a loop (a thread of its own, say) may accept once more before it ends.
+    """
+    import select  # noqa: PLC0415
+
+    from ._signals import stop_fd  # noqa: PLC0415 -- loaded by every service
+
+    poller = select.poll()
+    try:
+        poller.register(stop_fd(), select.POLLIN)  # (its pipe, made on first use)
+    except OSError:
+        return  # no descriptor left: stopped as before the quiesce
+    poller.poll()
+    kept: list[_socket.socket] = []
+    while True:
+        for fd in _accepting_threads(quiet):
+            knock = _knock(fd, *quiet[fd])
+            if knock is not None:
+                kept.append(knock)
+        time.sleep(_KNOCK_EVERY)
+
+
+def _knock(fd: int, inode: int, name: bytes) -> _socket.socket | None:
+    """A connection to the quiet socket ``fd`` still names, half-closed; None if it cannot."""
+    try:
+        if os.fstat(fd).st_ino != inode:
+            return None  # closed by main, the number used again: not ours to wake
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    except OSError:
+        return None
+    try:
+        sock.settimeout(_KNOCK_EVERY)  # a backlog full of earlier knocks: next round
+        sock.connect(name)
+        sock.shutdown(_socket.SHUT_WR)
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
 
 def _descriptors() -> list[tuple[int, str]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 
@@ -72,3 +74,31 @@ def test_a_main_with_a_socket_that_never_listens_is_ready_before_start_timeout(
     pid = svc.pid_from(result.stdout)
     svc.cli("stop")
     assert is_gone(pid)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="any stream socket of main's postpones the grace to start_timeout - start_grace: "
+    "a sync client (a queue consumer blocked in recv) is taken for a server on its way",
+)
+@pytest.mark.scenario(
+    "Defaults",
+    "a sync main that only connects somewhere (a consumer blocked in recv) and never listens",
+    lost="nothing but time: start should take start_grace, as before, not start_timeout",
+)
+def test_a_sync_client_that_never_listens_is_ready_after_the_grace(make_service) -> None:
+    with socket.socket() as broker:
+        broker.bind(("127.0.0.1", 0))
+        broker.listen()
+        svc = make_service(
+            prelude="import socket",
+            body=f"conn = socket.create_connection({broker.getsockname()!r})\nconn.recv(1)",
+        )
+        began = time.monotonic()
+        result = svc.cli("start")
+        took = time.monotonic() - began
+        assert result.returncode == 0, result.stderr
+        pid = svc.pid_from(result.stdout)
+        os.kill(pid, signal.SIGKILL)  # main never asks: not what this test is about
+        assert is_gone(pid)
+    assert took < 5, f"start took {took:.1f}s for a main that never listens"

@@ -106,11 +106,20 @@ def test_restarts_of_a_blocking_accept_loop(make_service):
 
 
 def _restart_under_load(
-    make_service, body: str, prelude: str, restarts: int, **options: object
+    make_service,
+    body: str,
+    prelude: str,
+    restarts: int,
+    *,
+    blocked_in_accept: bool = False,
+    **options: object,
 ) -> None:
     port = free_port()
     svc = make_service(
-        body, prelude=prelude, listen=[f"tcp://127.0.0.1:{port}"], stop_timeout=10.0, **options
+        body,
+        prelude=prelude,
+        listen=[f"tcp://127.0.0.1:{port}"],
+        **{"stop_timeout": 10.0, **options},
     )
     svc.start()
     assert wait_for(lambda: _http_ok(port), what="the first answer")
@@ -130,7 +139,24 @@ def _restart_under_load(
     assert _figure(report, "Complete requests") > 0, report + errors
     failed, non_2xx = _figure(report, "Failed requests"), _figure(report, "Non-2xx responses")
     assert (failed, non_2xx) == (0, 0), report
-    svc.stop_gracefully(svc.read_pid())
+    if blocked_in_accept:
+        _stop_between_two_accepts(svc, port)
+    else:
+        svc.stop_gracefully(svc.read_pid())
+
+
+def _stop_between_two_accepts(svc, port: int) -> None:
+    """stop a main that sees its stop only between two accept()s: connect until it is gone."""
+    pid = svc.read_pid()
+    stopping = svc.popen("stop")
+
+    def stopped_after_a_request() -> bool:
+        _http_ok(port)  # answered, main looks at should_stop() again
+        return stopping.poll() is not None
+
+    wait_for(stopped_after_a_request, what="the stop")
+    out, err = stopping.communicate(timeout=30)
+    assert f"stopped (pid {pid})" in out, out + err
 
 
 @pytest.mark.scenario(
@@ -162,3 +188,37 @@ def _http_ok(port: int) -> bool:
         return http_get(port, timeout=5)[0] == 200
     except OSError:
         return False
+
+
+# README's own shape: main's thread accepts and serves, one connection at a time.
+MAIN_LOOP = (
+    BLOCKING.partition("def serve():")[0]
+    + """\
+def serve():
+    (sock,) = listeners()
+    ready()
+    while not should_stop():
+        conn, _ = sock.accept()  # blocking, in main's own thread
+        time.sleep(0.02)  # the work: under load, the quiesce finds it here, not in accept()
+        serve_one(conn)
+"""
+)
+
+
+@pytest.mark.scenario(
+    "Load",
+    "listen= restarts under ab -c 10: main's own loop accepts, blocking, and serves",
+    lost="nothing: each old instance ends on its SIGTERM, as it did before the quiesce",
+)
+def test_restarts_of_a_main_that_accepts_in_its_own_loop(make_service):
+    # Its next accept() after the quiesce was on the quiet socket, which no
+    # connection ever reaches: SIGTERM could not end it, SIGKILL after stop_timeout.
+    _restart_under_load(
+        make_service,
+        "serve()",
+        MAIN_LOOP,
+        5,
+        blocked_in_accept=True,
+        wait_ready=True,
+        stop_timeout=4.0,
+    )

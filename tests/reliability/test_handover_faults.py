@@ -282,3 +282,68 @@ def test_an_instance_that_is_stopping_hands_nothing_over(make_service, tmp_path)
     assert ask_pid(path) == new
     assert svc.cli("stop").returncode == 0
     assert not os.path.exists(path)
+
+
+# Connects once to the abstract name it is given (found in /proc/net/unix, as anyone can).
+KNOCKER = """
+import socket, sys
+with socket.socket(socket.AF_UNIX) as sock:
+    sock.connect("\\0" + sys.argv[1])
+print("knocked", flush=True)
+"""
+
+
+def _quiesce_name(pid: int) -> str | None:
+    """The abstract name on which ``pid`` awaits a restart's quiesce, once it listens on it."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            inodes.add(os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[").rstrip("]"))
+        except OSError:
+            continue
+    with open("/proc/net/unix") as table:
+        for line in table:
+            fields = line.split()
+            if fields[6] in inodes and fields[-1].startswith("@daemonize_deco/quiesce/"):
+                return fields[-1][1:]
+    return None
+
+
+# Ready once GO exists; once stopped, says whether its listener was quiesced.
+QUIESCE_SEEN = """
+(sock,) = listeners()
+while not os.path.exists(GO):
+    time.sleep(0.01)
+ready()
+while not should_stop():
+    sleep(3600)
+with socket.socket(fileno=os.dup(sock.fileno())) as now:
+    print(os.getpid(), "quiesced" if now.family == socket.AF_UNIX else "accepting", flush=True)
+"""
+
+
+@ROOT_ONLY
+@pytest.mark.scenario(
+    "Security",
+    "another user connects first to the name on which the old instance awaits the quiesce",
+    lost="nothing: the stranger is hung up on, and the restart's own quiesce still comes through",
+)
+def test_another_user_cannot_call_off_the_quiesce(make_service, tmp_path, as_nobody):
+    go = tmp_path / "go"
+    go.touch()
+    prelude = f"import socket\nfrom daemonize_deco import listeners\nGO = {str(go)!r}"
+    svc = make_service(
+        QUIESCE_SEEN, prelude=prelude, listen=[f"tcp://127.0.0.1:{free_port()}"], wait_ready=True
+    )
+    old = svc.start()
+    go.unlink()  # the new instance waits: the knock comes first
+    restart = svc.popen("restart")
+    name = wait_for(lambda: _quiesce_name(old), what="the old instance's quiesce name")
+    knocker = as_nobody(KNOCKER, name)
+    assert knocker.stdout.readline() == "knocked\n"
+    go.touch()
+    _, err = restart.communicate(timeout=60)
+    assert restart.returncode == 0, err
+    assert is_gone(old)
+    assert f"{old} quiesced" in svc.log_text(), svc.log_text()
+    svc.stop_gracefully(svc.read_pid())
