@@ -10,11 +10,13 @@ longer once the service is ready (an idle daemon never wakes for it):
 - a socket that accepts connections (``SO_ACCEPTCONN``: TCP over IPv4 or
   IPv6, Unix, any family) is ready;
 - a stream socket of main's own (one that was not open before main: not
-  ours, not systemd's journal on stdout) when the grace ends means main is
+  ours, not systemd's journal on stdout; not a client's connection to a
+  named peer either, but one being set up, or asyncio's own socketpair)
+  seen before the grace ends means main is
   on its way to a server (asyncio's event loop opens one at once): the
   grace's end then moves back to ``start_grace`` before ``start_timeout``,
-  so a server that takes its time is waited for, and a ``main`` that only
-  connects somewhere is still ready in the end.
+  so a server that takes its time is waited for, and a ``main`` with such a
+  socket that never listens is still ready in the end.
 
 The starting process times the grace too (nothing in the daemon can hold
 its answer back): it is told "wait" the first time main has a stream
@@ -36,6 +38,8 @@ __all__ = ["StartWatch", "look"]
 
 _LOOK_EVERY = 0.05
 _STREAM_TYPES = (_socket.SOCK_STREAM, _socket.SOCK_SEQPACKET)
+_TCP_FAMILIES = (_socket.AF_INET, _socket.AF_INET6)
+_TCP_SYN_SENT = 2  # tcp_info's tcpi_state (linux/tcp_states.h)
 
 
 class StartWatch:
@@ -118,31 +122,54 @@ def look(known: frozenset[int]) -> tuple[bool, bool]:
     for fd, inode in descriptors:
         if inode in known:
             continue
-        kind, listening = _kind_of(fd)
-        if kind in _STREAM_TYPES:
+        kind, listening, client = _kind_of(fd)
+        if kind in _STREAM_TYPES and not client:
             own = True
             if listening:
                 return True, True
     return own, False
 
 
-def _kind_of(fd: int) -> tuple[int, bool]:
-    """The socket type of ``fd`` and whether it accepts connections; (-1, False) if gone."""
+def _kind_of(fd: int) -> tuple[int, bool, bool]:
+    """The socket type of ``fd``, whether it accepts connections, whether it is a client's.
+
+    A client's: connected to a peer with a name (a broker, a database), which
+    a server on its way does not need; asyncio's own socketpair has none.
+    (-1, False, False) if gone.
+    """
     try:
         blocking = os.get_blocking(fd)
         # Wraps main's descriptor without owning it: detached below, never closed.
         sock = _socket.socket(fileno=fd)
     except OSError:
-        return -1, False  # closed by main meanwhile, or no longer a socket
+        return -1, False, False  # closed by main meanwhile, or no longer a socket
     try:
         kind = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_TYPE)
         listening = bool(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ACCEPTCONN))
+        client = not listening and bool(_peer(sock))
     except OSError:
-        return -1, False
+        return -1, False, False
     finally:
         sock.detach()
         _keep_blocking(fd, blocking=blocking)
-    return kind, listening
+    return kind, listening, client
+
+
+def _peer(sock: _socket.socket) -> object:
+    """The peer's address ('' for an unnamed one), or None when it is not connected.
+
+    A TCP connection still on its way (SYN sent) is a client's too: a broker
+    far away takes a while to answer, and the look may come meanwhile.
+    """
+    try:
+        return sock.getpeername()
+    except OSError:
+        pass  # ENOTCONN: being set up, to bind and listen, or to connect
+    if sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_DOMAIN) in _TCP_FAMILIES:
+        state = sock.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_INFO, 1)[0]
+        if state == _TCP_SYN_SENT:
+            return "connecting"
+    return None
 
 
 def _keep_blocking(fd: int, *, blocking: bool) -> None:
