@@ -281,7 +281,10 @@ class Handover:
         """
         if self.quiet is None:
             return
-        sock = stream_socket()
+        try:
+            sock = stream_socket()
+        except OSError:
+            return  # no descriptor left: stopped without it
         try:
             sock.settimeout(_QUIESCE_LIMIT + 1)
             sock.connect("\0" + self.quiet)
