@@ -90,6 +90,8 @@ def stop_arrived() -> None:
     """On the dispatcher, as the stop comes (before ``on_stop``): note where main is."""
     if _state.mode == "flag" or _state.entry is None:
         return
+    if _state.mode == "auto" and _signals.main_asked():
+        return  # it polls: nothing will be delivered
     top = sys._current_frames().get(_signals.main_thread())
     _anchor(top)
     _state.waiting = _state.main_frame is not None and _where(top) == "waits"
@@ -237,12 +239,19 @@ def _is_library(filename: str) -> bool:
 
 
 def _library_dirs() -> tuple[str, ...]:
-    import site  # noqa: PLC0415 -- only a delivery pays for it
-    import sysconfig  # noqa: PLC0415
+    """The stdlib's directories, site-packages, and ours.
 
-    dirs = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    Not from ``sysconfig``: since 3.12 it imports threading, and threading
+    imported first in a thread other than main's (this is the dispatcher's)
+    takes that thread for the main thread; the exit would then wait for it.
+    """
+    import site  # noqa: PLC0415 -- only a delivery pays for it
+
+    dirs = {os.path.dirname(os.__file__), os.path.dirname(os.path.abspath(__file__))}
+    dynload = getattr(sys.modules.get("_socket"), "__file__", None)  # lib-dynload
+    if dynload:
+        dirs.add(os.path.dirname(dynload))
     dirs.update(site.getsitepackages())
-    dirs.add(os.path.dirname(os.path.abspath(__file__)))
     return (*_LIBRARY_CODE, *(os.path.join(d, "") for d in dirs if d))
 
 
