@@ -74,6 +74,11 @@ def _foreign_state(found: os.stat_result) -> PidFileState:
 
 
 _AT_ONCE, _SOON = object(), object()  # when to look at a pidfile again
+# Empty, unlocked, and nobody has it open to write: a start killed before it
+# wrote a pid, or one whose lock attempt met a looker's probing lock and is
+# about to try again (a loaded machine may hold it there for a while).
+_EMPTY = object()
+_LEFT_EMPTY = PidFileState(exists=True, running=False)
 
 
 def _identity(fd: int) -> tuple[int, int]:
@@ -91,7 +96,8 @@ def inspect(pidfile: PidFile, settle: float = 1.0) -> PidFileState:
 
     While the lock is held but the file names no process that has it open
     (a start between lock and pid write), look again for up to ``settle``
-    seconds; after that the state is "running" with an unknown pid.
+    seconds; after that the state is "running" with an unknown pid.  An
+    empty file nobody holds is called left behind only if it stays so as long.
     """
     deadline = time.monotonic() + settle
     while True:
@@ -110,12 +116,12 @@ def inspect(pidfile: PidFile, settle: float = 1.0) -> PidFileState:
         if state is _AT_ONCE:
             continue  # an exiting holder unlinked it meanwhile: look again
         if time.monotonic() >= deadline:
-            return PidFileState(exists=True, running=True, pid=None)
+            return _LEFT_EMPTY if state is _EMPTY else PidFileState(exists=True, running=True)
         time.sleep(_RETRY_INTERVAL)
 
 
 def _state_of(pidfile: PidFile, fd: int) -> PidFileState | object:
-    """What the open pidfile says, or when to look again (_AT_ONCE, _SOON)."""
+    """What the open pidfile says, or when to look again (_AT_ONCE, _SOON, _EMPTY)."""
     found = os.fstat(fd)
     if not is_trusted(found, pidfile.owners):
         return _foreign_state(found)
@@ -140,8 +146,10 @@ def _unlocked_state(
         words = os.pread(fd, 4096, 0)
         if LastRun.from_text(words.decode("utf-8", "replace")) is not None:
             return PidFileState(exists=True, running=False, last_words=words)
-    if content == b"" and (_just_created(fd) or writers(_identity(fd))):
-        return _SOON  # a starter between creating and locking it (on a busy machine, later)
+    if content == b"":
+        if _just_created(fd) or writers(_identity(fd)):
+            return _SOON  # a starter between creating and locking it (on a busy machine, later)
+        return _EMPTY
     return PidFileState(exists=True, running=False, pid=pid)
 
 

@@ -138,7 +138,9 @@ def inspect_service(
     # whose pidfile was overwritten has a claim; a starting one has none yet.
     found = _claimant(service, pidfile)
     if found is None:
-        return (pidfile.inspect(settle=settle) if state.running else state), ""
+        # Locked by no process it names, or empty: a start may be under way.
+        unsure = state.running or (state.exists and state.pid is None and not state.last_words)
+        return (pidfile.inspect(settle=settle) if unsure else state), ""
     pid, note = found
     from ._looking import PidFileState  # noqa: PLC0415 -- loaded by inspect() already
 

@@ -185,3 +185,55 @@ def test_an_empty_pidfile_its_starter_still_holds_is_no_stale_one(make_service):
         starter.communicate("\n", timeout=10)
     status = svc.cli("status")
     assert status.returncode == 1 and "left behind" in status.stdout, status.stdout
+
+
+# A starter whose lock attempt met a looker's probing lock: it closed the file
+# and comes back to lock it, holding nothing open in between.
+RETURNING_STARTER = """
+import fcntl, os, sys
+sys.stdin.readline()
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b"%d\\n" % os.getpid())
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _has_open(pid: int, path: str) -> bool:
+    try:
+        return any(
+            os.readlink(f"/proc/{pid}/fd/{fd}") == path for fd in os.listdir(f"/proc/{pid}/fd")
+        )
+    except OSError:
+        return False
+
+
+@pytest.mark.scenario(
+    "Load",
+    "status looks while a start, back from a collision with another look, is about to lock",
+    lost="nothing: status waits out the moment an empty file nobody holds may be a start's, "
+    "and says running (0), not 'left behind' (1)",
+)
+def test_an_empty_pidfile_a_starter_comes_back_to_is_no_stale_one(make_service):
+    svc = make_service()
+    svc.pidfile.write_bytes(b"")
+    created = svc.pidfile.stat().st_ctime
+    wait_for(lambda: time.time() - created > 1.5, what="the file to be older than a moment")
+    starter = subprocess.Popen(
+        [sys.executable, "-c", RETURNING_STARTER, str(svc.pidfile)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    status = svc.popen("status")
+    try:
+        wait_for(lambda: _has_open(status.pid, str(svc.pidfile)) or status.poll() is not None,
+                 what="status to look at the pidfile")  # fmt: skip
+        starter.stdin.write("\n")
+        starter.stdin.flush()
+        assert starter.stdout.readline() == "locked\n"
+        out, _ = status.communicate(timeout=30)
+        assert status.returncode == 0, out
+        assert f"running (pid {starter.pid}," in out, out
+    finally:
+        status.kill()
+        starter.communicate("\n", timeout=10)
