@@ -30,7 +30,7 @@ from ._launch import start
 from ._lookup import inspect_service, pidfile_of, trusted_owners, with_note
 from ._managers import manager_of
 from ._output import complain, say
-from ._proc import open_pidfd, uptime, wait_exit
+from ._proc import is_alive, open_pidfd, uptime, wait_exit
 from ._terminate import terminate
 
 TYPE_CHECKING = False
@@ -280,7 +280,7 @@ def _commit(
             f"failed to restart: the new instance ran and finished ({report.reason}) "
             f"instead of serving; {_what_runs(service, old_pidfd, old)}"
         )
-    if not _alive(new):
+    if not is_alive(new):
         shared.hand_over()
         raise StartupError(
             f"failed to restart: the new instance (pid {new}) ended as soon as it was ready; "
@@ -293,16 +293,6 @@ def _commit(
         remember(service.config.pidfile, service.words)  # only now: it may have failed
     shared.hand_over()
     return new
-
-
-def _alive(pid: int) -> bool:
-    pidfd = open_pidfd(pid)
-    if pidfd is None:
-        return False
-    try:
-        return not wait_exit(pidfd, 0)
-    finally:
-        os.close(pidfd)
 
 
 def _what_runs(service: Service, old_pidfd: int, old: int) -> str:

@@ -46,7 +46,7 @@ import time
 from . import _claim, _listeners
 from ._control import peer_credentials, read_line, stream_socket
 from ._errors import DetachError, PidFileError, StartupError
-from ._proc import wait_exit
+from ._proc import is_alive, wait_exit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ _QUIESCE_LIMIT = 1.0  # at most this long for what the old instance accepted to 
 _QUIESCE_WAIT = 0.5  # between looks at whether the restart still runs
 _LOCK_SUFFIX = ".restarting"
 _RETRY_INTERVAL = 0.01
+_SETTLE_POLL_LIMIT = 0.2  # the longest pause between looks at whether an instance settled
 
 
 def one_restart_at_a_time(pidfile: PidFile, timeout: float) -> PidFile:
@@ -325,17 +326,8 @@ def take_over(pidfile: PidFile, pid: int, timeout: float) -> Handover:
     DetachError when this process has no room for them (``ulimit -n``): the
     running instance is then left alone, not stopped and started afresh.
     """
+    sock = _connect_to_holder(pidfile, pid, timeout)
     try:
-        sock = stream_socket()
-    except OSError as exc:
-        raise DetachError(f"cannot ask pid {pid} for its sockets: {exc.strerror}") from exc
-    try:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(_claim.claim_address(pidfile.path))
-        except OSError as exc:
-            raise StartupError(f"pid {pid} does not answer on its claim socket: {exc}") from None
-        _check_answerer(sock, pidfile, pid)
         sock.sendall(REQUEST.encode("ascii") + b"\n")
         handover = _receive(sock, pid)
     except DetachError:
@@ -350,20 +342,50 @@ def take_over(pidfile: PidFile, pid: int, timeout: float) -> Handover:
     return handover
 
 
-def _check_answerer(sock: _socket.socket, pidfile: PidFile, pid: int) -> None:
-    """The claim's listener must be ``pid`` itself, as one of the service's users.
+def _connect_to_holder(pidfile: PidFile, pid: int, timeout: float) -> _socket.socket:
+    """A connection to the claim that ``pid`` itself, as one of the service's users, answers.
 
     The kernel reports the process that last called listen() on the socket;
     each instance does, in its own name, once it is the service (:func:`settle`).
+    Until the instance a restart just made the service has settled, its
+    predecessor's name is reported: one of the service's users gets until
+    ``timeout`` to settle; another user's process is never asked.
     """
-    answering, uid = peer_credentials(sock)
-    if answering != pid or uid not in pidfile.owners:
-        from ._pidfile import user_name  # noqa: PLC0415
+    deadline = time.monotonic() + timeout
+    pause = _RETRY_INTERVAL
+    while True:
+        try:
+            sock = stream_socket()
+        except OSError as exc:
+            raise DetachError(f"cannot ask pid {pid} for its sockets: {exc.strerror}") from exc
+        try:
+            sock.settimeout(timeout)
+            sock.connect(_claim.claim_address(pidfile.path))
+            answering, uid = peer_credentials(sock)
+        except BlockingIOError as exc:  # its backlog is full: not accepting (yet)
+            sock.close()
+            doubt = f"pid {pid} does not answer on its claim socket: {exc}"
+        except OSError as exc:
+            sock.close()
+            raise StartupError(f"pid {pid} does not answer on its claim socket: {exc}") from None
+        else:
+            if answering == pid and uid in pidfile.owners:
+                return sock
+            sock.close()
+            from ._pidfile import user_name  # noqa: PLC0415
 
-        raise StartupError(
-            f"pid {answering} (user {user_name(uid)}) answers on the claim of {pidfile.path}, "
-            f"not pid {pid}: not trusting it"
-        )
+            doubt = (
+                f"pid {answering} (user {user_name(uid)}) answers on the claim of "
+                f"{pidfile.path}, not pid {pid}: not trusting it"
+            )
+            if uid not in pidfile.owners:
+                raise StartupError(doubt)
+        if time.monotonic() >= deadline or not is_alive(pid):
+            raise StartupError(doubt)
+        # A restart's new instance about to listen in its own name; each try
+        # waits in the backlog until it does: space them out.
+        time.sleep(pause)
+        pause = min(pause * 2, _SETTLE_POLL_LIMIT)
 
 
 def _same_file(fd: int, path: str) -> bool:

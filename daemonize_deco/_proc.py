@@ -24,6 +24,7 @@ __all__ = [
     "ever_started_one",
     "fd_targets",
     "holds_file",
+    "is_alive",
     "open_pidfd",
     "openers",
     "own_children",
@@ -188,6 +189,17 @@ def open_pidfd(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except ProcessLookupError:
         return None
+
+
+def is_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and has not exited (a zombie has)."""
+    pidfd = open_pidfd(pid)
+    if pidfd is None:
+        return False
+    try:
+        return not wait_exit(pidfd, 0)
+    finally:
+        os.close(pidfd)
 
 
 def wait_exit(pidfd: int, timeout: float | None) -> bool:

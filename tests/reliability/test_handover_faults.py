@@ -9,6 +9,8 @@ itself.  Each test failed before its fix.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,7 @@ ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="acting as nobody needs
 LINGERING = (
     ANSWER_WITH_PID
     + """
+print("stopping", os.getpid(), flush=True)
 while os.path.exists(os.path.join(here, "linger")):
     time.sleep(0.05)
 print("stopped", os.getpid(), flush=True)
@@ -347,3 +350,46 @@ def test_another_user_cannot_call_off_the_quiesce(make_service, tmp_path, as_nob
     assert is_gone(old)
     assert f"{old} quiesced" in svc.log_text(), svc.log_text()
     svc.stop_gracefully(svc.read_pid())
+
+
+def _waiting_on_claim(pidfile: Path) -> int:
+    """How many connections wait in the claim's backlog (``ss``: a listener's Recv-Q)."""
+    name = "@" + claim_address(str(pidfile))[1:].decode()
+    listing = subprocess.run(["ss", "-xlnH"], capture_output=True, text=True, check=True).stdout
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[4] == name:
+            return int(fields[2])
+    return 0
+
+
+@pytest.mark.scenario(
+    "Load",
+    "a restart (listen=) right after another, before the instance it made the service "
+    "listens on the claim in its own name (held up by the scheduler: SIGSTOP)",
+    lost="nothing: the second restart waits for it to settle and hands over its sockets, "
+    "instead of distrusting it and falling back to stop and start",
+)
+def test_a_restart_right_after_a_restart_waits_for_the_new_instance_to_settle(make_service):
+    port = free_port()
+    svc = lingering(make_service, port)
+    old = svc.start()
+    (svc.dir / "linger").touch()
+    first = svc.popen("restart")
+    new = wait_for(lambda: svc.read_pid() not in (None, old) and svc.read_pid(), what="commit")
+    os.kill(new, signal.SIGSTOP)  # it cannot settle once the first restart is over
+    try:
+        (svc.dir / "linger").unlink()
+        out, err = first.communicate(timeout=60)
+        assert first.returncode == 0 and f"pid {old} stopped" in out, (out, err)
+        second = svc.popen("restart")
+        wait_for(lambda: _waiting_on_claim(svc.pidfile) or second.poll() is not None,
+                 what="the second restart to ask")  # fmt: skip
+    finally:
+        os.kill(new, signal.SIGCONT)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, (out, err)
+    assert "not trusting" not in err and f"pid {new} stopped, its sockets kept" in out, (out, err)
+    newest = svc.read_pid()
+    assert newest not in (old, new) and ask_pid(("127.0.0.1", port)) == newest
+    assert svc.cli("stop").returncode == 0

@@ -126,6 +126,9 @@ def test_a_settling_supervisor_does_not_spin_on_a_waiting_claim(make_service):
     (svc.dir / "linger").touch()  # the old instance's stop lasts until the file goes
     restart = svc.popen("restart")
     new = wait_for(lambda: svc.read_pid() not in (None, old) and svc.read_pid(), what="commit")
+    # Once the restart has told the old instance to stop (after the commit, it
+    # first has it stop accepting and reads what it accepted):
+    wait_for(lambda: "stopping" in svc.log_text(), what="the old one to stop")
     os.kill(restart.pid, signal.SIGSTOP)  # Ctrl-Z: its pipe to the new supervisor stays open
     try:
         (svc.dir / "linger").unlink()
