@@ -18,7 +18,7 @@ from . import _mark
 from ._detach import ensure_standard_fds, flush_standard_streams
 from ._errors import DaemonError, UsageError
 from ._output import complain, say
-from ._runtime import served_here, threads_left_behind
+from ._served import served_here, threads_left_behind
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -26,7 +26,6 @@ from ._errors import (
     StopError,
     UsageError,
 )
-from ._launch import start
 from ._lookup import inspect_service, pidfile_of, trusted_owners, with_note
 from ._managers import manager_of
 from ._output import complain, say
@@ -178,6 +177,8 @@ def restart(service: Service) -> int:
         replaced = _replace(service, pidfile_of(service))
         if replaced is not None:
             return replaced
+    from ._launch import start  # noqa: PLC0415 -- status and stop never load the daemon's runtime
+
     stop(service)
     return start(service)
 

@@ -21,6 +21,7 @@ import sys
 import time
 
 from . import _beside, _delivery, _heartbeat, _lastrun, _mark, _notify, _signals
+from ._served import mark_served, note_threads_left, threads_left_behind
 from ._claim import PUT_BACK, listen_for_claimants
 from ._config import Service
 from ._control import ControlServer, release_spare
@@ -55,9 +56,7 @@ __all__ = [
     "ready",
     "release_listeners",
     "serve",
-    "served_here",
     "take_the_pidfile",
-    "threads_left_behind",
 ]
 
 # Variables through which a manager talks to its main process only; children
@@ -67,10 +66,8 @@ _MANAGER_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "SUPERVI
 
 
 class _Facts:
-    """What this process has done as a service, for the way it exits."""
+    """What this process holds as a service: its sockets and its fork hook."""
 
-    served = False
-    threads_left: tuple[str, ...] = ()
     control: ControlServer | None = None
     claim: ControlServer | None = None
     fork_hook = False
@@ -78,16 +75,6 @@ class _Facts:
 
 _facts = _Facts()
 _CALLS_MAIN = Service.call_main.__code__  # where main's frames begin, for ``_delivery``
-
-
-def served_here() -> bool:
-    """Whether this process has run a service (and so may have its threads to wait for)."""
-    return _facts.served
-
-
-def threads_left_behind() -> tuple[str, ...]:
-    """Names of main's threads still running ``stop_timeout`` after it returned."""
-    return _facts.threads_left
 
 
 class Outcome:
@@ -335,7 +322,7 @@ def serve(
     the run ended on the (supervised) ``startup`` channel; ``heartbeats`` is
     the slot it reads them from.
     """
-    _facts.served = True
+    mark_served()
     _mark.drop_command_badge()  # ``run``, ``start`` under a manager: a service now
     if not _facts.fork_hook:
         os.register_at_fork(after_in_child=_not_the_service_in_child)
@@ -385,7 +372,7 @@ def serve(
         _delivery.main_ended()
         _delivery.finish_in_flight(_signals.time_left(config.stop_timeout))
         _heartbeat.ending()  # what is left is bounded by stop_timeout, not the watchdog
-        _facts.threads_left = _wait_for_threads(config.stop_timeout)
+        note_threads_left(_wait_for_threads(config.stop_timeout))
     except BaseException as exc:
         if os.getpid() != service_pid:
             raise  # a forked child unwinding: nothing here is its to clean up
@@ -393,7 +380,7 @@ def serve(
         _account_for_a_failure(service, pidfile, startup, dispatcher, run=run, exc=exc)
         raise
     was_ready = _end_service(dispatcher, config.stop_timeout)
-    if _facts.threads_left:
+    if threads_left_behind():
         _say_threads_left(config.stop_timeout)
     _end_what_it_started(pidfile, startup, config.stop_timeout)
     _account_for_the_run(
@@ -598,7 +585,7 @@ def _tell_supervisor(startup: StartupChannel | None, outcome: Outcome, *, was_re
 
 
 def _say_threads_left(stop_timeout: float) -> None:
-    names = ", ".join(_facts.threads_left)
+    names = ", ".join(threads_left_behind())
     last_words(
         lambda: print(
             f"daemonize_deco: main returned, but its threads {names} were still running "
