@@ -125,7 +125,7 @@ def _remove_what_it_left_beside(pidfile: PidFile) -> None:
     (a restart killed), and the temporary names of writes cut short.
     """
     from ._handover import remove_unheld_lock  # noqa: PLC0415 -- after a killed run
-    from ._options import OPTIONS_SUFFIX  # noqa: PLC0415 -- a small module
+    from ._remembered_options import OPTIONS_SUFFIX  # noqa: PLC0415 -- a small module
     from ._supervisor import STATE_SUFFIX  # noqa: PLC0415
 
     if pidfile.inspect(settle=0).running:
@@ -276,23 +276,23 @@ def _commit(
     """
     new = report.pid
     if report.outcome != "ready" or new is None:
-        shared.hand_over()
+        shared.close()
         raise StartupError(
             f"failed to restart: the new instance ran and finished ({report.reason}) "
             f"instead of serving; {_what_runs(service, old_pidfd, old)}"
         )
     if not is_alive(new):
-        shared.hand_over()
+        shared.close()
         raise StartupError(
             f"failed to restart: the new instance (pid {new}) ended as soon as it was ready; "
             f"{_what_runs(service, old_pidfd, old)}"
         )
     shared.write_pid(new)  # from now on the pidfile names the new instance
     if service.signature:
-        from ._options import remember  # noqa: PLC0415 -- loaded by main's signature
+        from ._remembered_options import remember  # noqa: PLC0415 -- a small record
 
         remember(service.config.pidfile, service.words)  # only now: it may have failed
-    shared.hand_over()
+    shared.close()
     return new
 
 

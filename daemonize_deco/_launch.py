@@ -134,7 +134,7 @@ def start(service: Service) -> int:
             pidfile.remove()  # not forked yet: the lock is ours alone
             raise
         report = detach_and_wait(service, pidfile, credentials, interrupts)
-        pidfile.hand_over()
+        pidfile.close()
     _say_started(service, report)
     if ended:
         say(ended)  # after the outcome: the first line stays "started (pid N)"
@@ -321,7 +321,7 @@ def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport)
         release_listeners(remove_files=not pidfile.adopted)
         pidfile.remove()
     else:
-        pidfile.hand_over()
+        pidfile.close()
     return reason
 
 

@@ -24,6 +24,7 @@ import errno
 import os
 import stat
 
+from ._addresses import Address, parse_address
 from ._errors import ListenError
 
 TYPE_CHECKING = False
@@ -32,62 +33,17 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
-    "Address",
     "activated",
     "adopt",
     "close_all",
     "descriptors",
     "listeners",
     "open_listeners",
-    "parse_address",
     "remove_unused_files",
 ]
 
 _SD_LISTEN_FDS_START = 3
 _DEFAULT_BACKLOG = 4096
-
-
-class Address:
-    """One ``listen=`` entry, parsed: ``tcp://HOST:PORT`` or ``unix:/path``."""
-
-    __slots__ = ("host", "path", "port", "text")
-
-    def __init__(self, text: str, *, host: str = "", port: int = 0, path: str = "") -> None:
-        self.text = text
-        self.host = host
-        self.port = port
-        self.path = path
-
-    @property
-    def is_unix(self) -> bool:
-        """Whether it is a Unix-domain socket."""
-        return bool(self.path)
-
-    def __repr__(self) -> str:
-        return f"Address({self.text!r})"
-
-
-def parse_address(text: object) -> Address:
-    """Parse one ``listen=`` entry; ValueError naming what is wrong."""
-    if not isinstance(text, str):
-        raise TypeError(f"listen= takes addresses as text, not {type(text).__name__}")
-    if text.startswith("unix:"):
-        path = text[len("unix:") :]
-        if not path or "\0" in path:
-            raise ValueError(f"listen {text!r}: unix: needs a path, as unix:/run/app.sock")
-        return Address(text, path=os.path.abspath(os.path.expanduser(path)))
-    if not text.startswith("tcp://"):
-        raise ValueError(f"listen {text!r}: expected tcp://HOST:PORT or unix:/path")
-    host, colon, port_text = text[len("tcp://") :].rpartition(":")
-    if not colon or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"listen {text!r}: expected a port number after the last ':'")
-    if host.startswith("["):
-        if not host.endswith("]"):
-            raise ValueError(f"listen {text!r}: an IPv6 address is written [::1]")
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"listen {text!r}: write an IPv6 address in brackets, as [::1]")
-    return Address(text, host=host, port=int(port_text))
 
 
 class _Held:

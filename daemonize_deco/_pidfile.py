@@ -374,8 +374,8 @@ class PidFile:
         os.close(new)
         return True
 
-    def hand_over(self) -> None:
-        """Close our descriptor; the lock stays with the daemon, which shares it."""
+    def close(self) -> None:
+        """Close our descriptor; the lock stays with whoever shares it (a daemon, its start)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -397,7 +397,7 @@ class PidFile:
                 pass
             except PermissionError:
                 self._leave_last_words(self._fd)
-        self.hand_over()
+        self.close()
 
     def _leave_last_words(self, fd: int) -> None:
         if self.last_words is None:

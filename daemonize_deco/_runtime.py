@@ -21,7 +21,6 @@ import sys
 import time
 
 from . import _beside, _delivery, _heartbeat, _lastrun, _mark, _notify, _signals
-from ._served import mark_served, note_threads_left, threads_left_behind
 from ._claim import PUT_BACK, listen_for_claimants
 from ._config import Service
 from ._control import ControlServer, release_spare
@@ -33,6 +32,7 @@ from ._ready import arm as _arm_readiness
 from ._ready import disarm as _disarm_readiness
 from ._ready import forget_in_child as _forget_readiness
 from ._ready import ready
+from ._served import mark_served, note_threads_left, threads_left_behind
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ def _options_file(service: Service) -> str | None:
     """Where the options it runs with are kept (``_options``), if it takes any."""
     if not service.signature:
         return None
-    from ._options import OPTIONS_SUFFIX  # noqa: PLC0415 -- loaded by main's signature
+    from ._remembered_options import OPTIONS_SUFFIX  # noqa: PLC0415 -- a small record
 
     return service.config.pidfile + OPTIONS_SUFFIX
 
@@ -496,7 +496,7 @@ def _account_for_the_run(
     if config.listen:
         _remove_unheld_restart_lock(pidfile)
     if service.signature:
-        from ._options import forget  # noqa: PLC0415 -- loaded by main's signature
+        from ._remembered_options import forget  # noqa: PLC0415 -- a small record
 
         forget(config.pidfile)  # the options of a running service: it no longer runs
     _let_go_of_pidfile(pidfile, startup, was_ready=was_ready, outcome=outcome, finished=finished)
@@ -520,7 +520,7 @@ def handed_on(pidfile: PidFile) -> bool:
 def let_go_for_successor(pidfile: PidFile) -> None:
     """A restart handed everything on (``_handover``): close our copies, touch nothing else."""
     release_listeners(remove_files=False)
-    pidfile.hand_over()
+    pidfile.close()
 
 
 def release_listeners(*, remove_files: bool = True) -> None:
@@ -610,7 +610,7 @@ def _let_go_of_pidfile(
         pidfile.remove()  # before "done": start reports success and leaves it to us
         startup.finished(outcome.status)
     elif startup.fail(_why_not_ready(outcome)):
-        pidfile.hand_over()  # the starting process, which shares the lock, removes it
+        pidfile.close()  # the starting process, which shares the lock, removes it
     else:
         pidfile.remove()
 

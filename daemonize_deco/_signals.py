@@ -41,6 +41,9 @@ import time
 
 from . import _takeover
 from ._errors import DaemonError, DetachError
+from ._signal_names import RELOAD_SIGNAL as RELOAD_SIGNAL  # noqa: PLC0414 -- _dispatch, _supervisor
+from ._signal_names import STOP_SIGNALS
+from ._signal_names import signal_name as signal_name  # noqa: PLC0414 -- _dispatch, _supervisor
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -67,11 +70,6 @@ __all__ = [
     "when_main_loops",
 ]
 
-STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
-# SIGHUP reloads (and reopens logs); a stray one from a closing terminal or
-# logrotate must never kill a daemon.
-RELOAD_SIGNAL = signal.SIGHUP
-RESERVED_SIGNALS = STOP_SIGNALS | {RELOAD_SIGNAL}
 # A byte no signal number can be: "the wakeup fd was taken over", for the log.
 WAKEUP_TAKEN = 255
 _LONGEST_POLL_MS = 86_400_000  # poll() takes an int of milliseconds: wait a day at a time
@@ -443,16 +441,6 @@ def keep_away_from_this_thread() -> None:
     """
     if _state.handled:
         signal.pthread_sigmask(signal.SIG_BLOCK, _state.handled)
-
-
-def signal_name(signum: int) -> str:
-    """``SIGTERM`` for 15: for messages only, so the enum module loads only then."""
-    import signal as signal_module  # noqa: PLC0415
-
-    try:
-        return signal_module.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 def wake_dispatcher() -> None:

@@ -123,7 +123,6 @@ class _Child:
         self.started = time.time()
         self.started_monotonic = time.monotonic()
         self.ready = False
-        self.said_main = False
         self.early_end: str | None = None  # "fail REASON" or "done STATUS" before ready
         self.exception: str | None = None  # from its "exit" line
         self.hung: float | None = None  # the watchdog's limit, once it ended it
@@ -562,12 +561,12 @@ class _Supervisor:
         )
         _lastrun.write(self.config.pidfile, run)
         if self.service.signature:
-            from ._options import forget  # noqa: PLC0415 -- loaded by main's signature
+            from ._remembered_options import forget  # noqa: PLC0415 -- a small record
 
             forget(self.config.pidfile)
         if failed is not None or self.starter_removes_pidfile:
             # Given up: left behind on purpose, so status says "failed".
-            self.pidfile.hand_over()
+            self.pidfile.close()
         else:
             release_listeners()
             if self.config.listen:
