@@ -50,7 +50,10 @@ def _running_pid(service: Service, pidfile: PidFile) -> int | None:
         _say_not_running(service, pidfile, state)
         return None
     if state.pid is None:
-        raise StopError(f"pidfile {pidfile.path} is locked, but names no process that holds it")
+        raise StopError(
+            f"pidfile {pidfile.path} is locked, but names no process that holds it",
+            path=pidfile.path,
+        )
     if note:
         say(f"{service.name}: {note}")
     return state.pid
@@ -83,9 +86,9 @@ def stop(service: Service) -> int:
     try:
         ending = terminate(pidfd, pid, _stop_timeout(service))
     except PermissionError as exc:
-        raise StopError(f"cannot stop pid {pid}: permission denied") from exc
+        raise StopError(f"cannot stop pid {pid}: permission denied", pid=pid) from exc
     except TimeoutError as exc:
-        raise StopError(f"cannot stop pid {pid}: {exc}") from exc
+        raise StopError(f"cannot stop pid {pid}: {exc}", pid=pid) from exc
     finally:
         os.close(pidfd)
     # Left behind after SIGKILL, or by a daemon that dropped privileges and
@@ -233,7 +236,11 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
     config = service.config
     pidfd = _pinned(pidfile, old)
     if pidfd is None:
-        raise StartupError(f"failed to restart: pid {old} no longer holds {pidfile.path}")
+        raise StartupError(
+            f"failed to restart: pid {old} no longer holds {pidfile.path}",
+            path=pidfile.path,
+            pid=old,
+        )
     try:
         with DeferredInterrupts() as interrupts:
             credentials = check_before_fork(config)
@@ -246,7 +253,9 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
             try:
                 report = detach_and_wait(service, shared, credentials, interrupts)
             except StartupError as exc:
-                raise StartupError(f"{exc}; {_what_runs(service, pidfd, old)}") from None
+                raise StartupError(
+                    f"{exc}; {_what_runs(service, pidfd, old)}", path=exc.path, pid=exc.pid
+                ) from None
             finally:
                 forget_predecessor()
             try:
@@ -255,7 +264,9 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
                 try:
                     ending = terminate(pidfd, old, _stop_timeout(service))
                 except (PermissionError, TimeoutError) as exc:
-                    raise StopError(f"started pid {new}, but cannot stop pid {old}: {exc}") from exc
+                    raise StopError(
+                        f"started pid {new}, but cannot stop pid {old}: {exc}", pid=old
+                    ) from exc
             finally:
                 report.close_channel()  # the restart is over: the new instance settles
     finally:
@@ -279,13 +290,15 @@ def _commit(
         shared.close()
         raise StartupError(
             f"failed to restart: the new instance ran and finished ({report.reason}) "
-            f"instead of serving; {_what_runs(service, old_pidfd, old)}"
+            f"instead of serving; {_what_runs(service, old_pidfd, old)}",
+            pid=new,
         )
     if not is_alive(new):
         shared.close()
         raise StartupError(
             f"failed to restart: the new instance (pid {new}) ended as soon as it was ready; "
-            f"{_what_runs(service, old_pidfd, old)}"
+            f"{_what_runs(service, old_pidfd, old)}",
+            pid=new,
         )
     shared.write_pid(new)  # from now on the pidfile names the new instance
     if service.signature:
@@ -357,7 +370,7 @@ def reload(service: Service) -> int:
     state, note = inspect_service(service, pidfile)
     pidfd = None if state.pid is None else _pinned(pidfile, state.pid)
     if pidfd is None or state.pid is None:
-        raise NotRunningError("is not running")
+        raise NotRunningError("is not running", path=pidfile.path)
     pid, timeout = state.pid, service.config.start_timeout
     try:
         answer = ask(pid, "reload", timeout, lambda: _send_sighup(pidfd, pid))
@@ -370,11 +383,11 @@ def reload(service: Service) -> int:
         say(f"{service.name}: sent SIGHUP to pid {pid} ({exc}: not trusting it)")
         return 0
     except TimeoutError:
-        raise ReloadError(f"no answer from pid {pid} within {timeout:g}s") from None
+        raise ReloadError(f"no answer from pid {pid} within {timeout:g}s", pid=pid) from None
     finally:
         os.close(pidfd)
     if answer != "ok":
-        raise ReloadError(f"reload failed in pid {pid}: {answer.removeprefix('error ')}")
+        raise ReloadError(f"reload failed in pid {pid}: {answer.removeprefix('error ')}", pid=pid)
     say(f"{service.name} reloaded ({with_note(f'pid {pid}', note)})")
     return 0
 
@@ -383,9 +396,9 @@ def _send_sighup(pidfd: int, pid: int) -> None:
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGHUP)
     except PermissionError as exc:
-        raise ReloadError(f"cannot signal pid {pid}: permission denied") from exc
+        raise ReloadError(f"cannot signal pid {pid}: permission denied", pid=pid) from exc
     except ProcessLookupError as exc:
-        raise NotRunningError("is not running") from exc
+        raise NotRunningError("is not running", pid=pid) from exc
 
 
 def print_systemd_unit(service: Service) -> int:

@@ -210,7 +210,9 @@ def _resolve(address: Address) -> list[tuple[int, str | tuple[object, ...]]]:
             address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as exc:
-        raise ListenError(f"cannot listen on {address.text}: {exc.strerror}") from None
+        raise ListenError(
+            f"cannot listen on {address.text}: {exc.strerror}", path=address.path or None
+        ) from None
     return [(info[0], info[4]) for info in found]
 
 
@@ -227,7 +229,9 @@ def _bind(address: Address) -> socket.socket:
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)  # non-inheritable (PEP 446)
     except OSError as exc:  # no descriptor left (ulimit -n)
-        raise ListenError(f"cannot listen on {address.text}: {_reason(exc)}") from None
+        raise ListenError(
+            f"cannot listen on {address.text}: {_reason(exc)}", path=address.path or None
+        ) from None
     try:
         if family != socket.AF_UNIX:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -240,7 +244,9 @@ def _bind(address: Address) -> socket.socket:
         sock.listen(_backlog())
     except OSError as exc:
         sock.close()
-        raise ListenError(f"cannot listen on {address.text}: {_reason(exc)}") from None
+        raise ListenError(
+            f"cannot listen on {address.text}: {_reason(exc)}", path=address.path or None
+        ) from None
     return sock
 
 
@@ -255,9 +261,14 @@ def _clear_stale_socket_file(address: Address) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise ListenError(f"cannot listen on {address.text}: {_reason(exc)}") from None
+        raise ListenError(
+            f"cannot listen on {address.text}: {_reason(exc)}", path=address.path or None
+        ) from None
     if not stat.S_ISSOCK(mode):
-        raise ListenError(f"cannot listen on {address.text}: the path exists and is not a socket")
+        raise ListenError(
+            f"cannot listen on {address.text}: the path exists and is not a socket",
+            path=address.path or None,
+        )
     try:
         table = open("/proc/net/unix", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
     except OSError as exc:
@@ -267,7 +278,10 @@ def _clear_stale_socket_file(address: Address) -> None:
     with table:
         next(table)  # Num RefCount Protocol Flags Type St Inode Path
         if any(line.split(None, 7)[7:] == [address.path + "\n"] for line in table):
-            raise ListenError(f"cannot listen on {address.text}: address already in use")
+            raise ListenError(
+                f"cannot listen on {address.text}: address already in use",
+                path=address.path or None,
+            )
     os.unlink(address.path)
 
 

@@ -138,11 +138,15 @@ class PidFile:
         try:
             fd = os.open(self.path, flags, PIDFILE_MODE)
         except OSError as exc:
-            raise PidFileError(_describe_open_error(self.path, exc, self.what)) from exc
+            raise PidFileError(
+                _describe_open_error(self.path, exc, self.what), path=self.path
+            ) from exc
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             os.close(fd)
-            raise PidFileError(f"cannot use {self.what} {self.path}: it is {_file_kind(mode)}")
+            raise PidFileError(
+                f"cannot use {self.what} {self.path}: it is {_file_kind(mode)}", path=self.path
+            )
         return fd
 
     def open_existing(self) -> int | None:

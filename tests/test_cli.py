@@ -162,6 +162,10 @@ def test_public_names():
     assert set(daemonize_deco.__all__) == {
         "Daemon", "DaemonError", "daemon", "heartbeat", "listeners", "notify", "ready",
         "should_stop", "sleep", "stopped",
+        # the errors, for a program that calls main.cli(argv, standalone=False)
+        "AlreadyRunningError", "DetachError", "ListenError", "ManagedError", "NoLogError",
+        "NotRunningError", "PidFileError", "ReloadError", "StartupError", "StopError",
+        "UsageError",
     }  # fmt: skip
     for name in daemonize_deco.__all__:
         assert getattr(daemonize_deco, name).__doc__
