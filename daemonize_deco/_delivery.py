@@ -53,6 +53,7 @@ STOP_MAIN_MODES = ("auto", "flag", "interrupt")
 _LOOK_EVERY = 0.02  # how often the dispatcher looks at main's stack
 _STILL_LOOKS = 3  # looks that must find main's thread in the same place: it waits
 _LIBRARY_CODE = ("<",)  # frozen modules, code compiled from strings
+_HANDLER_FILES = frozenset({_signals.__file__, __file__})  # the signal handler's code
 
 
 class _State:
@@ -220,9 +221,16 @@ def _where(top: FrameType | None) -> str:
 
 
 def _main_stack(top: FrameType | None) -> list[FrameType]:
-    """Main's frame and those above it, topmost first; [] when main is not running."""
+    """Main's frame and those above it, topmost first; [] when main is not running.
+
+    Without the registry's signal handler on top: Python runs it in main's
+    thread, above the call main waits in (the stop's own SIGTERM, for one),
+    and main is back in that call once it returned.
+    """
     stack: list[FrameType] = []
     frame = top
+    while frame is not None and frame.f_code.co_filename in _HANDLER_FILES:
+        frame = frame.f_back
     while frame is not None:
         if frame.f_code is _state.entry:
             return stack

@@ -117,3 +117,23 @@ def test_a_hundred_daemons_in_parallel(make_service):
         assert proc.returncode == 0 and "stopped" in out, err
     wait_for(lambda: marked_pids(services[0].mark) == [], timeout=15, what="all gone")
     assert not any(svc.pidfile.exists() for svc in services)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.scenario(
+    "Load",
+    "20 services whose main never asks (blocked in time.sleep), stopped at once",
+    lost="nothing: each main gets its KeyboardInterrupt, even when the dispatcher looks while "
+    "main's thread still runs the SIGTERM handler; none is SIGKILLed",
+)
+def test_blocked_mains_stopped_at_once_each_get_the_stop(make_service):
+    services = [
+        make_service(name=f"blocked{i:02d}", body="time.sleep(3600)", start_grace=0.2)
+        for i in range(20)
+    ]
+    for svc in services:
+        svc.start()
+    stops = [svc.popen("stop") for svc in services]
+    outputs = [proc.communicate(timeout=60)[0] for proc in stops]
+    killed = [out for out in outputs if "stopped (pid" not in out]
+    assert not killed, killed
