@@ -339,11 +339,12 @@ class _Supervisor:
             self.startup.postpone()
         elif word == "ready":
             child.ready = True
+            if self.phase in (Phase.STARTING, Phase.RESTARTING):
+                # Before ``start`` hears of it: a status after "started" says running.
+                self.enter(Phase.RUNNING)  # starting -> running; restarting -> running
             if self.startup is not None:
                 self.startup.ready()
                 self.startup = None  # closed by ready(): the start is reported
-            if self.phase in (Phase.STARTING, Phase.RESTARTING):
-                self.enter(Phase.RUNNING)  # starting -> running; restarting -> running
         elif word in ("fail", "done") and not child.ready:
             child.early_end = line
         elif word == "exit":
