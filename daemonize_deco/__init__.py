@@ -12,7 +12,20 @@ if __name__ == "__main__":
     main()          # python ticker.py start | stop | restart | status | run
 """
 
-from ._errors import DaemonError
+from ._errors import (
+    AlreadyRunningError,
+    DaemonError,
+    DetachError,
+    ListenError,
+    ManagedError,
+    NoLogError,
+    NotRunningError,
+    PidFileError,
+    ReloadError,
+    StartupError,
+    StopError,
+    UsageError,
+)
 from ._heartbeat import heartbeat
 from ._notify import notify
 from ._ready import ready
@@ -25,8 +38,19 @@ if TYPE_CHECKING:
     from ._listeners import listeners
 
 __all__ = [
+    "AlreadyRunningError",
     "Daemon",
     "DaemonError",
+    "DetachError",
+    "ListenError",
+    "ManagedError",
+    "NoLogError",
+    "NotRunningError",
+    "PidFileError",
+    "ReloadError",
+    "StartupError",
+    "StopError",
+    "UsageError",
     "daemon",
     "heartbeat",
     "listeners",

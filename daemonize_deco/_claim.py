@@ -109,7 +109,7 @@ def listen_for_claimants(pidfile: str) -> ControlServer | None:
             return None
         # No descriptor left (ulimit -n): a service that cannot claim its path
         # could be started twice once its pidfile is deleted.
-        raise DetachError(f"cannot claim {pidfile}: {exc.strerror}") from exc
+        raise DetachError(f"cannot claim {pidfile}: {exc.strerror}", path=pidfile) from exc
 
 
 def answer_claimants(server: ControlServer, answers: Mapping[str, Answer]) -> None:
@@ -165,7 +165,8 @@ def find_claimant(
         sock = stream_socket()
     except OSError as exc:  # no descriptor left (ulimit -n): the question has no answer
         raise PidFileError(
-            f"cannot look for a service claiming {pidfile}: cannot open a socket: {exc.strerror}"
+            f"cannot look for a service claiming {pidfile}: cannot open a socket: {exc.strerror}",
+            path=pidfile,
         ) from exc
     try:
         sock.settimeout(timeout)

@@ -18,7 +18,7 @@ from . import _mark
 from ._detach import ensure_standard_fds, flush_standard_streams
 from ._errors import DaemonError, UsageError
 from ._output import complain, say
-from ._runtime import served_here, threads_left_behind
+from ._served import served_here, threads_left_behind
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -154,16 +154,20 @@ def parse(argv: Sequence[str], custom: Sequence[str] = ()) -> str | None:
 
 
 def error_status(command: str | None, exc: DaemonError) -> int:
-    """The exit status for ``exc`` raised by ``command``."""
+    """The exit status for ``exc`` raised by ``command``; it stays on ``exc`` as ``status``."""
     if command == "status" and not isinstance(exc, UsageError):
-        return STATUS_UNKNOWN
-    return exc.exit_status
+        exc.status = STATUS_UNKNOWN
+    else:
+        exc.status = exc.exit_status
+    return exc.status
 
 
-def dispatch(service: Service, argv: Sequence[str]) -> int:
+def dispatch(service: Service, argv: Sequence[str], *, standalone: bool = True) -> int:
     """Run the command ``argv`` names and return its exit status.
 
-    Never raises DaemonError, nor KeyboardInterrupt (Ctrl-C is a line and status 130).
+    Never raises DaemonError, nor KeyboardInterrupt (Ctrl-C is a line and
+    status 130), unless not ``standalone``: then both are raised as they
+    came, the error with its exit status as ``status``, and nothing is said.
     """
     ensure_standard_fds()
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else service.name
@@ -189,11 +193,16 @@ def dispatch(service: Service, argv: Sequence[str]) -> int:
             return 0
         return spec.run(given)
     except DaemonError as exc:
+        status = error_status(command, exc)
+        if not standalone:
+            raise
         complain(exc.line_for(service.name))
         if isinstance(exc, UsageError):
             complain(exc.usage if exc.usage is not None else usage(prog, service))
-        return error_status(command, exc)
+        return status
     except KeyboardInterrupt:
+        if not standalone:
+            raise
         # What the command had done stands (a stop's SIGTERM was sent); say so in one line.
         complain(f"{service.name}: {command or 'command'} interrupted")
         return INTERRUPTED

@@ -84,7 +84,7 @@ def _reused(
 ) -> dict[str, object]:
     """For a restart without settings: those the instance it names runs with."""
     from ._lookup import trusted_owners  # noqa: PLC0415 -- restart loads it anyway
-    from ._options import remembered  # noqa: PLC0415 -- loaded by main's signature already
+    from ._remembered_options import remembered  # noqa: PLC0415 -- a small record
 
     at = _given(service, signature, signature.fill(dict(addressing)), {}, parser)
     words = remembered(at.config.pidfile, trusted_owners(at.config, directory=False))

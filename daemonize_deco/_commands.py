@@ -26,7 +26,6 @@ from ._errors import (
     StopError,
     UsageError,
 )
-from ._launch import start
 from ._lookup import inspect_service, pidfile_of, trusted_owners, with_note
 from ._managers import manager_of
 from ._output import complain, say
@@ -51,7 +50,10 @@ def _running_pid(service: Service, pidfile: PidFile) -> int | None:
         _say_not_running(service, pidfile, state)
         return None
     if state.pid is None:
-        raise StopError(f"pidfile {pidfile.path} is locked, but names no process that holds it")
+        raise StopError(
+            f"pidfile {pidfile.path} is locked, but names no process that holds it",
+            path=pidfile.path,
+        )
     if note:
         say(f"{service.name}: {note}")
     return state.pid
@@ -84,9 +86,9 @@ def stop(service: Service) -> int:
     try:
         ending = terminate(pidfd, pid, _stop_timeout(service))
     except PermissionError as exc:
-        raise StopError(f"cannot stop pid {pid}: permission denied") from exc
+        raise StopError(f"cannot stop pid {pid}: permission denied", pid=pid) from exc
     except TimeoutError as exc:
-        raise StopError(f"cannot stop pid {pid}: {exc}") from exc
+        raise StopError(f"cannot stop pid {pid}: {exc}", pid=pid) from exc
     finally:
         os.close(pidfd)
     # Left behind after SIGKILL, or by a daemon that dropped privileges and
@@ -126,8 +128,8 @@ def _remove_what_it_left_beside(pidfile: PidFile) -> None:
     (a restart killed), and the temporary names of writes cut short.
     """
     from ._handover import remove_unheld_lock  # noqa: PLC0415 -- after a killed run
-    from ._options import OPTIONS_SUFFIX  # noqa: PLC0415 -- a small module
     from ._phases import STATE_SUFFIX  # noqa: PLC0415
+    from ._remembered_options import OPTIONS_SUFFIX  # noqa: PLC0415 -- a small module
 
     if pidfile.inspect(settle=0).running:
         return  # a start came in meanwhile: these are its files now
@@ -178,6 +180,8 @@ def restart(service: Service) -> int:
         replaced = _replace(service, pidfile_of(service))
         if replaced is not None:
             return replaced
+    from ._launch import start  # noqa: PLC0415 -- status and stop never load the daemon's runtime
+
     stop(service)
     return start(service)
 
@@ -232,7 +236,11 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
     config = service.config
     pidfd = _pinned(pidfile, old)
     if pidfd is None:
-        raise StartupError(f"failed to restart: pid {old} no longer holds {pidfile.path}")
+        raise StartupError(
+            f"failed to restart: pid {old} no longer holds {pidfile.path}",
+            path=pidfile.path,
+            pid=old,
+        )
     try:
         with DeferredInterrupts() as interrupts:
             credentials = check_before_fork(config)
@@ -245,7 +253,9 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
             try:
                 report = detach_and_wait(service, shared, credentials, interrupts)
             except StartupError as exc:
-                raise StartupError(f"{exc}; {_what_runs(service, pidfd, old)}") from None
+                raise StartupError(
+                    f"{exc}; {_what_runs(service, pidfd, old)}", path=exc.path, pid=exc.pid
+                ) from None
             finally:
                 forget_predecessor()
             try:
@@ -254,7 +264,9 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
                 try:
                     ending = terminate(pidfd, old, _stop_timeout(service))
                 except (PermissionError, TimeoutError) as exc:
-                    raise StopError(f"started pid {new}, but cannot stop pid {old}: {exc}") from exc
+                    raise StopError(
+                        f"started pid {new}, but cannot stop pid {old}: {exc}", pid=old
+                    ) from exc
             finally:
                 report.close_channel()  # the restart is over: the new instance settles
     finally:
@@ -275,23 +287,25 @@ def _commit(
     """
     new = report.pid
     if report.outcome != "ready" or new is None:
-        shared.hand_over()
+        shared.close()
         raise StartupError(
             f"failed to restart: the new instance ran and finished ({report.reason}) "
-            f"instead of serving; {_what_runs(service, old_pidfd, old)}"
+            f"instead of serving; {_what_runs(service, old_pidfd, old)}",
+            pid=new,
         )
     if not is_alive(new):
-        shared.hand_over()
+        shared.close()
         raise StartupError(
             f"failed to restart: the new instance (pid {new}) ended as soon as it was ready; "
-            f"{_what_runs(service, old_pidfd, old)}"
+            f"{_what_runs(service, old_pidfd, old)}",
+            pid=new,
         )
     shared.write_pid(new)  # from now on the pidfile names the new instance
     if service.signature:
-        from ._options import remember  # noqa: PLC0415 -- loaded by main's signature
+        from ._remembered_options import remember  # noqa: PLC0415 -- a small record
 
         remember(service.config.pidfile, service.words)  # only now: it may have failed
-    shared.hand_over()
+    shared.close()
     return new
 
 
@@ -356,7 +370,7 @@ def reload(service: Service) -> int:
     state, note = inspect_service(service, pidfile)
     pidfd = None if state.pid is None else _pinned(pidfile, state.pid)
     if pidfd is None or state.pid is None:
-        raise NotRunningError("is not running")
+        raise NotRunningError("is not running", path=pidfile.path)
     pid, timeout = state.pid, service.config.start_timeout
     try:
         answer = ask(pid, "reload", timeout, lambda: _send_sighup(pidfd, pid))
@@ -369,11 +383,11 @@ def reload(service: Service) -> int:
         say(f"{service.name}: sent SIGHUP to pid {pid} ({exc}: not trusting it)")
         return 0
     except TimeoutError:
-        raise ReloadError(f"no answer from pid {pid} within {timeout:g}s") from None
+        raise ReloadError(f"no answer from pid {pid} within {timeout:g}s", pid=pid) from None
     finally:
         os.close(pidfd)
     if answer != "ok":
-        raise ReloadError(f"reload failed in pid {pid}: {answer.removeprefix('error ')}")
+        raise ReloadError(f"reload failed in pid {pid}: {answer.removeprefix('error ')}", pid=pid)
     say(f"{service.name} reloaded ({with_note(f'pid {pid}', note)})")
     return 0
 
@@ -382,9 +396,9 @@ def _send_sighup(pidfd: int, pid: int) -> None:
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGHUP)
     except PermissionError as exc:
-        raise ReloadError(f"cannot signal pid {pid}: permission denied") from exc
+        raise ReloadError(f"cannot signal pid {pid}: permission denied", pid=pid) from exc
     except ProcessLookupError as exc:
-        raise NotRunningError("is not running") from exc
+        raise NotRunningError("is not running", pid=pid) from exc
 
 
 def print_systemd_unit(service: Service) -> int:

@@ -234,7 +234,7 @@ class Service:
     def remember_options(self) -> None:
         """Keep the option words it runs with beside its pidfile (``status``, ``restart``)."""
         if self.signature:
-            from ._options import remember  # noqa: PLC0415 -- loaded by main's signature
+            from ._remembered_options import remember  # noqa: PLC0415 -- a small record
 
             remember(self.config.pidfile, self.words)
 
@@ -294,7 +294,7 @@ def _listen(value: object) -> tuple[str, ...]:
     """``listen=``: one address or a list of them, each checked unless it has placeholders."""
     if value is None:
         return ()
-    from ._listeners import parse_address  # noqa: PLC0415 -- only services with listen=
+    from ._addresses import parse_address  # noqa: PLC0415 -- only services with listen=
 
     entries = [value] if isinstance(value, str) else value
     if not isinstance(entries, list | tuple):

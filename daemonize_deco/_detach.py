@@ -193,19 +193,23 @@ class DeferredInterrupts:
 def check_workdir(path: str) -> None:
     """Fail before forking when the working directory does not exist."""
     if not os.path.isdir(path):
-        raise DetachError(f"cannot change directory to {path}: it is not an existing directory")
+        raise DetachError(
+            f"cannot change directory to {path}: it is not an existing directory", path=path
+        )
 
 
 def check_log_path(path: str) -> None:
     """Fail before forking when the log file could obviously not be opened."""
     directory = os.path.dirname(path) or "."
     if os.path.isdir(path):
-        raise DetachError(f"cannot open log file {path}: it is a directory")
+        raise DetachError(f"cannot open log file {path}: it is a directory", path=path)
     if not os.path.isdir(directory):
-        raise DetachError(f"cannot open log file {path}: directory {directory} does not exist")
+        raise DetachError(
+            f"cannot open log file {path}: directory {directory} does not exist", path=path
+        )
     target = path if os.path.exists(path) else directory
     if not os.access(target, os.W_OK):
-        raise DetachError(f"cannot open log file {path}: permission denied")
+        raise DetachError(f"cannot open log file {path}: permission denied", path=path)
 
 
 # -- the steps, each a small function --------------------------------------
@@ -260,7 +264,7 @@ def change_working_directory(path: str) -> None:
     try:
         os.chdir(path)
     except OSError as exc:
-        raise DetachError(f"cannot change directory to {path}: {exc.strerror}") from exc
+        raise DetachError(f"cannot change directory to {path}: {exc.strerror}", path=path) from exc
 
 
 def open_log(path: str) -> int:
@@ -270,7 +274,7 @@ def open_log(path: str) -> int:
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as exc:
-        raise DetachError(f"cannot open log file {path}: {exc.strerror}") from exc
+        raise DetachError(f"cannot open log file {path}: {exc.strerror}", path=path) from exc
     os.set_blocking(fd, True)
     return fd
 

@@ -34,8 +34,8 @@ from . import _delivery, _signals
 from ._aio import is_awaitable, run_callback_result
 from ._claim import answer_claimants
 from ._control import reply
-from ._detach import reopen_logs
 from ._hygiene import set_thread_name
+from ._signal_path import SignalPath, read_recorded, reload_requests, reopen_logs_or_say
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Dispatcher", "wait_in_slices"]
 
-_WAKE = 0  # a byte that only wakes the thread; the flags say what to do
 _FORK_PAUSE_WAIT = 1.0
 _BUSY_WAIT = 0.05
 _SLICE = 0.05
@@ -107,7 +106,7 @@ class _ClaimsMeanwhile:
         os.close(self._end)
 
 
-class Dispatcher:
+class Dispatcher(SignalPath):
     """Runs on its own thread from :meth:`start` until :meth:`stop`.
 
     Across an ``os.fork()`` in the service the idle thread steps aside (see
@@ -300,23 +299,14 @@ class Dispatcher:
 
     def _handle_signals(self, limit: int = 4096) -> None:
         """Dispatch each recorded signal, reading up to ``limit`` bytes of them."""
-        while limit > 0:
-            try:
-                recorded = os.read(self._record_fd, min(limit, 4096))
-            except BlockingIOError:
-                return
-            limit -= len(recorded)
+        for recorded in read_recorded(self._record_fd, limit):
             # One thread for the claim per read, not per callback: a storm of
             # signals would otherwise start thousands.
             calls_back = any(self._calls_back(signum) for signum in set(recorded))
             if calls_back:
                 self._answer_claims_meanwhile()
             try:
-                for signum in recorded:
-                    if signum == _signals.WAKEUP_TAKEN:
-                        _say_wakeup_taken()
-                    elif signum != _WAKE:
-                        self._dispatch(signum)
+                self.dispatch(recorded)
             finally:
                 if calls_back:
                     self._answer_claims_here()
@@ -329,13 +319,21 @@ class Dispatcher:
             return bool(self._hooks.on_reload)
         return bool(self._hooks.on_signal.get(signum))
 
-    def _dispatch(self, signum: int) -> None:
-        if signum in _signals.STOP_SIGNALS:
-            if not _signals.is_delivery_echo(signum):
-                self._stop_requested(signum)
-        elif signum == _signals.RELOAD_SIGNAL:
-            self._reload_and_answer()
-        elif signum == signal.SIGCHLD and self._reap_children:
+    def handle_stop(self, signum: int) -> None:
+        """SIGTERM, SIGINT: the stop request, the ``on_stop`` callbacks (not for our own Ctrl-C)."""
+        if not _signals.is_delivery_echo(signum):
+            self._stop_requested(signum)
+
+    def handle_reload(self) -> None:
+        """SIGHUP: reload once, and answer the ``reload`` requests that sent it."""
+        requests = reload_requests(self._control)
+        outcome = self.reload()
+        for conn in requests:
+            reply(conn, outcome)
+
+    def handle_signal(self, signum: int) -> None:
+        """An ``on_signal`` signal: its callbacks (as PID 1, SIGCHLD reaps orphans first)."""
+        if signum == signal.SIGCHLD and self._reap_children:
             _reap_exited_children()
         for callback in self._hooks.on_signal.get(signum, ()):
             _run(callback, f"on_signal({_signals.signal_name(signum)})")
@@ -380,12 +378,8 @@ class Dispatcher:
         """Reopen the log files, run the reload callbacks; return "ok" or "error ..."."""
         self._notifier.reloading()
         failures = []
-        if self._logs is not None:
-            try:
-                reopen_logs(*self._logs)
-            except OSError as exc:
-                print(f"daemonize_deco: cannot reopen logs: {exc}", file=sys.stderr)
-                failures.append(str(exc))
+        if self._logs is not None and (failure := reopen_logs_or_say(*self._logs)) is not None:
+            failures.append(failure)
         failures += [
             failure
             for callback in self._hooks.on_reload
@@ -393,15 +387,6 @@ class Dispatcher:
         ]
         self._notifier.ready()
         return "error " + "; ".join(failures) if failures else "ok"
-
-    def _reload_and_answer(self) -> None:
-        """Reload once for this SIGHUP and answer the ``reload`` requests that sent it."""
-        # Taken before reloading: a request queued during the reload waits for
-        # its own SIGHUP, so its answer is never from a reload that began earlier.
-        waiting = [] if self._control is None else self._control.accept_waiting()
-        outcome = self.reload()
-        for conn, request in waiting:
-            reply(conn, outcome if request == "reload" else f"error unknown request {request!r}")
 
 
 _active: Dispatcher | None = None
@@ -441,15 +426,6 @@ def _forget() -> None:
     """In the child: the dispatcher is the parent's; the child is not the service."""
     global _active  # noqa: PLW0603
     _active = None
-
-
-def _say_wakeup_taken() -> None:
-    print(
-        "daemonize_deco: the service replaced the signal wakeup fd (asyncio's "
-        "loop.add_signal_handler?); stop and reload signals are now recorded by "
-        "daemonize_deco's handlers instead, so they still work",
-        file=sys.stderr,
-    )
 
 
 def _single(fd: int) -> select.poll:

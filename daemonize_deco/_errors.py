@@ -2,8 +2,11 @@
 
 Every error derives from :class:`DaemonError`.  Each class carries the exit
 status the command line gives it; ``_cli`` turns an error into one line on
-stderr and that status, in one place.  Errors about files also derive from
-:class:`OSError`, so callers may catch either.
+stderr and that status, in one place (and puts the status on the error as
+``status``, for a program that calls ``main.cli(argv, standalone=False)``).
+An error carries what its message names: the file (``path``: the pidfile,
+a log, a socket) and the process (``pid``).  Errors about files also derive
+from :class:`OSError`, so callers may catch either.
 """
 
 from __future__ import annotations
@@ -36,10 +39,24 @@ __all__ = [
 class DaemonError(Exception):
     """Base class of every error raised by daemonize_deco.
 
-    ``exit_status`` is the LSB exit status a command ends with on this error.
+    ``exit_status`` is the LSB exit status a command ends with on this error;
+    ``status``, once a command raised it, the status that command ends with
+    (``status`` makes every error 4, "unknown"), else None.  ``path`` is the
+    file the message names (pidfile, log, socket) and ``pid`` the process,
+    where it names one; else None.
     """
 
     exit_status: int = 1
+
+    def __init__(self, message: str, *, path: str | None = None, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.pid = pid
+        self.status: int | None = None
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The keyword-only fields come back through the instance's __dict__.
+        return (type(self), self.args, self.__dict__)
 
     def __str__(self) -> str:
         # OSError subclasses would otherwise format as "[Errno ...]" tuples.

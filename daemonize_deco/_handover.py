@@ -95,7 +95,9 @@ def one_restart_at_a_time(pidfile: PidFile, timeout: float) -> PidFile:
     deadline = time.monotonic() + timeout
     while not lock.acquire():
         if time.monotonic() >= deadline:
-            raise StartupError(f"another restart is under way ({lock.path} is locked)")
+            raise StartupError(
+                f"another restart is under way ({lock.path} is locked)", path=lock.path
+            )
         time.sleep(_RETRY_INTERVAL)
     return lock
 
@@ -333,7 +335,7 @@ def take_over(pidfile: PidFile, pid: int, timeout: float) -> Handover:
     except DetachError:
         raise
     except OSError as exc:
-        raise StartupError(f"no handover from pid {pid}: {exc}") from None
+        raise StartupError(f"no handover from pid {pid}: {exc}", pid=pid) from None
     finally:
         sock.close()
     if not _same_file(handover.pidfile, pidfile.path):
@@ -367,7 +369,9 @@ def _connect_to_holder(pidfile: PidFile, pid: int, timeout: float) -> _socket.so
             doubt = f"pid {pid} does not answer on its claim socket: {exc}"
         except OSError as exc:
             sock.close()
-            raise StartupError(f"pid {pid} does not answer on its claim socket: {exc}") from None
+            raise StartupError(
+                f"pid {pid} does not answer on its claim socket: {exc}", pid=pid
+            ) from None
         else:
             if answering == pid and uid in pidfile.owners:
                 return sock
@@ -379,9 +383,9 @@ def _connect_to_holder(pidfile: PidFile, pid: int, timeout: float) -> _socket.so
                 f"{pidfile.path}, not pid {pid}: not trusting it"
             )
             if uid not in pidfile.owners:
-                raise StartupError(doubt)
+                raise StartupError(doubt, path=pidfile.path, pid=answering)
         if time.monotonic() >= deadline or not is_alive(pid):
-            raise StartupError(doubt)
+            raise StartupError(doubt, path=pidfile.path, pid=pid)
         # A restart's new instance about to listen in its own name; each try
         # waits in the backlog until it does: space them out.
         time.sleep(pause)
@@ -471,7 +475,7 @@ def _receive(sock: _socket.socket, pid: int) -> Handover:
         for fd in fds:
             os.close(fd)
         if isinstance(exc, ValueError):
-            raise StartupError(f"pid {pid} handed over something else: {exc}") from None
+            raise StartupError(f"pid {pid} handed over something else: {exc}", pid=pid) from None
         raise
 
 
@@ -482,4 +486,4 @@ def _offered(line: str, pid: int) -> tuple[int, str | None]:
     if word == "ok" and count.isdigit() and (not quiet or quiet.startswith(_QUIESCE_PREFIX)):
         return int(count), quiet or None
     reason = rest if word == "error" else f"unexpected answer {line!r}"
-    raise StartupError(f"pid {pid} did not hand over its sockets: {reason}")
+    raise StartupError(f"pid {pid} did not hand over its sockets: {reason}", pid=pid)

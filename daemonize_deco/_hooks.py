@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 
-from ._signals import RESERVED_SIGNALS, signal_name
+from ._signal_names import RESERVED_SIGNALS, signal_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -14,6 +14,7 @@ it would have, without a record.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 import time
 
 from . import _beside
@@ -31,6 +32,7 @@ __all__ = [
     "read",
     "record_path",
     "write",
+    "write_end",
 ]
 
 SUFFIX = ".last-run"
@@ -139,6 +141,32 @@ def record_path(pidfile: str) -> str:
 def write(pidfile: str, run: LastRun) -> bool:
     """Write the record atomically; False when it could not be written."""
     return _beside.write(record_path(pidfile), run.to_text().encode("utf-8", "backslashreplace"))
+
+
+def write_end(
+    pidfile: str,
+    pid: int,
+    *,
+    status: int,
+    started: float,
+    exception: str | None,
+    stop_signal: int | None,
+    failed: str | None = None,
+) -> LastRun:
+    """Write the record of a run ending now; ``stop_signal`` is the stop it handled, if any."""
+    # Only SIGTERM and SIGINT stop a service; naming them needs no enum import at exit.
+    names: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+    run = LastRun(
+        pid,
+        status=status,
+        started=started,
+        ended=time.time(),
+        exception=exception,
+        signal=None if stop_signal is None else names.get(stop_signal, str(stop_signal)),
+        failed=failed,
+    )
+    write(pidfile, run)
+    return run
 
 
 def read(pidfile: str, owners: Collection[int]) -> LastRun | None:

@@ -134,7 +134,7 @@ def start(service: Service) -> int:
             pidfile.remove()  # not forked yet: the lock is ours alone
             raise
         report = detach_and_wait(service, pidfile, credentials, interrupts)
-        pidfile.hand_over()
+        pidfile.close()
     _say_started(service, report)
     if ended:
         say(ended)  # after the outcome: the first line stays "started (pid N)"
@@ -230,7 +230,7 @@ def _detach(
     config = service.config
     if interrupts.signum is not None:
         pidfile.remove()
-        raise StartupError("failed to start: interrupted before it was started")
+        raise StartupError("failed to start: interrupted before it was started", path=pidfile.path)
     run_in_daemon: Callable[..., int] = serve
     if config.restart.enabled:
         from ._supervisor import supervise  # noqa: PLC0415 -- only supervised services
@@ -270,7 +270,7 @@ def _wait_until_ready(
             watcher.learn_pid(config.start_timeout)
     # The pipe closed first: under a tight ulimit -n, ending the start needs its descriptor.
     reason = _end_failed_start(service, pidfile, report)
-    raise StartupError(f"failed to start: {reason}")
+    raise StartupError(f"failed to start: {reason}", path=pidfile.path, pid=report.pid)
 
 
 def _sockets_to_keep() -> list[int]:
@@ -321,7 +321,7 @@ def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport)
         release_listeners(remove_files=not pidfile.adopted)
         pidfile.remove()
     else:
-        pidfile.hand_over()
+        pidfile.close()
     return reason
 
 
@@ -336,7 +336,9 @@ def run(service: Service) -> int:
         if holder is not None:
             pid, note = holder
             raise AlreadyRunningError(
-                f"already running ({with_note(f'pid {pid}', note)}); not starting a second copy"
+                f"already running ({with_note(f'pid {pid}', note)}); not starting a second copy",
+                path=pidfile.path,
+                pid=pid,
             )
         ended = _end_what_the_last_run_left(service, pidfile, interrupts)
         if ended:

@@ -24,6 +24,7 @@ import errno
 import os
 import stat
 
+from ._addresses import Address, parse_address
 from ._errors import ListenError
 
 TYPE_CHECKING = False
@@ -32,62 +33,17 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
-    "Address",
     "activated",
     "adopt",
     "close_all",
     "descriptors",
     "listeners",
     "open_listeners",
-    "parse_address",
     "remove_unused_files",
 ]
 
 _SD_LISTEN_FDS_START = 3
 _DEFAULT_BACKLOG = 4096
-
-
-class Address:
-    """One ``listen=`` entry, parsed: ``tcp://HOST:PORT`` or ``unix:/path``."""
-
-    __slots__ = ("host", "path", "port", "text")
-
-    def __init__(self, text: str, *, host: str = "", port: int = 0, path: str = "") -> None:
-        self.text = text
-        self.host = host
-        self.port = port
-        self.path = path
-
-    @property
-    def is_unix(self) -> bool:
-        """Whether it is a Unix-domain socket."""
-        return bool(self.path)
-
-    def __repr__(self) -> str:
-        return f"Address({self.text!r})"
-
-
-def parse_address(text: object) -> Address:
-    """Parse one ``listen=`` entry; ValueError naming what is wrong."""
-    if not isinstance(text, str):
-        raise TypeError(f"listen= takes addresses as text, not {type(text).__name__}")
-    if text.startswith("unix:"):
-        path = text[len("unix:") :]
-        if not path or "\0" in path:
-            raise ValueError(f"listen {text!r}: unix: needs a path, as unix:/run/app.sock")
-        return Address(text, path=os.path.abspath(os.path.expanduser(path)))
-    if not text.startswith("tcp://"):
-        raise ValueError(f"listen {text!r}: expected tcp://HOST:PORT or unix:/path")
-    host, colon, port_text = text[len("tcp://") :].rpartition(":")
-    if not colon or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"listen {text!r}: expected a port number after the last ':'")
-    if host.startswith("["):
-        if not host.endswith("]"):
-            raise ValueError(f"listen {text!r}: an IPv6 address is written [::1]")
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"listen {text!r}: write an IPv6 address in brackets, as [::1]")
-    return Address(text, host=host, port=int(port_text))
 
 
 class _Held:
@@ -254,7 +210,9 @@ def _resolve(address: Address) -> list[tuple[int, str | tuple[object, ...]]]:
             address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as exc:
-        raise ListenError(f"cannot listen on {address.text}: {exc.strerror}") from None
+        raise ListenError(
+            f"cannot listen on {address.text}: {exc.strerror}", path=address.path or None
+        ) from None
     return [(info[0], info[4]) for info in found]
 
 
@@ -271,7 +229,9 @@ def _bind(address: Address) -> socket.socket:
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)  # non-inheritable (PEP 446)
     except OSError as exc:  # no descriptor left (ulimit -n)
-        raise ListenError(f"cannot listen on {address.text}: {_reason(exc)}") from None
+        raise ListenError(
+            f"cannot listen on {address.text}: {_reason(exc)}", path=address.path or None
+        ) from None
     try:
         if family != socket.AF_UNIX:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -284,7 +244,9 @@ def _bind(address: Address) -> socket.socket:
         sock.listen(_backlog())
     except OSError as exc:
         sock.close()
-        raise ListenError(f"cannot listen on {address.text}: {_reason(exc)}") from None
+        raise ListenError(
+            f"cannot listen on {address.text}: {_reason(exc)}", path=address.path or None
+        ) from None
     return sock
 
 
@@ -299,9 +261,14 @@ def _clear_stale_socket_file(address: Address) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise ListenError(f"cannot listen on {address.text}: {_reason(exc)}") from None
+        raise ListenError(
+            f"cannot listen on {address.text}: {_reason(exc)}", path=address.path or None
+        ) from None
     if not stat.S_ISSOCK(mode):
-        raise ListenError(f"cannot listen on {address.text}: the path exists and is not a socket")
+        raise ListenError(
+            f"cannot listen on {address.text}: the path exists and is not a socket",
+            path=address.path or None,
+        )
     try:
         table = open("/proc/net/unix", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
     except OSError as exc:
@@ -311,7 +278,10 @@ def _clear_stale_socket_file(address: Address) -> None:
     with table:
         next(table)  # Num RefCount Protocol Flags Type St Inode Path
         if any(line.split(None, 7)[7:] == [address.path + "\n"] for line in table):
-            raise ListenError(f"cannot listen on {address.text}: address already in use")
+            raise ListenError(
+                f"cannot listen on {address.text}: address already in use",
+                path=address.path or None,
+            )
     os.unlink(address.path)
 
 

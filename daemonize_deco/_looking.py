@@ -184,7 +184,9 @@ def remove_if_stale(pidfile: PidFile) -> bool:
         os.unlink(pidfile.path)
     except OSError as exc:
         reason = "permission denied" if isinstance(exc, PermissionError) else exc.strerror
-        raise PidFileError(f"cannot remove its stale pidfile {pidfile.path}: {reason}") from exc
+        raise PidFileError(
+            f"cannot remove its stale pidfile {pidfile.path}: {reason}", path=pidfile.path
+        ) from exc
     finally:
         os.close(fd)
     return True

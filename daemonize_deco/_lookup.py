@@ -62,7 +62,8 @@ def holder_or_lock(
             raise StartupError("failed to start: interrupted before it was started")
         if time.monotonic() >= deadline:
             raise PidFileError(
-                f"pidfile {pidfile.path} is locked, but names no process that holds it"
+                f"pidfile {pidfile.path} is locked, but names no process that holds it",
+                path=pidfile.path,
             )
         time.sleep(_RETRY_INTERVAL)
     try:

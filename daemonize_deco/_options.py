@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import sys
 
-from . import _beside
 from ._errors import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable, Collection, Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from typing import NoReturn
 
 __all__ = [
@@ -37,17 +36,11 @@ __all__ = [
     "Signature",
     "argument_error",
     "docstring_args",
-    "forget",
     "make_parser",
-    "remember",
-    "remembered",
     "text_of",
 ]
 
 _NO_DEFAULT = object()
-# The running daemon's option words, NUL-separated, beside its pidfile.
-OPTIONS_SUFFIX = ".options"
-_WORDS_LIMIT = 65536
 _SECTION_ENDS = ("Returns:", "Yields:", "Raises:", "Example:", "Examples:", "Note:", "Notes:")
 # Every command, a custom one too, takes these (``make_parser``).
 HELP_FLAGS = ("-h", "--help")
@@ -422,28 +415,6 @@ def _enum_member(members: dict[str, object]) -> Callable[[str], object]:
         return members[text]
 
     return convert
-
-
-def remember(pidfile: str, words: Sequence[str]) -> None:
-    """Keep the option words the service runs with beside its pidfile (best effort)."""
-    _beside.write(pidfile + OPTIONS_SUFFIX, "\0".join(words).encode("utf-8", "surrogateescape"))
-
-
-def remembered(pidfile: str, owners: Collection[int]) -> list[str] | None:
-    """The option words the service with ``pidfile`` runs (or ran) with; None if unknown.
-
-    Only a file of one of ``owners`` (the service's) is read: in a shared
-    directory another user could plant one for a restart to run main with.
-    """
-    data = _beside.read(pidfile + OPTIONS_SUFFIX, _WORDS_LIMIT, owners)
-    if data is None:
-        return None
-    return data.decode("utf-8", "surrogateescape").split("\0") if data else []
-
-
-def forget(pidfile: str) -> None:
-    """The service ends: its options are no longer those of a running service."""
-    _beside.remove(pidfile + OPTIONS_SUFFIX)
 
 
 def docstring_args(doc: str) -> dict[str, str]:

@@ -138,11 +138,15 @@ class PidFile:
         try:
             fd = os.open(self.path, flags, PIDFILE_MODE)
         except OSError as exc:
-            raise PidFileError(_describe_open_error(self.path, exc, self.what)) from exc
+            raise PidFileError(
+                _describe_open_error(self.path, exc, self.what), path=self.path
+            ) from exc
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             os.close(fd)
-            raise PidFileError(f"cannot use {self.what} {self.path}: it is {_file_kind(mode)}")
+            raise PidFileError(
+                f"cannot use {self.what} {self.path}: it is {_file_kind(mode)}", path=self.path
+            )
         return fd
 
     def open_existing(self) -> int | None:
@@ -374,8 +378,8 @@ class PidFile:
         os.close(new)
         return True
 
-    def hand_over(self) -> None:
-        """Close our descriptor; the lock stays with the daemon, which shares it."""
+    def close(self) -> None:
+        """Close our descriptor; the lock stays with whoever shares it (a daemon, its start)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -397,7 +401,7 @@ class PidFile:
                 pass
             except PermissionError:
                 self._leave_last_words(self._fd)
-        self.hand_over()
+        self.close()
 
     def _leave_last_words(self, fd: int) -> None:
         if self.last_words is None:

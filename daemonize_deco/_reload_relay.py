@@ -97,13 +97,9 @@ class ReloadRelay:
         """When the request out is given up (monotonic); None when none is out."""
         return None if self._out is None else self._out.deadline
 
-    def reload(self, commands: Sequence[tuple[_socket.socket, str]]) -> None:
-        """A SIGHUP came, with these commands waiting: have the service reload for them."""
-        for conn, request in commands:
-            if request == "reload":
-                self._next.append(conn)
-            else:
-                reply(conn, f"error unknown request {request!r}")
+    def reload(self, commands: Sequence[_socket.socket]) -> None:
+        """A SIGHUP came, with these ``reload`` commands waiting: have the service reload."""
+        self._next.extend(commands)
         self._due = True
         self.carry_on(())
 

@@ -32,6 +32,7 @@ from ._ready import arm as _arm_readiness
 from ._ready import disarm as _disarm_readiness
 from ._ready import forget_in_child as _forget_readiness
 from ._ready import ready
+from ._served import mark_served, note_threads_left, threads_left_behind
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,9 +56,7 @@ __all__ = [
     "ready",
     "release_listeners",
     "serve",
-    "served_here",
     "take_the_pidfile",
-    "threads_left_behind",
 ]
 
 # Variables through which a manager talks to its main process only; children
@@ -67,10 +66,8 @@ _MANAGER_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "SUPERVI
 
 
 class _Facts:
-    """What this process has done as a service, for the way it exits."""
+    """What this process holds as a service: its sockets and its fork hook."""
 
-    served = False
-    threads_left: tuple[str, ...] = ()
     control: ControlServer | None = None
     claim: ControlServer | None = None
     fork_hook = False
@@ -78,16 +75,6 @@ class _Facts:
 
 _facts = _Facts()
 _CALLS_MAIN = Service.call_main.__code__  # where main's frames begin, for ``_delivery``
-
-
-def served_here() -> bool:
-    """Whether this process has run a service (and so may have its threads to wait for)."""
-    return _facts.served
-
-
-def threads_left_behind() -> tuple[str, ...]:
-    """Names of main's threads still running ``stop_timeout`` after it returned."""
-    return _facts.threads_left
 
 
 class Outcome:
@@ -220,7 +207,7 @@ def _options_file(service: Service) -> str | None:
     """Where the options it runs with are kept (``_options``), if it takes any."""
     if not service.signature:
         return None
-    from ._options import OPTIONS_SUFFIX  # noqa: PLC0415 -- loaded by main's signature
+    from ._remembered_options import OPTIONS_SUFFIX  # noqa: PLC0415 -- a small record
 
     return service.config.pidfile + OPTIONS_SUFFIX
 
@@ -335,7 +322,7 @@ def serve(
     the run ended on the (supervised) ``startup`` channel; ``heartbeats`` is
     the slot it reads them from.
     """
-    _facts.served = True
+    mark_served()
     _mark.drop_command_badge()  # ``run``, ``start`` under a manager: a service now
     if not _facts.fork_hook:
         os.register_at_fork(after_in_child=_not_the_service_in_child)
@@ -352,54 +339,58 @@ def serve(
     from ._dispatch import Dispatcher  # noqa: PLC0415
     from ._listening import StartWatch  # noqa: PLC0415 -- its start watch, loaded with it
 
-    dispatcher: Dispatcher | None = None
-    try:
-        record_fd = _signals.install(extra, on_repeat=on_repeat)
-        if pidfile is not None:
-            take_the_pidfile(service, pidfile, service_pid)
-        prepare_process(service, credentials)
-        notifier = _link_manager()
-        _facts.control = listen_for_control()
-        _facts.claim = None if pidfile is None else _claim_identity(pidfile)
-        _watch_progress(config, notifier, heartbeats, supervised=pidfile is None)
-        settle = _settling(service, pidfile, startup)
-        dispatcher = Dispatcher(
-            record_fd=record_fd,
-            hooks=hooks,
-            notifier=notifier,
-            control=_facts.control,
-            claim=None
-            if _facts.claim is None or pidfile is None
-            else (_facts.claim, claim_answers(pidfile, _facts.claim)),
-            logs=None if startup is None else (config.stdout, config.stderr),
-            on_repeat=on_repeat,
-            reap_children=is_init,
-            start_watch=_start_watch(config, StartWatch),
-            settle=settle,
+    # The handlers stay until the run is accounted for: a SIGTERM from a second
+    # ``stop`` must not kill the process while it writes its record.
+    with _signals.Handlers() as handlers:
+        dispatcher: Dispatcher | None = None
+        try:
+            record_fd = handlers.install(extra, on_repeat=on_repeat)
+            if pidfile is not None:
+                take_the_pidfile(service, pidfile, service_pid)
+            prepare_process(service, credentials)
+            notifier = _link_manager()
+            _facts.control = listen_for_control()
+            _facts.claim = None if pidfile is None else _claim_identity(pidfile)
+            _watch_progress(config, notifier, heartbeats, supervised=pidfile is None)
+            settle = _settling(service, pidfile, startup)
+            dispatcher = Dispatcher(
+                record_fd=record_fd,
+                hooks=hooks,
+                notifier=notifier,
+                control=_facts.control,
+                claim=None
+                if _facts.claim is None or pidfile is None
+                else (_facts.claim, claim_answers(pidfile, _facts.claim)),
+                logs=None if startup is None else (config.stdout, config.stderr),
+                on_repeat=on_repeat,
+                reap_children=is_init,
+                start_watch=_start_watch(config, StartWatch),
+                settle=settle,
+            )
+            _arm_readiness(startup)  # before the dispatcher may declare it
+            _delivery.arm(
+                config.stop_main, config.stop_timeout, _CALLS_MAIN
+            )  # before a stop may come
+            dispatcher.start()
+            _default_readiness(config, startup)
+            outcome = _call_main(service.call_main, service_pid, config.name)
+            _delivery.main_ended()
+            _delivery.finish_in_flight(_signals.time_left(config.stop_timeout))
+            _heartbeat.ending()  # what is left is bounded by stop_timeout, not the watchdog
+            note_threads_left(_wait_for_threads(config.stop_timeout))
+        except BaseException as exc:
+            if os.getpid() != service_pid:
+                raise  # a forked child unwinding: nothing here is its to clean up
+            run = (service_pid, started)
+            _account_for_a_failure(service, pidfile, startup, dispatcher, run=run, exc=exc)
+            raise
+        was_ready = _end_service(dispatcher, config.stop_timeout)
+        if threads_left_behind():
+            _say_threads_left(config.stop_timeout)
+        _end_what_it_started(pidfile, startup, config.stop_timeout)
+        _account_for_the_run(
+            service, pidfile, startup, (service_pid, started), outcome, was_ready=was_ready
         )
-        _arm_readiness(startup)  # before the dispatcher may declare it
-        _delivery.arm(config.stop_main, config.stop_timeout, _CALLS_MAIN)  # before a stop may come
-        dispatcher.start()
-        _default_readiness(config, startup)
-        outcome = _call_main(service.call_main, service_pid, config.name)
-        _delivery.main_ended()
-        _delivery.finish_in_flight(_signals.time_left(config.stop_timeout))
-        _heartbeat.ending()  # what is left is bounded by stop_timeout, not the watchdog
-        _facts.threads_left = _wait_for_threads(config.stop_timeout)
-    except BaseException as exc:
-        if os.getpid() != service_pid:
-            raise  # a forked child unwinding: nothing here is its to clean up
-        run = (service_pid, started)
-        _account_for_a_failure(service, pidfile, startup, dispatcher, run=run, exc=exc)
-        raise
-    was_ready = _end_service(dispatcher, config.stop_timeout)
-    if _facts.threads_left:
-        _say_threads_left(config.stop_timeout)
-    _end_what_it_started(pidfile, startup, config.stop_timeout)
-    _account_for_the_run(
-        service, pidfile, startup, (service_pid, started), outcome, was_ready=was_ready
-    )
-    _release_signals()
     return outcome.status
 
 
@@ -449,7 +440,6 @@ def _account_for_a_failure(
         _record(config, *run, failed, pidfile)
         if startup is None:
             pidfile.remove()  # detached, the starting process reports it and removes it
-    _release_signals()
 
 
 def _end_what_it_started(
@@ -509,7 +499,7 @@ def _account_for_the_run(
     if config.listen:
         _remove_unheld_restart_lock(pidfile)
     if service.signature:
-        from ._options import forget  # noqa: PLC0415 -- loaded by main's signature
+        from ._remembered_options import forget  # noqa: PLC0415 -- a small record
 
         forget(config.pidfile)  # the options of a running service: it no longer runs
     _let_go_of_pidfile(pidfile, startup, was_ready=was_ready, outcome=outcome, finished=finished)
@@ -533,7 +523,7 @@ def handed_on(pidfile: PidFile) -> bool:
 def let_go_for_successor(pidfile: PidFile) -> None:
     """A restart handed everything on (``_handover``): close our copies, touch nothing else."""
     release_listeners(remove_files=False)
-    pidfile.hand_over()
+    pidfile.close()
 
 
 def release_listeners(*, remove_files: bool = True) -> None:
@@ -598,7 +588,7 @@ def _tell_supervisor(startup: StartupChannel | None, outcome: Outcome, *, was_re
 
 
 def _say_threads_left(stop_timeout: float) -> None:
-    names = ", ".join(_facts.threads_left)
+    names = ", ".join(threads_left_behind())
     last_words(
         lambda: print(
             f"daemonize_deco: main returned, but its threads {names} were still running "
@@ -623,7 +613,7 @@ def _let_go_of_pidfile(
         pidfile.remove()  # before "done": start reports success and leaves it to us
         startup.finished(outcome.status)
     elif startup.fail(_why_not_ready(outcome)):
-        pidfile.hand_over()  # the starting process, which shares the lock, removes it
+        pidfile.close()  # the starting process, which shares the lock, removes it
     else:
         pidfile.remove()
 
@@ -682,18 +672,14 @@ def _record(
     root-owned directory, or a root-owned file in a sticky one): the pidfile
     then keeps the record instead of a pid, and says "not running".
     """
-    signum = _signals.stop_signal() if _signals.should_stop() else None
-    # Only SIGTERM and SIGINT stop a service; naming them needs no enum import at exit.
-    names: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
-    run = _lastrun.LastRun(
+    run = _lastrun.write_end(
+        config.pidfile,
         pid,
         status=outcome.status,
         started=started,
-        ended=time.time(),
         exception=outcome.exception,
-        signal=None if signum is None else names.get(signum, str(signum)),
+        stop_signal=_signals.stop_signal() if _signals.should_stop() else None,
     )
-    _lastrun.write(config.pidfile, run)
     # Also kept for the pidfile itself: a service that may not unlink it (a
     # root-owned file in /tmp, a root-owned directory) leaves them in it.
     pidfile.last_words = run.to_text().encode("utf-8", "backslashreplace")
@@ -704,7 +690,7 @@ def _end_service(dispatcher: Dispatcher | None, stop_timeout: float) -> bool:
 
     The signal handlers stay: a SIGTERM from a second ``stop`` must not kill
     the process with the default action while it writes its record and
-    removes its pidfile (:func:`_release_signals` comes last).
+    removes its pidfile (``serve`` restores them last).
     """
     _heartbeat.ending()  # what is left is bounded by stop_timeout, not by the watchdog
     was_ready = _disarm_readiness()
@@ -716,12 +702,6 @@ def _end_service(dispatcher: Dispatcher | None, stop_timeout: float) -> bool:
     _facts.control = _facts.claim = None
     release_spare()  # the service answers no more requests: the run's end may need it
     return was_ready
-
-
-def _release_signals() -> None:
-    """Put the previous handlers back, once the pidfile is let go of."""
-    _signals.restore()
-    _signals.close_record_pipe()
 
 
 def _why_not_ready(outcome: Outcome) -> str:

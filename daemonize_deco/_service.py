@@ -48,14 +48,20 @@ class Daemon:
                 setattr(self, attribute, getattr(func, attribute))
         self.__dict__.update(getattr(func, "__dict__", {}))
 
-    def cli(self, argv: Sequence[str] | None = None) -> int:
-        """Run the command in ``argv`` (default ``sys.argv[1:]``); return its exit status."""
+    def cli(self, argv: Sequence[str] | None = None, *, standalone: bool = True) -> int:
+        """Run the command in ``argv`` (default ``sys.argv[1:]``); return its exit status.
+
+        A failed command prints one line and returns its status; with
+        ``standalone=False`` it prints nothing and raises the
+        :class:`DaemonError` instead (its status as ``status``, what it
+        names as ``path`` and ``pid``), and Ctrl-C raises KeyboardInterrupt.
+        """
         args = sys.argv[1:] if argv is None else argv
         if isinstance(args, str):
             raise TypeError("argv must be a sequence of strings, not a str")
         from ._cli import dispatch  # noqa: PLC0415 -- the CLI loads when a command runs
 
-        return dispatch(self._service(), list(args))
+        return dispatch(self._service(), list(args), standalone=standalone)
 
     def __call__(self) -> NoReturn:
         """Dispatch on ``sys.argv[1:]`` and exit with the command's status."""

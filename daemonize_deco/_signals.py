@@ -41,6 +41,9 @@ import time
 
 from . import _takeover
 from ._errors import DaemonError, DetachError
+from ._signal_names import RELOAD_SIGNAL as RELOAD_SIGNAL  # noqa: PLC0414 -- _dispatch, _supervisor
+from ._signal_names import STOP_SIGNALS
+from ._signal_names import signal_name as signal_name  # noqa: PLC0414 -- _dispatch, _supervisor
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,27 +54,30 @@ if TYPE_CHECKING:
     Handler = Callable[[int, FrameType | None], Any] | int | None
 
 __all__ = [
+    "RELOAD_SIGNAL",
     "STOP_SIGNALS",
+    "WAKEUP_TAKEN",
+    "Handlers",
     "call_soon",
     "count_heartbeats",
-    "install",
+    "delivery_pending",
+    "expect_delivery",
+    "is_delivery_echo",
     "keep_away_from_this_thread",
+    "main_asked",
+    "main_interrupted",
+    "main_thread",
     "request_stop",
-    "restore",
     "should_stop",
     "sleep",
     "stop_fd",
     "stop_requested",
     "stop_signal",
     "time_left",
+    "wake_dispatcher",
     "when_main_loops",
 ]
 
-STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
-# SIGHUP reloads (and reopens logs); a stray one from a closing terminal or
-# logrotate must never kill a daemon.
-RELOAD_SIGNAL = signal.SIGHUP
-RESERVED_SIGNALS = STOP_SIGNALS | {RELOAD_SIGNAL}
 # A byte no signal number can be: "the wakeup fd was taken over", for the log.
 WAKEUP_TAKEN = 255
 _LONGEST_POLL_MS = 86_400_000  # poll() takes an int of milliseconds: wait a day at a time
@@ -376,19 +382,52 @@ def _write_record(byte: int) -> None:
         pass  # full: the dispatcher is awake already and reads what is there
 
 
-def install(
+class Handlers:
+    """Our handlers, in place for a ``with`` block: the one way to install and restore them.
+
+    ``with Handlers() as handlers: record_fd = handlers.install(...)``.
+    Leaving the block, however (an exception, a failure half-way through
+    :meth:`install`), puts back what was there before: the handlers, the
+    signal mask, the wakeup fd, and closes the record pipe.  Installing is a step
+    inside the block, not its entry, so that a failure to install is the
+    block's to account for (the run's record) before everything is restored.
+    In a child forked inside the block, leaving it does nothing: the fork
+    hook gave the child a clean slate already, and the parent's are not its own.
+    """
+
+    def __init__(self) -> None:
+        self._pid: int | None = None
+
+    def __enter__(self) -> Handlers:
+        return self
+
+    def install(
+        self, extra_signals: Iterable[int] = (), on_repeat: Callable[[int], object] | None = None
+    ) -> int:
+        """Install the handlers; return the pipe from which the dispatcher reads signal numbers.
+
+        Starts from a clear flag and fresh pipes (pipes inherited across fork
+        are shared with the parent), and unblocks the handled signals (a
+        launcher may have blocked them, and a blocked SIGTERM could only be
+        answered with SIGKILL).  ``on_repeat(signum)`` runs, from the
+        handler, when a stop signal comes again.  Must be called from the
+        main thread.  Raises DetachError when the pipes cannot be made
+        (``ulimit -n``), DaemonError from another thread.
+        """
+        self._pid = os.getpid()
+        return _install(extra_signals, on_repeat)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pid is None or self._pid != os.getpid():
+            return
+        self._pid = None
+        _restore()
+        _close_record_pipe()  # not the stop pipe: a thread main left behind may sleep on it
+
+
+def _install(
     extra_signals: Iterable[int] = (), on_repeat: Callable[[int], object] | None = None
 ) -> int:
-    """Install the handlers; return the pipe from which the dispatcher reads signal numbers.
-
-    Starts from a clear flag and fresh pipes (pipes inherited across fork are
-    shared with the parent), and unblocks the handled signals (a launcher may
-    have blocked them, and a blocked SIGTERM could only be answered with
-    SIGKILL).  ``on_repeat(signum)`` runs, from the handler, when a stop
-    signal comes again.  Must be called from the main thread;
-    :func:`restore` puts the previous handlers, wakeup fd and mask back.
-    Raises DetachError when the pipes cannot be made (``ulimit -n``).
-    """
     if not _state.fork_hook:
         os.register_at_fork(after_in_child=_clean_slate_in_child)
         _state.fork_hook = True
@@ -422,13 +461,14 @@ def install(
         _state.handled = frozenset(handlers)
         _takeover.take_part(handlers, STOP_SIGNALS, stop_requested)
     except ValueError as exc:  # not the main thread: only it may set handlers
-        restore()
+        _restore()
         _close_pipes()
         raise DaemonError(
             "run must be called from the main thread: signal handlers live there"
         ) from exc
     except BaseException:
-        restore()
+        _restore()
+        _close_pipes()
         raise
     return record_read
 
@@ -445,16 +485,6 @@ def keep_away_from_this_thread() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _state.handled)
 
 
-def signal_name(signum: int) -> str:
-    """``SIGTERM`` for 15: for messages only, so the enum module loads only then."""
-    import signal as signal_module  # noqa: PLC0415
-
-    try:
-        return signal_module.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 def wake_dispatcher() -> None:
     """Write a 0 byte to the record pipe, to wake the dispatcher; never fails.
 
@@ -463,8 +493,8 @@ def wake_dispatcher() -> None:
     _write_record(0)
 
 
-def restore() -> None:
-    """Put back the handlers, wakeup fd and signal mask :func:`install` replaced."""
+def _restore() -> None:
+    """Put back the handlers, wakeup fd and signal mask :func:`_install` replaced."""
     _takeover.release()  # first: a previous SIG_DFL must go in as it is
     _state.on_repeat = None
     _state.delivery = None
@@ -483,7 +513,7 @@ def restore() -> None:
         _state.previous_wakeup_fd = None
 
 
-def close_record_pipe() -> None:
+def _close_record_pipe() -> None:
     """Close the record pipe, once the dispatcher has quit and the handlers are restored."""
     for fd in (_state.record_read, _state.record_write):
         if fd is not None:
@@ -499,7 +529,7 @@ def _clean_slate_in_child() -> None:
     """
     _state.pipe_lock = _thread.allocate_lock()  # another thread may have held it at fork
     _state.unblocked = set()  # the launcher's mask was an accident; keep them unblocked
-    restore()
+    _restore()
     _close_pipes()
     _state.stop_signal = None
     _state.stop_requested = False
@@ -507,7 +537,7 @@ def _clean_slate_in_child() -> None:
 
 
 def _close_pipes() -> None:
-    close_record_pipe()
+    _close_record_pipe()
     with _state.pipe_lock:
         for fd in (_state.stop_read, _state.stop_write):
             if fd is not None:

@@ -242,7 +242,7 @@ def _quoted(word: str) -> str:
 
 
 def _remembered(pidfile: str, owners: Collection[int]) -> list[str] | None:
-    from ._options import remembered  # noqa: PLC0415 -- a small read; no option parsing
+    from ._remembered_options import remembered  # noqa: PLC0415 -- a small read; no option parsing
 
     return remembered(pidfile, owners)
 

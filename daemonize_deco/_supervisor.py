@@ -45,7 +45,7 @@ import time
 from . import _beside, _lastrun, _signals
 from ._claim import answer_claimants, listen_for_claimants
 from ._control import ControlServer
-from ._detach import StartupChannel, exit_daemon, reopen_logs
+from ._detach import StartupChannel, exit_daemon
 from ._errors import DetachError, exit_status, last_words
 from ._heartbeat import reset, shared_slot, silence, unarmed
 from ._hygiene import die_with_parent
@@ -61,6 +61,7 @@ from ._runtime import (
     serve,
     take_the_pidfile,
 )
+from ._signal_path import SignalPath, read_recorded, reload_requests, reopen_logs_or_say
 from ._watchdog import ABORT_GRACE, hang_message, round_length, unarmed_message
 
 TYPE_CHECKING = False
@@ -92,7 +93,6 @@ class _Child:
         self.started = time.time()
         self.started_monotonic = time.monotonic()
         self.ready = False
-        self.said_main = False
         self.early_end: str | None = None  # "fail REASON" or "done STATUS" before ready
         self.exception: str | None = None  # from its "exit" line
         self.hung: float | None = None  # the watchdog's limit, once it ended it
@@ -117,7 +117,7 @@ def supervise(
     return _Supervisor(service, pidfile, startup).run(credentials)
 
 
-class _Supervisor:
+class _Supervisor(SignalPath):
     def __init__(self, service: Service, pidfile: PidFile, startup: StartupChannel) -> None:
         self.service = service
         self.config = service.config
@@ -148,29 +148,30 @@ class _Supervisor:
     # -- the life of the supervisor ------------------------------------------------
 
     def run(self, credentials: Credentials | None) -> int:
-        self.record_fd = _signals.install(self.service.hooks.on_signal)
-        try:
-            take_the_pidfile(self.service, self.pidfile, self.pid)
-            if credentials is not None:
-                # The service asks for PDEATHSIG through ctypes: import it while we
-                # still may read every directory (the interpreter may live in /root).
-                import ctypes  # noqa: F401, PLC0415
-            prepare_process(self.service, credentials)  # the children inherit it all
-            self.control = listen_for_control()
-            self.claim = listen_for_claimants(self.pidfile.path)
-            if self.config.watchdog is not None:
-                self.heartbeats = shared_slot()
-            self.spawn()
-            self.save_state()
-            while self.phase not in _OVER:
-                self.round()
-        finally:
-            if self.relay is not None:
-                self.relay.close()
-            self.close_sockets()
-        assert self.ending is not None
-        status, exception, failed = self.ending
-        self.finish(status, exception, failed)
+        with _signals.Handlers() as handlers:
+            self.record_fd = handlers.install(self.service.hooks.on_signal)
+            try:
+                take_the_pidfile(self.service, self.pidfile, self.pid)
+                if credentials is not None:
+                    # The service asks for PDEATHSIG through ctypes: import it while we
+                    # still may read every directory (the interpreter may live in /root).
+                    import ctypes  # noqa: F401, PLC0415
+                prepare_process(self.service, credentials)  # the children inherit it all
+                self.control = listen_for_control()
+                self.claim = listen_for_claimants(self.pidfile.path)
+                if self.config.watchdog is not None:
+                    self.heartbeats = shared_slot()
+                self.spawn()
+                self.save_state()
+                while self.phase not in _OVER:
+                    self.round()
+            finally:
+                if self.relay is not None:
+                    self.relay.close()
+                self.close_sockets()
+            assert self.ending is not None
+            status, exception, failed = self.ending
+            self.finish(status, exception, failed)
         return status
 
     def round(self) -> None:
@@ -471,18 +472,27 @@ class _Supervisor:
     # -- signals and requests ---------------------------------------------------------
 
     def handle_signals(self) -> None:
-        while True:
-            try:
-                recorded = os.read(self.record_fd, 4096)
-            except BlockingIOError:
-                return
-            for signum in recorded:
-                if signum in _signals.STOP_SIGNALS:
-                    self.stop(signum)
-                elif signum == _signals.RELOAD_SIGNAL:
-                    self.reload()
-                elif signum not in (0, _signals.WAKEUP_TAKEN) and self.child is not None:
-                    _send(self.child.pidfd, signum)
+        for recorded in read_recorded(self.record_fd, limit=sys.maxsize):
+            self.dispatch(recorded)
+
+    def handle_stop(self, signum: int) -> None:
+        """SIGTERM, SIGINT: stop the service, then end."""
+        self.stop(signum)
+
+    def handle_reload(self) -> None:
+        """SIGHUP: reopen our logs; have the service reload; the relay answers the requests."""
+        requests = reload_requests(self.control)
+        reopen_logs_or_say(self.config.stdout, self.config.stderr)
+        if self.relay is None:
+            from ._reload_relay import ReloadRelay  # noqa: PLC0415 -- a supervisor that reloads
+
+            self.relay = ReloadRelay(self.reloadable, self.config.start_timeout)
+        self.relay.reload(requests)
+
+    def handle_signal(self, signum: int) -> None:
+        """An ``on_signal`` signal: passed on to the service as it is."""
+        if self.child is not None:
+            _send(self.child.pidfd, signum)
 
     def stop(self, signum: int) -> None:
         if self.phase in (Phase.STOPPING, *_OVER):
@@ -495,19 +505,6 @@ class _Supervisor:
         _send(child.pidfd, signal.SIGTERM)
         child.kill_at = time.monotonic() + self.config.stop_timeout
         self.enter(Phase.STOPPING)  # starting/running/restarting/ending-hung -> stopping
-
-    def reload(self) -> None:
-        """Reopen our logs; have the service reload; the relay answers the requests."""
-        waiting = [] if self.control is None else self.control.accept_waiting()
-        try:
-            reopen_logs(self.config.stdout, self.config.stderr)
-        except OSError as exc:
-            print(f"daemonize_deco: cannot reopen logs: {exc}", file=sys.stderr)
-        if self.relay is None:
-            from ._reload_relay import ReloadRelay  # noqa: PLC0415 -- a supervisor that reloads
-
-            self.relay = ReloadRelay(self.reloadable, self.config.start_timeout)
-        self.relay.reload(waiting)
 
     def reloadable(self) -> tuple[int, Callable[[], None]] | None:
         """The service to ask for a reload, and how to signal it; None while it is not ready."""
@@ -524,30 +521,25 @@ class _Supervisor:
             let_go_for_successor(self.pidfile)
         else:
             self.record_the_end(status, exception, failed)
-        _signals.restore()
-        _signals.close_record_pipe()
 
     def record_the_end(self, status: int, exception: str | None, failed: str | None) -> None:
         _beside.remove(self.config.pidfile + STATE_SUFFIX)
-        signum = self.stopping
-        names: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
-        run = _lastrun.LastRun(
+        _lastrun.write_end(
+            self.config.pidfile,
             self.pid,
             status=status,
             started=self.started,
-            ended=time.time(),
             exception=exception,
-            signal=None if signum is None else names.get(signum, str(signum)),
+            stop_signal=self.stopping,
             failed=failed,
         )
-        _lastrun.write(self.config.pidfile, run)
         if self.service.signature:
-            from ._options import forget  # noqa: PLC0415 -- loaded by main's signature
+            from ._remembered_options import forget  # noqa: PLC0415 -- a small record
 
             forget(self.config.pidfile)
         if failed is not None or self.starter_removes_pidfile:
             # Given up: left behind on purpose, so status says "failed".
-            self.pidfile.hand_over()
+            self.pidfile.close()
         else:
             release_listeners()
             if self.config.listen:

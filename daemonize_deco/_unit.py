@@ -80,7 +80,7 @@ def systemd_unit(config: ServiceConfig, options: Sequence[str] = ()) -> str:
 
 def systemd_socket_unit(config: ServiceConfig) -> str:
     """The ``NAME.socket`` unit that passes the ``listen=`` sockets to ``NAME.service``."""
-    from ._listeners import parse_address  # noqa: PLC0415
+    from ._addresses import parse_address  # noqa: PLC0415
 
     lines = [
         "[Unit]",

@@ -162,6 +162,10 @@ def test_public_names():
     assert set(daemonize_deco.__all__) == {
         "Daemon", "DaemonError", "daemon", "heartbeat", "listeners", "notify", "ready",
         "should_stop", "sleep", "stopped",
+        # the errors, for a program that calls main.cli(argv, standalone=False)
+        "AlreadyRunningError", "DetachError", "ListenError", "ManagedError", "NoLogError",
+        "NotRunningError", "PidFileError", "ReloadError", "StartupError", "StopError",
+        "UsageError",
     }  # fmt: skip
     for name in daemonize_deco.__all__:
         assert getattr(daemonize_deco, name).__doc__
@@ -178,6 +182,27 @@ def test_import_loads_only_the_standard_library_it_needs():
     loaded = set(out.split())
     for heavy in ("argparse", "logging", "subprocess", "asyncio", "multiprocessing"):
         assert heavy not in loaded
+
+
+# Printed when the command's process leaves: what a command loaded, from the package.
+_PRINT_LOADED = (
+    "import atexit\n"
+    "atexit.register(lambda: print('LOADED', *sorted(m.rpartition('.')[2] for m in sys.modules\n"
+    "    if m.startswith('daemonize_deco.')), file=sys.stderr))\n"
+)
+
+
+@pytest.mark.parametrize("command", ["status", "stop"])
+def test_commands_that_address_a_service_do_not_load_the_daemon(make_service, command):
+    # Every command used to import _runtime (and with it the dispatcher's and
+    # the watchdog's neighbours) for two flags about how its process exits.
+    svc = make_service(prelude=_PRINT_LOADED)
+    result = svc.cli(command)
+    assert result.returncode in (0, 3), result.stderr
+    line = next(line for line in result.stderr.splitlines() if line.startswith("LOADED"))
+    loaded = set(line.split()[1:])
+    assert "_commands" in loaded, loaded
+    assert not loaded & {"_runtime", "_launch", "_dispatch", "_supervisor"}, loaded
 
 
 # -- the real command line -------------------------------------------------------

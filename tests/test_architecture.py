@@ -1,0 +1,205 @@
+"""The map of the package, checked: every module in a layer, and imports only run down.
+
+ARCHITECTURE.md describes the layers and the processes; this table declares
+them once, and the tests below read every module's imports with ``ast`` (at
+the top and inside functions: a lazy import is still a dependency) and fail
+when one runs the wrong way.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.timeout(30)
+
+PACKAGE = REPO / "daemonize_deco"
+
+# Top to bottom: a module may import from its own layer and the layers below.
+LAYERS = (
+    "face",  # what the user's script imports and calls: @daemon, and the names main uses
+    "commands",  # what runs in the user's command: the words, start and run, looking from outside
+    "daemon",  # what runs for the service's life: runtime, supervisor, dispatcher, handover
+    "service",  # what main calls and the service declares at run time: signals, readiness
+    "declarations",  # pure, checked at decoration: hooks, options, addresses, signal names
+    "shared",  # what the command and the daemon both read or write: pidfile, sockets, records
+    "base",  # OS primitives with no policy, errors, output
+)
+
+# The processes a module's code runs in: the user's command (start, stop,
+# status, ...; decoration too: a daemon inherits its result through fork),
+# the supervisor (restart=), the service (main's process, ``run`` included).
+COMMAND, SUPERVISOR, SERVICE = "command", "supervisor", "service"
+ALL = frozenset({COMMAND, SUPERVISOR, SERVICE})
+CMD = frozenset({COMMAND})
+DAEMON = frozenset({SUPERVISOR, SERVICE})
+
+MODULES: dict[str, tuple[str, frozenset[str]]] = {
+    "__init__": ("face", ALL),
+    "_service": ("face", ALL),
+    "_cli": ("commands", CMD),
+    "_command_line": ("commands", CMD),
+    "_commands": ("commands", CMD),
+    "_launch": ("commands", ALL),  # a started daemon begins here, after the fork
+    "_status": ("commands", CMD),
+    "_logs": ("commands", CMD),
+    "_unit": ("commands", CMD),
+    "_lookup": ("commands", CMD),
+    "_managers": ("commands", CMD),
+    "_runtime": ("daemon", frozenset({SERVICE})),
+    "_supervisor": ("daemon", frozenset({SUPERVISOR})),
+    "_phases": ("daemon", frozenset({COMMAND, SUPERVISOR})),  # status reads the record
+    "_restart_policy": ("daemon", frozenset({SUPERVISOR})),
+    "_signal_path": ("daemon", DAEMON),
+    "_dispatch": ("daemon", frozenset({SERVICE})),
+    "_delivery": ("daemon", frozenset({SERVICE})),
+    "_watchdog": ("daemon", frozenset({SERVICE})),
+    "_reload_relay": ("daemon", frozenset({SUPERVISOR})),
+    "_handover": ("daemon", ALL),  # restart takes over what the running instance offers
+    "_quiesce": ("daemon", frozenset({SERVICE})),
+    "_listening": ("daemon", frozenset({SERVICE})),
+    "_listeners": ("daemon", ALL),  # start binds them, every instance holds them
+    "_detach": ("daemon", ALL),
+    "_config": ("service", ALL),  # checked at decoration; its Service calls main
+    "_aio": ("service", frozenset({SERVICE})),
+    "_signals": ("service", DAEMON),
+    "_takeover": ("service", frozenset({SERVICE})),
+    "_heartbeat": ("service", DAEMON),
+    "_ready": ("service", frozenset({SERVICE})),
+    "_notify": ("service", DAEMON),
+    "_hooks": ("declarations", CMD),
+    "_options": ("declarations", CMD),
+    "_addresses": ("declarations", frozenset({COMMAND, SERVICE})),
+    "_signal_names": ("declarations", ALL),
+    "_pidfile": ("shared", ALL),
+    "_looking": ("shared", CMD),  # the holder's side is _pidfile: a daemon carries none of it
+    "_beside": ("shared", ALL),
+    "_lastrun": ("shared", ALL),
+    "_remembered_options": ("shared", ALL),
+    "_control": ("shared", ALL),
+    "_claim": ("shared", ALL),
+    "_startup": ("shared", CMD),  # the starter's end of the startup pipe
+    "_mark": ("shared", ALL),
+    "_descendants": ("shared", ALL),
+    "_served": ("shared", frozenset({COMMAND, SERVICE})),
+    "_proc": ("base", ALL),
+    "_terminate": ("base", ALL),
+    "_hygiene": ("base", ALL),
+    "_errors": ("base", ALL),
+    "_output": ("base", CMD),
+}
+
+# Made by the work on supervisor phases, the restart policy and the one
+# signal path (issue 24), which lands beside this table: until it does, these
+# three may be absent.  Any other module named here must exist.
+EXPECTED = frozenset({"_phases", "_restart_policy", "_signal_path"})
+
+# Commands that only address a service (status, stop, reload, logs, ...) run
+# in _cli and _commands: what those load with them must run in the command.
+ADDRESSING = ("_cli", "_commands")
+
+
+def _is_type_checking(node: ast.stmt) -> bool:
+    return isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+
+
+def _imports(tree: ast.AST, *, top_only: bool) -> set[str]:
+    """The package's modules ``tree`` imports (``from . import x``, ``from ._x import y``).
+
+    Imports under ``if TYPE_CHECKING:`` never run and are left out; with
+    ``top_only``, so are those inside functions (loaded when called).
+    """
+    found: set[str] = set()
+    for node in ast.iter_child_nodes(tree):
+        if _is_type_checking(node) or (
+            top_only and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        ):
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("daemonize_deco."):
+            found.add(str(node.module).split(".")[1])
+        found |= _imports(node, top_only=top_only)
+    return found
+
+
+def _tree(module: str) -> ast.Module:
+    return ast.parse((PACKAGE / f"{module}.py").read_text(), filename=f"{module}.py")
+
+
+def _present() -> set[str]:
+    return {path.stem for path in PACKAGE.glob("*.py")}
+
+
+def _graph(*, top_only: bool = False) -> dict[str, set[str]]:
+    return {module: _imports(_tree(module), top_only=top_only) - {module} for module in _present()}
+
+
+def test_every_module_is_in_the_table():
+    present = _present()
+    assert not present - MODULES.keys(), f"not in the table: {sorted(present - MODULES.keys())}"
+    missing = MODULES.keys() - present - EXPECTED
+    assert not missing, f"in the table, not in the package: {sorted(missing)}"
+    assert {layer for layer, _ in MODULES.values()} == set(LAYERS)
+
+
+def test_imports_run_down_the_layers():
+    rank = {name: LAYERS.index(layer) for name, (layer, _) in MODULES.items()}
+    upward = [
+        f"{module} ({MODULES[module][0]}) imports {imported} ({MODULES[imported][0]})"
+        for module, imported_set in sorted(_graph().items())
+        for imported in sorted(imported_set)
+        if imported in rank and module in rank and rank[imported] < rank[module]
+    ]
+    assert not upward, "imports run up a layer:\n" + "\n".join(upward)
+
+
+def test_the_daemon_imports_nothing_of_the_command():
+    # A module that runs only in the daemon never reaches for one that runs
+    # only in the user's command, lazily or not: the daemon would carry it.
+    wrong = [
+        f"{module} (daemon only) imports {imported} (command only)"
+        for module, imported_set in sorted(_graph().items())
+        if MODULES.get(module, ("", ALL))[1].isdisjoint({COMMAND})
+        for imported in sorted(imported_set)
+        if MODULES.get(imported, ("", ALL))[1] == CMD
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_addressing_a_service_loads_nothing_that_only_the_daemon_runs():
+    graph = _graph(top_only=True)
+    loaded, todo = set(), list(ADDRESSING)
+    while todo:
+        module = todo.pop()
+        if module not in loaded:
+            loaded.add(module)
+            todo += graph.get(module, ())
+    daemon_only = {name for name in loaded if COMMAND not in MODULES.get(name, ("", ALL))[1]}
+    assert not daemon_only, f"status and stop would load {sorted(daemon_only)}"
+
+
+def test_architecture_names_every_module():
+    text = (REPO / "ARCHITECTURE.md").read_text()
+    named = set(re.findall(r"`(_[a-z_]+|__init__)(?:\.py)?`", text))
+    unnamed = _present() - named
+    assert not unnamed, f"ARCHITECTURE.md does not name {sorted(unnamed)}"
+    assert named >= EXPECTED
+    assert not named - _present() - EXPECTED, f"no such module: {sorted(named - _present())}"
+
+
+def test_architecture_shows_the_layers_of_the_table():
+    rows = re.findall(r"^\| (\w+) \|.*\|(.*)\|$", (REPO / "ARCHITECTURE.md").read_text(), re.M)
+    shown = {
+        module: layer
+        for layer, cell in rows
+        if layer in LAYERS
+        for module in re.findall(r"`(_[a-z_]+|__init__)`", cell)
+    }
+    assert shown == {module: layer for module, (layer, _) in MODULES.items()}
