@@ -187,7 +187,7 @@ def test_status_of_a_supervised_service_loads_nothing_of_the_supervisor(make_ser
         svc.script.write_text(original)
     assert f"supervisor pid {supervisor}; service pid" in result.stdout, result.stdout
     loaded = {name.rpartition(".")[2] for name in result.stdout.splitlines()[-1].split()}
-    assert not loaded & {"_supervisor", "_watchdog"}, sorted(loaded)
+    assert not loaded & {"_supervisor", "_watchdog", "_runtime"}, sorted(loaded)
     assert "_phases" in loaded, sorted(loaded)
     svc.stop_gracefully(supervisor)
 
