@@ -128,8 +128,8 @@ def _remove_what_it_left_beside(pidfile: PidFile) -> None:
     (a restart killed), and the temporary names of writes cut short.
     """
     from ._handover import remove_unheld_lock  # noqa: PLC0415 -- after a killed run
+    from ._phases import STATE_SUFFIX  # noqa: PLC0415
     from ._remembered_options import OPTIONS_SUFFIX  # noqa: PLC0415 -- a small module
-    from ._supervisor import STATE_SUFFIX  # noqa: PLC0415
 
     if pidfile.inspect(settle=0).running:
         return  # a start came in meanwhile: these are its files now

@@ -15,6 +15,7 @@ import time
 
 from . import _lastrun
 from ._descendants import describe, left_by
+from ._phases import Phase, SupervisorState
 from ._proc import fd_targets, read_stat, uptime
 
 TYPE_CHECKING = False
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 
     from ._looking import PidFileState
     from ._pidfile import PidFile
-    from ._supervisor import SupervisorState
 
 __all__ = ["StatusReport"]
 
@@ -146,14 +146,7 @@ class StatusReport:
 
     @staticmethod
     def _supervision_line(state: SupervisorState) -> str:
-        if state.service is not None:
-            up = "" if state.service_started is None else (
-                f", up {_lastrun.format_duration(time.time() - state.service_started)}"
-            )  # fmt: skip
-            line = f"  supervisor pid {state.supervisor}; service pid {state.service}{up}"
-        else:
-            wait = max(0.0, (state.restart_at or time.time()) - time.time())
-            line = f"  supervisor pid {state.supervisor}; restarting in {wait:.1f}s"
+        line = f"  supervisor pid {state.supervisor}; {_phase_words(state)}"
         line += f"; {state.restarts} restart{'s' * (state.restarts != 1)}"
         if state.failure:
             line += f"; last failure: {state.failure}"
@@ -187,6 +180,7 @@ class StatusReport:
             if self.supervision is None
             else {
                 "supervisor_pid": self.supervision.supervisor,
+                "phase": self.supervision.phase,
                 "service_pid": self.supervision.service,
                 "service_started": self.supervision.service_started,
                 "restarts": self.supervision.restarts,
@@ -218,10 +212,27 @@ def _supervision(pidfile: str, owners: Collection[int], pid: int | None) -> Supe
     """The supervisor's state, when the running pid is a supervisor's (``restart=``)."""
     if pid is None:
         return None
-    from ._supervisor import SupervisorState  # noqa: PLC0415 -- status only
-
     state = SupervisorState.read(pidfile, owners)
     return state if state is not None and state.supervisor == pid else None
+
+
+def _phase_words(state: SupervisorState) -> str:
+    """What the supervisor is doing: "service pid 12, up 3m", "backing off, restarting in 4.2s"."""
+    if state.phase == Phase.BACKING_OFF or state.service is None:
+        wait = max(0.0, (state.restart_at or time.time()) - time.time())
+        return f"backing off, restarting in {wait:.1f}s"
+    up = "" if state.service_started is None else (
+        f", up {_lastrun.format_duration(time.time() - state.service_started)}"
+    )  # fmt: skip
+    run = f"service pid {state.service}{up}"
+    match state.phase:
+        case Phase.STARTING:
+            return f"{run}, not ready yet"
+        case Phase.RESTARTING:
+            return f"{run}, restarted, not ready yet"
+        case Phase.ENDING_HUNG:
+            return f"{run}, hung: being ended"
+    return run
 
 
 def _quoted(word: str) -> str:

@@ -21,6 +21,10 @@ holder of its lock and claim.  It forks the service as its child and:
   watchdog is armed by the first beat);
 - writes ``PIDFILE.supervisor`` whenever that changes, for ``status``.
 
+What it does next follows from its phase (``_phases``: named, and changed
+only through ``enter``, which checks the change); when to restart, from the
+restart policy (``_restart_policy``).
+
 The service dies with it: the child asks the kernel for SIGKILL when its
 parent dies (``PR_SET_PDEATHSIG``), so even a SIGKILLed supervisor leaves
 no service behind.  It is one thread blocked in ``poll``: an idle
@@ -45,6 +49,8 @@ from ._detach import StartupChannel, exit_daemon
 from ._errors import DetachError, exit_status, last_words
 from ._heartbeat import reset, shared_slot, silence, unarmed
 from ._hygiene import die_with_parent
+from ._phases import STATE_SUFFIX, Phase, SupervisorState, check
+from ._restart_policy import GiveUp, NoRestart, Restart, Restarts, after_run
 from ._runtime import (
     claim_answers,
     handed_on,
@@ -61,55 +67,18 @@ from ._watchdog import ABORT_GRACE, hang_message, round_length, unarmed_message
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import mmap
-    from collections.abc import Callable, Collection
+    from collections.abc import Callable
 
     from ._config import Service
     from ._hygiene import Credentials
     from ._pidfile import PidFile
     from ._reload_relay import ReloadRelay
 
-__all__ = ["STATE_SUFFIX", "SupervisorState", "supervise"]
+__all__ = ["supervise"]
 
-STATE_SUFFIX = ".supervisor"
-
-
-class SupervisorState:
-    """What ``status`` reads beside the pidfile: ``key=value`` lines."""
-
-    __slots__ = ("failure", "restart_at", "restarts", "service", "service_started", "supervisor")
-
-    def __init__(self, supervisor: int) -> None:
-        self.supervisor = supervisor
-        self.service: int | None = None
-        self.service_started: float | None = None
-        self.restarts = 0
-        self.failure: str | None = None  # how the last run ended, when it failed
-        self.restart_at: float | None = None  # wall clock, while waiting to restart
-
-    def to_text(self) -> str:
-        """The file's content."""
-        return _beside.fields_to_text((key, getattr(self, key)) for key in self.__slots__)
-
-    @classmethod
-    def read(cls, pidfile: str, owners: Collection[int]) -> SupervisorState | None:
-        """The state beside ``pidfile``; None when there is none, or not one of ``owners``."""
-        data = _beside.read(pidfile + STATE_SUFFIX, 4096, owners)
-        if data is None:
-            return None
-        fields = _beside.fields_from_text(data.decode("utf-8", "replace"))
-        try:
-            state = cls(int(fields["supervisor"]))
-            state.restarts = int(fields.get("restarts", "0"))
-            if "service" in fields:
-                state.service = int(fields["service"])
-            if "service_started" in fields:
-                state.service_started = float(fields["service_started"])
-            if "restart_at" in fields:
-                state.restart_at = float(fields["restart_at"])
-        except (KeyError, ValueError):
-            return None
-        state.failure = fields.get("failure")
-        return state
+_OVER = (Phase.DONE, Phase.GAVE_UP)
+# Not written for status: a supervisor a restart replaces stops after its successor wrote its own.
+_UNSAID = (Phase.STOPPING, *_OVER)
 
 
 class _Child:
@@ -162,11 +131,11 @@ class _Supervisor(SignalPath):
             self.settling.hold()
         self.pid = os.getpid()
         self.started = time.time()
+        self.phase = Phase.STARTING  # changed by ``enter`` only
         self.state = SupervisorState(self.pid)
         self.child: _Child | None = None
-        self.delay = self.policy.delay
-        self.recent: list[float] = []  # monotonic times of the restarts in the window
-        self.restart_due: float | None = None
+        self.history = Restarts.fresh(self.policy)  # what the restart policy remembers
+        self.restart_due: float | None = None  # monotonic, while backing off
         self.stopping: int | None = None  # the stop signal, once one came
         self.heartbeats: mmap.mmap | None = None
         self.control: ControlServer | None = None
@@ -193,12 +162,14 @@ class _Supervisor(SignalPath):
                 if self.config.watchdog is not None:
                     self.heartbeats = shared_slot()
                 self.spawn()
-                while self.ending is None:
+                self.save_state()
+                while self.phase not in _OVER:
                     self.round()
             finally:
                 if self.relay is not None:
                     self.relay.close()
                 self.close_sockets()
+            assert self.ending is not None
             status, exception, failed = self.ending
             self.finish(status, exception, failed)
         return status
@@ -257,49 +228,54 @@ class _Supervisor(SignalPath):
         self.stop(signal.SIGTERM)
 
     def next_deadline(self) -> float | None:
-        deadlines = [self.restart_due, None if self.relay is None else self.relay.deadline()]
+        """When poll must return: the phase's deadline, or the reload relay's."""
+        relay = None if self.relay is None else self.relay.deadline()
+        return min((d for d in (self.phase_deadline(), relay) if d is not None), default=None)
+
+    def phase_deadline(self) -> float | None:
+        """When the phase has something to do: ``on_time`` does it."""
         child = self.child
-        if child is not None:
-            deadlines.append(child.kill_at)
-            if self.watching(child):
-                assert self.config.watchdog is not None
-                deadlines.append(time.monotonic() + round_length(self.config.watchdog))
-            elif not child.ready and self.startup is None:
-                deadlines.append(child.started_monotonic + self.config.start_timeout)
-        return min((d for d in deadlines if d is not None), default=None)
+        match self.phase:
+            case Phase.BACKING_OFF:
+                return self.restart_due
+            case Phase.RESTARTING if child is not None:
+                return child.started_monotonic + self.config.start_timeout
+            case Phase.RUNNING if self.config.watchdog is not None:
+                return time.monotonic() + round_length(self.config.watchdog)
+            case Phase.ENDING_HUNG | Phase.STOPPING if child is not None:
+                return child.kill_at
+        # STARTING: ``start`` bounds the first run; RUNNING unwatched: nothing is due.
+        return None
 
     def on_time(self) -> None:
         """Restart, escalate, or end a hung service, when its time has come."""
         now = time.monotonic()
         child = self.child
-        if child is None:
-            if self.restart_due is not None and now >= self.restart_due:
+        match self.phase:
+            case Phase.BACKING_OFF if _come(self.restart_due, now):
                 self.restart_due = None
                 self.spawn()
-            return
-        if child.kill_at is not None and now >= child.kill_at:
-            child.kill_at = None
-            _send(child.pidfd, signal.SIGKILL)
-        elif self.watching(child) and self.is_hung():
-            self.end_hung(child)
-        elif self.watching(child) and not child.said_unarmed and self.is_unarmed():
-            child.said_unarmed = True
-            assert self.config.watchdog is not None
-            self.say(unarmed_message(self.config.watchdog, child.pid))
-        elif self.never_ready(child, now):
-            # A restarted service that never gets ready: start_timeout, as for a start.
-            child.early_end = f"fail not ready within {self.config.start_timeout:g}s"
-            child.hung = self.config.start_timeout
-            _send(child.pidfd, signal.SIGTERM)
-            child.kill_at = now + self.config.stop_timeout
+                self.enter(Phase.RESTARTING)  # backing-off -> restarting
+            case Phase.RUNNING if child is not None and self.heartbeats is not None:
+                self.watch(child)
+            case Phase.RESTARTING if child is not None and _come(self.phase_deadline(), now):
+                self.end_never_ready(child, now)
+            case Phase.ENDING_HUNG | Phase.STOPPING if child is not None and _come(
+                child.kill_at, now
+            ):
+                child.kill_at = None
+                _send(child.pidfd, signal.SIGKILL)
 
-    def never_ready(self, child: _Child, now: float) -> bool:
-        return (
-            not child.ready
-            and self.startup is None
-            and child.hung is None
-            and now >= child.started_monotonic + self.config.start_timeout
-        )
+    def enter(self, phase: str) -> None:
+        """Change phase (the one place that does, checked: ``_phases``); tell status."""
+        self.phase = self.state.phase = check(self.phase, phase)
+        if phase not in _UNSAID:
+            self.save_state()
+
+    def end(self, status: int, exception: str | None, failed: str | None = None) -> None:
+        """The supervisor is done (or gave up, ``failed`` says why): it exits after this round."""
+        self.ending = (status, exception, failed)
+        self.enter(Phase.DONE if failed is None else Phase.GAVE_UP)
 
     # -- the service ------------------------------------------------------------------
 
@@ -320,7 +296,6 @@ class _Supervisor(SignalPath):
         self.state.service = pid
         self.state.service_started = self.child.started
         self.state.restart_at = None
-        self.save_state()
 
     def become_service(self, channel_fd: int) -> None:
         status = 1
@@ -365,6 +340,9 @@ class _Supervisor(SignalPath):
             self.startup.postpone()
         elif word == "ready":
             child.ready = True
+            if self.phase in (Phase.STARTING, Phase.RESTARTING):
+                # Before ``start`` hears of it: a status after "started" says running.
+                self.enter(Phase.RUNNING)  # starting -> running; restarting -> running
             if self.startup is not None:
                 self.startup.ready()
                 self.startup = None  # closed by ready(): the start is reported
@@ -387,17 +365,32 @@ class _Supervisor(SignalPath):
         self.end_what_it_left(child)
         if self.startup is not None:  # the first run never got ready: the start failed
             self.report_failed_start(child, ended)
-            self.ending = (status, child.exception, None)
+            self.end(status, child.exception)  # starting -> done; stopping -> done
             return
-        if self.stopping is not None:
-            self.ending = (status, child.exception, None)
+        if self.phase == Phase.STOPPING:
+            self.end(status, child.exception)  # stopping -> done
             return
         failed = status != 0 or child.hung is not None or child.exception is not None
-        if self.policy.mode == "on-failure" and not failed:
-            self.say(f"the service (pid {child.pid}) {ended}; not restarting (restart=on-failure)")
-            self.ending = (status, None, None)
-            return
-        self.schedule_restart(child, ended)
+        now = time.monotonic()
+        started = child.started_monotonic
+        match after_run(self.policy, self.history, started=started, now=now, failed=failed):
+            case NoRestart():
+                self.say(
+                    f"the service (pid {child.pid}) {ended}; not restarting (restart=on-failure)"
+                )
+                self.end(status, None)  # running -> done; restarting -> done
+            case GiveUp(reason=reason):
+                failed_as = f"{reason}; last: {ended}"
+                self.say(f"giving up: {failed_as}")
+                self.end(1, child.exception, failed_as)  # running/restarting/ending-hung -> gave-up
+            case Restart(delay=wait, history=history):
+                self.history = history
+                self.restart_due = now + wait
+                self.state.restarts += 1
+                self.state.restart_at = time.time() + wait
+                self.state.failure = f"{ended} at {_lastrun.clock(time.time())}"
+                self.enter(Phase.BACKING_OFF)  # running/restarting/ending-hung -> backing-off
+                self.say(f"the service (pid {child.pid}) {ended}; restarting in {wait:g}s")
 
     def end_what_it_left(self, child: _Child) -> None:
         """End what the run started and left running, before anything else runs."""
@@ -439,37 +432,14 @@ class _Supervisor(SignalPath):
             return f"raised {child.exception}"
         return f"exited with status {status}"
 
-    def schedule_restart(self, child: _Child, ended: str) -> None:
-        now = time.monotonic()
-        if now - child.started_monotonic > self.policy.interval:
-            self.delay = self.policy.delay  # it ran a long while: a fresh count
-            self.recent.clear()
-        self.recent = [t for t in self.recent if now - t <= self.policy.interval]
-        self.state.failure = f"{ended} at {_lastrun.clock(time.time())}"
-        if len(self.recent) >= self.policy.burst:
-            failed = (
-                f"{len(self.recent) + 1} failures within {self.policy.interval:g}s; last: {ended}"
-            )
-            self.say(f"giving up: {failed}")
-            self.ending = (1, child.exception, failed)
-            return
-        self.recent.append(now)
-        wait = self.delay
-        self.delay = min(self.policy.delay_max, max(self.delay * 2, 0))
-        self.restart_due = now + wait
-        self.state.restarts += 1
-        self.state.restart_at = time.time() + wait
-        self.save_state()
-        self.say(f"the service (pid {child.pid}) {ended}; restarting in {wait:g}s")
-
-    def watching(self, child: _Child) -> bool:
-        """Whether the watchdog watches ``child``: ready, not hung, and not being stopped."""
-        return (
-            self.heartbeats is not None
-            and child.ready
-            and child.hung is None
-            and self.stopping is None
-        )
+    def watch(self, child: _Child) -> None:
+        """The watchdog's round: end a hung service; say once that one never beat."""
+        assert self.config.watchdog is not None
+        if self.is_hung():
+            self.end_hung(child)
+        elif not child.said_unarmed and self.is_unarmed():
+            child.said_unarmed = True
+            self.say(unarmed_message(self.config.watchdog, child.pid))
 
     def is_hung(self) -> bool:
         """No heartbeat for ``watchdog`` seconds (the slot says so, not while it ends)."""
@@ -489,6 +459,15 @@ class _Supervisor(SignalPath):
         self.say(hang_message(self.config.watchdog, child.pid))
         _send(child.pidfd, signal.SIGABRT)  # faulthandler writes its stacks, then it dies
         child.kill_at = time.monotonic() + ABORT_GRACE
+        self.enter(Phase.ENDING_HUNG)  # running -> ending-hung
+
+    def end_never_ready(self, child: _Child, now: float) -> None:
+        """A restarted service that never gets ready: start_timeout, as for a start."""
+        child.early_end = f"fail not ready within {self.config.start_timeout:g}s"
+        child.hung = self.config.start_timeout
+        _send(child.pidfd, signal.SIGTERM)
+        child.kill_at = now + self.config.stop_timeout
+        self.enter(Phase.ENDING_HUNG)  # restarting -> ending-hung
 
     # -- signals and requests ---------------------------------------------------------
 
@@ -516,15 +495,16 @@ class _Supervisor(SignalPath):
             _send(self.child.pidfd, signum)
 
     def stop(self, signum: int) -> None:
-        if self.stopping is not None:
+        if self.phase in (Phase.STOPPING, *_OVER):
             return
         self.stopping = signum
         child = self.child
         if child is None:  # waiting to restart: nothing to stop but ourselves
-            self.ending = (0, None, None)
+            self.end(0, None)  # backing-off -> done
             return
         _send(child.pidfd, signal.SIGTERM)
         child.kill_at = time.monotonic() + self.config.stop_timeout
+        self.enter(Phase.STOPPING)  # starting/running/restarting/ending-hung -> stopping
 
     def reloadable(self) -> tuple[int, Callable[[], None]] | None:
         """The service to ask for a reload, and how to signal it; None while it is not ready."""
@@ -581,6 +561,10 @@ class _Supervisor(SignalPath):
 
     def say(self, text: str) -> None:
         last_words(lambda: print(f"{self.config.name}: {text}", file=sys.stderr))
+
+
+def _come(deadline: float | None, now: float) -> bool:
+    return deadline is not None and now >= deadline
 
 
 def _send(pidfd: int, signum: int) -> None:

@@ -194,8 +194,9 @@ def test_stop_during_a_backoff_wait(make_service):
     wait_for(lambda: "restarting in 30s" in svc.log_text(), what="the backoff wait")
     status = svc.cli("status")
     assert status.returncode == 0
-    waiting = re.search(r"restarting in ([\d.]+)s; 1 restart", status.stdout)
+    waiting = re.search(r"backing off, restarting in ([\d.]+)s; 1 restart", status.stdout)
     assert waiting and 0 < float(waiting[1]) <= 30, status.stdout  # counting down from 30 s
+    assert status_json(svc)["supervision"]["phase"] == "backing-off"
     stop = svc.cli("stop", timeout=10)
     assert stop.returncode == 0 and f"svc stopped (pid {supervisor})" in stop.stdout
     assert is_gone(supervisor)

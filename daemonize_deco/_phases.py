@@ -1,0 +1,133 @@
+"""The supervisor's phases, the changes allowed between them, and the record ``status`` reads.
+
+A supervisor (``_supervisor``) is always in one phase; its deadline, what it
+does when that comes, and what ``status`` says follow from it.  It changes
+phase in one place, which checks the change against ``_NEXT``: a change not
+listed there is a bug, and raises ``PhaseError``.
+
+    STARTING -> RUNNING, STOPPING, DONE
+    RUNNING -> ENDING_HUNG, STOPPING, BACKING_OFF, GAVE_UP, DONE
+    RESTARTING -> RUNNING, ENDING_HUNG, STOPPING, BACKING_OFF, GAVE_UP, DONE
+    ENDING_HUNG -> STOPPING, BACKING_OFF, GAVE_UP
+    BACKING_OFF -> RESTARTING, DONE
+    STOPPING -> DONE
+
+The phases are the words ``PIDFILE.supervisor`` holds, named by a class of
+constants, not an ``enum.Enum``: the supervisor would import enum for them
+(milliseconds, as signal.py would).  This module is read by ``status``, in
+the user's command: it imports nothing of the supervisor's.
+"""
+
+from __future__ import annotations
+
+from . import _beside
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Collection
+    from typing import Final
+
+__all__ = ["STATE_SUFFIX", "Phase", "PhaseError", "SupervisorState", "check"]
+
+STATE_SUFFIX = ".supervisor"
+
+
+class Phase:
+    """The supervisor's phases."""
+
+    STARTING: Final = "starting"  # the first run, until ready: ``start`` waits for it
+    RUNNING: Final = "running"  # the run is ready; the watchdog, if any, watches it
+    RESTARTING: Final = "restarting"  # a restarted run, until ready: start_timeout bounds it
+    # A run that hung, or was never ready, being ended: SIGABRT or SIGTERM, then SIGKILL.
+    ENDING_HUNG: Final = "ending-hung"
+    BACKING_OFF: Final = "backing-off"  # no run: the restart delay passes
+    STOPPING: Final = "stopping"  # asked to stop: the run ends, stop_timeout bounds it
+    GAVE_UP: Final = "gave-up"  # too many failures within the window: the supervisor ends
+    DONE: Final = "done"  # stopped, the first run failed, or it ended cleanly (on-failure)
+
+
+_NEXT: dict[str, frozenset[str]] = {
+    Phase.STARTING: frozenset({Phase.RUNNING, Phase.STOPPING, Phase.DONE}),
+    Phase.RUNNING: frozenset(
+        {Phase.ENDING_HUNG, Phase.STOPPING, Phase.BACKING_OFF, Phase.GAVE_UP, Phase.DONE}
+    ),
+    Phase.RESTARTING: frozenset(
+        {
+            Phase.RUNNING,
+            Phase.ENDING_HUNG,
+            Phase.STOPPING,
+            Phase.BACKING_OFF,
+            Phase.GAVE_UP,
+            Phase.DONE,
+        }
+    ),
+    Phase.ENDING_HUNG: frozenset({Phase.STOPPING, Phase.BACKING_OFF, Phase.GAVE_UP}),
+    Phase.BACKING_OFF: frozenset({Phase.RESTARTING, Phase.DONE}),
+    Phase.STOPPING: frozenset({Phase.DONE}),
+    Phase.GAVE_UP: frozenset(),
+    Phase.DONE: frozenset(),
+}
+
+
+class PhaseError(RuntimeError):
+    """A change of phase the supervisor must never make: a bug, not a fault to handle."""
+
+
+def check(current: str, new: str) -> str:
+    """``new``, when a supervisor may go there from ``current``; else raise PhaseError."""
+    if new not in _NEXT.get(current, ()):
+        raise PhaseError(f"the supervisor cannot go from phase {current!r} to {new!r}")
+    return new
+
+
+class SupervisorState:
+    """What ``status`` reads beside the pidfile: ``key=value`` lines."""
+
+    __slots__ = (
+        "failure",
+        "phase",
+        "restart_at",
+        "restarts",
+        "service",
+        "service_started",
+        "supervisor",
+    )
+
+    def __init__(self, supervisor: int) -> None:
+        self.supervisor = supervisor
+        self.phase: str = Phase.STARTING
+        self.service: int | None = None
+        self.service_started: float | None = None
+        self.restarts = 0
+        self.failure: str | None = None  # how the last run ended, when it failed
+        self.restart_at: float | None = None  # wall clock, while waiting to restart
+
+    def to_text(self) -> str:
+        """The file's content."""
+        return _beside.fields_to_text((key, getattr(self, key)) for key in self.__slots__)
+
+    @classmethod
+    def read(cls, pidfile: str, owners: Collection[int]) -> SupervisorState | None:
+        """The state beside ``pidfile``; None when there is none, or not one of ``owners``."""
+        data = _beside.read(pidfile + STATE_SUFFIX, 4096, owners)
+        if data is None:
+            return None
+        fields = _beside.fields_from_text(data.decode("utf-8", "replace"))
+        try:
+            state = cls(int(fields["supervisor"]))
+            state.restarts = int(fields.get("restarts", "0"))
+            if "service" in fields:
+                state.service = int(fields["service"])
+            if "service_started" in fields:
+                state.service_started = float(fields["service_started"])
+            if "restart_at" in fields:
+                state.restart_at = float(fields["restart_at"])
+        except (KeyError, ValueError):
+            return None
+        state.failure = fields.get("failure")
+        state.phase = fields.get("phase", "")
+        if state.phase not in _NEXT:
+            # A supervisor older than the phases, still running after an upgrade:
+            # its file says only whether a service runs, or when it restarts.
+            state.phase = Phase.BACKING_OFF if state.service is None else Phase.RUNNING
+        return state
