@@ -53,7 +53,7 @@ STOP_MAIN_MODES = ("auto", "flag", "interrupt")
 _LOOK_EVERY = 0.02  # how often the dispatcher looks at main's stack
 _STILL_LOOKS = 3  # looks that must find main's thread in the same place: it waits
 _LIBRARY_CODE = ("<",)  # frozen modules, code compiled from strings
-_HANDLER_FILES = frozenset({_signals.__file__, __file__})  # the signal handler's code
+_HANDLER_MODULES = frozenset({_signals.__name__, __name__})  # the signal handler's code
 
 
 class _State:
@@ -229,7 +229,7 @@ def _main_stack(top: FrameType | None) -> list[FrameType]:
     """
     stack: list[FrameType] = []
     frame = top
-    while frame is not None and frame.f_code.co_filename in _HANDLER_FILES:
+    while frame is not None and frame.f_globals.get("__name__") in _HANDLER_MODULES:
         frame = frame.f_back
     while frame is not None:
         if frame.f_code is _state.entry:

@@ -48,8 +48,8 @@ class DaemonError(Exception):
 
     exit_status: int = 1
 
-    def __init__(self, message: str, *, path: str | None = None, pid: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, *args: object, path: str | None = None, pid: int | None = None) -> None:
+        super().__init__(*args)  # any arguments, as an Exception takes: a user's subclass may
         self.path = path
         self.pid = pid
         self.status: int | None = None

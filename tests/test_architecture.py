@@ -65,11 +65,11 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
     "_detach": ("daemon", ALL),
     "_config": ("service", ALL),  # checked at decoration; its Service calls main
     "_aio": ("service", frozenset({SERVICE})),
-    "_signals": ("service", DAEMON),
-    "_takeover": ("service", frozenset({SERVICE})),
-    "_heartbeat": ("service", DAEMON),
-    "_ready": ("service", frozenset({SERVICE})),
-    "_notify": ("service", DAEMON),
+    "_signals": ("service", ALL),  # loaded with the package; acts in the daemon
+    "_takeover": ("service", ALL),  # loaded with the package; acts in the service
+    "_heartbeat": ("service", ALL),  # loaded with the package; acts in the daemon
+    "_ready": ("service", ALL),  # loaded with the package; acts in the service
+    "_notify": ("service", ALL),  # loaded with the package; acts in the daemon
     "_hooks": ("declarations", CMD),
     "_options": ("declarations", CMD),
     "_addresses": ("declarations", frozenset({COMMAND, SERVICE})),
@@ -94,34 +94,79 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
 
 # Commands that only address a service (status, stop, reload, logs, ...) run
 # in _cli and _commands: what those load with them must run in the command.
-ADDRESSING = ("_cli", "_commands")
+ADDRESSING = ("__init__", "_service", "_cli", "_commands")
 
 
-def _is_type_checking(node: ast.stmt) -> bool:
+def _is_type_checking(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
 
 
-def _imports(tree: ast.AST, *, top_only: bool) -> set[str]:
-    """The package's modules ``tree`` imports (``from . import x``, ``from ._x import y``).
+PACKAGE_NAME = "daemonize_deco"
+BY_NAME = re.compile(r"_[a-z_]+(?=:[a-z_]+$)")  # "module:function", imported when run
+DOTTED = re.compile(r"daemonize_deco\.(_[a-z_]+)$")  # importlib.import_module("daemonize_deco._x")
 
-    Imports under ``if TYPE_CHECKING:`` never run and are left out; with
-    ``top_only``, so are those inside functions (loaded when called).
+
+def _imports(tree: ast.AST, *, top_only: bool) -> set[str]:
+    """The package's modules ``tree`` imports, in any of the forms the package could use.
+
+    ``from . import x``, ``from ._x import y``, ``import daemonize_deco._x``,
+    ``from daemonize_deco import _x``; and, outside ``top_only``, by name:
+    ``__import__(f"{__package__}._x")``, ``import_module("daemonize_deco._x")``
+    and the "_x:function" strings of a
+    table of commands.  The ``if TYPE_CHECKING:`` branch never runs and is
+    left out (its ``else:`` is not); with ``top_only``, so are functions
+    (loaded when called).
     """
     found: set[str] = set()
     for node in ast.iter_child_nodes(tree):
-        if _is_type_checking(node) or (
-            top_only and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        ):
+        if _is_type_checking(node):
+            for child in node.orelse:  # type: ignore[attr-defined]
+                found |= _imports(ast.Module(body=[child], type_ignores=[]), top_only=top_only)
             continue
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                found.add(node.module.split(".")[0])
-            else:
-                found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("daemonize_deco."):
-            found.add(str(node.module).split(".")[1])
+        if top_only and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        found |= _named_here(node, top_only=top_only)
         found |= _imports(node, top_only=top_only)
     return found
+
+
+def _named_here(node: ast.AST, *, top_only: bool) -> set[str]:  # noqa: PLR0911 -- one per form
+    """What ``node`` itself imports (not its children)."""
+    if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if node.module:
+            return {node.module.split(".")[0]}
+        return {alias.name for alias in node.names}
+    if isinstance(node, ast.ImportFrom) and node.level == 0:
+        if node.module == PACKAGE_NAME:
+            return {alias.name for alias in node.names}
+        if (node.module or "").startswith(PACKAGE_NAME + "."):
+            return {str(node.module).split(".")[1]}
+    if isinstance(node, ast.Import):
+        return {
+            alias.name.split(".")[1]
+            for alias in node.names
+            if alias.name.startswith(PACKAGE_NAME + ".")
+        }
+    if top_only:
+        return set()
+    if isinstance(node, ast.JoinedStr) and len(node.values) >= 2:
+        first, rest = node.values[0], node.values[1]
+        if (
+            isinstance(first, ast.FormattedValue)
+            and ast.unparse(first.value) == "__package__"
+            and isinstance(rest, ast.Constant)
+            and isinstance(rest.value, str)
+            and rest.value.startswith("._")
+        ):
+            return {rest.value[1:].split(".")[0]}
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        match = BY_NAME.match(node.value)
+        if match:
+            return {match.group()}
+        match = DOTTED.match(node.value)
+        if match:
+            return {match.group(1)}
+    return set()
 
 
 def _tree(module: str) -> ast.Module:
