@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import is_gone, wait_for
-from test_phases import NEVER_READY_AGAIN, phase_is
+from test_phases import phase_is, restarted_never_ready
 from test_supervisor import CRASH_AFTER_FIRST, DEADLOCK_ON_REQUEST, service_pid, supervised
 
 pytestmark = pytest.mark.timeout(120)
@@ -21,18 +21,9 @@ def no_crash_in(svc) -> None:
 
 
 def test_stop_while_a_never_ready_run_is_being_ended(make_service):
-    svc = supervised(
-        make_service,
-        NEVER_READY_AGAIN,
-        restart="always",
-        restart_delay=0,
-        start_timeout=1.0,
-        stop_timeout=4.0,
+    svc, supervisor, second = restarted_never_ready(
+        make_service, start_timeout=1.0, stop_timeout=4.0
     )
-    supervisor = svc.start()
-    first = service_pid(svc)
-    (svc.dir / "crash").touch()
-    second = service_pid(svc, other_than=first)
     wait_for(lambda: phase_is(svc, "ending-hung"), timeout=20, what="ending-hung")
     stop = svc.cli("stop", "--timeout", "30", timeout=60)
     assert stop.returncode == 0, (stop.stdout, stop.stderr)

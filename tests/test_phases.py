@@ -111,6 +111,22 @@ def phase_is(svc, phase: str) -> dict | None:
     return found if supervision is not None and supervision.get("phase") == phase else None
 
 
+def restarted_never_ready(make_service, *, start_timeout: float, stop_timeout: float):
+    """A supervised service whose restarted run never gets ready: (svc, supervisor, that run)."""
+    svc = supervised(
+        make_service,
+        NEVER_READY_AGAIN,
+        restart="always",
+        restart_delay=0,
+        start_timeout=start_timeout,
+        stop_timeout=stop_timeout,
+    )
+    supervisor = svc.start()
+    first = service_pid(svc)
+    (svc.dir / "crash").touch()
+    return svc, supervisor, service_pid(svc, other_than=first)
+
+
 def cpu_seconds(pid: int) -> float:
     stat = proc_stat(pid)
     assert stat is not None
@@ -144,18 +160,9 @@ def test_status_says_a_service_that_never_gets_ready_again_is_being_ended(make_s
     # start_timeout after the restart, the supervisor sends SIGTERM, which this
     # service does not hear: SIGKILL comes stop_timeout later.  Meanwhile the
     # supervisor has nothing to do until then, and must not spin.
-    svc = supervised(
-        make_service,
-        NEVER_READY_AGAIN,
-        restart="always",
-        restart_delay=0,
-        start_timeout=2.0,
-        stop_timeout=30.0,
+    svc, supervisor, second = restarted_never_ready(
+        make_service, start_timeout=2.0, stop_timeout=30.0
     )
-    supervisor = svc.start()
-    first = service_pid(svc)
-    (svc.dir / "crash").touch()
-    second = service_pid(svc, other_than=first)
     found = wait_for(lambda: phase_is(svc, Phase.ENDING_HUNG), timeout=20, what="ending-hung")
     assert found["supervision"]["service_pid"] == second
     status = svc.cli("status")
