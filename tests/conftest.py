@@ -32,6 +32,8 @@ from reliability_report import (  # noqa: F401 -- pytest finds these hooks by na
     pytest_sessionfinish,
 )
 
+pytest_plugins = ("platform_simulation",)
+
 REPO = Path(__file__).resolve().parent.parent
 MARK = "DAEMONIZE_DECO_TEST_MARK"
 T = TypeVar("T")

@@ -1,0 +1,56 @@
+"""What this system offers the library, found by probing: the platform seam's base.
+
+Every other seam module (``_proc`` and the ``_platform_*`` modules) asks
+here which mechanism to use.  Each answer is a feature test, never
+``sys.platform``: a Linux without ``/proc`` mounted, or a macOS that grows
+a call, is then handled by what it really has.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import select
+import signal
+import socket
+
+__all__ = [
+    "HAS_KQUEUE",
+    "HAS_MEMFD",
+    "HAS_PEERCRED",
+    "HAS_PIDFD",
+    "has_abstract_sockets",
+    "has_proc",
+]
+
+# A pidfd pins a process: signals through it cannot reach a later process that reuses the pid.
+HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+# kqueue's EVFILT_PROC/NOTE_EXIT tells the moment a process exits (macOS, the BSDs).
+HAS_KQUEUE = hasattr(select, "kqueue")
+# An anonymous file a process holds, named in /proc/PID/fd: the daemons' badges.
+HAS_MEMFD = hasattr(os, "memfd_create")
+# The kernel's word for who is at the other end of a Unix socket (Linux).
+HAS_PEERCRED = hasattr(socket, "SO_PEERCRED")
+
+
+@functools.cache
+def has_proc() -> bool:
+    """Whether a Linux procfs is mounted and readable at /proc."""
+    try:
+        with open("/proc/self/stat", "rb"):
+            return True
+    except OSError:
+        return False
+
+
+@functools.cache
+def has_abstract_sockets() -> bool:
+    """Whether Unix sockets may have abstract names (Linux): no file, gone with the socket."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.bind(f"\0daemonize-deco-probe/{os.getpid()}/{os.urandom(8).hex()}")
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True

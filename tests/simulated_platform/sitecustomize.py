@@ -1,0 +1,132 @@
+"""Linux made to look like macOS or FreeBSD, for the simulated-platform runs.
+
+Loaded by every Python process a test starts when ``DAEMONIZE_DECO_SIMULATE``
+names a platform (``darwin`` or ``freebsd14``; conftest's
+``--simulate-platform`` sets it and puts this directory on ``PYTHONPATH``).
+It takes away what that platform lacks, before any module is imported:
+
+- both: pidfds, memfds, ``SO_PEERCRED``, ``epoll``, abstract Unix sockets,
+  ``prctl``, and ``/proc`` as the library sees it (opening, listing or
+  following anything under ``/proc`` from a ``daemonize_deco`` module fails
+  with ENOENT, as it does where no procfs is mounted);
+- macOS also: ``SOCK_CLOEXEC``, ``SOCK_NONBLOCK``, ``MSG_CMSG_CLOEXEC``,
+  ``setresuid``/``setresgid``, ``sched_getaffinity``;
+- ``sys.platform`` says ``darwin`` or ``freebsd14``.
+
+The tests themselves still look from outside through the real ``/proc``:
+only the library is handicapped.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+PLATFORM = os.environ.get("DAEMONIZE_DECO_SIMULATE", "")
+
+_BOTH = {
+    os: ("pidfd_open", "memfd_create", "MFD_CLOEXEC", "MFD_ALLOW_SEALING"),
+    signal: ("pidfd_send_signal",),
+    socket: ("SO_PEERCRED", "SO_PASSCRED", "SCM_CREDENTIALS"),
+    select: ("epoll",),
+}
+_MACOS = {
+    os: ("setresuid", "setresgid", "getresuid", "getresgid", "sched_getaffinity"),
+    socket: ("SOCK_CLOEXEC", "SOCK_NONBLOCK", "MSG_CMSG_CLOEXEC"),
+}
+
+
+def _remove(names: dict[Any, tuple[str, ...]]) -> None:
+    for module, attributes in names.items():
+        for name in attributes:
+            if hasattr(module, name):
+                delattr(module, name)
+
+
+def _is_proc(path: Any) -> bool:
+    if isinstance(path, int):
+        return False
+    try:
+        text = os.fsdecode(os.fspath(path))
+    except TypeError:
+        return False
+    return text == "/proc" or text.startswith("/proc/")
+
+
+def _from_library(depth: int = 2) -> bool:
+    """Whether the caller's caller is a module of the library."""
+    name = sys._getframe(depth).f_globals.get("__name__", "")
+    return name == "daemonize_deco" or name.startswith("daemonize_deco.")
+
+
+def _hide_proc(function: Any) -> Any:
+    def hidden(path: Any = ".", *args: Any, **kwargs: Any) -> Any:
+        if _is_proc(path) and _from_library():
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory (simulated)", path)
+        return function(path, *args, **kwargs)
+
+    hidden.__name__ = function.__name__
+    hidden.__doc__ = function.__doc__
+    return hidden
+
+
+def _refuse_abstract(function: Any, error: int) -> Any:
+    def refused(self: socket.socket, address: Any, *args: Any, **kwargs: Any) -> Any:
+        if (
+            self.family == socket.AF_UNIX
+            and isinstance(address, (str, bytes))
+            and address[:1] in ("\0", b"\0")
+        ):
+            raise OSError(error, os.strerror(error) + " (simulated: no abstract sockets)")
+        return function(self, address, *args, **kwargs)
+
+    refused.__name__ = function.__name__
+    return refused
+
+
+def _hide_prctl() -> None:
+    import ctypes  # noqa: PLC0415 -- only simulated runs pay for it
+
+    lookup = ctypes.CDLL.__getattr__
+    item = ctypes.CDLL.__getitem__
+
+    def getattr_(self: Any, name: str) -> Any:
+        if name in ("prctl", "procctl"):
+            raise AttributeError(f"{name}: undefined symbol (simulated)")
+        return lookup(self, name)
+
+    def getitem(self: Any, name: Any) -> Any:
+        if name in ("prctl", "procctl"):
+            raise AttributeError(f"{name}: undefined symbol (simulated)")
+        return item(self, name)
+
+    ctypes.CDLL.__getattr__ = getattr_  # type: ignore[method-assign]
+    ctypes.CDLL.__getitem__ = getitem  # type: ignore[method-assign]
+
+
+def simulate(platform: str) -> None:
+    """Take away what ``platform`` lacks."""
+    _remove(_BOTH)
+    import selectors  # noqa: PLC0415 -- socket imported it, and chose epoll
+
+    selectors.DefaultSelector = selectors.PollSelector  # type: ignore[misc]
+    if platform == "darwin":
+        _remove(_MACOS)
+    builtins.open = _hide_proc(builtins.open)
+    for name in ("open", "listdir", "scandir", "readlink", "stat", "lstat", "access"):
+        setattr(os, name, _hide_proc(getattr(os, name)))
+    socket.socket.bind = _refuse_abstract(socket.socket.bind, errno.EINVAL)  # type: ignore[method-assign]
+    socket.socket.connect = _refuse_abstract(socket.socket.connect, errno.ENOENT)  # type: ignore[method-assign]
+    socket.socket.connect_ex = _refuse_abstract(socket.socket.connect_ex, errno.ENOENT)  # type: ignore[method-assign]
+    _hide_prctl()
+    sys.platform = platform
+
+
+if PLATFORM in ("darwin", "freebsd14"):
+    simulate(PLATFORM)
