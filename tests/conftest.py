@@ -39,6 +39,17 @@ MARK = "DAEMONIZE_DECO_TEST_MARK"
 T = TypeVar("T")
 
 
+def python_path(*folders: str | Path) -> str:
+    """``PYTHONPATH`` for a child: ``folders`` first, then what this run has (a simulation's)."""
+    return os.pathsep.join(filter(None, [*map(str, folders), os.environ.get("PYTHONPATH")]))
+
+
+def simulation() -> dict[str, str]:
+    """The variables that carry a simulated platform to a child with a minimal environment."""
+    names = ("DAEMONIZE_DECO_SIMULATE",)
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
 def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -230,7 +241,7 @@ def make_service(tmp_path: Path, mark: str) -> Iterator[Callable[..., Service]]:
         )
         env = dict(os.environ)
         env[MARK] = mark
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = python_path(REPO)
         service = Service(
             dir=folder,
             script=script,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MARK, REPO, is_gone, wait_for
+from conftest import MARK, REPO, is_gone, python_path, wait_for
 from test_hooks import with_hooks
 from test_kvserver import free_port
 
@@ -222,7 +222,9 @@ class AioWeb:
 
     def __init__(self, folder: Path, mark: str) -> None:
         self.port = str(free_port())
-        self.env = dict(os.environ, PYTHONPATH=str(REPO), AIOWEB_DIR=str(folder), **{MARK: mark})
+        self.env = dict(
+            os.environ, PYTHONPATH=python_path(REPO), AIOWEB_DIR=str(folder), **{MARK: mark}
+        )
         self.log = folder / f"aioweb-{self.port}.log"
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import MARK, REPO, is_gone, wait_for
+from conftest import MARK, REPO, is_gone, python_path, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -16,7 +16,7 @@ TICKER = REPO / "examples" / "ticker.py"
 
 @pytest.fixture
 def ticker_env(tmp_path, mark):
-    env = dict(os.environ, PYTHONPATH=str(REPO), **{MARK: mark})
+    env = dict(os.environ, PYTHONPATH=python_path(REPO), **{MARK: mark})
     env.update(
         TICKER_PIDFILE=str(tmp_path / "ticker.pid"),
         TICKER_LOG=str(tmp_path / "ticker.log"),
@@ -69,7 +69,7 @@ def worker(env, *args):
 def test_worker_does_every_job_exactly_once_across_restarts(tmp_path, mark):
     spool = tmp_path / "spool"
     (spool / "incoming").mkdir(parents=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO), **{MARK: mark})
+    env = dict(os.environ, PYTHONPATH=python_path(REPO), **{MARK: mark})
     env.update(WORKER_POLL_SECONDS="0.05")
     jobs = {f"job-{i:02d}": f"payload {i}\n" for i in range(30)}
     for name, text in jobs.items():

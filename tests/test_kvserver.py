@@ -15,7 +15,7 @@ import time
 
 import pytest
 import redis
-from conftest import MARK, REPO, is_gone, marked_pids, wait_for
+from conftest import MARK, REPO, is_gone, marked_pids, python_path, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,7 +35,9 @@ class KV:
         self.dir = tmp_path / "kv"
         self.dir.mkdir()
         self.port = free_port()
-        self.env = dict(os.environ, PYTHONPATH=str(REPO), KV_DIR=str(self.dir), **{MARK: mark})
+        self.env = dict(
+            os.environ, PYTHONPATH=python_path(REPO), KV_DIR=str(self.dir), **{MARK: mark}
+        )
         self.env["KV_PORT"] = str(self.port)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -201,7 +203,7 @@ def test_kvserver_options_name_the_instance_and_restart_keeps_the_port(tmp_path,
     folder = tmp_path / "kv-by-options"
     folder.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KV_")}
-    env.update(PYTHONPATH=str(REPO), **{MARK: mark})
+    env.update(PYTHONPATH=python_path(REPO), **{MARK: mark})
     port = free_port()
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:

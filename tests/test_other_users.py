@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import IDLE, MARK, REPO, SCRIPT, SYSTEM_PYTHON, is_gone, wait_for
+from conftest import IDLE, MARK, REPO, SCRIPT, SYSTEM_PYTHON, is_gone, python_path, wait_for
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -35,7 +35,7 @@ class Shared:
         self.script = folder / "svc.py"
         body = "    " + body.replace("\n", "\n    ")
         self.script.write_text(SCRIPT.format(prelude="", options=rendered, body=body))
-        self.env = dict(os.environ, PYTHONPATH=str(folder), **{MARK: mark})
+        self.env = dict(os.environ, PYTHONPATH=python_path(folder), **{MARK: mark})
 
     def as_root(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self._run([str(Path(os.sys.executable)), str(self.script), *args])

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import python_path
 
 from daemonize_deco._signal_path import WAKE, SignalPath, read_recorded
 
@@ -74,7 +75,7 @@ def run_script(body: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": python_path(ROOT)},
         check=False,
     )
 

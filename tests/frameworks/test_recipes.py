@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MARK, REPO, is_gone, wait_for
+from conftest import MARK, REPO, is_gone, python_path, wait_for
 from frameworks_helpers import free_port, http_get
 
 pytestmark = [pytest.mark.frameworks, pytest.mark.timeout(90)]
@@ -46,7 +46,7 @@ class Recipe:
         self.log = folder / re.findall(r"/tmp/(\w+\.log)", RECIPES[name])[0]
         self.script = folder / "service.py"
         self.script.write_text(text)
-        self.env = {**os.environ, MARK: mark, "PYTHONPATH": str(REPO)}
+        self.env = {**os.environ, MARK: mark, "PYTHONPATH": python_path(REPO)}
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

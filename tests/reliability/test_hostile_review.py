@@ -16,7 +16,18 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MARK, REPO, SCRIPT, SYSTEM_PYTHON, Service, alive, is_gone, wait_for
+from conftest import (
+    MARK,
+    REPO,
+    SCRIPT,
+    SYSTEM_PYTHON,
+    Service,
+    alive,
+    is_gone,
+    python_path,
+    simulation,
+    wait_for,
+)
 from test_handover_faults import LINGERING
 from test_kvserver import free_port
 from test_listeners import ANSWER_WITH_PID, PRELUDE, ask_pid
@@ -429,7 +440,7 @@ def nobodys_service(mark):
     options = f"pidfile={str(run_dir / 'svc.pid')!r}, stdout={str(run_dir / 'svc.log')!r}"
     body = "    while not should_stop():\n        sleep(3600)"
     script.write_text(SCRIPT.format(prelude="", options=options, body=body))
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(folder), MARK: mark}
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": python_path(folder), MARK: mark, **simulation()}
 
     def cli(*args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
         who = {} if user is None else {"user": user, "group": "nogroup", "extra_groups": []}

@@ -17,7 +17,17 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import MARK, REPO, SCRIPT, SYSTEM_PYTHON, alive, is_gone, wait_for
+from conftest import (
+    MARK,
+    REPO,
+    SCRIPT,
+    SYSTEM_PYTHON,
+    alive,
+    is_gone,
+    python_path,
+    simulation,
+    wait_for,
+)
 from test_kvserver import free_port
 
 pytestmark = [
@@ -132,7 +142,12 @@ def test_a_non_root_service_refuses_a_planted_pidfile(sticky_dir, as_nobody, rea
     planter = as_nobody(PLANTER, str(planted), "open")
     assert planter.stdout.readline() == "planted\n"
     command = readable_copy(planted)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(command[1]).parent), MARK: mark}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": python_path(Path(command[1]).parent),
+        MARK: mark,
+        **simulation(),
+    }
     start = subprocess.run(
         [*command, "start"], user="daemon", group="daemon", extra_groups=[],
         capture_output=True, text=True, env=env, timeout=30,
