@@ -34,7 +34,8 @@ class Resources:
     """What a running process uses; None where it is unknown.
 
     ``source`` says where the figures came from: ``PROC``, ``PSUTIL``, or
-    None when nothing could tell (then every figure is None).
+    None: nothing to tell (a service that does not run: no figures, no
+    children) or, from :meth:`unknown`, nothing could tell (every figure None).
     """
 
     __slots__ = (
@@ -47,8 +48,15 @@ class Resources:
         self.cpu_percent: float | None = None
         self.threads: int | None = None
         self.open_fds: int | None = None
-        self.children: list[int] | None = None if source is None else []
-        self.listening: list[str] | None = None if source is None else []
+        self.children: list[int] | None = []
+        self.listening: list[str] | None = []
+
+    @classmethod
+    def unknown(cls) -> Resources:
+        """Nothing on this system tells what a process uses."""
+        found = cls()
+        found.children = found.listening = None
+        return found
 
 
 def resources(pid: int) -> Resources:
@@ -58,7 +66,7 @@ def resources(pid: int) -> Resources:
     psutil = _psutil()
     if psutil is not None:
         return _from_psutil(psutil, pid)
-    return Resources()
+    return Resources.unknown()
 
 
 def uptime(pid: int) -> float | None:
@@ -110,7 +118,7 @@ def _from_psutil(psutil: ModuleType, pid: int) -> Resources:
     try:
         process = psutil.Process(pid)
     except (psutil.Error, OSError):
-        return Resources()
+        return Resources.unknown()
     found = Resources(PSUTIL)
     errors = (psutil.Error, OSError, NotImplementedError)
 

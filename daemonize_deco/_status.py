@@ -56,7 +56,9 @@ class StatusReport:
         watched = pid if self.supervision is None else self.supervision.service
         self.resources = resources(watched) if watched is not None else Resources()
         self.last = None if state.running else _lastrun.read(self.pidfile, owners)
-        self.leftovers = _left_by(self.pidfile, state) if self.left_behind else []
+        self.leftovers: list[int] | None = []
+        if self.left_behind:
+            self.leftovers = _left_by(self.pidfile, state)
         if state.last_words:  # the service could not remove its pidfile: its record is in it
             self.last = _lastrun.LastRun.from_text(state.last_words.decode("utf-8", "replace"))
 
@@ -217,9 +219,17 @@ def _figures(used: Resources) -> list[str]:
     ]
 
 
-def _left_by(pidfile: str, state: PidFileState) -> list[int]:
-    """What a run that died without cleaning up started and is still running."""
-    return [] if state.pid is None else left_by(pidfile, state.pid)
+def _left_by(pidfile: str, state: PidFileState) -> list[int] | None:
+    """What a run that died without cleaning up started and is still running.
+
+    None when this system does not let us look (no /proc): unknown, not "none".
+    """
+    if state.pid is None:
+        return []
+    try:
+        return left_by(pidfile, state.pid)
+    except FileNotFoundError:
+        return None
 
 
 def _supervision(pidfile: str, owners: Collection[int], pid: int | None) -> SupervisorState | None:

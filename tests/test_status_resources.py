@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, wait_for
-from platform_simulation import SIMULATION, VARIABLE
+from platform_simulation import SIMULATION, VARIABLE, simulated
 
 from daemonize_deco._platform_resources import PROC, Resources, _parse_etime
 from daemonize_deco._status import _figures
@@ -54,7 +54,8 @@ def without_psutil(tmp_path_factory) -> str:
     """A Python of the same version whose environment has no psutil."""
     venv = tmp_path_factory.mktemp("no-psutil") / "venv"
     base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    command = [base, "-m", "venv", "--without-pip", str(venv)]
+    subprocess.run(command, check=True, timeout=60, env=on_linux(dict(os.environ)))
     python = str(venv / "bin" / "python")
     found = subprocess.run([python, "-c", "import psutil"], capture_output=True, env={})
     if found.returncode == 0:
@@ -62,14 +63,26 @@ def without_psutil(tmp_path_factory) -> str:
     return python
 
 
+def on_linux(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the simulation: the service looked at runs as on Linux."""
+    plain = {k: v for k, v in env.items() if k != VARIABLE}
+    paths = plain.get("PYTHONPATH", "").split(os.pathsep)
+    plain["PYTHONPATH"] = os.pathsep.join(p for p in paths if p and p != str(SIMULATION))
+    return plain
+
+
 @pytest.fixture
 def busy(make_service):
+    """A running service with a thread, a child and a listening socket (started as on Linux)."""
     svc = make_service(body=BUSY)
-    pid = svc.start()
+    linux = on_linux(svc.env)
+    started = svc.cli("start", env=linux)
+    assert started.returncode == 0, started.stderr
+    pid = svc.pid_from(started.stdout)
     wait_for(lambda: "listening" in svc.log_text(), what="the server")
     port = int(svc.log_text().split("listening ")[1].split()[0])
     yield svc, pid, port
-    svc.stop_gracefully(pid)
+    assert svc.cli("stop", env=linux).returncode == 0
 
 
 def probe(pid: int, *, python: str = sys.executable, simulate: str | None = None) -> dict:
@@ -84,11 +97,17 @@ def probe(pid: int, *, python: str = sys.executable, simulate: str | None = None
     return json.loads(result.stdout)
 
 
+simulated_only = pytest.mark.skipif(
+    simulated() is None, reason="runs under --simulate-platform (status without /proc)"
+)
+
+
 def children_of(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return sorted(int(word) for word in path.read_text().split())
 
 
+@pytest.mark.linux_only("the status command reads /proc there")
 def test_on_linux_proc_wins_and_psutil_is_never_imported(busy):
     svc, pid, port = busy
     found = probe(pid)
@@ -134,7 +153,7 @@ def test_without_proc_nor_psutil_every_figure_is_unknown(busy, without_psutil, p
 
 
 def test_unknown_figures_say_so_and_proc_keeps_its_lines():
-    assert _figures(Resources()) == [
+    assert _figures(Resources.unknown()) == [
         "memory unknown", "CPU unknown", "threads unknown", "open descriptors unknown",
         "child processes unknown",
     ]  # fmt: skip
@@ -148,6 +167,58 @@ def test_unknown_figures_say_so_and_proc_keeps_its_lines():
     proc.rss_bytes, proc.cpu_percent, proc.threads = 13 * 1024 * 1024, 0.1, 2
     assert _figures(proc) == ["memory 13.0 MiB", "CPU 0.1% since start", "2 threads",
                               "0 child processes"]  # fmt: skip
+
+
+def test_a_service_that_does_not_run_has_no_figures_not_unknown_ones(make_service):
+    svc = make_service()
+    document = json.loads(svc.cli("status", "--json").stdout)
+    assert document["running"] is False and document["threads"] is None
+    assert document["children"] == [] and document["listening"] == []
+
+
+@simulated_only
+@pytest.mark.parametrize("with_psutil", [True, False], ids=["psutil", "no-psutil"])
+def test_status_of_a_running_service_without_proc(busy, without_psutil, with_psutil):
+    svc, pid, port = busy
+    python = sys.executable if with_psutil else without_psutil
+    text = subprocess.run([python, str(svc.script), "status"], capture_output=True, text=True,
+                          env=svc.env, timeout=30)  # fmt: skip
+    assert text.returncode == 0, text.stderr
+    assert "Traceback" not in text.stderr
+    first, figures, listening = text.stdout.splitlines()[:3]
+    assert first.startswith(f"svc is running (pid {pid}, up "), first
+    document = json.loads(
+        subprocess.run([python, str(svc.script), "status", "--json"], capture_output=True,
+                       text=True, env=svc.env, timeout=30, check=True).stdout
+    )  # fmt: skip
+    assert document["pid"] == pid and document["uptime_s"] >= 0
+    if with_psutil:
+        assert "2 threads" in figures and "1 child process" in figures
+        assert listening == f"  listening: tcp 127.0.0.1:{port}"
+        assert document["threads"] == 2 and len(document["children"]) == 1
+    else:
+        assert figures == "  memory unknown, CPU unknown, threads unknown, " + (
+            "open descriptors unknown, child processes unknown"
+        )
+        assert listening == "  listening: unknown"
+        for figure in ("rss_bytes", "cpu_percent", "threads", "open_fds", "children"):
+            assert document[figure] is None, figure
+
+
+@simulated_only
+def test_status_of_a_killed_service_without_proc(make_service):
+    svc = make_service()
+    started = svc.cli("start", env=on_linux(svc.env))
+    assert started.returncode == 0, started.stderr
+    pid = svc.pid_from(started.stdout)
+    os.kill(pid, 9)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), what="the killed service reaped")
+    text = svc.cli("status")
+    assert text.returncode == 1 and "Traceback" not in text.stderr, text.stderr
+    assert "is left behind (pid" in text.stdout
+    document = json.loads(svc.cli("status", "--json").stdout)
+    assert document["pidfile_left_behind"] is True
+    assert document["leftovers"] in (None, [])  # unknown where nothing may look
 
 
 @pytest.mark.parametrize(
