@@ -28,14 +28,14 @@ that the running instance is a manager's child, which only the manager may
 restart.
 
 The parent's name, its children and another process's environment come from
-/proc (``_proc``).  Without /proc (macOS, FreeBSD) only what this process
-itself has tells: ``NOTIFY_SOCKET`` (systemd), being PID 1 (a container),
-``SUPERVISOR_ENABLED`` (supervisord: counted without seeing the parent, so a
-descendant of a supervised program that runs ``start`` stays in the
-foreground too) and a network socket on stdin (inetd).  runit, s6,
-daemontools and container inits are not recognised by name there: their run
-scripts say ``run``.  Nor is a manager's child recognised from outside:
-``restart`` restarts it.
+/proc (``_proc``).  Where the parent cannot be seen (no /proc: macOS,
+FreeBSD) only what this process itself has tells: ``NOTIFY_SOCKET``
+(systemd), being PID 1 (a container), ``SUPERVISOR_ENABLED`` (supervisord:
+counted without seeing the parent, so a descendant of a supervised program
+that runs ``start`` stays in the foreground too) and a network socket on
+stdin (inetd).  runit, s6, daemontools and container inits are not
+recognised by name there: their run scripts say ``run``.  Nor is a
+manager's child recognised from outside: ``restart`` restarts it.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from __future__ import annotations
 import os
 import stat
 
-from ._platform import has_proc
 from ._proc import (
     BADGE_LINK,
     cgroup_path,
@@ -145,8 +144,8 @@ def running_under() -> Manager | None:
     if os.environ.get("NOTIFY_SOCKET"):
         return Manager("systemd Type=notify", "use systemctl restart (the unit)")
     found = _watching(os.getpid(), os.getppid(), os.environ)
-    if found is None and not has_proc():
-        found = _told_by_environment(os.environ)
+    if found is None and read_stat(os.getppid()) is None:
+        found = _told_by_environment(os.environ)  # no /proc: the parent cannot be seen
     if found is None and _stdin_is_a_socket():
         return Manager("a super-server (stdin is a network socket)", "")
     return found
