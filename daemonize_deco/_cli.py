@@ -40,7 +40,7 @@ class Command:
     """A built-in command word: where its function is, its line in the usage text, its options.
 
     ``function`` is "module:name", imported when the command runs.
-    ``main_options``: "required" (start, run, systemd-unit: main is called
+    ``main_options``: "required" (start, run, the unit files: main is called
     with them), "reused" (restart: the running daemon's when none given),
     "optional" (commands that only address a daemon); ``flags`` names the
     command's own (see ``_command_line.FLAGS``).
@@ -102,6 +102,11 @@ COMMANDS: dict[str, Command] = {
         "--socket: its .socket unit",
         main_options="required",
         flags="systemd_unit",
+    ),
+    "launchd-plist": Command(
+        "_commands:print_launchd_plist",
+        "print a launchd plist for this service (macOS; with the options given)",
+        main_options="required",
     ),
 }
 RESERVED_WORDS = frozenset({*COMMANDS, "help"})

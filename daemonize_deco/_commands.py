@@ -1,4 +1,4 @@
-"""The commands that address a service: stop, restart, status, reload, logs, systemd-unit.
+"""The commands that address a service: stop, restart, status, reload, logs, the unit files.
 
 Each takes the :class:`Service` and returns its exit status, printing what
 went right with :func:`say`; what went wrong is raised as a
@@ -39,7 +39,9 @@ if TYPE_CHECKING:
     from ._pidfile import PidFile
     from ._startup import StartupReport
 
-__all__ = ["logs", "print_systemd_unit", "reload", "restart", "status", "stop"]
+__all__ = [
+    "logs", "print_launchd_plist", "print_systemd_unit", "reload", "restart", "status", "stop",
+]  # fmt: skip
 
 
 def _running_pid(service: Service, pidfile: PidFile) -> int | None:
@@ -411,4 +413,14 @@ def print_systemd_unit(service: Service) -> int:
         say(systemd_socket_unit(service.config).rstrip("\n"))
     else:
         say(systemd_unit(service.config, service.words).rstrip("\n"))
+    return 0
+
+
+def print_launchd_plist(service: Service) -> int:
+    """Print a launchd plist that runs the service (``run``) with its options."""
+    from ._unit import launchd_label, launchd_plist  # noqa: PLC0415 -- only this command
+
+    config = service.config
+    label = launchd_label(config.name, [service.options[name] for name in config.placeholders])
+    say(launchd_plist(config, service.words, label).rstrip("\n"))
     return 0

@@ -26,6 +26,16 @@ unless its ``-c`` command is this one command and nothing else.
 Seen from outside (:func:`manager_of`), the same questions tell ``restart``
 that the running instance is a manager's child, which only the manager may
 restart.
+
+The parent's name, its children and another process's environment come from
+/proc (``_proc``).  Where the parent cannot be seen (no /proc: macOS,
+FreeBSD) only what this process itself has tells: ``NOTIFY_SOCKET``
+(systemd), being PID 1 (a container), ``SUPERVISOR_ENABLED`` (supervisord:
+counted without seeing the parent, so a descendant of a supervised program
+that runs ``start`` stays in the foreground too) and a network socket on
+stdin (inetd).  runit, s6, daemontools and container inits are not
+recognised by name there: their run scripts say ``run``.  Nor is a
+manager's child recognised from outside: ``restart`` restarts it.
 """
 
 from __future__ import annotations
@@ -33,7 +43,16 @@ from __future__ import annotations
 import os
 import stat
 
-from ._proc import BADGE_LINK, command_line, fd_targets, read_stat
+from ._proc import (
+    BADGE_LINK,
+    cgroup_path,
+    command_line,
+    environment,
+    fd_targets,
+    first_living_child,
+    read_stat,
+    working_directory,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -125,9 +144,18 @@ def running_under() -> Manager | None:
     if os.environ.get("NOTIFY_SOCKET"):
         return Manager("systemd Type=notify", "use systemctl restart (the unit)")
     found = _watching(os.getpid(), os.getppid(), os.environ)
+    if found is None and read_stat(os.getppid()) is None:
+        found = _told_by_environment(os.environ)  # no /proc: the parent cannot be seen
     if found is None and _stdin_is_a_socket():
         return Manager("a super-server (stdin is a network socket)", "")
     return found
+
+
+def _told_by_environment(environ: Mapping[str, str]) -> Manager | None:
+    """The manager this process's own environment names, when the parent cannot be seen."""
+    if environ.get("SUPERVISOR_ENABLED"):
+        return Manager("supervisord", f"use supervisorctl restart {_supervisord_name(environ)}")
+    return None
 
 
 def manager_of(pid: int) -> Manager | None:
@@ -140,7 +168,7 @@ def manager_of(pid: int) -> Manager | None:
     """
     if any(target.startswith(BADGE_LINK) for target in fd_targets(pid)):
         return None
-    environ = _environ(pid)
+    environ = environment(pid)
     found = read_stat(pid)
     if found is None:
         return None
@@ -170,7 +198,7 @@ def _watcher(process: _Process, child: int, environ: Mapping[str, str]) -> Manag
     if process.program in _SUPERVISORS:
         name, restart = _SUPERVISORS[process.program]
         return Manager(name, f"use {restart.format(_cwd(process.pid))}")
-    if process.program in _INITS and _first_living_child(process.pid) == child:
+    if process.program in _INITS and first_living_child(process.pid) == child:
         return Manager(process.program, _CONTAINER, init=True)
     return None
 
@@ -194,36 +222,11 @@ def _through_shell(shell: _Process, child: int, environ: Mapping[str, str]) -> M
             "put exec before the command (the service stops when that shell exits)"
         )
     if found.init and not (
-        runs_one_command(shell.words) and _first_living_child(shell.pid) == child
+        runs_one_command(shell.words) and first_living_child(shell.pid) == child
     ):
         return None  # an entrypoint script, which goes on once start returns
     found.shell = shell.pid
     return found
-
-
-def _first_living_child(parent: int) -> int | None:
-    """The child ``parent`` has had the longest: the one it started, not one it adopted since.
-
-    The kernel lists a task's children in the order they became its
-    children (forked, or re-parented to it).  Without that list
-    (CONFIG_PROC_CHILDREN), the earliest started of them.
-    """
-    try:
-        with open(f"/proc/{parent}/task/{parent}/children", "rb") as f:
-            listed = f.read().split()
-    except OSError:
-        return _earliest_child(parent)
-    return int(listed[0]) if listed else None
-
-
-def _earliest_child(parent: int) -> int | None:
-    children = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            found = read_stat(int(entry))
-            if found is not None and found.ppid == parent and found.state not in "ZX":
-                children.append((found.starttime_ticks, int(entry)))
-    return min(children)[1] if children else None
 
 
 def _shell_command(words: list[str]) -> str | None:
@@ -248,34 +251,15 @@ def _supervisord_name(environ: Mapping[str, str]) -> str:
 
 def _cwd(pid: int) -> str:
     """The service directory a supervisor runs in (runsv and s6-supervise chdir into it)."""
-    try:
-        return os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return "DIR"
+    return working_directory(pid) or "DIR"
 
 
 def _systemctl_restart(pid: int) -> str:
     """``systemctl restart UNIT`` for the unit whose cgroup holds ``pid``."""
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
-            path = f.readline().rstrip("\n").rpartition(":")[2]
-    except OSError:
-        path = ""
-    parts = path.split("/")
+    parts = cgroup_path(pid).split("/")
     units = [part for part in parts if part.endswith(".service")]
     user = " --user" if any(part.startswith("user@") for part in parts[:-1]) else ""
     return f"systemctl{user} restart {units[-1] if units else 'UNIT'}"
-
-
-def _environ(pid: int) -> dict[str, str]:
-    """The environment ``pid`` was started with; {} when we may not look."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return {}
-    pairs = (entry.decode("utf-8", "replace").partition("=") for entry in raw.split(b"\0"))
-    return {key: value for key, _, value in pairs if key}
 
 
 def _stdin_is_a_socket() -> bool:

@@ -155,6 +155,172 @@ def fd_targets(pid: int) -> list[str]:
     return targets
 
 
+def memory_and_threads(pid: int) -> tuple[int | None, int | None] | None:
+    """Resident memory in bytes and the thread count of ``pid`` (``/proc/PID/status``).
+
+    None when it is gone or there is no /proc; a field the kernel does not
+    show (a kernel thread has no VmRSS) is None.
+    """
+    rss = threads = None
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f.read().decode("ascii", "replace").splitlines():
+                key, _, value = line.partition(":")
+                if key == "VmRSS":
+                    rss = int(value.split()[0]) * 1024
+                elif key == "Threads":
+                    threads = int(value)
+    except OSError:
+        return None
+    return rss, threads
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """The CPU time ``pid`` has used, user and system; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def may_look_at_fds(pid: int) -> bool:
+    """Whether ``/proc/PID/fd`` may be listed (our own user's process, or we are root)."""
+    try:
+        os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    return True
+
+
+def children_of(pid: int) -> list[int]:
+    """Every process whose parent is ``pid`` (a walk of /proc); [] without /proc."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    return [
+        int(entry)
+        for entry in entries
+        if entry.isdigit() and (stat := read_stat(int(entry))) is not None and stat.ppid == pid
+    ]
+
+
+def first_living_child(parent: int) -> int | None:
+    """The child ``parent`` has had the longest: the one it started, not one it adopted since.
+
+    The kernel lists a task's children in the order they became its
+    children (forked, or re-parented to it).  Without that list
+    (CONFIG_PROC_CHILDREN), the earliest started of them; None without /proc.
+    """
+    try:
+        with open(f"/proc/{parent}/task/{parent}/children", "rb") as f:
+            listed = f.read().split()
+    except OSError:
+        return _earliest_child(parent)
+    return int(listed[0]) if listed else None
+
+
+def _earliest_child(parent: int) -> int | None:
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    children = []
+    for entry in entries:
+        if entry.isdigit():
+            found = read_stat(int(entry))
+            if found is not None and found.ppid == parent and found.state not in "ZX":
+                children.append((found.starttime_ticks, int(entry)))
+    return min(children)[1] if children else None
+
+
+def working_directory(pid: int) -> str | None:
+    """The current directory of ``pid``; None when it is gone or hidden, or there is no /proc."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def cgroup_path(pid: int) -> str:
+    """The (unified) cgroup path of ``pid``: ``/system.slice/app.service``; "" when unknown."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            return f.readline().rstrip("\n").rpartition(":")[2]
+    except OSError:
+        return ""
+
+
+def environment(pid: int) -> dict[str, str]:
+    """The environment ``pid`` was started with; {} when we may not look, or there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return {}
+    pairs = (entry.decode("utf-8", "replace").partition("=") for entry in raw.split(b"\0"))
+    return {key: value for key, _, value in pairs if key}
+
+
+def listening_sockets(inodes: set[str]) -> list[str]:
+    """The listening sockets among ``inodes``: ``tcp 127.0.0.1:9000``, ``unix /run/x.sock``.
+
+    The library's own sockets (abstract names under ``@daemonize_deco``) are left out.
+    """
+    found = []
+    for table, family in (("tcp", "tcp"), ("tcp6", "tcp6")):
+        for fields in _table(f"/proc/net/{table}"):
+            if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found.append(f"{family} {_address(fields[1])}")
+    for fields in _table("/proc/net/unix"):
+        # Flags 00010000 is __SO_ACCEPTCON: a listening socket.
+        if len(fields) >= 7 and fields[6] in inodes and fields[3] == "00010000":
+            path = fields[7] if len(fields) > 7 else "(unnamed)"
+            if not path.startswith(("@daemonize_deco/", "@daemonize_deco-claim:")):
+                found.append(f"unix {path}")
+    return found
+
+
+def _table(path: str) -> list[list[str]]:
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().decode("ascii", "replace").splitlines()[1:]
+    except OSError:
+        return []
+    return [line.split() for line in lines]
+
+
+def _address(hex_address: str) -> str:
+    """``0100007F:1F90`` → ``127.0.0.1:8080``; IPv6 as ``[::1]:8080``."""
+    host, _, port = hex_address.partition(":")
+    raw = bytes.fromhex(host)
+    # The kernel prints each 32-bit word in host (little-endian) order.
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(words) == 4:
+        return f"{'.'.join(map(str, words))}:{int(port, 16)}"
+    groups = [words[i : i + 2].hex() for i in range(0, 16, 2)]
+    return f"[{_compress(groups)}]:{int(port, 16)}"
+
+
+def _compress(groups: list[str]) -> str:
+    """IPv6 groups in the short form (the longest run of zeros as ``::``)."""
+    short = [g.lstrip("0") or "0" for g in groups]
+    best, start = (0, -1), -1
+    for i, group in enumerate([*short, "x"]):
+        if group == "0" and start < 0:
+            start = i
+        elif group != "0" and start >= 0:
+            best = max(best, (i - start, start))
+            start = -1
+    length, first = best
+    if length < 2:
+        return ":".join(short)
+    return ":".join(short[:first]) + "::" + ":".join(short[first + length :])
+
+
 def own_children() -> list[int]:
     """This process's children (every thread's)."""
     found: list[int] = []

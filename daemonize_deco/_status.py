@@ -1,8 +1,9 @@
 """What ``status`` reports: a few lines for people, or one JSON object (``--json``).
 
 For a running service: pid, uptime, the options it was started with, and
-what it uses, read from /proc (no psutil): resident memory, CPU % since it
-started, threads, open descriptors, child processes, listening sockets.
+what it uses (``_platform_resources``: /proc on Linux, else psutil when it
+is installed, else "unknown"): resident memory, CPU % since it started,
+threads, open descriptors, child processes, listening sockets.
 For one that is not running: how its last run ended (``_lastrun``).  The
 exit status is LSB's either way: 0 running, 1 dead with its pidfile left,
 3 not running.
@@ -10,13 +11,12 @@ exit status is LSB's either way: 0 running, 1 dead with its pidfile left,
 
 from __future__ import annotations
 
-import os
 import time
 
 from . import _lastrun
 from ._descendants import describe, left_by
 from ._phases import Phase, SupervisorState
-from ._proc import fd_targets, read_stat, uptime
+from ._platform_resources import PROC, Resources, resources, uptime
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,7 +56,9 @@ class StatusReport:
         watched = pid if self.supervision is None else self.supervision.service
         self.resources = resources(watched) if watched is not None else Resources()
         self.last = None if state.running else _lastrun.read(self.pidfile, owners)
-        self.leftovers = _left_by(self.pidfile, state) if self.left_behind else []
+        self.leftovers: list[int] | None = []
+        if self.left_behind:
+            self.leftovers = _left_by(self.pidfile, state)
         if state.last_words:  # the service could not remove its pidfile: its record is in it
             self.last = _lastrun.LastRun.from_text(state.last_words.decode("utf-8", "replace"))
 
@@ -126,20 +128,11 @@ class StatusReport:
     def _details(self) -> list[str]:
         used = self.resources
         lines = [] if self.supervision is None else [self._supervision_line(self.supervision)]
-        parts = []
-        if used.rss_bytes is not None:
-            parts.append(f"memory {used.rss_bytes / _MIB:.1f} MiB")
-        if used.cpu_percent is not None:
-            parts.append(f"CPU {used.cpu_percent:g}% since start")
-        if used.threads is not None:
-            parts.append(f"{used.threads} thread{'s' * (used.threads != 1)}")
-        if used.open_fds is not None:
-            parts.append(f"{used.open_fds} open descriptors")
-        count = len(used.children)
-        parts.append(f"{count} child process{'es' * (count != 1)}")
-        lines.append("  " + ", ".join(parts))
+        lines.append("  " + ", ".join(_figures(used)))
         if used.listening:
             lines.append("  listening: " + ", ".join(used.listening))
+        elif used.listening is None:
+            lines.append("  listening: unknown")
         if self.options:
             lines.append("  options: " + " ".join(_quoted(word) for word in self.options))
         return lines
@@ -203,9 +196,40 @@ class StatusReport:
         return json.dumps(document)
 
 
-def _left_by(pidfile: str, state: PidFileState) -> list[int]:
-    """What a run that died without cleaning up started and is still running."""
-    return [] if state.pid is None else left_by(pidfile, state.pid)
+def _figures(used: Resources) -> list[str]:
+    """The figures: "memory 13.0 MiB", "2 threads"...; one nothing could tell is "unknown".
+
+    From /proc, a figure we may not read (another user's descriptors) is
+    left out, as it always was.
+    """
+    rss, cpu, threads, fds = used.rss_bytes, used.cpu_percent, used.threads, used.open_fds
+    kids = None if used.children is None else len(used.children)
+    figures = (
+        ("memory", None if rss is None else f"memory {rss / _MIB:.1f} MiB"),
+        ("CPU", None if cpu is None else f"CPU {cpu:g}% since start"),
+        ("threads", None if threads is None else f"{threads} thread{'s' * (threads != 1)}"),
+        ("open descriptors", None if fds is None else f"{fds} open descriptors"),
+        ("child processes", None if kids is None else f"{kids} child process{'es' * (kids != 1)}"),
+    )
+    quiet = used.source == PROC
+    return [
+        f"{name} unknown" if shown is None else shown
+        for name, shown in figures
+        if shown is not None or not quiet
+    ]
+
+
+def _left_by(pidfile: str, state: PidFileState) -> list[int] | None:
+    """What a run that died without cleaning up started and is still running.
+
+    None when this system does not let us look (no /proc): unknown, not "none".
+    """
+    if state.pid is None:
+        return []
+    try:
+        return left_by(pidfile, state.pid)
+    except FileNotFoundError:
+        return None
 
 
 def _supervision(pidfile: str, owners: Collection[int], pid: int | None) -> SupervisorState | None:
@@ -245,117 +269,3 @@ def _remembered(pidfile: str, owners: Collection[int]) -> list[str] | None:
     from ._remembered_options import remembered  # noqa: PLC0415 -- a small read; no option parsing
 
     return remembered(pidfile, owners)
-
-
-class Resources:
-    """What a running process uses, read from /proc (None where we may not look)."""
-
-    __slots__ = ("children", "cpu_percent", "listening", "open_fds", "rss_bytes", "threads")
-
-    def __init__(self) -> None:
-        self.rss_bytes: int | None = None
-        self.cpu_percent: float | None = None
-        self.threads: int | None = None
-        self.open_fds: int | None = None
-        self.children: list[int] = []
-        self.listening: list[str] = []
-
-
-def resources(pid: int) -> Resources:
-    """Memory (RSS), CPU % since start, threads, descriptors, children, listening sockets."""
-    found = Resources()
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f.read().decode("ascii", "replace").splitlines():
-                key, _, value = line.partition(":")
-                if key == "VmRSS":
-                    found.rss_bytes = int(value.split()[0]) * 1024
-                elif key == "Threads":
-                    found.threads = int(value)
-    except OSError:
-        return found
-    found.cpu_percent = _cpu_percent(pid)
-    targets = fd_targets(pid)
-    found.open_fds = len(targets) if targets or _may_look(pid) else None
-    found.children = [
-        int(entry)
-        for entry in os.listdir("/proc")
-        if entry.isdigit() and (stat := read_stat(int(entry))) is not None and stat.ppid == pid
-    ]
-    inodes = {t[len("socket:[") : -1] for t in targets if t.startswith("socket:[")}
-    found.listening = _listening(inodes) if inodes else []
-    return found
-
-
-def _may_look(pid: int) -> bool:
-    try:
-        os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    return True
-
-
-def _cpu_percent(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    busy = (int(fields[11]) + int(fields[12])) / ticks
-    up = uptime(pid)
-    return round(100 * busy / up, 1) if up else 0.0
-
-
-def _listening(inodes: set[str]) -> list[str]:
-    """The listening sockets among ``inodes``: ``tcp 127.0.0.1:9000``, ``unix /run/x.sock``."""
-    found = []
-    for table, family in (("tcp", "tcp"), ("tcp6", "tcp6")):
-        for fields in _table(f"/proc/net/{table}"):
-            if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                found.append(f"{family} {_address(fields[1])}")
-    for fields in _table("/proc/net/unix"):
-        # Flags 00010000 is __SO_ACCEPTCON: a listening socket.
-        if len(fields) >= 7 and fields[6] in inodes and fields[3] == "00010000":
-            path = fields[7] if len(fields) > 7 else "(unnamed)"
-            if not path.startswith(("@daemonize_deco/", "@daemonize_deco-claim:")):
-                found.append(f"unix {path}")
-    return found
-
-
-def _table(path: str) -> list[list[str]]:
-    try:
-        with open(path, "rb") as f:
-            lines = f.read().decode("ascii", "replace").splitlines()[1:]
-    except OSError:
-        return []
-    return [line.split() for line in lines]
-
-
-def _address(hex_address: str) -> str:
-    """``0100007F:1F90`` → ``127.0.0.1:8080``; IPv6 as ``[::1]:8080``."""
-    host, _, port = hex_address.partition(":")
-    raw = bytes.fromhex(host)
-    # The kernel prints each 32-bit word in host (little-endian) order.
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    if len(words) == 4:
-        return f"{'.'.join(map(str, words))}:{int(port, 16)}"
-    groups = [words[i : i + 2].hex() for i in range(0, 16, 2)]
-    return f"[{_compress(groups)}]:{int(port, 16)}"
-
-
-def _compress(groups: list[str]) -> str:
-    """IPv6 groups in the short form (the longest run of zeros as ``::``)."""
-    short = [g.lstrip("0") or "0" for g in groups]
-    best, start = (0, -1), -1
-    for i, group in enumerate([*short, "x"]):
-        if group == "0" and start < 0:
-            start = i
-        elif group != "0" and start >= 0:
-            best = max(best, (i - start, start))
-            start = -1
-    length, first = best
-    if length < 2:
-        return ":".join(short)
-    return ":".join(short[:first]) + "::" + ":".join(short[first + length :])

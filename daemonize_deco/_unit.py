@@ -1,9 +1,13 @@
-"""A systemd unit file for a service, printed by ``python app.py systemd-unit``.
+"""A systemd unit file or a launchd plist for a service, printed by its command.
 
-``Type=notify``: systemd runs the service in the foreground (``run``) and
-learns from ``READY=1`` when it is up, so nothing forks away from it.  Under
-systemd, systemd restarts the service: ``Restart=`` and the start limit come
-from ``restart=`` and ``restart_limit=``, ``WatchdogSec=`` from ``watchdog=``.
+``python app.py systemd-unit``: ``Type=notify``: systemd runs the service in
+the foreground (``run``) and learns from ``READY=1`` when it is up, so
+nothing forks away from it.  Under systemd, systemd restarts the service:
+``Restart=`` and the start limit come from ``restart=`` and
+``restart_limit=``, ``WatchdogSec=`` from ``watchdog=``.
+
+``python app.py launchd-plist``: the same for macOS's launchd, a property
+list running ``run``; ``KeepAlive`` comes from ``restart=``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ if TYPE_CHECKING:
 
     from ._config import ServiceConfig
 
-__all__ = ["systemd_socket_unit", "systemd_unit"]
+__all__ = ["launchd_label", "launchd_plist", "systemd_socket_unit", "systemd_unit"]
 
 # Beyond stop_timeout, time for the on_stop callbacks and the exit itself.
 _STOP_MARGIN = 5
@@ -100,3 +104,51 @@ def systemd_socket_unit(config: ServiceConfig) -> str:
     lines += ["BindIPv6Only=ipv6-only", f"Service={config.name}.service"]
     lines += ["", "[Install]", "WantedBy=sockets.target", ""]
     return "\n".join(lines)
+
+
+def launchd_label(name: str, instance: Sequence[object] = ()) -> str:
+    """``daemonize_deco.NAME``, then each value that names the instance (``{port}``: ``.9001``).
+
+    launchd knows a job by its label alone: two instances need two labels.
+    """
+    import re  # noqa: PLC0415 -- only this command needs it
+
+    words = [name, *map(str, instance)]
+    return ".".join(["daemonize_deco", *(re.sub(r"[^A-Za-z0-9_-]+", "-", w) for w in words)])
+
+
+def launchd_plist(config: ServiceConfig, options: Sequence[str] = (), label: str = "") -> str:
+    """The XML of a LaunchDaemon (or LaunchAgent) plist that runs ``config``'s service.
+
+    launchd runs ``run`` in the foreground and restarts it as ``restart=``
+    says: ``KeepAlive`` true for "always", ``{SuccessfulExit: false}`` (only
+    after a failed run) for "on-failure", false for "no".  No ``UserName``:
+    as under systemd, the service starts as root, locks its pidfile, and
+    drops to its ``user=`` itself (``run`` refuses ``user=`` when not root).
+    """
+    import plistlib  # noqa: PLC0415 -- only this command needs it
+
+    keep_alive: bool | dict[str, bool] = config.restart.mode == "always"
+    if config.restart.mode == "on-failure":
+        keep_alive = {"SuccessfulExit": False}  # relaunched only after a run that failed
+    job: dict[str, object] = {
+        "Label": label or launchd_label(config.name),
+        "ProgramArguments": [sys.executable, config.script, "run", *options],
+        "RunAtLoad": True,
+        "KeepAlive": keep_alive,
+        "WorkingDirectory": config.workdir,
+        "Umask": config.umask,
+        # launchd sends SIGTERM, then SIGKILL after this: time for stop_timeout and on_stop.
+        "ExitTimeOut": _ceil(config.stop_timeout) + _STOP_MARGIN,
+    }
+    if config.restart.enabled:
+        # The least time between two starts (launchd's own default is 10 s).
+        job["ThrottleInterval"] = max(1, _ceil(config.restart.delay))
+    stdout = config.stdout
+    # As a daemon's: with only stdout= given, stderr goes to the same file.
+    stderr = config.stderr or stdout
+    if stdout is not None:
+        job["StandardOutPath"] = stdout
+    if stderr is not None:
+        job["StandardErrorPath"] = stderr
+    return plistlib.dumps(job, sort_keys=False).decode("utf-8")

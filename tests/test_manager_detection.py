@@ -21,8 +21,8 @@ import pytest
 from conftest import IDLE, is_gone, marked_pids, proc_stat, wait_for
 from test_managers import NotifyListener, Supervisord, _children
 
-from daemonize_deco._managers import _earliest_child, runs_one_command
-from daemonize_deco._proc import BADGE_LINK
+from daemonize_deco._managers import runs_one_command
+from daemonize_deco._proc import BADGE_LINK, _earliest_child
 
 pytestmark = pytest.mark.timeout(60)
 

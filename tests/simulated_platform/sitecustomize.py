@@ -13,6 +13,10 @@ It takes away what that platform lacks, before any module is imported:
   ``setresuid``/``setresgid``, ``sched_getaffinity``;
 - ``sys.platform`` says ``darwin`` or ``freebsd14``.
 
+psutil (``daemonize_deco[status]``), which picks its backend by
+``sys.platform``, is imported as on Linux: it runs on this kernel, as on
+macOS and FreeBSD it runs on theirs.
+
 The tests themselves still look from outside through the real ``/proc``:
 only the library is handicapped.
 """
@@ -29,6 +33,9 @@ import sys
 from typing import Any
 
 PLATFORM = os.environ.get("DAEMONIZE_DECO_SIMULATE", "")
+REAL_PLATFORM = sys.platform
+# Third-party libraries with a backend per platform: loaded for the real one.
+_NATIVE = frozenset({"psutil"})
 
 _BOTH = {
     os: ("pidfd_open", "memfd_create", "MFD_CLOEXEC", "MFD_ALLOW_SEALING"),
@@ -110,6 +117,34 @@ def _hide_prctl() -> None:
     ctypes.CDLL.__getitem__ = getitem  # type: ignore[method-assign]
 
 
+class _NativeBackends:
+    """A meta path finder: the modules of ``_NATIVE`` run their top level on the real platform."""
+
+    @staticmethod
+    def find_spec(name: str, path: Any = None, target: Any = None) -> Any:
+        if name not in _NATIVE:
+            return None
+        for finder in sys.meta_path:
+            if isinstance(finder, _NativeBackends) or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader.exec_module = _natively(spec.loader.exec_module)
+                return spec
+        return None
+
+
+def _natively(execute: Any) -> Any:
+    def exec_module(module: Any) -> None:
+        simulated, sys.platform = sys.platform, REAL_PLATFORM
+        try:
+            execute(module)
+        finally:
+            sys.platform = simulated
+
+    return exec_module
+
+
 def simulate(platform: str) -> None:
     """Take away what ``platform`` lacks."""
     _remove(_BOTH)
@@ -125,6 +160,7 @@ def simulate(platform: str) -> None:
     socket.socket.connect = _refuse_abstract(socket.socket.connect, errno.ENOENT)  # type: ignore[method-assign]
     socket.socket.connect_ex = _refuse_abstract(socket.socket.connect_ex, errno.ENOENT)  # type: ignore[method-assign]
     _hide_prctl()
+    sys.meta_path.insert(0, _NativeBackends())  # type: ignore[arg-type]
     sys.platform = platform
 
 
