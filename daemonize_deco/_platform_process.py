@@ -218,7 +218,11 @@ class _KqueueHandle(ProcessHandle):
 
 
 class _PollingHandle(ProcessHandle):
-    """Anywhere: ``kill(pid, 0)``, and the start time checked again before every signal."""
+    """Anywhere: ``kill(pid, 0)``, and the start time checked again before every signal.
+
+    A zombie still exists for ``kill``: the process's state, looked at with
+    its start time, tells it has exited.
+    """
 
     def __init__(self, pid: int, started: object) -> None:
         super().__init__(pid)
@@ -230,23 +234,28 @@ class _PollingHandle(ProcessHandle):
     def pin(cls, pid: int) -> ProcessHandle | None:
         if not _exists(pid):
             return None
-        started = _start_mark(pid)
-        return cls(pid, started) if _exists(pid) else None
+        look = _look(pid)
+        if look is None and not _exists(pid):
+            return None
+        handle = cls(pid, None if look is None else look[1])
+        handle._exited = look is not None and look[0] == "Z"
+        return handle
 
     def has_exited(self) -> bool:
         if not self._exited and not _exists(self.pid):
             self._exited = True
         elif not self._exited and time.monotonic() - self._checked >= _RECHECK:
-            self._is_still_it()  # a long wait: the pid may be another's by now
+            self._is_still_it()  # a long wait: a zombie, or the pid another's by now
         return self._exited
 
     def _is_still_it(self) -> bool:
-        """Whether the pid still names the process pinned (not a later one that reused it)."""
+        """Whether the pid still names the process pinned, alive (not a later one, not a zombie)."""
         self._checked = time.monotonic()
+        look = None if self._exited else _look(self.pid)
         if self._exited or not _exists(self.pid):
             self._exited = True
-        elif self._started is not None and _start_mark(self.pid) != self._started:
-            self._exited = True  # it exited, and another process has its pid now
+        elif look is not None and (look[0] == "Z" or look[1] != self._started):
+            self._exited = True  # a zombie, or it exited and another process has its pid now
         return not self._exited
 
     def send(self, signum: int) -> bool:
@@ -300,16 +309,28 @@ def _exists(pid: int) -> bool:
     return True
 
 
-def _start_mark(pid: int) -> object:
-    """Something that differs between two processes that had the same pid (None: unknown)."""
+def _look(pid: int) -> tuple[str, object] | None:
+    """``pid``'s state ("Z": a zombie) and a mark of when it started; None: gone, or unknown.
+
+    Two processes that had the same pid have different marks.
+    """
     from ._platform import has_proc  # noqa: PLC0415
 
     if has_proc():
         from ._proc import read_stat  # noqa: PLC0415
 
         stat = read_stat(pid)
-        return None if stat is None else stat.starttime_ticks
-    return start_time(pid)
+        return None if stat is None else (stat.state, stat.starttime_ticks)
+    try:
+        import psutil  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
+    except ImportError:
+        return _ps(pid)
+    try:
+        process = psutil.Process(pid)
+        zombie = process.status() == psutil.STATUS_ZOMBIE
+        return ("Z" if zombie else "R", float(process.create_time()))
+    except (psutil.Error, OSError):
+        return None
 
 
 def start_time(pid: int) -> float | None:
@@ -321,23 +342,17 @@ def start_time(pid: int) -> float | None:
 
         seconds = uptime(pid)
         return None if seconds is None else time.time() - seconds
-    try:
-        import psutil  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
-    except ImportError:
-        return _start_time_from_ps(pid)
-    try:
-        return float(psutil.Process(pid).create_time())
-    except (psutil.Error, OSError):
-        return None
+    look = _look(pid)
+    return None if look is None or not isinstance(look[1], float) else look[1]
 
 
-def _start_time_from_ps(pid: int) -> float | None:
-    """``ps -o lstart=``: "Mon Dec  7 17:56:02 2026" on macOS, the BSDs and procps."""
+def _ps(pid: int) -> tuple[str, float] | None:
+    """``ps -o stat= -o lstart=``: "Ss  Mon Dec  7 17:56:02 2026" on macOS, the BSDs, procps."""
     import subprocess  # noqa: PLC0415 -- only where nothing else tells
 
     try:
         done = subprocess.run(
-            ["ps", "-o", "lstart=", "-p", str(pid)],
+            ["ps", "-o", "stat=", "-o", "lstart=", "-p", str(pid)],
             capture_output=True,
             text=True,
             env={**os.environ, "LC_ALL": "C", "TZ": "UTC"},
@@ -346,15 +361,16 @@ def _start_time_from_ps(pid: int) -> float | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    text = " ".join(done.stdout.split())
-    if done.returncode != 0 or not text:
+    state, _, started = done.stdout.strip().partition(" ")
+    if done.returncode != 0 or not state:
         return None
     import calendar  # noqa: PLC0415
 
     try:
-        return float(calendar.timegm(time.strptime(text, "%a %b %d %H:%M:%S %Y")))
+        when = time.strptime(" ".join(started.split()), "%a %b %d %H:%M:%S %Y")
     except ValueError:
         return None
+    return state[0], float(calendar.timegm(when))
 
 
 def started_by(pid: int, when: float) -> bool | None:

@@ -88,7 +88,14 @@ def command_line(pid: int) -> list[str]:
 
 
 def uptime(pid: int) -> float | None:
-    """Seconds since ``pid`` started, or None when it is gone."""
+    """Seconds since ``pid`` started, or None when it is gone (or, without /proc, unknown)."""
+    if not has_proc():
+        import time  # noqa: PLC0415
+
+        from ._platform_process import start_time  # noqa: PLC0415
+
+        started = start_time(pid)
+        return None if started is None else max(0.0, time.time() - started)
     stat = read_stat(pid)
     if stat is None:
         return None

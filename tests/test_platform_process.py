@@ -22,7 +22,7 @@ import pytest
 from conftest import alive, wait_for
 
 from daemonize_deco import _platform_process
-from daemonize_deco._platform_process import ProcessHandle, _start_time_from_ps, start_time
+from daemonize_deco._platform_process import ProcessHandle, _ps, start_time
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -151,16 +151,20 @@ def test_child_handle_signals_its_child_and_reaps_it(monkeypatch):
         handle.close()
 
 
-def test_start_time_from_ps_agrees_with_proc():
+def test_ps_tells_the_start_time_and_a_zombie():
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         wait_for(lambda: alive(sleeper.pid), what="sleep running")
         from_proc = start_time(sleeper.pid)
-        from_ps = _start_time_from_ps(sleeper.pid)
-        assert from_proc is not None and from_ps is not None
+        look = _ps(sleeper.pid)
+        assert from_proc is not None and look is not None
+        state, from_ps = look
+        assert state == "S"
         assert abs(from_proc - from_ps) < 2.0, (from_proc, from_ps)
         assert abs(from_ps - time.time()) < 30
+        sleeper.kill()
+        wait_for(lambda: (_ps(sleeper.pid) or ("",))[0] == "Z", what="a zombie")
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert _start_time_from_ps(sleeper.pid) is None  # gone: no start time
+    assert _ps(sleeper.pid) is None  # gone: nothing to tell
