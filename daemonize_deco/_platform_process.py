@@ -16,12 +16,14 @@ system has (``_platform`` probes it, never ``sys.platform``):
   every signal, so a later process that reused the pid is never signalled
   (the start time has a second's resolution from ``ps``: a pid reused within
   the same second as the exit would pass);
-- one's own child, not reaped: its pid cannot be reused before its parent
-  reaps it, so ``waitpid`` is the check, and the handle keeps the exit status
-  it reaped (:meth:`ProcessHandle.reap`), so none is lost to a race.
+- one's own child, not reaped, where there is neither (:meth:`ProcessHandle.of_child`):
+  its pid cannot be reused before its parent reaps it, so ``waitpid`` is the
+  check, and the handle keeps the exit status it reaped
+  (:meth:`ProcessHandle.reap`), so none is lost to a race.
 
-Its start time, where ``/proc`` is missing, comes from psutil when it is
-installed, else from ``ps -o lstart=`` (macOS, the BSDs and procps all have it).
+Its start time and state (a zombie?), where ``/proc`` is missing, come from
+psutil when it is installed, else from ``ps -o stat= -o lstart=`` (macOS,
+the BSDs and procps all have it).
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ __all__ = ["ProcessHandle", "start_time", "started_by"]
 
 _POLL_FIRST = 0.001  # polling's first interval, doubled up to _POLL_MOST
 _POLL_MOST = 0.05
-_RECHECK = 1.0  # how often a polled wait checks the start time again (``ps`` may tell it)
+# How often a polled wait looks at the state and start time (``ps`` may tell them):
+# soon after a signal, then less and less often.
+_RECHECK_FIRST = 0.05
+_RECHECK = 1.0
 
 
 class ProcessHandle:
@@ -69,7 +74,11 @@ class ProcessHandle:
     @staticmethod
     def of_child(pid: int) -> ProcessHandle:
         """Pin this process's own child, not yet reaped; reap it with :meth:`reap`."""
-        pinned = _PidfdHandle.pin(pid) if HAS_PIDFD else None  # a zombie has a pidfd too
+        pinned = None
+        if HAS_PIDFD:
+            pinned = _PidfdHandle.pin(pid)  # a zombie has a pidfd too
+        elif HAS_KQUEUE:
+            pinned = _KqueueHandle.pin(pid)  # the exit status stays for waitpid
         return _ChildHandle(pid) if pinned is None else pinned
 
     def fileno(self) -> int | None:
@@ -228,7 +237,8 @@ class _PollingHandle(ProcessHandle):
         super().__init__(pid)
         self._started = started
         self._exited = False
-        self._checked = time.monotonic()  # when the start time was last checked
+        self._checked = time.monotonic()  # when the state and start time were last looked at
+        self._recheck = _RECHECK_FIRST  # and how long until the next look (doubling)
 
     @classmethod
     def pin(cls, pid: int) -> ProcessHandle | None:
@@ -244,8 +254,9 @@ class _PollingHandle(ProcessHandle):
     def has_exited(self) -> bool:
         if not self._exited and not _exists(self.pid):
             self._exited = True
-        elif not self._exited and time.monotonic() - self._checked >= _RECHECK:
-            self._is_still_it()  # a long wait: a zombie, or the pid another's by now
+        elif not self._exited and time.monotonic() - self._checked >= self._recheck:
+            self._recheck = min(self._recheck * 2, _RECHECK)
+            self._is_still_it()  # a zombie (its parent reaps it late), or the pid another's
         return self._exited
 
     def _is_still_it(self) -> bool:
@@ -266,6 +277,7 @@ class _PollingHandle(ProcessHandle):
         except ProcessLookupError:
             self._exited = True
             return False
+        self._recheck = _RECHECK_FIRST  # it may exit now: look soon
         return True
 
 
