@@ -168,3 +168,60 @@ def test_ps_tells_the_start_time_and_a_zombie():
         sleeper.kill()
         sleeper.wait()
     assert _ps(sleeper.pid) is None  # gone: nothing to tell
+
+
+# -- who holds the pidfile, where there is no /proc ---------------------------
+
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b"%d\\n" % os.getpid())
+if sys.argv[2] == "written-before-it-started":
+    past = time.time() - 3600
+    os.utime(fd, (past, past))
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+LOOKER = """
+import sys
+from daemonize_deco._pidfile import PidFile
+state = PidFile(sys.argv[1]).inspect(settle=0.5)
+print(state.running, state.pid, PidFile(sys.argv[1]).is_held_by(int(sys.argv[2])))
+"""
+
+
+def _without_proc() -> dict[str, str]:
+    env = {**os.environ, "DAEMONIZE_DECO_SIMULATE": "freebsd14"}
+    parts = [str(SIMULATION), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env
+
+
+def _look_while_held(pidfile: Path, how: str) -> tuple[str, int]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(pidfile), how],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        looked = subprocess.run(
+            [sys.executable, "-c", LOOKER, str(pidfile), str(holder.pid)],
+            capture_output=True, text=True, timeout=30, env=_without_proc(), check=False,
+        )  # fmt: skip
+        assert looked.returncode == 0, looked.stderr
+        return looked.stdout.strip(), holder.pid
+    finally:
+        holder.communicate("\n", timeout=10)
+
+
+def test_without_proc_the_pidfile_names_its_holder(tmp_path):
+    said, pid = _look_while_held(tmp_path / "svc.pid", "by-itself")
+    assert said == f"True {pid} True", "the lock's holder not named (status: 'pid unknown')"
+
+
+def test_without_proc_a_pid_that_started_after_the_write_is_not_believed(tmp_path):
+    # As if the pid were reused: the process it names now started after the file was written.
+    said, _ = _look_while_held(tmp_path / "svc.pid", "written-before-it-started")
+    assert said == "True None False", said
