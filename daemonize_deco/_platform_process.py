@@ -194,7 +194,7 @@ class _KqueueHandle(ProcessHandle):
         return queue
 
     def fileno(self) -> int | None:
-        queue = self._watch()
+        queue = None if self._exited else self._watch()  # its event read: no longer readable
         return None if queue is None else queue.fileno()
 
     def has_exited(self) -> bool:
@@ -265,7 +265,7 @@ class _PollingHandle(ProcessHandle):
         look = None if self._exited else _look(self.pid)
         if self._exited or not _exists(self.pid):
             self._exited = True
-        elif look is not None and (look[0] == "Z" or look[1] != self._started):
+        elif look is not None and (look[0] == "Z" or self._started not in (None, look[1])):
             self._exited = True  # a zombie, or it exited and another process has its pid now
         return not self._exited
 
