@@ -9,7 +9,6 @@ status.  ``start`` and ``run`` are in ``_launch``.
 from __future__ import annotations
 
 import _signal as signal  # the C module: signal.py would import enum (milliseconds)
-import os
 import sys
 import time
 
@@ -29,7 +28,8 @@ from ._errors import (
 from ._lookup import inspect_service, pidfile_of, trusted_owners, with_note
 from ._managers import manager_of
 from ._output import complain, say
-from ._proc import is_alive, open_pidfd, uptime, wait_exit
+from ._platform_process import ProcessHandle, start_time
+from ._proc import is_alive
 from ._terminate import terminate
 
 TYPE_CHECKING = False
@@ -61,17 +61,17 @@ def _running_pid(service: Service, pidfile: PidFile) -> int | None:
     return state.pid
 
 
-def _pinned(pidfile: PidFile, pid: int) -> int | None:
-    """A pidfd for ``pid`` if, once pinned, it still holds the pidfile (or a deleted one).
+def _pinned(pidfile: PidFile, pid: int) -> ProcessHandle | None:
+    """A handle on ``pid`` if, once pinned, it still holds the pidfile (or a deleted one).
 
     Between reading the pid and pinning it the process may have exited and
     the pid been reused: checking again after pinning rules that out.
     """
-    pidfd = open_pidfd(pid)
-    if pidfd is not None and not (pidfile.is_held_by(pid) or has_open(pid, pidfile.path)):
-        os.close(pidfd)
+    process = ProcessHandle.open(pid)
+    if process is not None and not (pidfile.is_held_by(pid) or has_open(pid, pidfile.path)):
+        process.close()
         return None
-    return pidfd
+    return process
 
 
 def stop(service: Service) -> int:
@@ -80,19 +80,19 @@ def stop(service: Service) -> int:
     pid = _running_pid(service, pidfile)
     if pid is None:
         return 0
-    pidfd = _pinned(pidfile, pid)
-    if pidfd is None:
+    process = _pinned(pidfile, pid)
+    if process is None:
         _say_not_running(service, pidfile, pidfile.inspect())
         return 0
-    started = time.time() - (uptime(pid) or 0.0)
+    started = start_time(pid) or time.time()
     try:
-        ending = terminate(pidfd, pid, _stop_timeout(service))
+        ending = terminate(process, _stop_timeout(service))
     except PermissionError as exc:
         raise StopError(f"cannot stop pid {pid}: permission denied", pid=pid) from exc
     except TimeoutError as exc:
         raise StopError(f"cannot stop pid {pid}: {exc}", pid=pid) from exc
     finally:
-        os.close(pidfd)
+        process.close()
     # Left behind after SIGKILL, or by a daemon that dropped privileges and
     # could not unlink it from a root-owned directory.
     try:
@@ -236,8 +236,8 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
     from ._launch import check_before_fork, detach_and_wait  # noqa: PLC0415
 
     config = service.config
-    pidfd = _pinned(pidfile, old)
-    if pidfd is None:
+    process = _pinned(pidfile, old)
+    if process is None:
         raise StartupError(
             f"failed to restart: pid {old} no longer holds {pidfile.path}",
             path=pidfile.path,
@@ -251,20 +251,20 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
             except StartupError as exc:
                 complain(f"{service.name}: {exc}; restarting by stop and start")
                 return None
-            shared = handover.use(pidfile, pidfd)
+            shared = handover.use(pidfile, process)
             try:
                 report = detach_and_wait(service, shared, credentials, interrupts)
             except StartupError as exc:
                 raise StartupError(
-                    f"{exc}; {_what_runs(service, pidfd, old)}", path=exc.path, pid=exc.pid
+                    f"{exc}; {_what_runs(service, process)}", path=exc.path, pid=exc.pid
                 ) from None
             finally:
                 forget_predecessor()
             try:
-                new = _commit(service, shared, report, old, pidfd)
+                new = _commit(service, shared, report, process)
                 handover.quiesce_old()
                 try:
-                    ending = terminate(pidfd, old, _stop_timeout(service))
+                    ending = terminate(process, _stop_timeout(service))
                 except (PermissionError, TimeoutError) as exc:
                     raise StopError(
                         f"started pid {new}, but cannot stop pid {old}: {exc}", pid=old
@@ -272,16 +272,14 @@ def _hand_over(service: Service, pidfile: PidFile, old: int) -> int | None:
             finally:
                 report.close_channel()  # the restart is over: the new instance settles
     finally:
-        os.close(pidfd)
+        process.close()
     how = "stopped" if ending.how == "stopped" else f"killed after {_stop_timeout(service):g}s"
     left = "" if ending.how == "stopped" else _end_left_by(service, pidfile, old)
     say(f"{service.name} restarted (pid {new}; pid {old} {how}, its sockets kept){left}")
     return 0
 
 
-def _commit(
-    service: Service, shared: PidFile, report: StartupReport, old: int, old_pidfd: int
-) -> int:
+def _commit(service: Service, shared: PidFile, report: StartupReport, old: ProcessHandle) -> int:
     """Make the ready new instance the service: its pid, then its options, in the pidfile's name.
 
     StartupError when it only ran and finished, or died at once (it left the
@@ -292,14 +290,14 @@ def _commit(
         shared.close()
         raise StartupError(
             f"failed to restart: the new instance ran and finished ({report.reason}) "
-            f"instead of serving; {_what_runs(service, old_pidfd, old)}",
+            f"instead of serving; {_what_runs(service, old)}",
             pid=new,
         )
     if not is_alive(new):
         shared.close()
         raise StartupError(
             f"failed to restart: the new instance (pid {new}) ended as soon as it was ready; "
-            f"{_what_runs(service, old_pidfd, old)}",
+            f"{_what_runs(service, old)}",
             pid=new,
         )
     shared.write_pid(new)  # from now on the pidfile names the new instance
@@ -311,18 +309,18 @@ def _commit(
     return new
 
 
-def _what_runs(service: Service, old_pidfd: int, old: int) -> str:
+def _what_runs(service: Service, old: ProcessHandle) -> str:
     """After a failed handover: the old instance serves on, or (stopped meanwhile) nothing does.
 
     The old one left the pidfile and its socket files to the restart; with
     nothing to hand them to, they are removed here.
     """
-    if not wait_exit(old_pidfd, 0):
-        return f"pid {old} is still running and serving"
+    if not old.has_exited():
+        return f"pid {old.pid} is still running and serving"
     from ._listeners import remove_unused_files  # noqa: PLC0415 -- loaded by listen=
 
     remove_unused_files(service.config.listen)
-    return f"pid {old} ended meanwhile (stopped?), so nothing runs now"
+    return f"pid {old.pid} ended meanwhile (stopped?), so nothing runs now"
 
 
 def status(service: Service) -> int:
@@ -370,37 +368,38 @@ def reload(service: Service) -> int:
     """Reopen the logs and run the reload callbacks; return once the daemon has."""
     pidfile = pidfile_of(service)
     state, note = inspect_service(service, pidfile)
-    pidfd = None if state.pid is None else _pinned(pidfile, state.pid)
-    if pidfd is None or state.pid is None:
+    process = None if state.pid is None else _pinned(pidfile, state.pid)
+    if process is None:
         raise NotRunningError("is not running", path=pidfile.path)
-    pid, timeout = state.pid, service.config.start_timeout
+    pid, timeout = process.pid, service.config.start_timeout
     try:
-        answer = ask(pid, "reload", timeout, lambda: _send_sighup(pidfd, pid))
+        answer = ask(pid, "reload", timeout, lambda: _send_sighup(process))
         if answer is None:
-            _send_sighup(pidfd, pid)
+            _send_sighup(process)
             say(f"{service.name}: sent SIGHUP to pid {pid} (no acknowledgement channel)")
             return 0
     except ImpostorError as exc:
-        _send_sighup(pidfd, pid)
+        _send_sighup(process)
         say(f"{service.name}: sent SIGHUP to pid {pid} ({exc}: not trusting it)")
         return 0
     except TimeoutError:
         raise ReloadError(f"no answer from pid {pid} within {timeout:g}s", pid=pid) from None
     finally:
-        os.close(pidfd)
+        process.close()
     if answer != "ok":
         raise ReloadError(f"reload failed in pid {pid}: {answer.removeprefix('error ')}", pid=pid)
     say(f"{service.name} reloaded ({with_note(f'pid {pid}', note)})")
     return 0
 
 
-def _send_sighup(pidfd: int, pid: int) -> None:
+def _send_sighup(process: ProcessHandle) -> None:
+    pid = process.pid
     try:
-        signal.pidfd_send_signal(pidfd, signal.SIGHUP)
+        sent = process.send(signal.SIGHUP)
     except PermissionError as exc:
         raise ReloadError(f"cannot signal pid {pid}: permission denied", pid=pid) from exc
-    except ProcessLookupError as exc:
-        raise NotRunningError("is not running", pid=pid) from exc
+    if not sent:
+        raise NotRunningError("is not running", pid=pid)
 
 
 def print_systemd_unit(service: Service) -> int:

@@ -22,7 +22,6 @@ binding would cost every supervisor some 150 KiB.)
 
 from __future__ import annotations
 
-import _signal as signal  # the C module: signal.py would import enum (milliseconds)
 import os
 import time
 
@@ -33,6 +32,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from ._platform_process import ProcessHandle
     from ._proc import ProcStat
 
 __all__ = [
@@ -175,13 +175,12 @@ class Ended(list[int]):
         super().__init__()
         self.killed: dict[int, str] = {}
 
-    def naming(self, pinned: dict[int, int]) -> Callable[[Sequence[int]], None]:
-        """What names, in ``killed``, those of ``pinned`` (pid: pidfd) about to get SIGKILL."""
-        pids = {fd: pid for pid, fd in pinned.items()}
+    def naming(self, pinned: dict[int, ProcessHandle]) -> Callable[[Sequence[ProcessHandle]], None]:
+        """What names, in ``killed``, those of ``pinned`` (pid: handle) about to get SIGKILL."""
 
-        def name(pidfds: Sequence[int]) -> None:
+        def name(handles: Sequence[ProcessHandle]) -> None:
             # Read while they are still alive: a killed process's command line is empty.
-            self.killed.update((pids[fd], _command(pids[fd])) for fd in pidfds)
+            self.killed.update((h.pid, _command(h.pid)) for h in handles)
 
         return name
 
@@ -210,8 +209,8 @@ def end_run(run: Run, timeout: float, interrupt: int | None = None) -> Ended:
             left = max(0.0, deadline - time.monotonic())
             end_pinned(list(pinned.values()), left, interrupt, ended.naming(pinned))
         finally:
-            for fd in pinned.values():
-                os.close(fd)
+            for handle in pinned.values():
+                handle.close()
         ended.extend(pinned)
     return ended
 
@@ -225,34 +224,32 @@ def _command(pid: int) -> str:
 def signal_run(run: Run, signum: int) -> list[int]:
     """Send ``signum`` to the run's processes without waiting; return their pids."""
     pinned = _pin(run.processes(), run)
-    for fd in pinned.values():
-        try:
-            signal.pidfd_send_signal(fd, signum)
-        except ProcessLookupError:
-            continue
-        finally:
-            os.close(fd)
+    for handle in pinned.values():
+        with handle:
+            handle.send(signum)  # False: exited already
     return list(pinned)
 
 
-def _pin(pids: list[int], run: Run) -> dict[int, int]:
-    """Pidfds for those of ``pids`` that, once pinned, are still the run's (pids are reused)."""
-    pinned: dict[int, int] = {}
+def _pin(pids: list[int], run: Run) -> dict[int, ProcessHandle]:
+    """Handles on those of ``pids`` that, once pinned, are still the run's (pids are reused)."""
+    from ._platform_process import ProcessHandle  # noqa: PLC0415 -- only when some may be left
+
+    pinned: dict[int, ProcessHandle] = {}
     for pid in pids:
         try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue  # gone already
+            handle = ProcessHandle.open(pid)
         except OSError:
             break  # no descriptor left: these first, the others at the next round
+        if handle is None:
+            continue  # gone already
         try:
             ours = run.holds(pid, read_stat(pid))
         except OSError:
             ours = False  # no descriptor left to look with: at the next round
         if ours:
-            pinned[pid] = fd
+            pinned[pid] = handle
         else:
-            os.close(fd)
+            handle.close()
     return pinned
 
 

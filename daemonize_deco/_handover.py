@@ -46,7 +46,7 @@ import time
 from . import _claim, _listeners
 from ._control import peer_credentials, read_line, stream_socket
 from ._errors import DetachError, PidFileError, StartupError
-from ._proc import is_alive, wait_exit
+from ._proc import is_alive
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from ._config import Service
     from ._control import ControlServer
     from ._pidfile import PidFile
+    from ._platform_process import ProcessHandle
 
 __all__ = [
     "REQUEST",
@@ -247,20 +248,20 @@ def pending(pidfile: PidFile) -> bool:
 
 
 class _Predecessor:
-    """The instance a handover replaces, as the new one knows it: its pid and a pidfd."""
+    """The instance a handover replaces, as the new one knows it: its pid and a handle on it."""
 
     pid: int | None = None
-    pidfd: int | None = None
+    process: ProcessHandle | None = None
 
 
 def predecessor_descriptor() -> int | None:
-    """The pidfd of the instance being replaced (for the new one to keep)."""
-    return _Predecessor.pidfd
+    """The descriptor of the handle on the instance being replaced (for the new one to keep)."""
+    return None if _Predecessor.process is None else _Predecessor.process.fileno()
 
 
 def forget_predecessor() -> None:
-    """In the restarting process, once the new instance is forked: the pidfd is not ours."""
-    _Predecessor.pid = _Predecessor.pidfd = None
+    """In the restarting process, once the new instance is forked: the handle is not ours."""
+    _Predecessor.pid = _Predecessor.process = None
 
 
 class Handover:
@@ -300,17 +301,17 @@ class Handover:
         finally:
             sock.close()
 
-    def use(self, pidfile: PidFile, pidfd: int) -> PidFile:
+    def use(self, pidfile: PidFile, process: ProcessHandle) -> PidFile:
         """Make this process start the next instance with them; return the shared pidfile.
 
-        ``pidfd`` pins the running instance: the new one keeps it, to end
+        ``process`` pins the running instance: the new one keeps it, to end
         that instance itself should the restart die before it could.
         """
         from ._pidfile import PidFile  # noqa: PLC0415
 
         _listeners.adopt(self.listening)
         _claim.inherit(self.claim)
-        _Predecessor.pid, _Predecessor.pidfd = self.pid, pidfd
+        _Predecessor.pid, _Predecessor.process = self.pid, process
         return PidFile.adopt(pidfile.path, self.pidfile, pidfile.owners)
 
     def close(self) -> None:
@@ -411,9 +412,9 @@ def settle(pidfile: PidFile, claim: ControlServer | None, service: Service) -> b
     stopping it).  False: the restart ended before it named this instance
     (killed, or it gave up): the caller stands down.
     """
-    pid, pidfd = _Predecessor.pid, _Predecessor.pidfd
+    pid, process = _Predecessor.pid, _Predecessor.process
     if not pidfile.names_us():
-        if pidfd is None or not wait_exit(pidfd, 0):
+        if process is None or not process.has_exited():
             return False
         # The replaced instance is gone as well (it failed meanwhile): serve.
         try:
@@ -423,19 +424,20 @@ def settle(pidfile: PidFile, claim: ControlServer | None, service: Service) -> b
     if claim is not None:
         claim.listen_again()
     service.remember_options()
-    _Predecessor.pid = _Predecessor.pidfd = None
-    if pid is not None and pidfd is not None:
+    _Predecessor.pid = _Predecessor.process = None
+    if pid is not None and process is not None:
         import _thread  # noqa: PLC0415
 
         timeout = service.config.stop_timeout
-        _thread.start_new_thread(_end_predecessor, (pidfile.path, pid, pidfd, timeout))
+        _thread.start_new_thread(_end_predecessor, (pidfile.path, process, timeout))
     return True
 
 
-def _end_predecessor(pidfile: str, pid: int, pidfd: int, stop_timeout: float) -> None:
-    """Stop the replaced instance as ``stop`` would, if it still runs; close its pidfd."""
+def _end_predecessor(pidfile: str, process: ProcessHandle, stop_timeout: float) -> None:
+    """Stop the replaced instance as ``stop`` would, if it still runs; close its handle."""
+    pid = process.pid
     try:
-        if not wait_exit(pidfd, 0):
+        if not process.has_exited():
             from ._terminate import terminate  # noqa: PLC0415 -- only after a restart died
 
             print(
@@ -443,14 +445,14 @@ def _end_predecessor(pidfile: str, pid: int, pidfd: int, stop_timeout: float) ->
                 f"{pid} was gone; stopping it",
                 file=sys.stderr,
             )
-            if terminate(pidfd, pid, stop_timeout).how == "killed":
+            if terminate(process, stop_timeout).how == "killed":
                 from ._descendants import end_left_by  # noqa: PLC0415
 
                 end_left_by(pidfile, pid, stop_timeout)  # it could not end them itself
     except (PermissionError, TimeoutError) as exc:
         print(f"daemonize_deco: cannot stop pid {pid}: {exc}", file=sys.stderr)
     finally:
-        os.close(pidfd)
+        process.close()
 
 
 def _receive(sock: _socket.socket, pid: int) -> Handover:

@@ -24,7 +24,6 @@ from ._errors import AlreadyRunningError, DetachError, StartupError
 from ._hygiene import close_inherited_fds, remember_program_descriptors, resolve_credentials
 from ._lookup import holder_or_lock, pidfile_of, with_note
 from ._output import complain, say
-from ._proc import wait_exit
 from ._runtime import release_listeners, serve
 
 TYPE_CHECKING = False
@@ -262,7 +261,7 @@ def _wait_until_ready(
         grace = None if config.wait_ready or config.start_grace == 0 else config.start_grace
         report = watcher.wait(config.start_timeout, interrupts.fileno(), grace)
         if report.outcome in ("ready", "finished"):
-            _close_pidfd(report)
+            _close_process(report)
             if pidfile.adopted and report.outcome == "ready":
                 watcher.keep_channel()  # closed once the restart is over (``_handover``)
             return report
@@ -274,7 +273,7 @@ def _wait_until_ready(
 
 
 def _sockets_to_keep() -> list[int]:
-    """The listening sockets; a restart's claim and a pidfd of the instance it replaces."""
+    """The listening sockets; a restart's claim and the handle on the instance it replaces."""
     listeners = sys.modules.get(f"{__package__}._listeners")
     handover = sys.modules.get(f"{__package__}._handover")
     kept = [] if listeners is None else listeners.descriptors()
@@ -282,10 +281,10 @@ def _sockets_to_keep() -> list[int]:
     return [*kept, *(fd for fd in passed if fd is not None)]
 
 
-def _close_pidfd(report: StartupReport) -> None:
-    if report.pidfd is not None:
-        os.close(report.pidfd)
-        report.pidfd = None
+def _close_process(report: StartupReport) -> None:
+    if report.process is not None:
+        report.process.close()
+        report.process = None
 
 
 def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport) -> str:
@@ -304,16 +303,16 @@ def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport)
     reason = waiting.get(report.outcome, report.reason)
     # With no pid line, a daemon exists only if the pipe is still open.
     gone = report.pid is not None or report.pipe_ended
-    if report.pidfd is not None and report.pid is not None:
+    if report.process is not None and report.pid is not None:
         try:
             if report.outcome in waiting:
-                reason += f"; {terminate(report.pidfd, report.pid, config.stop_timeout).how} it"
-            elif not wait_exit(report.pidfd, config.stop_timeout):
-                terminate(report.pidfd, report.pid, 0)
+                reason += f"; {terminate(report.process, config.stop_timeout).how} it"
+            elif not report.process.wait(config.stop_timeout):
+                terminate(report.process, 0)
         except (PermissionError, TimeoutError) as exc:
             gone = False
             reason += f"; could not stop pid {report.pid}: {exc}"
-        _close_pidfd(report)
+        _close_process(report)
     elif not gone:
         reason += "; its pid is unknown, so its pidfile is left to it"
     if gone:

@@ -7,6 +7,9 @@ and that process has the file open.  A lock whose holders are all another
 user's processes (anyone may open a world-readable pidfile and lock it) is
 a squatter's, not the service's: who holds it is read off ``/proc/locks``,
 and, when the process that took it is gone, off each process's descriptors.
+Without ``/proc`` (macOS, the BSDs) the pid the locked file names is
+believed while that process runs and had started by the file's last write
+(``_proc.holds_file``), and no squatter can be told from the service.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from ._beside import is_trusted
 from ._errors import PidFileError
 from ._lastrun import LastRun
 from ._pidfile import LAST_WORDS_START, distrust, parse_pid, try_lock, user_name
-from ._proc import holds_file, openers
+from ._proc import descriptor_info, flock_holders, holds_file, openers, real_uid
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,7 +85,10 @@ _LEFT_EMPTY = PidFileState(exists=True, running=False)
 
 
 def _identity(fd: int) -> tuple[int, int]:
-    found = os.fstat(fd)
+    return _identity_of(os.fstat(fd))
+
+
+def _identity_of(found: os.stat_result) -> tuple[int, int]:
     return found.st_dev, found.st_ino
 
 
@@ -129,7 +135,7 @@ def _state_of(pidfile: PidFile, fd: int) -> PidFileState | object:
     pid = parse_pid(content)
     if try_lock(fd):
         return _unlocked_state(pidfile, fd, content, pid)
-    if pid is not None and holds_file(pid, (found.st_dev, found.st_ino)) is not False:
+    if pid is not None and holds_file(pid, _identity_of(found), found.st_mtime) is not False:
         return PidFileState(exists=True, running=True, pid=pid)
     if _squatter(pidfile, found, pid) is not None:  # another user's lock: not the service
         return PidFileState(exists=True, running=False, pid=pid)
@@ -165,7 +171,7 @@ def is_held_by(pidfile: PidFile, pid: int) -> bool:
         os.close(fd)
     if not is_trusted(held, pidfile.owners):
         return False
-    return named == pid and holds_file(pid, (held.st_dev, held.st_ino)) is not False
+    return named == pid and holds_file(pid, _identity_of(held), held.st_mtime) is not False
 
 
 def remove_if_stale(pidfile: PidFile) -> bool:
@@ -226,8 +232,8 @@ def _squatter(pidfile: PidFile, found: os.stat_result, named: int | None) -> int
     took it is gone, its pid free), or, failing them, those whose
     descriptors on it carry the lock (a slow look, every descriptor).
     """
-    identity = (found.st_dev, found.st_ino)
-    if named is not None and holds_file(named, identity):
+    identity = _identity_of(found)
+    if named is not None and holds_file(named, identity, found.st_mtime):
         return None
     holders = [pid for pid in lock_holders(identity) if holds_file(pid, identity)]
     uids = {owner_of(pid) for pid in holders or lockers(identity)}
@@ -236,7 +242,7 @@ def _squatter(pidfile: PidFile, found: os.stat_result, named: int | None) -> int
     return min(uid for uid in uids if uid is not None)
 
 
-# -- who holds the lock, and who writes the file, read off /proc --------------
+# -- who holds the lock, and who writes the file (``_proc``) -------------------
 
 
 def lock_holders(identity: tuple[int, int]) -> list[int]:
@@ -245,32 +251,12 @@ def lock_holders(identity: tuple[int, int]) -> list[int]:
     The pid is the process that took the lock; the lock may live on in a
     child it shared the descriptor with.
     """
-    dev, ino = identity
-    wanted = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
-    try:
-        with open("/proc/locks", "rb") as f:
-            lines = f.read().decode("ascii", "replace").splitlines()
-    except OSError:
-        return []
-    holders = []
-    for line in lines:
-        fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; "1: -> FLOCK ..." waits.
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
-            holders.append(int(fields[4]))
-    return holders
+    return flock_holders(identity)
 
 
 def owner_of(pid: int) -> int | None:
     """The real uid of ``pid`` (a set-user-ID program's too); None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Uid:"):
-                    return int(line.split()[1])  # real, effective, saved, filesystem
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return real_uid(pid)
 
 
 def writers(identity: tuple[int, int]) -> list[int]:
@@ -304,18 +290,10 @@ def _descriptor_info(
     pid: int, identity: tuple[int, int], test: Callable[[list[bytes]], bool]
 ) -> bool:
     """Whether one of ``pid``'s descriptors on the file passes ``test`` (its fdinfo lines)."""
-    try:
-        entries = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for entry in entries:
+    for info in descriptor_info(pid, identity):
         try:
-            found = os.stat(f"/proc/{pid}/fd/{entry}")
-            if (found.st_dev, found.st_ino) != identity:
-                continue
-            with open(f"/proc/{pid}/fdinfo/{entry}", "rb") as info:
-                if test(info.readlines()):
-                    return True
-        except (OSError, ValueError):
-            continue  # closed meanwhile
+            if test(info):
+                return True
+        except ValueError:
+            continue
     return False

@@ -327,7 +327,7 @@ class PidFile:
         if pid is None or pid == os.getpid():
             return False
         held = os.fstat(self._fd)
-        return holds_file(pid, (held.st_dev, held.st_ino)) is True
+        return holds_file(pid, (held.st_dev, held.st_ino), held.st_mtime) is True
 
     def names_us(self) -> bool:
         """Whether the locked file names this process (a handover committed to it)."""

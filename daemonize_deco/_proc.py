@@ -1,16 +1,18 @@
-"""Processes seen from outside: /proc and pidfds.
+"""Processes seen from outside: /proc, and what tells the same where there is none.
 
-A pidfd (``pidfd_open``) pins a process: it becomes readable the moment the
-process exits, before anyone reaps it, which is what "gone" means here
-(init may reap orphans late); stopping one through it is ``_terminate``.
+A process is pinned with a ``_platform_process.ProcessHandle`` (a pidfd on
+Linux): it tells the moment the process exits, before anyone reaps it,
+which is what "gone" means here (init may reap orphans late); stopping one
+through it is ``_terminate``.  Without ``/proc`` (macOS, the BSDs) each
+function here says so: None, or an empty answer, never a guess.
 """
 
 from __future__ import annotations
 
 import os
-import select
 
 from ._errors import PidFileError
+from ._platform import has_proc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,16 +23,18 @@ __all__ = [
     "GROUP_BADGE",
     "ProcStat",
     "command_line",
+    "descriptor_info",
     "ever_started_one",
     "fd_targets",
+    "flock_holders",
+    "group_members",
     "holds_file",
     "is_alive",
-    "open_pidfd",
     "openers",
     "own_children",
     "read_stat",
+    "real_uid",
     "uptime",
-    "wait_exit",
 ]
 
 # The name of the memfd a detached daemon holds to say "this group is mine".
@@ -84,7 +88,14 @@ def command_line(pid: int) -> list[str]:
 
 
 def uptime(pid: int) -> float | None:
-    """Seconds since ``pid`` started, or None when it is gone."""
+    """Seconds since ``pid`` started, or None when it is gone (or, without /proc, unknown)."""
+    if not has_proc():
+        import time  # noqa: PLC0415
+
+        from ._platform_process import start_time  # noqa: PLC0415
+
+        started = start_time(pid)
+        return None if started is None else max(0.0, time.time() - started)
     stat = read_stat(pid)
     if stat is None:
         return None
@@ -93,13 +104,24 @@ def uptime(pid: int) -> float | None:
     return max(0.0, system_uptime - stat.starttime_ticks / os.sysconf("SC_CLK_TCK"))
 
 
-def holds_file(pid: int, identity: tuple[int, int]) -> bool | None:
+def holds_file(pid: int, identity: tuple[int, int], written: float | None = None) -> bool | None:
     """Whether ``pid`` has a descriptor open on the file ``(st_dev, st_ino)``.
 
     None when we may not look (another user's process, and we are not root):
     then we could not signal it either.  PidFileError when we cannot look
     (no descriptor left: ``ulimit -n``): no answer is better than a guess.
+
+    Without ``/proc`` nothing shows another process's descriptors: the
+    answer is then whether ``pid`` runs and had started by ``written`` (when
+    the file, which names it, was last written): a later process only
+    reused the pid of the one that wrote it.  None when that is unknown.
     """
+    if not has_proc():
+        from ._platform_process import started_by  # noqa: PLC0415
+
+        if not is_alive(pid):
+            return False
+        return None if written is None else started_by(pid, written)
     fd_dir = f"/proc/{pid}/fd"
     try:
         entries = os.listdir(fd_dir)
@@ -122,9 +144,12 @@ def holds_file(pid: int, identity: tuple[int, int]) -> bool | None:
 def openers(identity: tuple[int, int]) -> list[int]:
     """Every other process we may look at that has the file ``(st_dev, st_ino)`` open.
 
-    A slow look (every descriptor of every process), for rare questions.
+    A slow look (every descriptor of every process), for rare questions;
+    none found without ``/proc``.
     """
-    found = []
+    found: list[int] = []
+    if not has_proc():
+        return found
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != os.getpid():
             try:
@@ -349,27 +374,81 @@ def ever_started_one() -> bool:
     return used.ru_minflt + used.ru_majflt > 0
 
 
-def open_pidfd(pid: int) -> int | None:
-    """Pin ``pid`` with a pidfd; None when it no longer exists."""
-    try:
-        return os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
-
-
 def is_alive(pid: int) -> bool:
-    """Whether ``pid`` exists and has not exited (a zombie has)."""
-    pidfd = open_pidfd(pid)
-    if pidfd is None:
+    """Whether ``pid`` exists and has not exited (a zombie has, where the system tells)."""
+    from ._platform_process import ProcessHandle  # noqa: PLC0415
+
+    handle = ProcessHandle.open(pid)
+    if handle is None:
         return False
+    with handle:
+        return not handle.has_exited()
+
+
+def group_members(pgid: int) -> list[int] | None:
+    """Live (not yet exited) processes in process group ``pgid``; None without ``/proc``."""
+    if not has_proc():
+        return None
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = read_stat(int(entry))
+            if stat is not None and stat.pgrp == pgid and stat.state not in ("Z", "X"):
+                members.append(int(entry))
+    return members
+
+
+def flock_holders(identity: tuple[int, int]) -> list[int]:
+    """The pids holding an ``flock`` on the file ``(st_dev, st_ino)`` (``/proc/locks``).
+
+    The pid is the process that took the lock; the lock may live on in a
+    child it shared the descriptor with.  None found without ``/proc``.
+    """
+    dev, ino = identity
+    wanted = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
     try:
-        return not wait_exit(pidfd, 0)
-    finally:
-        os.close(pidfd)
+        with open("/proc/locks", "rb") as f:
+            lines = f.read().decode("ascii", "replace").splitlines()
+    except OSError:
+        return []
+    holders = []
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; "1: -> FLOCK ..." waits.
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+            holders.append(int(fields[4]))
+    return holders
 
 
-def wait_exit(pidfd: int, timeout: float | None) -> bool:
-    """Wait until the pidfd's process has exited; False when ``timeout`` passed first."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+def real_uid(pid: int) -> int | None:
+    """The real uid of ``pid`` (a set-user-ID program's too); None when it is gone or unknown."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])  # real, effective, saved, filesystem
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def descriptor_info(pid: int, identity: tuple[int, int]) -> list[list[bytes]]:
+    """The ``/proc/PID/fdinfo`` lines of each of ``pid``'s descriptors on the file.
+
+    Empty when it has none, is gone, or we may not (or cannot) look.
+    """
+    try:
+        entries = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        try:
+            target = os.stat(f"/proc/{pid}/fd/{entry}")
+            if (target.st_dev, target.st_ino) != identity:
+                continue
+            with open(f"/proc/{pid}/fdinfo/{entry}", "rb") as info:
+                found.append(info.readlines())
+        except OSError:
+            continue  # closed meanwhile
+    return found

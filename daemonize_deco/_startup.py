@@ -2,7 +2,7 @@
 
 The daemon writes "pid", "main", perhaps "wait", then "ready", "done" or "fail" (see
 ``_detach.StartupChannel``); :class:`StartupWatcher` reads them, watches the
-daemon's pidfd, and times the start grace.  Loaded after the fork, by the
+daemon's exit (``_platform_process``), and times the start grace.  Loaded after the fork, by the
 starter only: the daemon never carries this code.
 """
 
@@ -12,7 +12,7 @@ import os
 import select
 import time
 
-from ._proc import open_pidfd
+from ._platform_process import ProcessHandle
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,14 +24,14 @@ __all__ = ["StartupReport", "StartupWatcher"]
 class StartupReport:
     """What the starting process learned: the daemon's pid and how startup ended."""
 
-    __slots__ = ("channel", "outcome", "pid", "pidfd", "pipe_ended", "reason")
+    __slots__ = ("channel", "outcome", "pid", "pipe_ended", "process", "reason")
 
     def __init__(
         self, outcome: Literal["ready", "finished", "failed", "timeout", "interrupted"]
     ) -> None:
         self.outcome = outcome
         self.pid: int | None = None
-        self.pidfd: int | None = None
+        self.process: ProcessHandle | None = None
         self.reason = ""
         self.pipe_ended = False  # every process that could write to it is gone
         self.channel: int | None = None  # the pipe, kept open past ready (a handover)
@@ -66,7 +66,7 @@ class StartupWatcher:
         self.close()
 
     def close(self) -> None:
-        """Close the pipe; the pidfd, if any, stays with the report."""
+        """Close the pipe; the daemon's handle, if any, stays with the report."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -96,11 +96,11 @@ class StartupWatcher:
             events = self._poll(interrupt_fd, min(deadline, grace_ends or deadline) - now)
             if self._fd in events:
                 self._read_available()
-            if self.report.pidfd in events:
+            if self._exited(events):
                 self._read_available()  # its last words may still be in the pipe
                 if not self._decided():
                     self._failed("it exited before it was ready")
-            elif self._eof and self.report.pidfd is None and not self._decided():
+            elif self._eof and self.report.process is None and not self._decided():
                 self._failed("it exited before it was ready")
             if interrupt_fd in events and not self._decided():
                 self.report.outcome = "interrupted"
@@ -118,12 +118,24 @@ class StartupWatcher:
             return min(self._main_at + max(grace, timeout - grace), deadline)
         return self._main_at + grace
 
+    def _exited(self, events: dict[int, int]) -> bool:
+        """Whether the daemon has exited, as ``events`` say (or, polling, a look)."""
+        process = self.report.process
+        if process is None:
+            return False
+        exit_fd = process.fileno()
+        return exit_fd in events if exit_fd is not None else process.has_exited()
+
     def _poll(self, interrupt_fd: int | None, seconds: float) -> dict[int, int]:
         poller = select.poll()
         if not self._eof:
             poller.register(self._fd, select.POLLIN)
-        if self.report.pidfd is not None:
-            poller.register(self.report.pidfd, select.POLLIN)
+        if self.report.process is not None:
+            exit_fd = self.report.process.fileno()
+            if exit_fd is None:  # only polling tells: look again soon
+                seconds = min(seconds, ProcessHandle.POLL_INTERVAL)
+            else:
+                poller.register(exit_fd, select.POLLIN)
         if interrupt_fd is not None:
             poller.register(interrupt_fd, select.POLLIN)
         return dict(poller.poll(seconds * 1000))
@@ -168,7 +180,7 @@ class StartupWatcher:
             self.report.pid = int(rest)
             # None when it is gone already: its "fail" line, if any, follows
             # in the pipe, and end-of-file decides if there is none.
-            self.report.pidfd = open_pidfd(self.report.pid)
+            self.report.process = ProcessHandle.open(self.report.pid)
         elif word == "main" and self._main_at is None:
             self._main_at = time.monotonic()
         elif word == "wait":

@@ -50,6 +50,7 @@ from ._errors import DetachError, exit_status, last_words
 from ._heartbeat import reset, shared_slot, silence, unarmed
 from ._hygiene import die_with_parent
 from ._phases import STATE_SUFFIX, Phase, SupervisorState, check
+from ._platform_process import ProcessHandle
 from ._restart_policy import GiveUp, NoRestart, Restart, Restarts, after_run
 from ._runtime import (
     claim_answers,
@@ -82,11 +83,11 @@ _UNSAID = (Phase.STOPPING, *_OVER)
 
 
 class _Child:
-    """One run of the service: its pid, pidfd, the pipe it talks on, what it said."""
+    """One run of the service: its pid, a handle on it, the pipe it talks on, what it said."""
 
     def __init__(self, pid: int, channel_fd: int) -> None:
         self.pid = pid
-        self.pidfd = os.pidfd_open(pid)
+        self.process = ProcessHandle.of_child(pid)
         self.channel_fd: int | None = channel_fd
         os.set_blocking(channel_fd, False)
         self.buffer = b""
@@ -100,7 +101,7 @@ class _Child:
         self.kill_at: float | None = None  # SIGKILL after a stop or SIGABRT
 
     def close(self) -> None:
-        os.close(self.pidfd)
+        self.process.close()
         if self.channel_fd is not None:
             os.close(self.channel_fd)
             self.channel_fd = None
@@ -189,15 +190,15 @@ class _Supervisor(SignalPath):
             if fd is not None:
                 poller.register(fd, select.POLLIN)
         child = self.child
-        if child is not None:
-            poller.register(child.pidfd, select.POLLIN)
-            if child.channel_fd is not None:
-                poller.register(child.channel_fd, select.POLLIN)
+        exit_fd = None if child is None else _watch(poller, child)
         settling = self.settling
         if settling is not None and settling.fileno() >= 0:
             poller.register(settling.fileno(), 0)  # POLLERR alone: the restart closed it
         deadline = self.next_deadline()
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+        if child is not None and exit_fd is None:  # only polling tells when it exits
+            polling = ProcessHandle.POLL_INTERVAL * 1000
+            timeout = polling if timeout is None else min(timeout, polling)
         ready = {fd for fd, _ in poller.poll(timeout)}
         if child is not None and child.channel_fd in ready:
             self.read_child(child)
@@ -208,7 +209,7 @@ class _Supervisor(SignalPath):
             answer_claimants(self.claim, claim_answers(self.pidfile, self.claim, accepts=False))
         if self.relay is not None:
             self.relay.carry_on(ready)  # before child_ended: a service answers, then may exit
-        if child is not None and child is self.child and child.pidfd in ready:
+        if child is not None and child is self.child and _exited(child.process, exit_fd, ready):
             self.child_ended(child)
         self.on_time()
 
@@ -264,7 +265,7 @@ class _Supervisor(SignalPath):
                 child.kill_at, now
             ):
                 child.kill_at = None
-                _send(child.pidfd, signal.SIGKILL)
+                child.process.send(signal.SIGKILL)
 
     def enter(self, phase: str) -> None:
         """Change phase (the one place that does, checked: ``_phases``); tell status."""
@@ -356,7 +357,7 @@ class _Supervisor(SignalPath):
         """The service exited: report a failed first start, stop, or restart it."""
         if child.channel_fd is not None:
             self.read_child(child)  # its last lines
-        wait_status = _reap(child.pid)
+        wait_status = child.process.reap()
         child.close()
         self.child = None
         self.state.service = self.state.service_started = None
@@ -457,7 +458,7 @@ class _Supervisor(SignalPath):
         assert self.config.watchdog is not None
         child.hung = self.config.watchdog
         self.say(hang_message(self.config.watchdog, child.pid))
-        _send(child.pidfd, signal.SIGABRT)  # faulthandler writes its stacks, then it dies
+        child.process.send(signal.SIGABRT)  # faulthandler writes its stacks, then it dies
         child.kill_at = time.monotonic() + ABORT_GRACE
         self.enter(Phase.ENDING_HUNG)  # running -> ending-hung
 
@@ -465,7 +466,7 @@ class _Supervisor(SignalPath):
         """A restarted service that never gets ready: start_timeout, as for a start."""
         child.early_end = f"fail not ready within {self.config.start_timeout:g}s"
         child.hung = self.config.start_timeout
-        _send(child.pidfd, signal.SIGTERM)
+        child.process.send(signal.SIGTERM)
         child.kill_at = now + self.config.stop_timeout
         self.enter(Phase.ENDING_HUNG)  # restarting -> ending-hung
 
@@ -492,7 +493,7 @@ class _Supervisor(SignalPath):
     def handle_signal(self, signum: int) -> None:
         """An ``on_signal`` signal: passed on to the service as it is."""
         if self.child is not None:
-            _send(self.child.pidfd, signum)
+            self.child.process.send(signum)
 
     def stop(self, signum: int) -> None:
         if self.phase in (Phase.STOPPING, *_OVER):
@@ -502,7 +503,7 @@ class _Supervisor(SignalPath):
         if child is None:  # waiting to restart: nothing to stop but ourselves
             self.end(0, None)  # backing-off -> done
             return
-        _send(child.pidfd, signal.SIGTERM)
+        child.process.send(signal.SIGTERM)
         child.kill_at = time.monotonic() + self.config.stop_timeout
         self.enter(Phase.STOPPING)  # starting/running/restarting/ending-hung -> stopping
 
@@ -511,7 +512,7 @@ class _Supervisor(SignalPath):
         child = self.child
         if child is None or not child.ready:
             return None
-        return child.pid, lambda: _send(child.pidfd, signal.SIGHUP)
+        return child.pid, lambda: _send(child.process, signal.SIGHUP)
 
     # -- the end ------------------------------------------------------------------------
 
@@ -567,18 +568,23 @@ def _come(deadline: float | None, now: float) -> bool:
     return deadline is not None and now >= deadline
 
 
-def _send(pidfd: int, signum: int) -> None:
-    try:
-        signal.pidfd_send_signal(pidfd, signum)
-    except ProcessLookupError:
-        pass  # it has exited; its pidfd says so at the next round
+def _send(process: ProcessHandle, signum: int) -> None:
+    process.send(signum)  # False: it has exited; its handle says so at the next round
 
 
-def _reap(pid: int) -> int:
-    try:
-        return os.waitpid(pid, 0)[1]
-    except ChildProcessError:
-        return 0
+def _watch(poller: select.poll, child: _Child) -> int | None:
+    """Have ``poller`` watch the service's pipe and exit; its exit descriptor (None: polling)."""
+    exit_fd = child.process.fileno()
+    if exit_fd is not None:
+        poller.register(exit_fd, select.POLLIN)
+    if child.channel_fd is not None:
+        poller.register(child.channel_fd, select.POLLIN)
+    return exit_fd
+
+
+def _exited(process: ProcessHandle, exit_fd: int | None, ready: set[int]) -> bool:
+    """Whether the service has exited: its exit descriptor is ready, or (polling) it says so."""
+    return exit_fd in ready if exit_fd is not None else process.has_exited()
 
 
 def _status_of(wait_status: int) -> int:

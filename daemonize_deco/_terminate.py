@@ -1,8 +1,9 @@
 """Stopping a process: SIGTERM, a wait, then SIGKILL to its group.
 
 Pids are reused, so nothing here signals a bare pid.  A process is first
-pinned with a pidfd (``_proc.open_pidfd``), checked, and then signalled
-through the pidfd, so the signal can only reach the process that was checked.
+pinned (``_platform_process.ProcessHandle``: a pidfd on Linux), checked, and
+then signalled through the handle, so the signal can only reach the process
+that was checked.
 Loaded by the commands that stop a service, and by a daemon only when a
 run that started processes ends (``_descendants``) or a restart that
 replaced it died before the old instance was gone (``_handover``).
@@ -15,7 +16,8 @@ import os
 import select
 import time
 
-from ._proc import BADGE_LINK, fd_targets, open_pidfd, read_stat, wait_exit
+from ._platform_process import ProcessHandle
+from ._proc import BADGE_LINK, fd_targets, group_members, read_stat
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,7 +61,7 @@ class Ending:
         self.leftovers = leftovers
 
 
-def terminate(pidfd: int, pid: int, timeout: float) -> Ending:
+def terminate(process: ProcessHandle, timeout: float) -> Ending:
     """Send SIGTERM and wait up to ``timeout`` seconds; then SIGKILL its group.
 
     After a graceful exit, what the daemon left running in its own process
@@ -68,90 +70,76 @@ def terminate(pidfd: int, pid: int, timeout: float) -> Ending:
     Raises PermissionError when the process may not be signalled and
     TimeoutError when even SIGKILL did not end it.
     """
+    pid = process.pid
     group = _own_process_group(pid)  # read while the process is surely alive
-    try:
-        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-    except ProcessLookupError:
+    if not process.send(signal.SIGTERM):
         return Ending("stopped")
-    if wait_exit(pidfd, timeout):
+    if process.wait(timeout):
         return Ending("stopped", _end_group(group, timeout) if group is not None else 0)
     try:
         # The daemon is still alive here, so its group id cannot have been reused.
         if group is not None:
             os.killpg(group, signal.SIGKILL)
-        else:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        elif not process.send(signal.SIGKILL):
+            return Ending("stopped")
     except ProcessLookupError:
         return Ending("stopped")
-    if not wait_exit(pidfd, _KILL_WAIT):
+    if not process.wait(_KILL_WAIT):
         raise TimeoutError(f"pid {pid} is still alive {_KILL_WAIT:g}s after SIGKILL")
     return Ending("killed")
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live (not yet exited) processes in process group ``pgid``."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = read_stat(int(entry))
-            if stat is not None and stat.pgrp == pgid and stat.state not in ("Z", "X"):
-                members.append(int(entry))
-    return members
-
-
 def _end_group(pgid: int, timeout: float) -> int:
     """SIGTERM what is left in ``pgid``, SIGKILL it after ``timeout``; return how many."""
-    pidfds = [fd for fd in map(open_pidfd, _group_members(pgid)) if fd is not None]
+    members = group_members(pgid) or []  # none known without /proc (no badge there either)
+    handles = [h for h in map(ProcessHandle.open, members) if h is not None]
     try:
         # Members are alive and hold the group id, so it names no one else.
-        _end(pidfds, timeout, lambda signum: os.killpg(pgid, signum))
+        _end(handles, timeout, lambda signum: os.killpg(pgid, signum))
     finally:
-        for fd in pidfds:
-            os.close(fd)
-    return len(pidfds)
+        for handle in handles:
+            handle.close()
+    return len(handles)
 
 
 def end_pinned(
-    pidfds: Sequence[int],
+    handles: Sequence[ProcessHandle],
     timeout: float,
     interrupt: int | None = None,
-    before_kill: Callable[[Sequence[int]], object] | None = None,
+    before_kill: Callable[[Sequence[ProcessHandle]], object] | None = None,
 ) -> None:
-    """SIGTERM the processes the pidfds pin, SIGKILL those left ``timeout`` seconds later.
+    """SIGTERM the processes the handles pin, SIGKILL those left ``timeout`` seconds later.
 
     Sooner, when ``interrupt`` (a descriptor: Ctrl-C to a start) becomes readable.
-    ``before_kill`` is given the pidfds of those about to get SIGKILL, still alive.
+    ``before_kill`` is given the handles of those about to get SIGKILL, still alive.
     """
 
     def send(signum: int) -> None:
-        for fd in pidfds:
-            try:
-                signal.pidfd_send_signal(fd, signum)
-            except ProcessLookupError:
-                continue  # exited already
+        for handle in handles:
+            handle.send(signum)  # False: exited already
 
-    _end(pidfds, timeout, send, interrupt, before_kill)
+    _end(handles, timeout, send, interrupt, before_kill)
 
 
 def _end(
-    pidfds: Sequence[int],
+    handles: Sequence[ProcessHandle],
     timeout: float,
     send: Callable[[int], object],
     interrupt: int | None = None,
-    before_kill: Callable[[Sequence[int]], object] | None = None,
+    before_kill: Callable[[Sequence[ProcessHandle]], object] | None = None,
 ) -> None:
-    """``send(SIGTERM)``, wait for every pidfd, ``send(SIGKILL)`` if some are left."""
-    if not pidfds:
+    """``send(SIGTERM)``, wait for every handle, ``send(SIGKILL)`` if some are left."""
+    if not handles:
         return
     try:
         send(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        remaining = list(pidfds)
+        remaining = list(handles)
         while remaining and (left := deadline - time.monotonic()) > 0:
-            remaining = [fd for fd in remaining if not wait_exit(fd, 0)]
+            remaining = [h for h in remaining if not h.has_exited()]
             if remaining and _wait_for_one(remaining[0], interrupt, left):
                 break  # interrupted: no more waiting
-        remaining = [fd for fd in remaining if not wait_exit(fd, 0)]  # as they are now
+        remaining = [h for h in remaining if not h.has_exited()]  # as they are now
         if remaining:
             if before_kill is not None:
                 before_kill(remaining)
@@ -160,13 +148,17 @@ def _end(
         pass  # all gone meanwhile
 
 
-def _wait_for_one(pidfd: int, interrupt: int | None, timeout: float) -> bool:
-    """Wait for ``pidfd``'s exit, up to ``timeout``; True when ``interrupt`` came first."""
+def _wait_for_one(process: ProcessHandle, interrupt: int | None, timeout: float) -> bool:
+    """Wait for ``process``'s exit, up to ``timeout``; True when ``interrupt`` came first."""
     if interrupt is None:
-        wait_exit(pidfd, timeout)
+        process.wait(timeout)
         return False
     poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
+    exit_fd = process.fileno()
+    if exit_fd is None:  # only polling tells: look again soon
+        timeout = min(timeout, ProcessHandle.POLL_INTERVAL)
+    else:
+        poller.register(exit_fd, select.POLLIN)
     poller.register(interrupt, select.POLLIN)
     ready = dict(poller.poll(max(0, int(timeout * 1000))))
     return interrupt in ready

@@ -169,6 +169,7 @@ sys.stdin.readline()
     lost="nothing: status does not call the empty file 'left behind' while its creator has "
     "it open to write; once the creator is gone, it does",
 )
+@pytest.mark.linux_only("who has a file open to write is read off /proc/PID/fdinfo")
 def test_an_empty_pidfile_its_starter_still_holds_is_no_stale_one(make_service):
     svc = make_service()
     starter = subprocess.Popen(
