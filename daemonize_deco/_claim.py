@@ -8,6 +8,11 @@ the abstract namespace named after the pidfile's absolute path: the kernel
 lets one socket have a name, and the name goes with the process (even on
 SIGKILL), with nothing on disk to delete.
 
+Where there are no abstract names, the claim is the socket file ``claim`` in
+the service's private directory (``_platform_sockets``): a deleted pidfile
+is then recovered only where the system names the peer's pid and ``/proc``
+shows its descriptors (Linux).
+
 A command that finds no running service by the pidfile connects to that
 name; ``SO_PEERCRED`` gives the pid of the process that listens, which is
 trusted only if that process runs as root, as the asking user or as the
@@ -22,12 +27,14 @@ from __future__ import annotations
 import errno
 import os
 
+from . import _platform_sockets
 from ._control import ControlServer, peer_credentials, read_line, reply, stream_socket
 from ._errors import DetachError, PidFileError
 from ._proc import fd_targets, holds_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import _socket
     from collections.abc import Callable, Collection, Mapping, Sequence
 
     # A request's answer: its line, and descriptors sent with it.
@@ -46,29 +53,14 @@ __all__ = [
     "listen_for_claimants",
 ]
 
-_PREFIX = "daemonize_deco-claim:"
-_NAME_LIMIT = 107  # sun_path is 108 bytes, the first of them the abstract namespace's NUL
 PUT_BACK = "pidfile"
-_FNV_OFFSET = 0xCBF29CE484222325
-_FNV_PRIME = 0x100000001B3
+_PID_READ_LIMIT = 64
+fnv1a = _platform_sockets.fnv1a
 
 
-def fnv1a(data: bytes) -> int:
-    """A 64-bit digest without importing hashlib (milliseconds before every daemon is ready)."""
-    digest = _FNV_OFFSET
-    for byte in data:
-        digest = ((digest ^ byte) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
-    return digest
-
-
-def claim_address(pidfile: str) -> bytes:
-    """The abstract socket name claiming ``pidfile`` (an absolute path)."""
-    name = (_PREFIX + pidfile).encode("utf-8", "surrogateescape")
-    if len(name) <= _NAME_LIMIT:
-        return b"\0" + name
-    # Too long: the end of the path (where names differ) and a digest of all of it.
-    tail = name[-(_NAME_LIMIT - len(_PREFIX) - 18) :]
-    return b"\0" + f"{_PREFIX}{fnv1a(name):016x}".encode() + b":" + tail
+def claim_address(pidfile: str) -> str | bytes:
+    """The address claiming ``pidfile`` (an absolute path): abstract, or a socket file."""
+    return _platform_sockets.claim_address(pidfile)
 
 
 class _Inherited:
@@ -107,8 +99,9 @@ def listen_for_claimants(pidfile: str) -> ControlServer | None:
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             return None
-        # No descriptor left (ulimit -n): a service that cannot claim its path
-        # could be started twice once its pidfile is deleted.
+        # No descriptor left (ulimit -n), a socket directory another user planted:
+        # a service that cannot claim its path could be started twice once its
+        # pidfile is deleted.
         raise DetachError(f"cannot claim {pidfile}: {exc.strerror}", path=pidfile) from exc
 
 
@@ -170,20 +163,47 @@ def find_claimant(
         ) from exc
     try:
         sock.settimeout(timeout)
+        address = claim_address(pidfile)
+        if not _platform_sockets.may_trust(address, frozenset(trusted_uids)):
+            return None  # no directory of ours: nothing in it is ours to ask
         try:
-            sock.connect(claim_address(pidfile))
+            sock.connect(address)
         except OSError:
             return None  # nobody claims it: the usual case, one failed connect
-        pid, uid = peer_credentials(sock)
-        if uid not in trusted_uids or not has_open(pid, pidfile):
+        creds = peer_credentials(sock)
+        pid = None if creds is None else creds[0]
+        if creds is None or pid is None:
+            # Who answers is not told; the socket's directory says it is a
+            # trusted user's.  Its pid is what it puts in its pidfile.
+            return _put_back_unseen(sock, pidfile, trusted_uids) if put_back else None
+        if creds[1] not in trusted_uids or not has_open(pid, pidfile):
             return None  # not a service of ours (or another user's, which we could not stop)
         if not put_back:
             return Claimant(pid, "ok")
-        try:
-            sock.sendall(PUT_BACK.encode("ascii") + b"\n")
-            answer = read_line(sock).decode("utf-8", "replace").strip()
-        except OSError as exc:
-            answer = f"error no answer: {exc}"
-        return Claimant(pid, answer or "error no answer")
+        return Claimant(pid, _ask_to_put_back(sock))
     finally:
         sock.close()
+
+
+def _ask_to_put_back(sock: _socket.socket) -> str:
+    try:
+        sock.sendall(PUT_BACK.encode("ascii") + b"\n")
+        answer = read_line(sock).decode("utf-8", "replace").strip()
+    except OSError as exc:
+        answer = f"error no answer: {exc}"
+    return answer or "error no answer"
+
+
+def _put_back_unseen(
+    sock: _socket.socket, pidfile: str, trusted_uids: Collection[int]
+) -> Claimant | None:
+    """The claimant whose pid the system does not tell: the pid it puts in its pidfile."""
+    answer = _ask_to_put_back(sock)
+    if not answer.startswith("ok"):
+        return None
+    from ._beside import read  # noqa: PLC0415 -- loaded by the pidfile already
+    from ._pidfile import parse_pid  # noqa: PLC0415
+
+    content = read(pidfile, _PID_READ_LIMIT, trusted_uids)
+    pid = None if content is None else parse_pid(content)
+    return None if pid is None else Claimant(pid, answer)
