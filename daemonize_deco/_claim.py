@@ -59,7 +59,7 @@ fnv1a = _platform_sockets.fnv1a
 
 
 def claim_address(pidfile: str) -> str | bytes:
-    """The address claiming ``pidfile`` (an absolute path): abstract, or a socket file."""
+    """The address this service claims ``pidfile`` (an absolute path) on: abstract, or a file."""
     return _platform_sockets.claim_address(pidfile)
 
 
@@ -163,12 +163,7 @@ def find_claimant(
         ) from exc
     try:
         sock.settimeout(timeout)
-        address = claim_address(pidfile)
-        if not _platform_sockets.may_trust(address, frozenset(trusted_uids)):
-            return None  # no directory of ours: nothing in it is ours to ask
-        try:
-            sock.connect(address)
-        except OSError:
+        if not _connect_first(sock, _platform_sockets.claim_addresses(pidfile, trusted_uids)):
             return None  # nobody claims it: the usual case, one failed connect
         creds = peer_credentials(sock)
         pid = None if creds is None else creds[0]
@@ -183,6 +178,17 @@ def find_claimant(
         return Claimant(pid, _ask_to_put_back(sock))
     finally:
         sock.close()
+
+
+def _connect_first(sock: _socket.socket, addresses: Sequence[str | bytes]) -> bool:
+    """Connect to the first of ``addresses`` that answers; False when none does."""
+    for address in addresses:
+        try:
+            sock.connect(address)
+        except OSError:
+            continue
+        return True
+    return False
 
 
 def _ask_to_put_back(sock: _socket.socket) -> str:

@@ -93,7 +93,7 @@ def find_address(pid: int, pidfile: str, owners: Collection[int]) -> str | None:
     directory one of ``owners`` keeps; never guessed.  None too when we may
     not look at its descriptors (nor, then, signal it).
     """
-    return _platform_sockets.find_control(pid, pidfile, frozenset(owners))
+    return _platform_sockets.find_control(pid, pidfile, owners)
 
 
 class ImpostorError(PermissionError):

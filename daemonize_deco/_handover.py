@@ -160,8 +160,8 @@ def _quiet_when_asked(pidfile: PidFile) -> str | None:
     import _thread  # noqa: PLC0415
 
     name = f"{_QUIESCE_PREFIX}{os.urandom(8).hex()}"
-    address = _platform_sockets.quiet_address(pidfile.path, name)
     try:
+        address = _platform_sockets.quiet_address(pidfile.path, name)
         server = stream_socket()
         try:
             _platform_sockets.bind(server, address)
@@ -350,7 +350,7 @@ def take_over(pidfile: PidFile, pid: int, timeout: float) -> Handover:
         handover.close()
         raise StartupError(f"what answers for {pidfile.path} passed another file")
     if handover.quiet is not None:
-        handover.quiet = _platform_sockets.quiet_address(pidfile.path, handover.quiet)
+        handover.quiet = _platform_sockets.find_quiet(pidfile.path, handover.quiet, pidfile.owners)
     return handover
 
 
@@ -372,10 +372,7 @@ def _connect_to_holder(pidfile: PidFile, pid: int, timeout: float) -> _socket.so
             raise DetachError(f"cannot ask pid {pid} for its sockets: {exc.strerror}") from exc
         try:
             sock.settimeout(timeout)
-            address = _claim.claim_address(pidfile.path)
-            if not _platform_sockets.may_trust(address, frozenset(pidfile.owners)):
-                raise PermissionError(errno.EACCES, "its socket directory is not the service's")
-            sock.connect(address)
+            _connect_to_claim(sock, pidfile)
             creds = peer_credentials(sock)
         except BlockingIOError as exc:  # its backlog is full: not accepting (yet)
             sock.close()
@@ -406,6 +403,20 @@ def _connect_to_holder(pidfile: PidFile, pid: int, timeout: float) -> _socket.so
         # waits in the backlog until it does: space them out.
         time.sleep(pause)
         pause = min(pause * 2, _SETTLE_POLL_LIMIT)
+
+
+def _connect_to_claim(sock: _socket.socket, pidfile: PidFile) -> None:
+    """Connect to the claim on ``pidfile``: OSError (as connect's) when nobody answers."""
+    addresses = _platform_sockets.claim_addresses(pidfile.path, pidfile.owners)
+    if not addresses:
+        raise FileNotFoundError(errno.ENOENT, "no socket directory of the service's")
+    for address in addresses[:-1]:
+        try:
+            sock.connect(address)
+        except (ConnectionRefusedError, FileNotFoundError):
+            continue
+        return
+    sock.connect(addresses[-1])
 
 
 def _same_file(fd: int, path: str) -> bool:

@@ -44,16 +44,22 @@ import sys
 
 from . import _platform, _proc
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
 __all__ = [
+    "PlantedError",
     "bind",
     "claim_address",
+    "claim_addresses",
     "control_address",
     "datagram_address",
-    "directory",
+    "directories",
     "find_control",
+    "find_quiet",
     "fnv1a",
     "is_file",
-    "may_trust",
     "peer_credentials",
     "prepare_directory",
     "quiet_address",
@@ -91,18 +97,61 @@ def _abstract() -> bool:
     return _platform.has_abstract_sockets()
 
 
-def directory(pidfile: str) -> str:
-    """The private directory of ``pidfile``'s socket files (where there are no abstract names)."""
+def directories(pidfile: str) -> list[str]:
+    """Where ``pidfile``'s socket files may be, in order (where there are no abstract names).
+
+    ``PIDFILE.sockets`` when its paths fit in ``sun_path``; then the short
+    ``/tmp/daemonize_deco-DIGEST``, for a deep pidfile or a service whose
+    ``user=`` cannot reach the pidfile's directory.
+    """
+    short = f"{_SHORT_DIRECTORY}{fnv1a(os.fsencode(pidfile)):016x}"
     beside = pidfile + _SUFFIX
     if len(os.fsencode(beside)) + 1 + _LONGEST_NAME <= SUN_PATH_LIMIT:
-        return beside
-    return f"{_SHORT_DIRECTORY}{fnv1a(os.fsencode(pidfile)):016x}"
+        return [beside, short]
+    return [short]
+
+
+class _Chosen:
+    """The directory this process's sockets are in, by pidfile (the same for all of them)."""
+
+    folders: dict[str, str] = {}  # noqa: RUF012 -- one per process, by design
+
+
+class PlantedError(PermissionError):
+    """The socket directory is another user's, or not a directory: never used, never replaced."""
+
+
+def _service_directory(pidfile: str) -> str:
+    """The first of :func:`directories` this process may own (made if need be).
+
+    PlantedError when the first one it can reach is not to be trusted;
+    the last OSError when it can reach none.
+    """
+    chosen = _Chosen.folders.get(pidfile)
+    if chosen is not None:
+        return chosen
+    error: OSError = PermissionError(errno.EACCES, "no directory for its sockets")
+    for folder in directories(pidfile):
+        try:
+            _own_directory(folder)
+        except PlantedError:
+            raise
+        except OSError as exc:
+            error = exc  # one this user may not reach (user=): the next
+            continue
+        _Chosen.folders[pidfile] = folder
+        return folder
+    raise error
 
 
 def claim_address(pidfile: str) -> str | bytes:
-    """The address claiming ``pidfile`` (an absolute path): an abstract name, or a socket file."""
+    """The address this service claims ``pidfile`` (an absolute path) on.
+
+    An abstract name; or a socket file in the directory of its own it takes
+    (:func:`directories`): OSError when it can have none.
+    """
     if not _abstract():
-        return os.path.join(directory(pidfile), _CLAIM)
+        return os.path.join(_service_directory(pidfile), _CLAIM)
     name = (_CLAIM_PREFIX + pidfile).encode("utf-8", "surrogateescape")
     if len(name) <= _NAME_LIMIT:
         return b"\0" + name
@@ -111,22 +160,52 @@ def claim_address(pidfile: str) -> str | bytes:
     return b"\0" + f"{_CLAIM_PREFIX}{fnv1a(name):016x}".encode() + b":" + tail
 
 
+def claim_addresses(pidfile: str, owners: Collection[int]) -> list[str | bytes]:
+    """Where to ask for the service claiming ``pidfile``: in directories ``owners`` keep."""
+    if _abstract():
+        return [claim_address(pidfile)]
+    return [os.path.join(folder, _CLAIM) for folder in _trusted(pidfile, owners)]
+
+
 def control_address(pidfile: str) -> str:
     """A fresh address for this process's control socket.
 
     An abstract name is random, so no other user can take it first; a file
-    is ``control.PID`` in ``pidfile``'s private directory.
+    is ``control.PID`` in the service's directory (OSError when it has none).
     """
     if _abstract():
         return f"\0{_CONTROL_PREFIX}{os.getpid()}/{os.urandom(16).hex()}"
-    return os.path.join(directory(pidfile), f"{_CONTROL}{os.getpid()}")
+    return os.path.join(_service_directory(pidfile), f"{_CONTROL}{os.getpid()}")
 
 
 def quiet_address(pidfile: str, name: str) -> str:
-    """The address of the quiesce socket called ``name`` (``daemonize_deco/quiesce/HEX``)."""
+    """The address to listen on for a quiesce, called ``name`` (``daemonize_deco/quiesce/HEX``)."""
     if _abstract():
         return "\0" + name
-    return os.path.join(directory(pidfile), _QUIET + name[-16:])
+    return os.path.join(_service_directory(pidfile), _QUIET + name[-16:])
+
+
+def find_quiet(pidfile: str, name: str, owners: Collection[int]) -> str | None:
+    """The address of the quiesce socket ``name`` that the replaced instance listens on."""
+    if _abstract():
+        return "\0" + name
+    return _socket_in(pidfile, _QUIET + name[-16:], owners)
+
+
+def _trusted(pidfile: str, owners: Collection[int]) -> list[str]:
+    return [folder for folder in directories(pidfile) if _is_trusted_directory(folder, owners)]
+
+
+def _socket_in(pidfile: str, name: str, owners: Collection[int]) -> str | None:
+    """The socket file ``name`` in the first directory of ``pidfile`` that ``owners`` keep."""
+    for folder in _trusted(pidfile, owners):
+        path = os.path.join(folder, name)
+        try:
+            if stat.S_ISSOCK(os.stat(path, follow_symlinks=False).st_mode):
+                return path
+        except OSError:
+            continue
+    return None
 
 
 def is_file(address: str | bytes) -> bool:
@@ -134,23 +213,12 @@ def is_file(address: str | bytes) -> bool:
     return address[:1] not in ("\0", b"\0")
 
 
-def may_trust(address: str | bytes, owners: set[int] | frozenset[int]) -> bool:
-    """Whether a socket at ``address`` can only be one of ``owners``' (checked before connecting).
-
-    An abstract name: yes, the peer's credentials say who it is.  A file:
-    when its directory is one of theirs that nobody else may enter.
-    """
-    if not is_file(address):
-        return True
-    return _is_trusted_directory(os.path.dirname(os.fsdecode(address)), owners)
-
-
-def find_control(pid: int, pidfile: str, owners: set[int] | frozenset[int]) -> str | None:
+def find_control(pid: int, pidfile: str, owners: Collection[int]) -> str | None:
     """The address of the control socket ``pid`` listens on; None when it has none.
 
     An abstract name is found among the sockets the process itself holds
     (``/proc``), never guessed; None too when we may not look.  A file is
-    ``control.PID`` in a directory that ``owners`` may trust.
+    ``control.PID`` in a directory that ``owners`` keep.
     """
     if _abstract():
         names = _proc.unix_socket_names(pid)
@@ -158,15 +226,7 @@ def find_control(pid: int, pidfile: str, owners: set[int] | frozenset[int]) -> s
             if name.startswith("@" + _CONTROL_PREFIX):
                 return "\0" + name[1:]
         return None
-    folder = directory(pidfile)
-    path = os.path.join(folder, f"{_CONTROL}{pid}")
-    if not _is_trusted_directory(folder, owners):
-        return None
-    try:
-        found = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return None
-    return path if stat.S_ISSOCK(found.st_mode) else None
+    return _socket_in(pidfile, f"{_CONTROL}{pid}", owners)
 
 
 def datagram_address(text: str) -> str | None:
@@ -231,15 +291,18 @@ def prepare_directory(pidfile: str, uid: int) -> None:
     """
     if _abstract() or uid == os.geteuid():
         return
-    folder = directory(pidfile)
-    try:
-        os.mkdir(folder, 0o700)
-    except OSError:
-        return  # there already (checked when used) or cannot be: the bind says why
-    try:
-        os.chown(folder, uid, -1, follow_symlinks=False)
-    except OSError:
-        os.rmdir(folder)
+    for folder in directories(pidfile):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            return  # checked when used
+        except OSError:
+            continue  # cannot be made here: the next
+        try:
+            os.chown(folder, uid, -1, follow_symlinks=False)
+        except OSError:
+            os.rmdir(folder)
+        return
 
 
 def _own_directory(folder: str) -> None:
@@ -250,16 +313,16 @@ def _own_directory(folder: str) -> None:
         pass
     found = os.stat(folder, follow_symlinks=False)
     if not stat.S_ISDIR(found.st_mode):
-        raise PermissionError(errno.EACCES, f"{folder} is not a directory", folder)
+        raise PlantedError(errno.EACCES, f"{folder} is not a directory", folder)
     if found.st_uid != os.geteuid():
-        raise PermissionError(
+        raise PlantedError(
             errno.EACCES, f"{folder} belongs to another user (uid {found.st_uid})", folder
         )
     if stat.S_IMODE(found.st_mode) != 0o700:
         os.chmod(folder, 0o700, follow_symlinks=False)  # ours: the umask made it wider or narrower
 
 
-def _is_trusted_directory(folder: str, owners: set[int] | frozenset[int]) -> bool:
+def _is_trusted_directory(folder: str, owners: Collection[int]) -> bool:
     try:
         found = os.stat(folder, follow_symlinks=False)
     except OSError:

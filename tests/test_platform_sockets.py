@@ -22,7 +22,7 @@ from platform_simulation import SIMULATION, VARIABLE, simulated
 from test_kvserver import free_port
 from test_other_users import Shared, shared  # noqa: F401 -- a fixture
 
-from daemonize_deco._platform_sockets import SUN_PATH_LIMIT, directory
+from daemonize_deco._platform_sockets import SUN_PATH_LIMIT, directories
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,7 +63,9 @@ def listening(make_service, **options):
 
 
 def socket_dir(pidfile: Path) -> Path:
-    return Path(directory(str(pidfile)))
+    """The directory of the service's socket files: the first there is (or could be)."""
+    candidates = [Path(folder) for folder in directories(str(pidfile))]
+    return next((folder for folder in candidates if os.path.lexists(folder)), candidates[0])
 
 
 def ask_pid(port: int) -> int:
@@ -241,6 +243,26 @@ def test_a_service_that_dropped_privileges_has_its_own_socket_directory(shared):
     assert svc.as_root("stop").returncode == 0
     wait_for(lambda: is_gone(pid), what="the stop")
     assert not any(is_socket(Path(folder, name)) for name in os.listdir(folder))
+
+
+@AS_ROOT
+def test_a_user_that_cannot_reach_the_pidfiles_directory_has_a_short_one(shared):  # noqa: F811
+    svc: Shared = shared(user="nobody", stdout=None)
+    with_socket_files(svc.env)
+    svc.env["PYTHONPATH"] = os.pathsep.join([str(svc.dir), str(svc.dir / "simulated")])
+    _share_simulation(svc.dir / "simulated")
+    svc.pidfile.parent.chmod(0o700)  # root's: nobody may not enter it
+    started = svc.as_root("start")
+    assert started.returncode == 0, started.stderr
+    pid = int(svc.pidfile.read_text())
+    short = Path(directories(str(svc.pidfile))[-1])
+    assert_private(short, uid=_nobody())
+    assert (short / f"control.{pid}").exists()
+    reloaded = svc.as_root("reload")
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert svc.as_root("stop").returncode == 0
+    wait_for(lambda: is_gone(pid), what="the stop")
+    assert not short.exists()
 
 
 def _share_simulation(folder: Path) -> None:
