@@ -116,11 +116,15 @@ def answer_claimants(server: ControlServer, answers: Mapping[str, Answer]) -> No
 
 
 class Claimant:
-    """The process holding the claim on a pidfile, and what it said when asked to put it back."""
+    """The process holding the claim on a pidfile, and what it said when asked to put it back.
+
+    Its pid is None when it was only found (not asked) where the system
+    does not say who is at the other end of a socket.
+    """
 
     __slots__ = ("answer", "pid")
 
-    def __init__(self, pid: int, answer: str) -> None:
+    def __init__(self, pid: int | None, answer: str) -> None:
         self.pid = pid
         self.answer = answer
 
@@ -170,7 +174,9 @@ def find_claimant(
         if creds is None or pid is None:
             # Who answers is not told; the socket's directory says it is a
             # trusted user's.  Its pid is what it puts in its pidfile.
-            return _put_back_unseen(sock, pidfile, trusted_uids) if put_back else None
+            return (
+                _put_back_unseen(sock, pidfile, trusted_uids) if put_back else Claimant(None, "ok")
+            )
         if creds[1] not in trusted_uids or not has_open(pid, pidfile):
             return None  # not a service of ours (or another user's, which we could not stop)
         if not put_back:
