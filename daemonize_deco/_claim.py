@@ -9,9 +9,9 @@ lets one socket have a name, and the name goes with the process (even on
 SIGKILL), with nothing on disk to delete.
 
 Where there are no abstract names, the claim is the socket file ``claim`` in
-the service's private directory (``_platform_sockets``): a deleted pidfile
-is then recovered only where the system names the peer's pid and ``/proc``
-shows its descriptors (Linux).
+the service's private directory (``_platform_sockets``), which no other user
+can enter: what answers there is the service, and where the system does not
+name the peer, its pid is the one it writes in the pidfile it puts back.
 
 A command that finds no running service by the pidfile connects to that
 name; ``SO_PEERCRED`` gives the pid of the process that listens, which is

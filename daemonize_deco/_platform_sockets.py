@@ -7,31 +7,35 @@ take, and the commands need to know who answers on it.
 - Where abstract socket names exist (Linux), they are used, as always: a
   name with no file, gone with the socket even after SIGKILL, and
   ``SO_PEERCRED`` names the pid and uid of whoever is at the other end.
-- Elsewhere (macOS, FreeBSD) they are socket files in a private directory
-  beside the pidfile, ``PIDFILE.sockets``: mode 0700 and owned by the
-  service's user.  That directory is what keeps other users out: nobody
-  else may reach a socket in it (connect needs search permission on the
-  directory), nor put one there.  The service makes it (before it drops
-  privileges, for ``user=``) and uses it only when it is a real directory,
-  not a symlink, of its own user, with no access for anyone else; one that
-  another user planted is refused, with the reason.  A command believes a
-  socket in it only when the directory belongs to a user it trusts (root,
-  itself, the service's ``user=``) and no one else may enter it.
+- Elsewhere (macOS, FreeBSD) they are socket files (``claim``,
+  ``control.PID``, ``quiet.HEX``) in a private directory beside the
+  pidfile, ``PIDFILE.sockets``: mode 0700 and owned by the service's user.
+  That directory is what keeps other users out: nobody else may reach a
+  socket in it (connect needs search permission on the directory), nor put
+  one there.  The service makes it (root makes it for ``user=`` before
+  dropping privileges) and uses it only when it is a real directory, not a
+  symlink, of its own user; one that another user planted is refused with
+  the reason (:class:`PlantedError`), never fallen back from.  A command
+  believes a socket in it only when the directory belongs to a user it
+  trusts (root, itself, the service's ``user=``, the owner of the
+  pidfile's directory) and nobody else may enter it.
 - Peer credentials there: ``LOCAL_PEERCRED`` (a ``struct xucred``) gives
   the peer's uid, and its pid on FreeBSD 13 and later; ``LOCAL_PEERPID``
   gives the pid on macOS.  Neither can be tried on Linux, so that code is
-  kept small; where the system says nothing (as under the simulated
-  platforms), :func:`peer_credentials` is None, and the directory's owner
-  and mode are the whole check.  A pid check ("is it the pid the pidfile
-  names?") then rests on the name: ``control.PID`` in the directory.
+  kept small (untested here); where the system says nothing (as under the
+  simulated platforms), :func:`peer_credentials` is None and the
+  directory's owner and mode are the whole check: a pid check ("is it the
+  pid the pidfile names?") then rests on the file's name, ``control.PID``.
 - A socket file whose socket is gone (SIGKILL) is found by a connect probe
   (ECONNREFUSED) and replaced; each is removed when its last holder closes
-  it, and the directory with the last of them.
-- Every path stays within macOS's 104-byte ``sun_path``: when
-  ``PIDFILE.sockets`` is too long for that, the directory is
-  ``/tmp/daemonize_deco-DIGEST`` instead, DIGEST a hash of the pidfile's
-  path (not of the user: a command run as root must find the directory of
-  a service running as another user).
+  it, and the directory, with what killed instances left in it, when the
+  claim goes (the service's stop).
+- Every path stays within macOS's 104-byte ``sun_path`` (103 bytes and the
+  NUL, everywhere): when ``PIDFILE.sockets`` is too deep for that, or the
+  service's user cannot reach the pidfile's directory (root's, 0700), the
+  directory is ``/tmp/daemonize_deco-DIGEST`` instead, DIGEST a hash of the
+  pidfile's path (not of the user: root's commands must find the directory
+  of a service running as another user).  Commands look in both, in order.
 """
 
 from __future__ import annotations

@@ -170,15 +170,21 @@ print("planted", flush=True)
     lost="the start: refused with the reason, nothing runs; no socket of the service is "
     "ever put in another user's directory",
 )
-@pytest.mark.parametrize("plant", ["directory", "symlink"])
+@pytest.mark.parametrize("plant", ["directory", "symlink", "the short directory"])
 def test_a_socket_directory_another_user_planted_is_refused(
     make_service, sticky_dir, as_nobody, plant
 ):
-    svc = service(make_service, pidfile=str(sticky_dir / "svc.pid"))
+    pidfile = sticky_dir / "svc.pid"
+    if plant == "the short directory":  # a pidfile too deep for PIDFILE.sockets
+        pidfile = sticky_dir / ("d" * 80) / "svc.pid"
+        pidfile.parent.mkdir(mode=0o755)
+    svc = service(make_service, pidfile=str(pidfile))
     folder = socket_dir(svc.pidfile)
-    code = PLANT_DIRECTORY if plant == "directory" else PLANT_LINK
+    code = PLANT_LINK if plant == "symlink" else PLANT_DIRECTORY
     planter = as_nobody(code, str(folder), str(sticky_dir / "elsewhere"))
     assert planter.stdout.readline() == "planted\n"
+    if not folder.is_relative_to(sticky_dir):
+        atexit_rmdir(folder)
     result = svc.cli("start")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -187,6 +193,13 @@ def test_a_socket_directory_another_user_planted_is_refused(
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert svc.daemons() == []
     assert not any(is_socket(Path(folder, name)) for name in os.listdir(folder))
+
+
+def atexit_rmdir(folder: Path) -> None:
+    """Remove another user's empty directory planted outside the test's own (root may)."""
+    import atexit  # noqa: PLC0415
+
+    atexit.register(lambda: folder.rmdir() if folder.is_dir() else None)
 
 
 SQUATTER = """
