@@ -155,8 +155,11 @@ def find_claimant(
 
     Verified: it runs as one of ``trusted_uids`` (root, the asker, the
     service's ``user=``: a pidfile is world-readable, so another user could
-    hold it open and squat the name) and has the pidfile open.  With
-    ``put_back=False`` it is only found (its answer is then "ok").
+    hold it open and squat the name) and has the pidfile open.  A socket
+    file is in a directory of theirs that nobody else may enter
+    (``_platform_sockets``): its pid is the one it writes in the pidfile it
+    puts back.  With ``put_back=False`` it is only found (its answer is then
+    "ok", its pid None when the socket is a file).
     """
     try:
         sock = stream_socket()
@@ -167,18 +170,20 @@ def find_claimant(
         ) from exc
     try:
         sock.settimeout(timeout)
-        if not _connect_first(sock, _platform_sockets.claim_addresses(pidfile, trusted_uids)):
+        address = _connect_first(sock, _platform_sockets.claim_addresses(pidfile, trusted_uids))
+        if address is None:
             return None  # nobody claims it: the usual case, one failed connect
-        creds = peer_credentials(sock)
+        creds = peer_credentials(sock, address)
         pid = None if creds is None else creds[0]
+        if creds is not None and creds[1] not in trusted_uids:
+            return None  # another user's (which we could not stop)
         if creds is None or pid is None:
-            # Who answers is not told; the socket's directory says it is a
-            # trusted user's.  Its pid is what it puts in its pidfile.
+            # A socket file: its directory says it is a trusted user's.
             return (
                 _put_back_unseen(sock, pidfile, trusted_uids) if put_back else Claimant(None, "ok")
             )
-        if creds[1] not in trusted_uids or not has_open(pid, pidfile):
-            return None  # not a service of ours (or another user's, which we could not stop)
+        if not has_open(pid, pidfile):
+            return None  # not a service of ours
         if not put_back:
             return Claimant(pid, "ok")
         return Claimant(pid, _ask_to_put_back(sock))
@@ -186,15 +191,15 @@ def find_claimant(
         sock.close()
 
 
-def _connect_first(sock: _socket.socket, addresses: Sequence[str | bytes]) -> bool:
-    """Connect to the first of ``addresses`` that answers; False when none does."""
+def _connect_first(sock: _socket.socket, addresses: Sequence[str | bytes]) -> str | bytes | None:
+    """Connect to the first of ``addresses`` that answers; which, or None when none does."""
     for address in addresses:
         try:
             sock.connect(address)
         except OSError:
             continue
-        return True
-    return False
+        return address
+    return None
 
 
 def _ask_to_put_back(sock: _socket.socket) -> str:

@@ -100,19 +100,22 @@ class ImpostorError(PermissionError):
     """Another process than the daemon answers on its control socket."""
 
 
-def peer_pid(sock: _socket.socket) -> int | None:
+def peer_pid(sock: _socket.socket, address: str | bytes | None = None) -> int | None:
     """The pid of the process at the other end of a connected Unix socket; None if unknown."""
-    creds = peer_credentials(sock)
+    creds = peer_credentials(sock, address)
     return None if creds is None else creds[0]
 
 
-def peer_credentials(sock: _socket.socket) -> tuple[int | None, int] | None:
+def peer_credentials(
+    sock: _socket.socket, address: str | bytes | None = None
+) -> tuple[int | None, int] | None:
     """The pid (None if unknown) and uid at the other end of a Unix socket; None if unknown.
 
-    Unknown where the system does not tell (``_platform_sockets``): the
-    socket's private directory then kept everyone else out.
+    Unknown where the system does not tell, or (the pid) for a socket file
+    (``_platform_sockets``): the socket's private directory then kept
+    everyone else out.
     """
-    return _platform_sockets.peer_credentials(sock)
+    return _platform_sockets.peer_credentials(sock, address)
 
 
 def stream_socket(fileno: int | None = None) -> _socket.socket:
@@ -310,7 +313,7 @@ def _queue(sock: _socket.socket, address: str, pid: int, request: str, timeout: 
         sock.connect(address)
     except (ConnectionRefusedError, FileNotFoundError, PermissionError):
         return False  # gone, or in a directory that is not ours to enter
-    answering = peer_pid(sock)  # None: the file's name says the pid
+    answering = peer_pid(sock, address)  # None: the file's name says the pid
     if answering is not None and answering != pid:
         raise ImpostorError(f"pid {answering} answers on the control socket of pid {pid}")
     sock.sendall(request.encode("ascii") + b"\n")

@@ -298,7 +298,7 @@ class Handover:
         try:
             sock.settimeout(_QUIESCE_LIMIT + 1)
             sock.connect(self.quiet)
-            creds = peer_credentials(sock)  # None: a file in the service's own directory
+            creds = peer_credentials(sock, self.quiet)  # a file: in the service's own directory
             if creds is not None and creds[0] not in (None, self.pid):
                 return  # not the instance we replace: tell it nothing
             sock.sendall(b"quiesce\n")
@@ -372,8 +372,8 @@ def _connect_to_holder(pidfile: PidFile, pid: int, timeout: float) -> _socket.so
             raise DetachError(f"cannot ask pid {pid} for its sockets: {exc.strerror}") from exc
         try:
             sock.settimeout(timeout)
-            _connect_to_claim(sock, pidfile)
-            creds = peer_credentials(sock)
+            address = _connect_to_claim(sock, pidfile)
+            creds = peer_credentials(sock, address)
         except BlockingIOError as exc:  # its backlog is full: not accepting (yet)
             sock.close()
             doubt = f"pid {pid} does not answer on its claim socket: {exc}"
@@ -405,8 +405,8 @@ def _connect_to_holder(pidfile: PidFile, pid: int, timeout: float) -> _socket.so
         pause = min(pause * 2, _SETTLE_POLL_LIMIT)
 
 
-def _connect_to_claim(sock: _socket.socket, pidfile: PidFile) -> None:
-    """Connect to the claim on ``pidfile``: OSError (as connect's) when nobody answers."""
+def _connect_to_claim(sock: _socket.socket, pidfile: PidFile) -> str | bytes:
+    """Connect to the claim on ``pidfile``; its address.  OSError (connect's) when none answers."""
     addresses = _platform_sockets.claim_addresses(pidfile.path, pidfile.owners)
     if not addresses:
         raise FileNotFoundError(errno.ENOENT, "no socket directory of the service's")
@@ -415,8 +415,9 @@ def _connect_to_claim(sock: _socket.socket, pidfile: PidFile) -> None:
             sock.connect(address)
         except (ConnectionRefusedError, FileNotFoundError):
             continue
-        return
+        return address
     sock.connect(addresses[-1])
+    return addresses[-1]
 
 
 def _same_file(fd: int, path: str) -> bool:

@@ -240,11 +240,16 @@ def datagram_address(text: str) -> str | None:
     return text if text.startswith("/") else None
 
 
-def peer_credentials(sock: _socket.socket) -> tuple[int | None, int] | None:
+def peer_credentials(
+    sock: _socket.socket, address: str | bytes | None = None
+) -> tuple[int | None, int] | None:
     """The pid (None when unknown) and uid of the process at the other end of a Unix socket.
 
     None when the system does not say: then only the socket's directory
-    tells who may be there (see the module's docstring).
+    tells who may be there (see the module's docstring).  Connected to the
+    socket file ``address``, the pid is not asked: the file's name and
+    directory say whose it is, and which pid macOS reports for a listening
+    socket passed on (``_handover``) cannot be checked here.
     """
     if _platform.HAS_PEERCRED:
         creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED_SIZE)
@@ -252,6 +257,12 @@ def peer_credentials(sock: _socket.socket) -> tuple[int | None, int] | None:
     option = getattr(_socket, "LOCAL_PEERCRED", None)
     if option is None:
         return None
+    pid, uid = _local_peer(sock, option)
+    return (None if address is not None and is_file(address) else pid), uid
+
+
+def _local_peer(sock: _socket.socket, option: int) -> tuple[int | None, int]:
+    """The pid and uid in ``LOCAL_PEERCRED`` (and ``LOCAL_PEERPID``): macOS, FreeBSD."""
     # struct xucred: u_int cr_version; uid_t cr_uid; short cr_ngroups; gid_t cr_groups[16]; ...
     xucred = sock.getsockopt(_SOL_LOCAL, option, _XUCRED_SIZE)
     uid = int.from_bytes(xucred[4:8], sys.byteorder)
@@ -263,7 +274,7 @@ def peer_credentials(sock: _socket.socket) -> tuple[int | None, int] | None:
             pid = int.from_bytes(sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERPID, 4), sys.byteorder)
         except OSError:
             pid = None
-    return (pid or None), uid
+    return pid or None, uid
 
 
 def receive_descriptors(
