@@ -162,6 +162,7 @@ def find_claimant(
     "ok", its pid None when the socket is a file).
     """
     try:
+        addresses = _platform_sockets.claim_addresses(pidfile, trusted_uids)
         sock = stream_socket()
     except OSError as exc:  # no descriptor left (ulimit -n): the question has no answer
         raise PidFileError(
@@ -170,7 +171,7 @@ def find_claimant(
         ) from exc
     try:
         sock.settimeout(timeout)
-        address = _connect_first(sock, _platform_sockets.claim_addresses(pidfile, trusted_uids))
+        address = _connect_first(sock, addresses)
         if address is None:
             return None  # nobody claims it: the usual case, one failed connect
         creds = peer_credentials(sock, address)

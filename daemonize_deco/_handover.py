@@ -367,12 +367,13 @@ def _connect_to_holder(pidfile: PidFile, pid: int, timeout: float) -> _socket.so
     pause = _RETRY_INTERVAL
     while True:
         try:
+            addresses = _platform_sockets.claim_addresses(pidfile.path, pidfile.owners)
             sock = stream_socket()
         except OSError as exc:
             raise DetachError(f"cannot ask pid {pid} for its sockets: {exc.strerror}") from exc
         try:
             sock.settimeout(timeout)
-            address = _connect_to_claim(sock, pidfile)
+            address = _connect_to_claim(sock, addresses)
             creds = peer_credentials(sock, address)
         except BlockingIOError as exc:  # its backlog is full: not accepting (yet)
             sock.close()
@@ -405,9 +406,11 @@ def _connect_to_holder(pidfile: PidFile, pid: int, timeout: float) -> _socket.so
         pause = min(pause * 2, _SETTLE_POLL_LIMIT)
 
 
-def _connect_to_claim(sock: _socket.socket, pidfile: PidFile) -> str | bytes:
-    """Connect to the claim on ``pidfile``; its address.  OSError (connect's) when none answers."""
-    addresses = _platform_sockets.claim_addresses(pidfile.path, pidfile.owners)
+def _connect_to_claim(sock: _socket.socket, addresses: Sequence[str | bytes]) -> str | bytes:
+    """Connect to the first of the claim's ``addresses`` that answers; which.
+
+    OSError (connect's) when none does.
+    """
     if not addresses:
         raise FileNotFoundError(errno.ENOENT, "no socket directory of the service's")
     for address in addresses[:-1]:

@@ -98,6 +98,7 @@ def fnv1a(data: bytes) -> int:
 
 
 def _abstract() -> bool:
+    """Whether to use abstract names; OSError when there is no descriptor left to find out with."""
     return _platform.has_abstract_sockets()
 
 
@@ -191,7 +192,11 @@ def quiet_address(pidfile: str, name: str) -> str:
 
 def find_quiet(pidfile: str, name: str, owners: Collection[int]) -> str | None:
     """The address of the quiesce socket ``name`` that the replaced instance listens on."""
-    if _abstract():
+    try:
+        abstract = _abstract()
+    except OSError:
+        return None  # no descriptor left: it is stopped without the quiesce
+    if abstract:
         return "\0" + name
     return _socket_in(pidfile, _QUIET + name[-16:], owners)
 
@@ -224,7 +229,11 @@ def find_control(pid: int, pidfile: str, owners: Collection[int]) -> str | None:
     (``/proc``), never guessed; None too when we may not look.  A file is
     ``control.PID`` in a directory that ``owners`` keep.
     """
-    if _abstract():
+    try:
+        abstract = _abstract()
+    except OSError:
+        return None  # no descriptor left to look with (nor, then, to connect)
+    if abstract:
         names = _proc.unix_socket_names(pid)
         for name in names or ():
             if name.startswith("@" + _CONTROL_PREFIX):
@@ -304,8 +313,11 @@ def prepare_directory(pidfile: str, uid: int) -> None:
     Nothing where abstract names are used; errors are left to the bind that
     follows, which says them.
     """
-    if _abstract() or uid == os.geteuid():
-        return
+    try:
+        if uid == os.geteuid() or _abstract():
+            return
+    except OSError:
+        return  # no descriptor left: the bind that follows says so
     for folder in directories(pidfile):
         try:
             os.mkdir(folder, 0o700)
