@@ -387,7 +387,10 @@ def bind(sock: _socket.socket, address: str | bytes) -> None:
 
 
 def _is_stale(path: str) -> bool:
-    """Whether nothing listens on the socket file ``path`` (its process was killed)."""
+    """Whether nothing listens on the socket file ``path`` (its process was killed).
+
+    OSError when no socket can be had to probe with.
+    """
     try:
         if not stat.S_ISSOCK(os.stat(path, follow_symlinks=False).st_mode):
             return False  # not a socket: not ours to remove
@@ -417,8 +420,11 @@ def remove_unused(address: str | bytes | None) -> None:
     if address is None or not is_file(address):
         return
     path = os.fsdecode(address)
-    if not _is_stale(path):
-        return
+    try:
+        if not _is_stale(path):
+            return
+    except OSError:
+        return  # no descriptor left to probe with: left, and replaced at the next start
     folder = os.path.dirname(path)
     try:
         os.unlink(path)
@@ -440,8 +446,8 @@ def _sweep(folder: str) -> None:
         return
     for name in names:
         path = os.path.join(folder, name)
-        if _is_stale(path):
-            try:
+        try:
+            if _is_stale(path):
                 os.unlink(path)
-            except OSError:
-                pass
+        except OSError:
+            pass  # gone already, or no descriptor left to probe with
