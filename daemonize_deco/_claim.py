@@ -8,6 +8,11 @@ the abstract namespace named after the pidfile's absolute path: the kernel
 lets one socket have a name, and the name goes with the process (even on
 SIGKILL), with nothing on disk to delete.
 
+Where there are no abstract names, the claim is the socket file ``claim`` in
+the service's private directory (``_platform_sockets``), which no other user
+can enter: what answers there is the service, and where the system does not
+name the peer, its pid is the one it writes in the pidfile it puts back.
+
 A command that finds no running service by the pidfile connects to that
 name; ``SO_PEERCRED`` gives the pid of the process that listens, which is
 trusted only if that process runs as root, as the asking user or as the
@@ -22,12 +27,14 @@ from __future__ import annotations
 import errno
 import os
 
+from . import _platform_sockets
 from ._control import ControlServer, peer_credentials, read_line, reply, stream_socket
 from ._errors import DetachError, PidFileError
 from ._proc import fd_targets, holds_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import _socket
     from collections.abc import Callable, Collection, Mapping, Sequence
 
     # A request's answer: its line, and descriptors sent with it.
@@ -46,29 +53,14 @@ __all__ = [
     "listen_for_claimants",
 ]
 
-_PREFIX = "daemonize_deco-claim:"
-_NAME_LIMIT = 107  # sun_path is 108 bytes, the first of them the abstract namespace's NUL
 PUT_BACK = "pidfile"
-_FNV_OFFSET = 0xCBF29CE484222325
-_FNV_PRIME = 0x100000001B3
+_PID_READ_LIMIT = 64
+fnv1a = _platform_sockets.fnv1a
 
 
-def fnv1a(data: bytes) -> int:
-    """A 64-bit digest without importing hashlib (milliseconds before every daemon is ready)."""
-    digest = _FNV_OFFSET
-    for byte in data:
-        digest = ((digest ^ byte) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
-    return digest
-
-
-def claim_address(pidfile: str) -> bytes:
-    """The abstract socket name claiming ``pidfile`` (an absolute path)."""
-    name = (_PREFIX + pidfile).encode("utf-8", "surrogateescape")
-    if len(name) <= _NAME_LIMIT:
-        return b"\0" + name
-    # Too long: the end of the path (where names differ) and a digest of all of it.
-    tail = name[-(_NAME_LIMIT - len(_PREFIX) - 18) :]
-    return b"\0" + f"{_PREFIX}{fnv1a(name):016x}".encode() + b":" + tail
+def claim_address(pidfile: str) -> str | bytes:
+    """The address this service claims ``pidfile`` (an absolute path) on: abstract, or a file."""
+    return _platform_sockets.claim_address(pidfile)
 
 
 class _Inherited:
@@ -107,8 +99,9 @@ def listen_for_claimants(pidfile: str) -> ControlServer | None:
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             return None
-        # No descriptor left (ulimit -n): a service that cannot claim its path
-        # could be started twice once its pidfile is deleted.
+        # No descriptor left (ulimit -n), a socket directory another user planted:
+        # a service that cannot claim its path could be started twice once its
+        # pidfile is deleted.
         raise DetachError(f"cannot claim {pidfile}: {exc.strerror}", path=pidfile) from exc
 
 
@@ -123,11 +116,15 @@ def answer_claimants(server: ControlServer, answers: Mapping[str, Answer]) -> No
 
 
 class Claimant:
-    """The process holding the claim on a pidfile, and what it said when asked to put it back."""
+    """The process holding the claim on a pidfile, and what it said when asked to put it back.
+
+    Its pid is None when it was only found (not asked) where the system
+    does not say who is at the other end of a socket.
+    """
 
     __slots__ = ("answer", "pid")
 
-    def __init__(self, pid: int, answer: str) -> None:
+    def __init__(self, pid: int | None, answer: str) -> None:
         self.pid = pid
         self.answer = answer
 
@@ -158,10 +155,14 @@ def find_claimant(
 
     Verified: it runs as one of ``trusted_uids`` (root, the asker, the
     service's ``user=``: a pidfile is world-readable, so another user could
-    hold it open and squat the name) and has the pidfile open.  With
-    ``put_back=False`` it is only found (its answer is then "ok").
+    hold it open and squat the name) and has the pidfile open.  A socket
+    file is in a directory of theirs that nobody else may enter
+    (``_platform_sockets``): its pid is the one it writes in the pidfile it
+    puts back.  With ``put_back=False`` it is only found (its answer is then
+    "ok", its pid None when the socket is a file).
     """
     try:
+        addresses = _platform_sockets.claim_addresses(pidfile, trusted_uids)
         sock = stream_socket()
     except OSError as exc:  # no descriptor left (ulimit -n): the question has no answer
         raise PidFileError(
@@ -170,20 +171,57 @@ def find_claimant(
         ) from exc
     try:
         sock.settimeout(timeout)
-        try:
-            sock.connect(claim_address(pidfile))
-        except OSError:
+        address = _connect_first(sock, addresses)
+        if address is None:
             return None  # nobody claims it: the usual case, one failed connect
-        pid, uid = peer_credentials(sock)
-        if uid not in trusted_uids or not has_open(pid, pidfile):
-            return None  # not a service of ours (or another user's, which we could not stop)
+        creds = peer_credentials(sock, address)
+        pid = None if creds is None else creds[0]
+        if creds is not None and creds[1] not in trusted_uids:
+            return None  # another user's (which we could not stop)
+        if creds is None or pid is None:
+            # A socket file: its directory says it is a trusted user's.
+            return (
+                _put_back_unseen(sock, pidfile, trusted_uids) if put_back else Claimant(None, "ok")
+            )
+        if not has_open(pid, pidfile):
+            return None  # not a service of ours
         if not put_back:
             return Claimant(pid, "ok")
-        try:
-            sock.sendall(PUT_BACK.encode("ascii") + b"\n")
-            answer = read_line(sock).decode("utf-8", "replace").strip()
-        except OSError as exc:
-            answer = f"error no answer: {exc}"
-        return Claimant(pid, answer or "error no answer")
+        return Claimant(pid, _ask_to_put_back(sock))
     finally:
         sock.close()
+
+
+def _connect_first(sock: _socket.socket, addresses: Sequence[str | bytes]) -> str | bytes | None:
+    """Connect to the first of ``addresses`` that answers; which, or None when none does."""
+    for address in addresses:
+        try:
+            sock.connect(address)
+        except OSError:
+            continue
+        return address
+    return None
+
+
+def _ask_to_put_back(sock: _socket.socket) -> str:
+    try:
+        sock.sendall(PUT_BACK.encode("ascii") + b"\n")
+        answer = read_line(sock).decode("utf-8", "replace").strip()
+    except OSError as exc:
+        answer = f"error no answer: {exc}"
+    return answer or "error no answer"
+
+
+def _put_back_unseen(
+    sock: _socket.socket, pidfile: str, trusted_uids: Collection[int]
+) -> Claimant | None:
+    """The claimant whose pid the system does not tell: the pid it puts in its pidfile."""
+    answer = _ask_to_put_back(sock)
+    if not answer.startswith("ok"):
+        return None
+    from ._beside import read  # noqa: PLC0415 -- loaded by the pidfile already
+    from ._pidfile import parse_pid  # noqa: PLC0415
+
+    content = read(pidfile, _PID_READ_LIMIT, trusted_uids)
+    pid = None if content is None else parse_pid(content)
+    return None if pid is None else Claimant(pid, answer)

@@ -373,7 +373,8 @@ def reload(service: Service) -> int:
         raise NotRunningError("is not running", path=pidfile.path)
     pid, timeout = process.pid, service.config.start_timeout
     try:
-        answer = ask(pid, "reload", timeout, lambda: _send_sighup(process))
+        where = (pidfile.path, pidfile.owners)
+        answer = ask(pid, "reload", timeout, lambda: _send_sighup(process), where)
         if answer is None:
             _send_sighup(process)
             say(f"{service.name}: sent SIGHUP to pid {pid} (no acknowledgement channel)")

@@ -1,12 +1,15 @@
 """The control socket: how ``reload`` hears back that the daemon has reloaded.
 
-A signal carries no answer, so ``reload`` connects to a Unix stream socket in
-the abstract namespace (nothing on disk to leave behind, even after
-SIGKILL).  Its name is random, so no other user can take it first; the
-command finds it from the pid it verified through the pidfile, by looking
-at that process's own descriptors (``/proc/PID/fd``) in ``/proc/net/unix``,
-and checks with ``SO_PEERCRED`` that the process answering is that pid.
-Only root and the daemon's own user may ask (also ``SO_PEERCRED``).
+A signal carries no answer, so ``reload`` connects to a Unix stream socket
+that only the daemon listens on.  On Linux it has a random abstract name
+(nothing on disk to leave behind, even after SIGKILL), so no other user can
+take it first; the command finds it from the pid it verified through the
+pidfile, by looking at that process's own descriptors (``/proc``), and
+checks with ``SO_PEERCRED`` that the process answering is that pid.
+Elsewhere it is the file ``control.PID`` in the service's private socket
+directory, where only the service's user can reach or put a socket
+(``_platform_sockets``).  Only root and the daemon's own user may ask: the
+peer's uid where the system tells it, the directory's mode everywhere.
 
 One request a connection: a line ``reload``; one reply line, ``ok`` or
 ``error <reason>``.  The request is *triggered* by the SIGHUP the client
@@ -25,11 +28,11 @@ import os
 import sys
 import time
 
-from ._proc import fd_targets
+from . import _platform_sockets
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Collection, Sequence
 
 __all__ = [
     "ControlServer",
@@ -45,10 +48,8 @@ __all__ = [
     "stream_socket",
 ]
 
-_PEERCRED_SIZE = 12  # struct ucred: pid, uid, gid as C ints
 _CLIENT_TIMEOUT = 1.0
 _LINE_LIMIT = 4096
-_PREFIX = "daemonize_deco/"
 _NO_ROOM = (errno.EMFILE, errno.ENFILE)
 _NO_ROOM_PAUSE = 0.05
 
@@ -85,44 +86,47 @@ def release_spare() -> None:
     _Spare.release()
 
 
-def find_address(pid: int) -> str | None:
-    """The name of the control socket ``pid`` listens on; None when it has none.
+def find_address(pid: int, pidfile: str, owners: Collection[int]) -> str | None:
+    """The address of the control socket ``pid`` listens on; None when it has none.
 
-    Found among the sockets the process itself holds, never guessed; None
-    too when we may not look at its descriptors (nor, then, signal it).
+    Found among the sockets the process itself holds, or as its file in a
+    directory one of ``owners`` keeps; never guessed.  None too when we may
+    not look at its descriptors (nor, then, signal it).
     """
-    inodes = {t[len("socket:[") : -1] for t in fd_targets(pid) if t.startswith("socket:[")}
-    if not inodes:
-        return None
-    with open("/proc/net/unix", encoding="ascii", errors="replace") as table:
-        next(table)  # Num RefCount Protocol Flags Type St Inode Path
-        for line in table:
-            fields = line.split()
-            if len(fields) >= 8 and fields[6] in inodes and fields[7].startswith("@" + _PREFIX):
-                return "\0" + fields[7][1:]
-    return None
+    return _platform_sockets.find_control(pid, pidfile, owners)
 
 
 class ImpostorError(PermissionError):
     """Another process than the daemon answers on its control socket."""
 
 
-def peer_pid(sock: _socket.socket) -> int:
-    """The pid of the process at the other end of a connected Unix socket."""
-    return peer_credentials(sock)[0]
+def peer_pid(sock: _socket.socket, address: str | bytes | None = None) -> int | None:
+    """The pid of the process at the other end of a connected Unix socket; None if unknown."""
+    creds = peer_credentials(sock, address)
+    return None if creds is None else creds[0]
 
 
-def peer_credentials(sock: _socket.socket) -> tuple[int, int]:
-    """The pid and uid of the process at the other end of a connected Unix socket."""
-    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED_SIZE)
-    return int.from_bytes(creds[0:4], sys.byteorder), int.from_bytes(creds[4:8], sys.byteorder)
+def peer_credentials(
+    sock: _socket.socket, address: str | bytes | None = None
+) -> tuple[int | None, int] | None:
+    """The pid (None if unknown) and uid at the other end of a Unix socket; None if unknown.
+
+    Unknown where the system does not tell, or (the pid) for a socket file
+    (``_platform_sockets``): the socket's private directory then kept
+    everyone else out.
+    """
+    return _platform_sockets.peer_credentials(sock, address)
 
 
 def stream_socket(fileno: int | None = None) -> _socket.socket:
-    """A close-on-exec Unix stream socket (or one for an accepted ``fileno``)."""
+    """A close-on-exec Unix stream socket (or one for an accepted ``fileno``).
+
+    Python's sockets are never inheritable (PEP 446): atomically where the
+    system has SOCK_CLOEXEC.
+    """
     if fileno is not None:
         return _socket.socket(fileno=fileno)
-    return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
 
 
 def read_line(sock: _socket.socket) -> bytes:
@@ -139,20 +143,21 @@ def read_line(sock: _socket.socket) -> bytes:
 class ControlServer:
     """The daemon's listening socket; :meth:`accept_waiting` takes the queued requests.
 
-    Bound to a random abstract name unless given an ``address``.
+    Bound to ``address`` (``_platform_sockets``: an abstract name, or a
+    socket file removed when it is closed).
     """
 
-    def __init__(self, address: str | bytes | None = None) -> None:
-        if address is None:
-            address = f"\0{_PREFIX}{os.getpid()}/{os.urandom(16).hex()}"
+    def __init__(self, address: str | bytes) -> None:
         self.sock = stream_socket()
         try:
-            self.sock.bind(address)
+            _platform_sockets.bind(self.sock, address)
             self.sock.listen(64)
             self.sock.setblocking(False)
         except OSError:
             self.sock.close()
             raise
+        self._file: str | bytes | None = address if _platform_sockets.is_file(address) else None
+        self._binder = os.getpid()
         _Spare.reserve()
 
     @classmethod
@@ -161,6 +166,9 @@ class ControlServer:
         server = object.__new__(cls)
         server.sock = stream_socket(fd)
         server.sock.setblocking(False)
+        name = server.sock.getsockname()
+        server._file = name if isinstance(name, str) and name.startswith("/") else None
+        server._binder = os.getpid()
         _Spare.reserve()
         return server
 
@@ -202,16 +210,17 @@ class ControlServer:
         return int(self.sock.fileno())
 
     def close(self) -> None:
-        """Stop listening."""
+        """Stop listening; remove the socket's file once no process listens on it."""
         self.sock.close()
+        if self._binder == os.getpid():  # not in a child forked from the service
+            _platform_sockets.remove_unused(self._file)
 
 
 def _checked_request(conn: _socket.socket) -> tuple[_socket.socket, str] | None:
     conn.settimeout(_CLIENT_TIMEOUT)  # a peer that never writes must not block the dispatcher
     try:
-        creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED_SIZE)
-        uid = int.from_bytes(creds[4:8], sys.byteorder)
-        if uid not in (0, os.geteuid()):
+        creds = peer_credentials(conn)  # None: the socket's directory kept others out
+        if creds is not None and creds[1] not in (0, os.geteuid()):
             conn.sendall(b"error permission denied\n")
             conn.close()
             return None
@@ -237,15 +246,23 @@ def reply(conn: _socket.socket, text: str, fds: Sequence[int] = ()) -> None:
         conn.close()
 
 
-def ask(pid: int, request: str, timeout: float, trigger: Callable[[], object]) -> str | None:
+def ask(
+    pid: int,
+    request: str,
+    timeout: float,
+    trigger: Callable[[], object],
+    where: tuple[str, Collection[int]],
+) -> str | None:
     """Queue ``request`` for the daemon ``pid``, call ``trigger()``; return the reply line.
+
+    ``where``: the service's pidfile and the users trusted with it.
 
     ``trigger`` sends the signal that makes the daemon take up its requests.
     Returns None, triggering nothing, when the daemon has no control socket.
     Raises TimeoutError when it does not answer within ``timeout``, and
     :class:`ImpostorError` when another process answers in its name.
     """
-    sock = send_request(pid, request, timeout, trigger)
+    sock = send_request(pid, request, timeout, trigger, where)
     if sock is None:
         return None
     try:
@@ -261,7 +278,11 @@ def ask(pid: int, request: str, timeout: float, trigger: Callable[[], object]) -
 
 
 def send_request(
-    pid: int, request: str, timeout: float, trigger: Callable[[], object]
+    pid: int,
+    request: str,
+    timeout: float,
+    trigger: Callable[[], object],
+    where: tuple[str, Collection[int]],
 ) -> _socket.socket | None:
     """Queue ``request`` for the daemon ``pid``, call ``trigger()``; the socket its reply comes on.
 
@@ -270,7 +291,7 @@ def send_request(
     not block, and a full backlog is a BlockingIOError.  None, triggering
     nothing, when the daemon has no control socket.
     """
-    address = find_address(pid)
+    address = find_address(pid, *where)
     if address is None:
         return None
     sock = stream_socket()
@@ -290,10 +311,10 @@ def _queue(sock: _socket.socket, address: str, pid: int, request: str, timeout: 
     sock.settimeout(timeout)
     try:
         sock.connect(address)
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    answering = peer_pid(sock)
-    if answering != pid:
+    except (ConnectionRefusedError, FileNotFoundError, PermissionError):
+        return False  # gone, or in a directory that is not ours to enter
+    answering = peer_pid(sock, address)  # None: the file's name says the pid
+    if answering is not None and answering != pid:
         raise ImpostorError(f"pid {answering} answers on the control socket of pid {pid}")
     sock.sendall(request.encode("ascii") + b"\n")
     return True

@@ -5,7 +5,9 @@ claim socket (``_claim``: found by the pidfile's path, answered by the
 dispatcher thread or the supervisor, only to root and its own user), for a
 ``handover``.  It first checks who answers: ``SO_PEERCRED`` must name the
 very process that holds the pidfile, as one of the service's users, so a
-squatter on the name is never asked.  The answer carries, as SCM_RIGHTS
+squatter on the name is never asked (where the system names no peer, the
+claim is a file in the service's private directory, which no other user
+can enter: ``_platform_sockets``).  The answer carries, as SCM_RIGHTS
 descriptors:
 
 - the pidfile's locked descriptor: the same open file, so the same
@@ -18,7 +20,7 @@ and not one refused connection) and becomes ready; only then is its pid
 written into the pidfile (over the old one: ``status`` sees one running
 service throughout), its options remembered, and the old instance first
 quiesced, then stopped as ``stop`` would.  The quiesce (``_quiesce``,
-asked on an abstract name the old instance gave with its sockets, answered
+asked on a socket the old instance named with its sockets, answered
 by a thread of its own) makes the old instance stop accepting without
 closing the shared queue, and waits (at most ``_QUIESCE_LIMIT``) until what
 it accepted has been read: a server told to stop drops a connection it has
@@ -43,7 +45,7 @@ import os
 import sys
 import time
 
-from . import _claim, _listeners
+from . import _claim, _listeners, _platform_sockets
 from ._control import peer_credentials, read_line, stream_socket
 from ._errors import DetachError, PidFileError, StartupError
 from ._proc import is_alive
@@ -72,6 +74,7 @@ __all__ = [
 
 REQUEST = "handover"
 _MAX_FDS = 253  # SCM_MAX_FD
+_ANSWER_SIZE = 4096
 _QUIESCE_PREFIX = "daemonize_deco/quiesce/"
 _QUIESCE_LIMIT = 1.0  # at most this long for what the old instance accepted to be read
 _QUIESCE_WAIT = 0.5  # between looks at whether the restart still runs
@@ -149,7 +152,7 @@ class _Offered:
 
 
 def _quiet_when_asked(pidfile: PidFile) -> str | None:
-    """Listen on a fresh abstract name for the restart's ``quiesce``; the name, or None.
+    """Listen on a fresh name for the restart's ``quiesce``; the name, or None.
 
     The restart asks once the new instance is the service, just before it
     stops this one (:meth:`Handover.quiesce_old`).  A thread of its own
@@ -159,20 +162,21 @@ def _quiet_when_asked(pidfile: PidFile) -> str | None:
 
     name = f"{_QUIESCE_PREFIX}{os.urandom(8).hex()}"
     try:
+        address = _platform_sockets.quiet_address(pidfile.path, name)
         server = stream_socket()
         try:
-            server.bind("\0" + name)
+            _platform_sockets.bind(server, address)
             server.listen(1)
         except OSError:
             server.close()
             raise
     except OSError:
         return None  # no descriptor left: the restart stops this instance without it
-    _thread.start_new_thread(_answer_quiesce, (server, pidfile))
+    _thread.start_new_thread(_answer_quiesce, (server, pidfile, address))
     return name
 
 
-def _answer_quiesce(server: _socket.socket, pidfile: PidFile) -> None:
+def _answer_quiesce(server: _socket.socket, pidfile: PidFile, address: str) -> None:
     """Stop accepting when the restart says so (``_quiesce``), then tell it; once."""
     try:
         server.settimeout(_QUIESCE_WAIT)
@@ -194,6 +198,7 @@ def _answer_quiesce(server: _socket.socket, pidfile: PidFile) -> None:
         pass
     finally:
         server.close()
+        _platform_sockets.remove_unused(address)
 
 
 def _owners_connection(server: _socket.socket, pidfile: PidFile) -> _socket.socket | None:
@@ -201,6 +206,7 @@ def _owners_connection(server: _socket.socket, pidfile: PidFile) -> _socket.sock
 
     Any user may connect to an abstract name, and /proc/net/unix shows it:
     a stranger who comes first is hung up on, and the restart still gets through.
+    (A socket file is in a directory no stranger can enter.)
     """
     while True:
         try:
@@ -211,7 +217,8 @@ def _owners_connection(server: _socket.socket, pidfile: PidFile) -> _socket.sock
             continue
         conn = stream_socket(accepted)
         try:
-            if peer_credentials(conn)[1] in pidfile.owners:
+            creds = peer_credentials(conn)
+            if creds is None or creds[1] in pidfile.owners:
                 return conn
         except OSError:
             pass  # gone already
@@ -272,7 +279,7 @@ class Handover:
     def __init__(self, pid: int, fds: Sequence[int], count: int, quiet: str | None) -> None:
         self.pid = pid
         self.pidfile, self.claim, *self.listening = fds
-        self.quiet = quiet
+        self.quiet = quiet  # the quiesce socket's name; its address once :func:`take_over` has it
         if len(self.listening) != count:
             raise ValueError(f"expected {count} listening sockets, got {len(self.listening)}")
 
@@ -291,8 +298,9 @@ class Handover:
             return  # no descriptor left: stopped without it
         try:
             sock.settimeout(_QUIESCE_LIMIT + 1)
-            sock.connect("\0" + self.quiet)
-            if peer_credentials(sock)[0] != self.pid:
+            sock.connect(self.quiet)
+            creds = peer_credentials(sock, self.quiet)  # a file: in the service's own directory
+            if creds is not None and creds[0] not in (None, self.pid):
                 return  # not the instance we replace: tell it nothing
             sock.sendall(b"quiesce\n")
             read_line(sock)
@@ -342,6 +350,8 @@ def take_over(pidfile: PidFile, pid: int, timeout: float) -> Handover:
     if not _same_file(handover.pidfile, pidfile.path):
         handover.close()
         raise StartupError(f"what answers for {pidfile.path} passed another file")
+    if handover.quiet is not None:
+        handover.quiet = _platform_sockets.find_quiet(pidfile.path, handover.quiet, pidfile.owners)
     return handover
 
 
@@ -358,13 +368,14 @@ def _connect_to_holder(pidfile: PidFile, pid: int, timeout: float) -> _socket.so
     pause = _RETRY_INTERVAL
     while True:
         try:
+            addresses = _platform_sockets.claim_addresses(pidfile.path, pidfile.owners)
             sock = stream_socket()
         except OSError as exc:
             raise DetachError(f"cannot ask pid {pid} for its sockets: {exc.strerror}") from exc
         try:
             sock.settimeout(timeout)
-            sock.connect(_claim.claim_address(pidfile.path))
-            answering, uid = peer_credentials(sock)
+            address = _connect_to_claim(sock, addresses)
+            creds = peer_credentials(sock, address)
         except BlockingIOError as exc:  # its backlog is full: not accepting (yet)
             sock.close()
             doubt = f"pid {pid} does not answer on its claim socket: {exc}"
@@ -374,6 +385,9 @@ def _connect_to_holder(pidfile: PidFile, pid: int, timeout: float) -> _socket.so
                 f"pid {pid} does not answer on its claim socket: {exc}", pid=pid
             ) from None
         else:
+            if creds is None:
+                return sock  # a file in the service's own directory: no stranger's
+            answering, uid = creds[0] or pid, creds[1]  # no pid told: the uid is the check
             if answering == pid and uid in pidfile.owners:
                 return sock
             sock.close()
@@ -391,6 +405,23 @@ def _connect_to_holder(pidfile: PidFile, pid: int, timeout: float) -> _socket.so
         # waits in the backlog until it does: space them out.
         time.sleep(pause)
         pause = min(pause * 2, _SETTLE_POLL_LIMIT)
+
+
+def _connect_to_claim(sock: _socket.socket, addresses: Sequence[str | bytes]) -> str | bytes:
+    """Connect to the first of the claim's ``addresses`` that answers; which.
+
+    OSError (connect's) when none does.
+    """
+    if not addresses:
+        raise FileNotFoundError(errno.ENOENT, "no socket directory of the service's")
+    for address in addresses[:-1]:
+        try:
+            sock.connect(address)
+        except (ConnectionRefusedError, FileNotFoundError):
+            continue
+        return address
+    sock.connect(addresses[-1])
+    return addresses[-1]
 
 
 def _same_file(fd: int, path: str) -> bool:
@@ -456,14 +487,8 @@ def _end_predecessor(pidfile: str, process: ProcessHandle, stop_timeout: float) 
 
 
 def _receive(sock: _socket.socket, pid: int) -> Handover:
-    space = _socket.CMSG_SPACE(_MAX_FDS * 4)
-    data, ancillary, flags, _ = sock.recvmsg(4096, space, _socket.MSG_CMSG_CLOEXEC)
-    fds: list[int] = []
-    for level, kind, payload in ancillary:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % 4
-            fds += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)]
-    if flags & _socket.MSG_CTRUNC:  # the kernel had no room for them all (ulimit -n)
+    data, fds, truncated = _platform_sockets.receive_descriptors(sock, _ANSWER_SIZE, _MAX_FDS)
+    if truncated:  # the kernel had no room for them all (ulimit -n)
         for fd in fds:
             os.close(fd)
         raise DetachError(f"cannot receive the sockets of pid {pid}: {os.strerror(errno.EMFILE)}")

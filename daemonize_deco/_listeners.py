@@ -26,6 +26,7 @@ import stat
 
 from ._addresses import Address, parse_address
 from ._errors import ListenError
+from ._proc import somaxconn, unix_path_bound
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -255,6 +256,7 @@ def _clear_stale_socket_file(address: Address) -> None:
 
     Looked up in ``/proc/net/unix``, not by connecting: a probe would be one
     more connection for the server that listens there to accept and serve.
+    Without ``/proc``, the probe it is (refused: nothing listens).
     """
     try:
         mode = os.stat(address.path, follow_symlinks=False).st_mode
@@ -269,20 +271,32 @@ def _clear_stale_socket_file(address: Address) -> None:
             f"cannot listen on {address.text}: the path exists and is not a socket",
             path=address.path or None,
         )
-    try:
-        table = open("/proc/net/unix", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
-    except OSError as exc:
+    bound = unix_path_bound(address.path)
+    if bound is None:
+        bound = _answers(address.path)
+    if bound:
         raise ListenError(
-            f"cannot listen on {address.text}: cannot read /proc/net/unix: {_reason(exc)}"
-        ) from None
-    with table:
-        next(table)  # Num RefCount Protocol Flags Type St Inode Path
-        if any(line.split(None, 7)[7:] == [address.path + "\n"] for line in table):
-            raise ListenError(
-                f"cannot listen on {address.text}: address already in use",
-                path=address.path or None,
-            )
+            f"cannot listen on {address.text}: address already in use",
+            path=address.path or None,
+        )
     os.unlink(address.path)
+
+
+def _answers(path: str) -> bool:
+    """Whether a socket listens on the file ``path``: a connect probe, where /proc cannot say."""
+    import socket  # noqa: PLC0415
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)  # a full backlog is EAGAIN, not a wait
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True  # busy, or not ours to reach: not ours to remove either
+    finally:
+        probe.close()
+    return True
 
 
 def remove_unused_files(entries: Sequence[str]) -> None:
@@ -307,12 +321,8 @@ def _reason(exc: OSError) -> str:
 
 
 def _backlog() -> int:
-    """The system's somaxconn: the longest accept queue it allows."""
-    try:
-        with open("/proc/sys/net/core/somaxconn", "rb") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return _DEFAULT_BACKLOG
+    """The system's somaxconn: the longest accept queue it allows (the kernel caps larger)."""
+    return somaxconn() or _DEFAULT_BACKLOG
 
 
 def _describe(sock: socket.socket) -> str:

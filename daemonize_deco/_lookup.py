@@ -67,7 +67,10 @@ def holder_or_lock(
             )
         time.sleep(_RETRY_INTERVAL)
     try:
-        if _claimant(service, pidfile, put_back=False) is None:
+        claimed = find_claimant(
+            pidfile.path, _CLAIM_TIMEOUT, trusted_uids=pidfile.owners, put_back=False
+        )
+        if claimed is None:
             return None
     except BaseException:
         pidfile.remove()  # ours alone still: nothing left behind
@@ -155,7 +158,7 @@ def _claimant(
     claimant = find_claimant(
         pidfile.path, _CLAIM_TIMEOUT, trusted_uids=pidfile.owners, put_back=put_back
     )
-    if claimant is None:
+    if claimant is None or claimant.pid is None:
         return None
     return claimant.pid, _put_back_note(pidfile, claimant.answer)
 

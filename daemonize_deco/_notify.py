@@ -27,10 +27,10 @@ class Notifier:
         env = os.environ if environ is None else environ
         address = env.get("NOTIFY_SOCKET", "")
         self.address: str | None = None
-        if address.startswith("@"):
-            self.address = "\0" + address[1:]
-        elif address.startswith("/"):
-            self.address = address
+        if address.startswith(("@", "/")):
+            from ._platform_sockets import datagram_address  # noqa: PLC0415 -- under systemd only
+
+            self.address = datagram_address(address)
         self.watchdog_interval = _watchdog_interval(env)
 
     def send(self, **fields: object) -> bool:
@@ -42,7 +42,7 @@ class Notifier:
         # and a service that is not under systemd never needs either.
         import _socket  # noqa: PLC0415
 
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)  # never inherited (PEP 446)
         try:
             sock.sendto(message.encode("utf-8"), self.address)
         except OSError:

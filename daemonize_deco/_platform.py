@@ -8,11 +8,11 @@ a call, is then handled by what it really has.
 
 from __future__ import annotations
 
+import _socket  # socket.py would cost every daemon milliseconds of imports
 import functools
 import os
 import select
 import signal
-import socket
 
 __all__ = [
     "HAS_KQUEUE",
@@ -30,7 +30,7 @@ HAS_KQUEUE = hasattr(select, "kqueue")
 # An anonymous file a process holds, named in /proc/PID/fd: the daemons' badges.
 HAS_MEMFD = hasattr(os, "memfd_create")
 # The kernel's word for who is at the other end of a Unix socket (Linux).
-HAS_PEERCRED = hasattr(socket, "SO_PEERCRED")
+HAS_PEERCRED = hasattr(_socket, "SO_PEERCRED")
 
 
 @functools.cache
@@ -46,7 +46,7 @@ def has_proc() -> bool:
 @functools.cache
 def has_abstract_sockets() -> bool:
     """Whether Unix sockets may have abstract names (Linux): no file, gone with the socket."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
     try:
         probe.bind(f"\0daemonize-deco-probe/{os.getpid()}/{os.urandom(8).hex()}")
     except OSError:

@@ -34,6 +34,9 @@ __all__ = [
     "own_children",
     "read_stat",
     "real_uid",
+    "somaxconn",
+    "unix_path_bound",
+    "unix_socket_names",
     "uptime",
 ]
 
@@ -452,3 +455,45 @@ def descriptor_info(pid: int, identity: tuple[int, int]) -> list[list[bytes]]:
         except OSError:
             continue  # closed meanwhile
     return found
+
+
+def unix_socket_names(pid: int) -> list[str] | None:
+    """The names of the Unix sockets ``pid`` holds (``@name`` when abstract); None without /proc.
+
+    Empty when it is gone or we may not look at its descriptors (nor, then,
+    signal it).
+    """
+    inodes = {t[len("socket:[") : -1] for t in fd_targets(pid) if t.startswith("socket:[")}
+    if not inodes:
+        return []
+    names = []
+    try:
+        with open("/proc/net/unix", encoding="ascii", errors="replace") as table:
+            next(table)  # Num RefCount Protocol Flags Type St Inode Path
+            for line in table:
+                fields = line.split()
+                if len(fields) >= 8 and fields[6] in inodes:
+                    names.append(fields[7])
+    except OSError:
+        return None
+    return names
+
+
+def unix_path_bound(path: str) -> bool | None:
+    """Whether a socket is bound to the file ``path``; None when /proc cannot tell."""
+    try:
+        table = open("/proc/net/unix", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+    except OSError:
+        return None
+    with table:
+        next(table)  # Num RefCount Protocol Flags Type St Inode Path
+        return any(line.split(None, 7)[7:] == [path + "\n"] for line in table)
+
+
+def somaxconn() -> int | None:
+    """The system's longest accept queue (``net.core.somaxconn``); None when /proc cannot tell."""
+    try:
+        with open("/proc/sys/net/core/somaxconn", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None

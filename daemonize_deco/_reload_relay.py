@@ -82,9 +82,10 @@ class _Request:
 class ReloadRelay:
     """The ``reload`` commands waiting for the service, and the request out to it."""
 
-    def __init__(self, target: Target, timeout: float) -> None:
+    def __init__(self, target: Target, timeout: float, where: tuple[str, Collection[int]]) -> None:
         self._target = target
         self._timeout = timeout
+        self._where = where  # the pidfile and its owners: where the service's socket is
         self._out: _Request | None = None
         self._next: list[_socket.socket] = []
         self._due = False
@@ -135,7 +136,7 @@ class ReloadRelay:
             return
         pid, trigger = target
         try:
-            sock = send_request(pid, "reload", 0, trigger)
+            sock = send_request(pid, "reload", 0, trigger, self._where)
         except OSError as exc:  # ImpostorError among them, or its backlog is full
             trigger()
             _answer(commands, f"error {exc}")

@@ -27,6 +27,7 @@ from ._control import ControlServer, release_spare
 from ._detach import flush_standard_streams
 from ._errors import PidFileError, describe, exit_status, last_words
 from ._hygiene import drop_privileges, prevent_core_dumps, set_process_name
+from ._platform_sockets import control_address, prepare_directory
 from ._proc import ever_started_one
 from ._ready import arm as _arm_readiness
 from ._ready import disarm as _disarm_readiness
@@ -235,10 +236,13 @@ def _link_manager() -> _notify.Notifier:
     return notifier
 
 
-def listen_for_control() -> ControlServer | None:
-    """The control socket (for acknowledged reloads); None, said in the log, when it cannot be."""
+def listen_for_control(pidfile: str) -> ControlServer | None:
+    """The control socket (for acknowledged reloads); None, said in the log, when it cannot be.
+
+    ``pidfile``: where the service's socket files are, where there are no abstract names.
+    """
     try:
-        return ControlServer()
+        return ControlServer(control_address(pidfile))
     except OSError as exc:
         print(
             f"daemonize_deco: no control socket, reload is unacknowledged: {exc.strerror or exc}",
@@ -288,6 +292,8 @@ def prepare_process(service: Service, credentials: Credentials | None) -> None:
     if service.config.prevent_core:
         prevent_core_dumps()
     if credentials is not None:
+        # Its socket directory, where there are no abstract names: one it may not make as itself.
+        prepare_directory(service.config.pidfile, credentials.uid)
         # After the pidfile is locked and the logs are open: the service can
         # still write them, and can never regain root.
         drop_privileges(credentials)
@@ -349,7 +355,7 @@ def serve(
                 take_the_pidfile(service, pidfile, service_pid)
             prepare_process(service, credentials)
             notifier = _link_manager()
-            _facts.control = listen_for_control()
+            _facts.control = listen_for_control(config.pidfile)
             _facts.claim = None if pidfile is None else _claim_identity(pidfile)
             _watch_progress(config, notifier, heartbeats, supervised=pidfile is None)
             settle = _settling(service, pidfile, startup)

@@ -158,7 +158,7 @@ class _Supervisor(SignalPath):
                     # still may read every directory (the interpreter may live in /root).
                     import ctypes  # noqa: F401, PLC0415
                 prepare_process(self.service, credentials)  # the children inherit it all
-                self.control = listen_for_control()
+                self.control = listen_for_control(self.config.pidfile)
                 self.claim = listen_for_claimants(self.pidfile.path)
                 if self.config.watchdog is not None:
                     self.heartbeats = shared_slot()
@@ -487,7 +487,8 @@ class _Supervisor(SignalPath):
         if self.relay is None:
             from ._reload_relay import ReloadRelay  # noqa: PLC0415 -- a supervisor that reloads
 
-            self.relay = ReloadRelay(self.reloadable, self.config.start_timeout)
+            where = (self.config.pidfile, self.pidfile.owners)
+            self.relay = ReloadRelay(self.reloadable, self.config.start_timeout, where)
         self.relay.reload(requests)
 
     def handle_signal(self, signum: int) -> None:

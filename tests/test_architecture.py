@@ -89,6 +89,7 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
     "_platform": ("base", ALL),
     "_platform_resources": ("base", CMD),  # status only: psutil never reaches a daemon
     "_platform_process": ("base", ALL),
+    "_platform_sockets": ("base", ALL),
     "_terminate": ("base", ALL),
     "_hygiene": ("base", ALL),
     "_errors": ("base", ALL),
@@ -257,8 +258,7 @@ LINUX_ONLY_NAMES = frozenset({
 })  # fmt: skip
 # Modules still to be put behind the seam (issue 25): this set only shrinks.
 NOT_YET_BEHIND_THE_SEAM = frozenset({
-    "_claim", "_control", "_descendants", "_detach", "_dispatch", "_handover", "_hygiene",
-    "_listeners", "_listening", "_mark", "_notify", "_quiesce",
+    "_descendants", "_detach", "_dispatch", "_hygiene", "_listening", "_mark", "_quiesce",
 })  # fmt: skip
 
 

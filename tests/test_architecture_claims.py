@@ -53,6 +53,7 @@ def abstract_listeners(pid: int) -> set[str]:
     return names
 
 
+@pytest.mark.linux_only("the claim as an abstract name, seen in /proc/net/unix")
 def test_a_restarted_service_runs_without_the_pidfile_and_claim(make_service):
     """The page: the supervisor forks the service again, "which runs `_runtime.serve`
     with the same pidfile, claim and sockets"."""

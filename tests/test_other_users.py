@@ -129,6 +129,9 @@ while True:
 """
 
 
+@pytest.mark.linux_only(
+    "any user may bind an abstract name; a socket file is in the service's own directory"
+)
 def test_another_user_holding_the_pidfile_and_the_claim_is_not_trusted(shared):
     svc = shared()
     assert svc.as_root("start").returncode == 0

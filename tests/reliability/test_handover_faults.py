@@ -169,6 +169,9 @@ while True:
 """
 
 
+@pytest.mark.linux_only(
+    "squats the abstract claim name; a socket file is in the service's own directory"
+)
 @ROOT_ONLY
 @pytest.mark.scenario(
     "Security",
@@ -220,6 +223,9 @@ while True:
 """
 
 
+@pytest.mark.linux_only(
+    "grabs the abstract claim name; a socket file is in the service's own directory"
+)
 @ROOT_ONLY
 @pytest.mark.scenario(
     "Security",
@@ -325,6 +331,9 @@ with socket.socket(fileno=os.dup(sock.fileno())) as now:
 """
 
 
+@pytest.mark.linux_only(
+    "connects to the abstract quiesce name; a socket file is in the service's own directory"
+)
 @ROOT_ONLY
 @pytest.mark.scenario(
     "Security",

@@ -211,6 +211,9 @@ def control_sockets(pid: int) -> list[str]:
     return names
 
 
+@pytest.mark.linux_only(
+    "squats an abstract control name; a socket file is in the service's own directory"
+)
 @ROOT_ONLY
 @pytest.mark.scenario(
     "Security",
@@ -272,6 +275,7 @@ def cpu_ticks(pid: int) -> int:
     return int(stat[11]) + int(stat[12])  # utime + stime
 
 
+@pytest.mark.linux_only("finds the abstract control name in /proc/net/unix")
 @ROOT_ONLY
 @pytest.mark.scenario(
     "Security",
@@ -786,6 +790,7 @@ def test_sigterm_to_run_right_after_the_lock_is_graceful(make_service):
         assert not svc.pidfile.exists()
 
 
+@pytest.mark.linux_only("connects to the abstract claim name")
 @pytest.mark.scenario(
     "Promises under pressure",
     "a service out of descriptors is asked for its deleted pidfile",

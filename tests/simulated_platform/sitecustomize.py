@@ -5,7 +5,8 @@ names a platform (``darwin`` or ``freebsd14``; conftest's
 ``--simulate-platform`` sets it and puts this directory on ``PYTHONPATH``).
 It takes away what that platform lacks, before any module is imported:
 
-- both: pidfds, memfds, ``SO_PEERCRED``, ``epoll``, abstract Unix sockets,
+- both: pidfds, memfds, ``SO_PEERCRED``, ``epoll``, abstract Unix sockets
+  (in ``socket`` and in the ``_socket`` the library uses directly),
   ``prctl``, and ``/proc`` as the library sees it (opening, listing or
   following anything under ``/proc`` from a ``daemonize_deco`` module fails
   with ENOENT, as it does where no procfs is mounted);
@@ -17,12 +18,17 @@ psutil (``daemonize_deco[status]``), which picks its backend by
 ``sys.platform``, is imported as on Linux: it runs on this kernel, as on
 macOS and FreeBSD it runs on theirs.
 
+``sockets`` takes away only abstract Unix sockets and ``SO_PEERCRED``, on
+Linux otherwise whole: tests of the socket files (``_platform_sockets``)
+set it for the services they start, in any run.
+
 The tests themselves still look from outside through the real ``/proc``:
 only the library is handicapped.
 """
 
 from __future__ import annotations
 
+import _socket
 import builtins
 import errno
 import os
@@ -35,7 +41,7 @@ from typing import Any
 PLATFORM = os.environ.get("DAEMONIZE_DECO_SIMULATE", "")
 REAL_PLATFORM = sys.platform
 # Third-party libraries with a backend per platform: loaded for the real one.
-_NATIVE = frozenset({"psutil"})
+_NATIVE = frozenset({"psutil", "urllib.request"})
 
 _BOTH = {
     os: ("pidfd_open", "memfd_create", "MFD_CLOEXEC", "MFD_ALLOW_SEALING"),
@@ -145,20 +151,57 @@ def _natively(execute: Any) -> Any:
     return exec_module
 
 
+def _through_socket_py(names: dict[Any, tuple[str, ...]]) -> dict[Any, tuple[str, ...]]:
+    """The same names taken from ``_socket`` too: the library uses the C module directly."""
+    return {_socket: names[socket]} if socket in names else {}
+
+
+def _refusing_c_socket() -> type:
+    """A subclass of the C socket type that refuses abstract names (the type cannot be patched).
+
+    socket.py calls ``_socket.socket.__init__`` at run time: the subclass keeps it.
+    """
+
+    class Socket(_socket.socket):  # type: ignore[misc]
+        __slots__ = ()
+        bind = _refuse_abstract(_socket.socket.bind, errno.EINVAL)
+        connect = _refuse_abstract(_socket.socket.connect, errno.ENOENT)
+        connect_ex = _refuse_abstract(_socket.socket.connect_ex, errno.ENOENT)
+
+    Socket.__name__ = Socket.__qualname__ = "socket"
+    return Socket
+
+
+def _no_abstract_sockets() -> None:
+    """Refuse abstract names, in sockets made through socket.py and through _socket."""
+    socket.socket.bind = _refuse_abstract(socket.socket.bind, errno.EINVAL)  # type: ignore[method-assign]
+    socket.socket.connect = _refuse_abstract(socket.socket.connect, errno.ENOENT)  # type: ignore[method-assign]
+    socket.socket.connect_ex = _refuse_abstract(socket.socket.connect_ex, errno.ENOENT)  # type: ignore[method-assign]
+    _socket.socket = _refusing_c_socket()  # type: ignore[misc]
+
+
+def simulate_sockets() -> None:
+    """Take away only abstract Unix sockets and peer credentials."""
+    peercred = {socket: _BOTH[socket]}
+    _remove(peercred)
+    _remove(_through_socket_py(peercred))
+    _no_abstract_sockets()
+
+
 def simulate(platform: str) -> None:
     """Take away what ``platform`` lacks."""
     _remove(_BOTH)
+    _remove(_through_socket_py(_BOTH))
     import selectors  # noqa: PLC0415 -- socket imported it, and chose epoll
 
     selectors.DefaultSelector = selectors.PollSelector  # type: ignore[misc]
     if platform == "darwin":
         _remove(_MACOS)
+        _remove(_through_socket_py(_MACOS))
     builtins.open = _hide_proc(builtins.open)
     for name in ("open", "listdir", "scandir", "readlink", "stat", "lstat", "access"):
         setattr(os, name, _hide_proc(getattr(os, name)))
-    socket.socket.bind = _refuse_abstract(socket.socket.bind, errno.EINVAL)  # type: ignore[method-assign]
-    socket.socket.connect = _refuse_abstract(socket.socket.connect, errno.ENOENT)  # type: ignore[method-assign]
-    socket.socket.connect_ex = _refuse_abstract(socket.socket.connect_ex, errno.ENOENT)  # type: ignore[method-assign]
+    _no_abstract_sockets()
     _hide_prctl()
     sys.meta_path.insert(0, _NativeBackends())  # type: ignore[arg-type]
     sys.platform = platform
@@ -166,3 +209,5 @@ def simulate(platform: str) -> None:
 
 if PLATFORM in ("darwin", "freebsd14"):
     simulate(PLATFORM)
+elif PLATFORM == "sockets":
+    simulate_sockets()
