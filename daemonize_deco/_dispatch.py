@@ -35,6 +35,7 @@ from ._aio import is_awaitable, run_callback_result
 from ._claim import answer_claimants
 from ._control import reply
 from ._hygiene import set_thread_name
+from ._proc import task_exists
 from ._signal_path import SignalPath, read_recorded, reload_requests, reopen_logs_or_say
 
 TYPE_CHECKING = False
@@ -439,11 +440,10 @@ def _left_the_kernel(native_id: int | None) -> None:
     """Wait (up to a second) until the thread whose lock said it ended has left the kernel.
 
     The lock is released a moment before the kernel lets the thread go, and
-    the fork warning counts the kernel's threads.
+    the fork warning counts the kernel's threads.  Without /proc, not waited for.
     """
-    task = f"/proc/self/task/{native_id}"
     deadline = time.monotonic() + _FORK_PAUSE_WAIT
-    while os.path.exists(task) and time.monotonic() < deadline:
+    while task_exists(native_id) and time.monotonic() < deadline:
         time.sleep(0.00005)
 
 
