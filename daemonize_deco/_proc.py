@@ -11,6 +11,7 @@ import os
 import select
 
 from ._errors import PidFileError
+from ._platform import has_proc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -252,6 +253,8 @@ def own_descriptors() -> list[int] | None:
 
     OSError when they cannot be listed (no descriptor left: ``ulimit -n``).
     """
+    if not has_proc():
+        return None  # not a procfs (an empty mount, a few files): its word is no list
     try:
         entries = os.listdir("/proc/self/fd")
     except FileNotFoundError:

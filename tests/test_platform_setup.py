@@ -18,6 +18,7 @@ import textwrap
 
 import pytest
 from conftest import REPO, alive, is_gone, wait_for
+from test_supervisor import CRASH_ON_REQUEST, supervised
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -96,6 +97,24 @@ def test_a_lifeline_held_after_the_parent_died_ends_the_child_at_once():
         parent.wait()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+@pytest.mark.scenario(
+    "Faults",
+    "SIGKILL of the supervisor of a restarted service that dropped to user=nobody",
+    lost="the service dies with it: asked again after setuid (prctl), or its lifeline (macOS)",
+)
+def test_a_restarted_service_as_nobody_dies_with_its_killed_supervisor(make_service):
+    svc = supervised(make_service, CRASH_ON_REQUEST, user="nobody", restart_delay=0.1)
+    supervisor = svc.start()
+    (first,) = wait_for(lambda: _children(supervisor), what="the service")
+    os.kill(first, signal.SIGKILL)  # a failure: restarted
+    (second,) = wait_for(
+        lambda: [pid for pid in _children(supervisor) if pid != first], what="the restarted one"
+    )
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: is_gone(second), what="the service to die with its supervisor")
+
+
 # -- inherited descriptors without /proc ----------------------------------------------
 
 # Opens 1,000 inheritable descriptors, then runs the service's start with them.
@@ -111,13 +130,27 @@ sys.exit(result.returncode)
 """
 
 WITHOUT_PROC = 'mount -t tmpfs none /proc && exec "$@"'
+# FreeBSD without fdescfs: /dev/fd (here /proc/self/fd) holds 0, 1 and 2, whatever is open.
+DEVFS_FD = (
+    "mount -t tmpfs none /proc && mkdir -p /proc/self/fd && cd /proc/self/fd && touch 0 1 2 "
+    '&& cd / && exec "$@"'
+)
 
 
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare"
 )
-@pytest.mark.parametrize("restart", [None, "on-failure"])
-def test_a_start_without_proc_closes_a_thousand_inherited_descriptors(make_service, restart):
+@pytest.mark.scenario(
+    "Promises under pressure",
+    "start with 1,000 inherited descriptors where /proc and /dev/fd list none (plain, restart=)",
+    lost="the daemon holds none of them: every number below the descriptor limit is probed",
+)
+@pytest.mark.parametrize(
+    ("restart", "setup"),
+    [(None, WITHOUT_PROC), ("on-failure", WITHOUT_PROC), (None, DEVFS_FD)],
+    ids=["plain", "supervised", "devfs-dev-fd"],
+)
+def test_a_start_without_proc_closes_a_thousand_inherited_descriptors(make_service, restart, setup):
     body = textwrap.dedent("""
         print('open', sum(1 for fd in range(4096) if _is_open(fd)), flush=True)
         while not should_stop():
@@ -135,7 +168,7 @@ def test_a_start_without_proc_closes_a_thousand_inherited_descriptors(make_servi
     svc = make_service(body=body, prelude=prelude, **options)
     argv = [
         "unshare", "--mount", "--propagation", "private",
-        "sh", "-c", WITHOUT_PROC, "sh",
+        "sh", "-c", setup, "sh",
         sys.executable, "-c", INHERIT, *svc.argv("start"),
     ]  # fmt: skip
     result = subprocess.run(argv, env=svc.env, capture_output=True, text=True, timeout=30)
