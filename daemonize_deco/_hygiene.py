@@ -28,7 +28,9 @@ __all__ = [
     "close_inherited_fds",
     "die_with_parent",
     "drop_privileges",
+    "held_lifeline",
     "log_handlers",
+    "prepare_to_be_died_with",
     "prevent_core_dumps",
     "remember_program_descriptors",
     "resolve_credentials",
@@ -136,6 +138,12 @@ class _Lifeline:
     parent = 0  # the process that made it
 
 
+def held_lifeline() -> Lifeline | None:
+    """The lifeline this process holds (:func:`die_with_parent`), for its dispatcher to watch."""
+    made = _Lifeline.made
+    return made if made is not None and made.held() else None
+
+
 def die_with_parent(signum: int, parent: int) -> bool:
     """Have ``signum`` sent to this process when ``parent``, our parent now, exits.
 
@@ -150,7 +158,7 @@ def die_with_parent(signum: int, parent: int) -> bool:
     if not ask_kernel(signum):
         if lifeline is None:
             return False
-        lifeline.hold(signum)  # end-of-file at once if the parent has gone already
+        lifeline.hold(signum)  # watched by the dispatcher, which starts soon
         return True
     if lifeline is not None:
         lifeline.let_go()

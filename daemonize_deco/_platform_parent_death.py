@@ -4,16 +4,18 @@ Linux has ``prctl(PR_SET_PDEATHSIG)``, FreeBSD ``procctl(PROC_PDEATHSIG_CTL)``
 (neither has an ``os`` binding: both go through ctypes, loaded only by
 the processes that ask).  Elsewhere (macOS) the parent makes a
 :class:`Lifeline` before it forks: a pipe whose write end only the parent
-keeps.  The child blocks on the read end in a thread of its own (no
-periodic wakeups) and, at end-of-file (the parent has exited, however),
-sends itself the signal.  A lifeline needs the parent's help: a parent we
-did not start (a manager's shell) gets none, and then nothing holds.
-The FreeBSD call cannot be tried here: it is kept to the one call.
+keeps.  The child's dispatcher thread (``_dispatch``) waits on the read
+end with the rest, no periodic wakeups, and at end-of-file (the parent
+has exited, however) the child sends itself the signal.  Not a thread of
+its own: a fork in main would count it (Python 3.12 warns of forking a
+multi-threaded process), where the dispatcher steps aside.  A lifeline
+needs the parent's help: a parent we did not start (a manager's shell)
+gets none, and then nothing holds.  The FreeBSD call cannot be tried
+here: it is kept to the one call.
 """
 
 from __future__ import annotations
 
-import _thread
 import os
 
 from ._platform import has_proc
@@ -71,33 +73,37 @@ class Lifeline:
 
     def __init__(self) -> None:
         self.read_end, self.write_end = os.pipe()
+        self.signum = 0  # held, in this process, for this signal
         # The parent's copy of the write end must be the only one: every
         # child forked from now on closes its own at once.
-        os.register_at_fork(after_in_child=self._drop_write_end)
+        os.register_at_fork(after_in_child=self._in_child)
 
-    def _drop_write_end(self) -> None:
+    def _in_child(self) -> None:
+        self.signum = 0  # held by the parent, not by its children (as the kernel's request)
         if self.write_end >= 0:
             os.close(self.write_end)
             self.write_end = -1  # a grandchild must not close a number used again
 
     def hold(self, signum: int) -> None:
-        """In a child: send ``signum`` to this process when the parent is gone."""
-        _thread.start_new_thread(_wait_for_the_end, (self.read_end, signum))
+        """In a child: have :meth:`check` send ``signum`` once the parent is gone."""
+        os.set_blocking(self.read_end, False)
+        self.signum = signum
+
+    def held(self) -> bool:
+        """Whether this process holds it (watch :attr:`read_end`, then :meth:`check`)."""
+        return self.signum != 0
+
+    def check(self) -> None:
+        """Send the signal to this process if the parent is gone (the pipe at end-of-file)."""
+        try:
+            if os.read(self.read_end, 1):
+                return  # nobody writes to it: never
+        except BlockingIOError:
+            return  # the parent lives
+        os.kill(os.getpid(), self.signum)
 
     def let_go(self) -> None:
         """In a child that needs no lifeline: close the read end (the write end is gone)."""
         if self.read_end >= 0:
             os.close(self.read_end)
             self.read_end = -1
-
-
-def _wait_for_the_end(read_end: int, signum: int) -> None:
-    while True:
-        try:
-            if not os.read(read_end, 1):
-                break
-        except InterruptedError:
-            continue
-        except OSError:
-            break
-    os.kill(os.getpid(), signum)

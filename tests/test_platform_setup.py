@@ -24,9 +24,10 @@ pytestmark = pytest.mark.timeout(60)
 
 # A parent makes a lifeline, forks a child that never holds it (it must not keep
 # the pipe open), then a child that dies with it; then waits to be killed.
-# "late": the child holds it only once its parent is gone.
+# "late": the child holds it only once its parent is gone.  The child watches it
+# as a service's dispatcher does.
 LIFELINE = """
-import os, signal, sys, time
+import os, select, signal, sys, time
 from daemonize_deco._platform_parent_death import Lifeline
 
 lifeline = Lifeline()
@@ -40,8 +41,11 @@ if child == 0:
     while sys.argv[1] == "late" and os.getppid() == parent:
         time.sleep(0.001)
     lifeline.hold(signal.SIGKILL)
+    poller = select.poll()  # as the dispatcher watches it
+    poller.register(lifeline.read_end, select.POLLIN)
     while True:
-        time.sleep(1)
+        poller.poll()
+        lifeline.check()
 print(bystander, child, flush=True)
 time.sleep(60)
 """
