@@ -98,8 +98,8 @@ class Lifeline:
         try:
             if os.read(self.read_end, 1):
                 return  # nobody writes to it: never
-        except BlockingIOError:
-            return  # the parent lives
+        except OSError:
+            return  # the parent lives (EAGAIN); or main closed it: nothing to tell by
         os.kill(os.getpid(), self.signum)
 
     def let_go(self) -> None:

@@ -326,6 +326,7 @@ with socket.socket(fileno=os.dup(sock.fileno())) as now:
 
 
 @ROOT_ONLY
+@pytest.mark.linux_only("the quiesce reads the process's descriptors and epoll sets off /proc")
 @pytest.mark.scenario(
     "Security",
     "another user connects first to the name on which the old instance awaits the quiesce",
