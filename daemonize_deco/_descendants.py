@@ -18,6 +18,13 @@ A descendant in a session of its own that clears its environment and execs
 carries no mark: that is the limit of a mark without cgroups.  (A child
 subreaper would catch it too, but only through ``prctl``, whose ctypes
 binding would cost every supervisor some 150 KiB.)
+
+Without /proc (macOS, FreeBSD) no process can be looked at, and nothing is
+looked for: what main leaves running shares the fate of its process group
+(a terminal's hangup, a ``kill`` of the group), no more; ``stop`` and the
+supervisor end the service alone, and ``status`` cannot say what is left.
+Signalling the group instead would reach whoever signals it (the service
+and its supervisor are in it): that is why nothing is done.
 """
 
 from __future__ import annotations
@@ -26,7 +33,16 @@ import os
 import time
 
 from ._mark import BADGE, COMMAND_BADGE, VARIABLE, mark_for, worn
-from ._proc import GROUP_BADGE, command_line, ever_started_one, read_stat
+from ._proc import (
+    GROUP_BADGE,
+    command_line,
+    environ,
+    ever_started_one,
+    executable,
+    memfd_names,
+    pids,
+    read_stat,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -92,12 +108,8 @@ class Run:
         return self.mark is not None and stat.ppid != _KTHREADD and carries(pid, self.mark)
 
     def processes(self) -> list[int]:
-        """The run's live processes, in one pass over /proc."""
-        return [
-            int(entry)
-            for entry in os.listdir("/proc")
-            if entry.isdigit() and self.holds(int(entry), read_stat(int(entry)))
-        ]
+        """The run's live processes, in one pass over /proc; none without it (see above)."""
+        return [pid for pid in pids() or () if self.holds(pid, read_stat(pid))]
 
 
 def carries(pid: int, mark: str) -> bool:
@@ -107,44 +119,24 @@ def carries(pid: int, mark: str) -> bool:
     (forked and not exec'd, its environ is its program's): reading every
     process's would cost a stop milliseconds.
     """
-    if f"{VARIABLE}={mark}".encode() in _environ(pid).split(b"\0"):
+    if f"{VARIABLE}={mark}".encode() in environ(pid).split(b"\0"):
         return _badges_allow(pid, mark, badge_needed=False)
-    exe = os.path.basename(_exe(pid) or "")
+    exe = os.path.basename(executable(pid) or "")
     return exe.startswith("python") and _badges_allow(pid, mark, badge_needed=True)
-
-
-def _environ(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""  # gone, or another user's
-
-
-def _exe(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-
-
-def _memfds(pid: int) -> list[str] | None:
-    """What ``pid``'s memfds are named (``/memfd:NAME (deleted)``); None if we may not look."""
-    try:
-        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-    except OSError:
-        return None
-    return [target for target in targets if target.startswith("/memfd:")]
 
 
 def _runs_a_command(pid: int) -> bool:
     """Whether ``pid`` runs a command (``restart`` that main ran): never a run's to end."""
-    return any(target.startswith(_COMMAND_LINK) for target in _memfds(pid) or ())
+    return any(target.startswith(_COMMAND_LINK) for target in memfd_names(pid) or ())
 
 
 def _badges_allow(pid: int, mark: str, *, badge_needed: bool) -> bool:
-    """Whether ``pid``'s memfds say it is ours: not a daemon, a command, another run's."""
-    targets = _memfds(pid)
+    """Whether ``pid``'s memfds say it is ours: not a daemon, a command, another run's.
+
+    Without memfds none wears a badge: one found by its variable is ours;
+    one that would need a badge is not (``_mark``).
+    """
+    targets = memfd_names(pid)
     if targets is None:
         return False
     runs = {t[len(_BADGE_LINK) :].split(" ", 1)[0] for t in targets if t.startswith(_BADGE_LINK)}

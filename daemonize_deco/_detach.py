@@ -17,6 +17,7 @@ import sys
 
 from ._errors import DetachError, describe, exit_status, last_words
 from ._hygiene import log_handlers
+from ._platform_identity import wear_badge
 from ._proc import GROUP_BADGE
 
 TYPE_CHECKING = False
@@ -358,12 +359,15 @@ def wear_group_badge() -> None:
     under sshd, cron or ``setsid`` shares a group with them).  The mark is a
     memfd whose name carries the group id: only this process can open a
     descriptor in itself, and ``/proc/PID/fd`` shows it to whoever may signal
-    it.  Children lose it at fork.
+    it.  Children lose it at fork.  Without memfds (``_platform_identity``)
+    the daemon goes without: then nothing could read it either (no /proc).
     """
     try:
-        fd = os.memfd_create(f"{GROUP_BADGE}{os.getpgrp()}", os.MFD_CLOEXEC)
+        fd = wear_badge(f"{GROUP_BADGE}{os.getpgrp()}")
     except OSError as exc:
         raise DetachError(f"cannot create the group's badge (a memfd): {exc.strerror}") from exc
+    if fd is None:
+        return
     _badge.append(fd)
     os.register_at_fork(after_in_child=_drop_group_badge)
 

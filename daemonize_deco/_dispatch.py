@@ -34,7 +34,8 @@ from . import _delivery, _signals
 from ._aio import is_awaitable, run_callback_result
 from ._claim import answer_claimants
 from ._control import reply
-from ._hygiene import set_thread_name
+from ._hygiene import held_lifeline, set_thread_name
+from ._proc import task_exists
 from ._signal_path import SignalPath, read_recorded, reload_requests, reopen_logs_or_say
 
 TYPE_CHECKING = False
@@ -248,6 +249,9 @@ class Dispatcher(SignalPath):
                 poller.register(self._settle[0], 0)  # POLLERR alone: the reader closed it
         elif self._claim is not None:
             poller.register(self._claim[0].fileno(), select.POLLIN)
+        lifeline = held_lifeline()  # (where the kernel cannot end us with our supervisor)
+        if lifeline is not None:
+            poller.register(lifeline.read_end, select.POLLIN)
         while True:
             with self._lock:
                 if self._pausing:
@@ -255,6 +259,8 @@ class Dispatcher(SignalPath):
                 quitting = self._quitting
                 self._busy = True
             try:
+                if lifeline is not None:
+                    lifeline.check()
                 # When quitting, signals that came before the quit still get
                 # their callbacks (a SIGTERM's on_stop); what a storm adds
                 # meanwhile does not.
@@ -439,11 +445,10 @@ def _left_the_kernel(native_id: int | None) -> None:
     """Wait (up to a second) until the thread whose lock said it ended has left the kernel.
 
     The lock is released a moment before the kernel lets the thread go, and
-    the fork warning counts the kernel's threads.
+    the fork warning counts the kernel's threads.  Without /proc, not waited for.
     """
-    task = f"/proc/self/task/{native_id}"
     deadline = time.monotonic() + _FORK_PAUSE_WAIT
-    while os.path.exists(task) and time.monotonic() < deadline:
+    while task_exists(native_id) and time.monotonic() < deadline:
         time.sleep(0.00005)
 
 

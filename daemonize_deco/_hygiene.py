@@ -13,6 +13,10 @@ import stat
 import sys
 
 from ._errors import DetachError
+from ._platform_descriptors import open_descriptors
+from ._platform_identity import become
+from ._platform_parent_death import Lifeline, ask_kernel, kernel_may_lack_it
+from ._proc import name_task
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,7 +28,9 @@ __all__ = [
     "close_inherited_fds",
     "die_with_parent",
     "drop_privileges",
+    "held_lifeline",
     "log_handlers",
+    "prepare_to_be_died_with",
     "prevent_core_dumps",
     "remember_program_descriptors",
     "resolve_credentials",
@@ -33,15 +39,15 @@ __all__ = [
 ]
 
 COMM_LENGTH = 15  # TASK_COMM_LEN less the terminating NUL
-_PR_SET_PDEATHSIG = 1
 
 
 def set_process_name(name: str) -> None:
     """Set the kernel's name for this process (comm), as ``ps``, ``top`` and ``pgrep`` show.
 
-    Writing /proc/self/task/TID/comm is what ``prctl(PR_SET_NAME)`` does
-    (proc(5)), without loading ctypes into every daemon.  Longer names are
-    cut to 15 bytes.  Call it from the main thread: its name is the process's.
+    Written through /proc (``_proc.name_task``), without loading ctypes into
+    every daemon; without /proc the process keeps its program's name.
+    Longer names are cut to 15 bytes.  Call it from the main thread: its
+    name is the process's.
     """
     _set_comm(os.getpid(), name)
 
@@ -52,12 +58,8 @@ def set_thread_name(name: str) -> None:
 
 
 def _set_comm(tid: int, name: str) -> None:
-    encoded = name.encode("utf-8", "replace")[:COMM_LENGTH]
-    try:
-        with open(f"/proc/self/task/{tid}/comm", "wb") as comm:
-            comm.write(encoded)
-    except OSError:
-        pass  # cosmetic: a service without a name still runs
+    # Cosmetic: a service without a name still runs.
+    name_task(tid, name.encode("utf-8", "replace")[:COMM_LENGTH])
 
 
 def prevent_core_dumps() -> None:
@@ -114,21 +116,56 @@ def resolve_credentials(user: str | int | None, group: str | int | None) -> Cred
     return Credentials(name, uid, gid, groups)
 
 
-def die_with_parent(signum: int, parent: int) -> None:
-    """Have the kernel send ``signum`` when ``parent``, our parent now, exits.
+def prepare_to_be_died_with(*, dropping_privileges: bool) -> None:
+    """In a parent whose children will :func:`die_with_parent`: before it forks them.
 
-    When it has exited already (we were re-parented), ``signum`` is sent at
+    Where the kernel may lack the signal, their lifeline is made (once).
+    ``dropping_privileges``: what the children load to ask is loaded now,
+    while every directory is readable (the interpreter may live in /root).
+    """
+    if dropping_privileges:
+        import ctypes  # noqa: F401, PLC0415
+    if _Lifeline.made is None and kernel_may_lack_it():
+        try:
+            _Lifeline.made = Lifeline()
+        except OSError as exc:
+            raise DetachError(f"cannot create the children's lifeline: {exc.strerror}") from exc
+        _Lifeline.parent = os.getpid()
+
+
+class _Lifeline:
+    made: Lifeline | None = None
+    parent = 0  # the process that made it
+
+
+def held_lifeline() -> Lifeline | None:
+    """The lifeline this process holds (:func:`die_with_parent`), for its dispatcher to watch."""
+    made = _Lifeline.made
+    return made if made is not None and made.held() else None
+
+
+def die_with_parent(signum: int, parent: int) -> bool:
+    """Have ``signum`` sent to this process when ``parent``, our parent now, exits.
+
+    The kernel sends it where it can (``_platform_parent_death``), else the
+    lifeline ``parent`` made before forking (:func:`prepare_to_be_died_with`).
+    False when neither can: then this process outlives its parent.  When the
+    parent has exited already (we were re-parented), ``signum`` is sent at
     once.  The kernel forgets the request in children, and when the
     process's user or group changes: :func:`drop_privileges` asks again.
     """
-    import ctypes  # noqa: PLC0415 -- prctl has no os binding; only these services pay for it
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    lifeline = _Lifeline.made if _Lifeline.parent == parent else None
+    if not ask_kernel(signum):
+        if lifeline is None:
+            return False
+        lifeline.hold(signum)  # watched by the dispatcher, which starts soon
+        return True
+    if lifeline is not None:
+        lifeline.let_go()
     _parent_death[:] = [signum, parent]
     if os.getppid() != parent:  # it died before we asked
         os.kill(os.getpid(), signum)
+    return True
 
 
 _parent_death: list[int] = []  # the signal and the parent asked for, to ask again after setuid
@@ -138,12 +175,12 @@ def drop_privileges(credentials: Credentials) -> None:
     """setgroups, setgid, setuid, in that order; then check root cannot be regained."""
     try:
         os.setgroups(credentials.groups)
-        os.setresgid(credentials.gid, credentials.gid, credentials.gid)
-        os.setresuid(credentials.uid, credentials.uid, credentials.uid)
+        become(credentials.uid, credentials.gid)
     except OSError as exc:
         raise DetachError(f"cannot drop privileges to {credentials.user}: {exc.strerror}") from exc
     if _parent_death:
         # Changing the effective ids cleared the parent-death signal (prctl(2)).
+        # (A lifeline holds through it: it is not asked again.)
         die_with_parent(*_parent_death)
     if credentials.uid != 0:
         try:
@@ -165,7 +202,7 @@ def remember_program_descriptors() -> None:
     Raises DetachError when they cannot be listed (no descriptor left: ``ulimit -n``).
     """
     try:
-        listed = _open_descriptors()
+        listed = open_descriptors()
     except OSError as exc:
         raise DetachError(f"cannot list this process's descriptors: {exc.strerror}") from exc
     _Program.own = frozenset(fd for fd in listed if _is_own(fd))
@@ -190,7 +227,7 @@ def close_inherited_fds(keep: Collection[int]) -> None:
     keep = {*keep, *_logging_descriptors()}
     null = -1
     try:
-        for fd in _open_descriptors():
+        for fd in open_descriptors():
             if fd <= 2 or fd in keep or fd == null:
                 continue
             try:
@@ -205,11 +242,6 @@ def close_inherited_fds(keep: Collection[int]) -> None:
     finally:
         if null >= 0:
             os.close(null)
-
-
-def _open_descriptors() -> list[int]:
-    """This process's descriptors, in ascending order (the listing's own one among them)."""
-    return sorted(int(entry) for entry in os.listdir("/proc/self/fd"))
 
 
 def _is_own(fd: int) -> bool:

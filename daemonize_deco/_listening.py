@@ -32,6 +32,7 @@ import stat
 import sys
 import time
 
+from ._platform_descriptors import listed_descriptors
 from ._ready import is_ready, postpone, ready
 
 __all__ = ["StartWatch", "look"]
@@ -87,10 +88,16 @@ def _say_not_listening() -> None:
 
 
 def _socket_descriptors() -> list[tuple[int, int]]:
-    """This process's socket descriptors with their inodes; OSError if it cannot list them."""
+    """This process's socket descriptors with their inodes; OSError if it cannot list them.
+
+    Only where a directory lists them (``_platform_descriptors``): probing
+    every number 20 times a second would cost more than it tells.
+    """
+    listed = listed_descriptors()  # EMFILE: the listing needs a descriptor
+    if listed is None:
+        raise FileNotFoundError("no directory lists this process's descriptors")
     found = []
-    for entry in os.listdir("/proc/self/fd"):  # EMFILE: the listing needs a descriptor
-        fd = int(entry)
+    for fd in listed:
         try:
             status = os.fstat(fd)
         except OSError:
@@ -103,7 +110,7 @@ def _socket_descriptors() -> list[tuple[int, int]]:
 def _sockets_open_now() -> frozenset[int] | None:
     """The sockets open before main runs (ours, inherited ones, a journal on stdout).
 
-    None when they cannot be listed (no descriptor left, no /proc): then
+    None when they cannot be listed (no descriptor left, nothing lists them): then
     nothing is looked at, and the grace alone decides, as without this module.
     """
     try:

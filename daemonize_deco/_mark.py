@@ -8,6 +8,14 @@ since; a memfd shows in ``/proc/PID/fd`` as ``/memfd:NAME``).  The value is
 derived from the boot, the pidfile's real path and the pid of the process
 holding it: a command that finds a stale pidfile knows what to look for.
 Worn by every service; looking for what carries it loads ``_descendants``.
+
+Without memfds (macOS, FreeBSD) the badges are not worn
+(``_platform_identity``): the variable is the mark, and the badges' other
+words go unsaid (a command, a daemon leading its group).  Nothing is lost
+there that could be read: without /proc, no process's descriptors or
+environment can be looked at, and ``_descendants`` looks for nothing.
+Without /proc the boot is unknown too, and the mark is derived from the
+rest.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ import os
 
 from ._claim import fnv1a
 from ._errors import DetachError
+from ._platform_identity import wear_badge
+from ._proc import boot_id
 
 __all__ = [
     "BADGE",
@@ -39,15 +49,7 @@ def mark_for(pidfile: str, holder: int) -> str:
     """The mark of the run whose pidfile (at ``pidfile``) names ``holder``."""
     directory, name = os.path.split(pidfile)
     real = os.path.join(os.path.realpath(directory), name)
-    return f"{fnv1a(f'{_boot_id()}:{holder}:{real}'.encode('utf-8', 'surrogateescape')):016x}"
-
-
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
-            return f.read().decode("ascii", "replace").strip()
-    except OSError:
-        return ""
+    return f"{fnv1a(f'{boot_id()}:{holder}:{real}'.encode('utf-8', 'surrogateescape')):016x}"
 
 
 class _Worn:
@@ -66,7 +68,7 @@ def wear(mark: str) -> None:
         _Worn.fd = None
     try:
         # Close-on-exec: a program exec'd is found by the variable; a fork keeps the memfd.
-        _Worn.fd = os.memfd_create(f"{BADGE}{mark}", os.MFD_CLOEXEC)
+        _Worn.fd = wear_badge(f"{BADGE}{mark}")
     except OSError as exc:
         raise DetachError(f"cannot mark the processes of the run: {exc.strerror}") from exc
     _Worn.mark = mark
@@ -88,13 +90,15 @@ def wear_command_badge() -> None:
     A ``restart`` that main runs on its own service must not be ended with
     that service's run.  The badge is closed in every child (the daemon a
     start forks is a service); it is best effort: without a descriptor to
-    spare, the command goes unmarked.
+    spare, or without memfds, the command goes unmarked.
     """
     if _Command.fd is not None:
         return
     try:
-        _Command.fd = os.memfd_create(COMMAND_BADGE, os.MFD_CLOEXEC)
+        _Command.fd = wear_badge(COMMAND_BADGE)
     except OSError:
+        return
+    if _Command.fd is None:
         return
     if not _Command.fork_hook:
         os.register_at_fork(after_in_child=drop_command_badge)

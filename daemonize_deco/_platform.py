@@ -15,6 +15,7 @@ import select
 import signal
 
 __all__ = [
+    "HAS_EPOLL",
     "HAS_KQUEUE",
     "HAS_MEMFD",
     "HAS_PEERCRED",
@@ -23,6 +24,8 @@ __all__ = [
     "has_proc",
 ]
 
+# epoll, whose sets a handed-over listener is taken out of (``_quiesce``): Linux.
+HAS_EPOLL = hasattr(select, "epoll")
 # A pidfd pins a process: signals through it cannot reach a later process that reuses the pid.
 HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 # kqueue's EVFILT_PROC/NOTE_EXIT tells the moment a process exits (macOS, the BSDs).

@@ -10,33 +10,45 @@ function here says so: None, or an empty answer, never a guess.
 from __future__ import annotations
 
 import os
+import select
 
 from ._errors import PidFileError
 from ._platform import has_proc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    pass
+    from collections.abc import Sequence
 
 __all__ = [
     "BADGE_LINK",
     "GROUP_BADGE",
     "ProcStat",
+    "boot_id",
     "command_line",
     "descriptor_info",
+    "environ",
     "ever_started_one",
+    "executable",
     "fd_targets",
     "flock_holders",
     "group_members",
     "holds_file",
     "is_alive",
+    "memfd_names",
+    "name_task",
     "openers",
     "own_children",
+    "own_descriptor_targets",
+    "own_descriptors",
+    "pids",
     "read_stat",
     "real_uid",
     "somaxconn",
+    "task_exists",
+    "task_syscalls",
     "unix_path_bound",
     "unix_socket_names",
+    "unwatch",
     "uptime",
 ]
 
@@ -349,10 +361,14 @@ def _compress(groups: list[str]) -> str:
     return ":".join(short[:first]) + "::" + ":".join(short[first + length :])
 
 
-def own_children() -> list[int]:
-    """This process's children (every thread's)."""
+def own_children() -> list[int] | None:
+    """This process's children (every thread's); None without /proc."""
     found: list[int] = []
-    for tid in os.listdir("/proc/self/task"):
+    try:
+        tids = os.listdir("/proc/self/task")
+    except FileNotFoundError:
+        return None
+    for tid in tids:
         try:
             with open(f"/proc/self/task/{tid}/children", "rb") as f:
                 found += [int(word) for word in f.read().split()]
@@ -367,14 +383,145 @@ def ever_started_one() -> bool:
     A child lives on as one until it is reaped, and a reaped one has counted
     its page faults into RUSAGE_CHILDREN (a process cannot run without one).
     Both start from nothing at fork; an exec'd program's count includes what
-    ran before it in the same process.
+    ran before it in the same process.  Without /proc, True: a child not
+    reaped yet has counted nothing.
     """
-    if own_children():
-        return True
+    children = own_children()
+    if children is None or children:
+        return True  # (without /proc a live child cannot be ruled out)
     import resource  # noqa: PLC0415 -- loaded already when core dumps are prevented
 
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     return used.ru_minflt + used.ru_majflt > 0
+
+
+# -- this process and its run, for the seam's users (None: no /proc to look in) --
+
+
+def boot_id() -> str:
+    """What tells this boot from the others; "" where the kernel does not say (no /proc)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return f.read().decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+
+
+def pids() -> list[int] | None:
+    """Every process's pid; None without /proc."""
+    try:
+        entries = os.listdir("/proc")
+    except FileNotFoundError:
+        return None
+    return [int(entry) for entry in entries if entry.isdigit()]
+
+
+def environ(pid: int) -> bytes:
+    """``pid``'s environment as its program started (NUL-separated); b"" if gone or hidden."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""  # gone, or another user's
+
+
+def executable(pid: int) -> str | None:
+    """The program file ``pid`` runs; None when gone or hidden."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def memfd_names(pid: int) -> list[str] | None:
+    """What ``pid``'s memfds point at (``/memfd:NAME (deleted)``); None if we may not look."""
+    try:
+        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return None
+    return [target for target in targets if target.startswith("/memfd:")]
+
+
+def own_descriptors() -> list[int] | None:
+    """This process's descriptors, ascending (the listing's own among them); None without /proc.
+
+    OSError when they cannot be listed (no descriptor left: ``ulimit -n``).
+    """
+    if not has_proc():
+        return None  # not a procfs (an empty mount, a few files): its word is no list
+    try:
+        entries = os.listdir("/proc/self/fd")
+    except FileNotFoundError:
+        return None
+    return sorted(int(entry) for entry in entries)
+
+
+def own_descriptor_targets() -> list[tuple[int, str]] | None:
+    """This process's descriptors and what each points at (``socket:[123]``); None: no /proc."""
+    try:
+        entries = os.listdir("/proc/self/fd")
+    except FileNotFoundError:
+        return None
+    found = []
+    for name in entries:
+        try:
+            found.append((int(name), os.readlink(f"/proc/self/fd/{name}")))
+        except OSError:
+            continue  # closed meanwhile (or the listing's own descriptor)
+    return found
+
+
+def name_task(tid: int, name: bytes) -> bool:
+    """Write the kernel's name (comm) of this process's thread ``tid``; False where it cannot.
+
+    What ``prctl(PR_SET_NAME)`` does (proc(5)), without loading ctypes.
+    """
+    try:
+        with open(f"/proc/self/task/{tid}/comm", "wb") as comm:
+            comm.write(name)
+    except OSError:
+        return False
+    return True
+
+
+def task_exists(native_id: int | None) -> bool:
+    """Whether this process's thread ``native_id`` is still in the kernel; False without /proc."""
+    return os.path.exists(f"/proc/self/task/{native_id}")
+
+
+def task_syscalls() -> list[list[str]]:
+    """For each thread of this process blocked in a call, its ``syscall`` line's words.
+
+    Empty without /proc.
+    """
+    try:
+        tids = os.listdir("/proc/self/task")
+    except FileNotFoundError:
+        return []
+    found = []
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/syscall", encoding="ascii") as info:
+                found.append(info.read().split())
+        except OSError:
+            continue  # gone, or not readable
+    return found
+
+
+def unwatch(epoll_fd: int, fds: Sequence[int]) -> None:
+    """EPOLL_CTL_DEL each of ``fds`` that ``epoll_fd`` watches (its fdinfo lists them)."""
+    try:
+        with open(f"/proc/self/fdinfo/{epoll_fd}", encoding="ascii") as info:
+            watched = {int(line.split()[1]) for line in info if line.startswith("tfd:")}
+        epoll = select.epoll.fromfd(os.dup(epoll_fd))  # the same epoll set, our own descriptor
+    except (OSError, ValueError, IndexError):
+        return
+    with epoll:
+        for fd in watched.intersection(fds):
+            try:
+                epoll.unregister(fd)
+            except OSError:
+                pass  # the loop removed it meanwhile
 
 
 def is_alive(pid: int) -> bool:

@@ -28,7 +28,11 @@ the old instance is sent its stop, :func:`quiesce` therefore
   that accepts in main's own thread, blocking, would wait there through its
   SIGTERM (before the quiesce, the next connection of the queue woke it).
 
-Loaded only by the instance a restart replaces.
+Loaded only by the instance a restart replaces.  A Linux refinement: it
+reads the descriptors, threads and epoll sets of the process off /proc
+(``_proc``), and where /proc or epoll is missing it does nothing (the
+handover then works as a ``restart`` without it did: the old instance's
+last accepted connections may be lost).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ import _thread
 import os
 import sys
 import time
+
+from ._platform import HAS_EPOLL, has_proc
+from ._proc import own_descriptor_targets, task_syscalls, unwatch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,7 +65,12 @@ _KNOCK_EVERY = 0.1  # once stopping: how often a thread waiting on a quiet socke
 
 
 def quiesce(listening: Sequence[socket.socket], limit: float) -> bool:
-    """Stop accepting on ``listening``; wait until what was accepted is read. False on timeout."""
+    """Stop accepting on ``listening``; wait until what was accepted is read. False on timeout.
+
+    True at once where it cannot be done (no /proc or no epoll).
+    """
+    if not (HAS_EPOLL and has_proc()):
+        return True
     ends = [_local_end(sock) for sock in listening]
     deadline = time.monotonic() + limit
     replaced = stop_accepting(listening)
@@ -87,7 +99,7 @@ def stop_accepting(listening: Sequence[socket.socket]) -> dict[int, _Address]:
             continue  # main closed it
     replaced = {fd: named[target] for fd, target in _descriptors() if target in named}
     for epoll_fd in [fd for fd, target in _descriptors() if target == "anon_inode:[eventpoll]"]:
-        _unwatch(epoll_fd, list(replaced))
+        unwatch(epoll_fd, list(replaced))
     inodes = {int(target[8:-1]) for target in named}
     for fd in replaced:
         _replace_by_quiet_socket(fd, inodes)
@@ -104,14 +116,12 @@ def _accepting_threads(replaced: Collection[int]) -> list[int]:
     """
     calls = _ACCEPT_CALLS.get(os.uname().machine, ())
     waiting = []
-    for tid in os.listdir("/proc/self/task"):
+    for words in task_syscalls():
         try:
-            with open(f"/proc/self/task/{tid}/syscall", encoding="ascii") as info:
-                words = info.read().split()
             if int(words[0]) in calls and int(words[1], 16) in replaced:
                 waiting.append(int(words[1], 16))
-        except (OSError, ValueError, IndexError):
-            continue  # gone, running, or not readable
+        except (ValueError, IndexError):
+            continue  # running
     return waiting
 
 
@@ -230,31 +240,7 @@ def _knock(fd: int, inode: int, name: bytes) -> _socket.socket | None:
 
 
 def _descriptors() -> list[tuple[int, str]]:
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            found.append((int(name), os.readlink(f"/proc/self/fd/{name}")))
-        except OSError:
-            continue  # closed meanwhile (or the listing's own descriptor)
-    return found
-
-
-def _unwatch(epoll_fd: int, fds: Sequence[int]) -> None:
-    """EPOLL_CTL_DEL each of ``fds`` that ``epoll_fd`` watches (its fdinfo lists them)."""
-    import select  # noqa: PLC0415
-
-    try:
-        with open(f"/proc/self/fdinfo/{epoll_fd}", encoding="ascii") as info:
-            watched = {int(line.split()[1]) for line in info if line.startswith("tfd:")}
-        epoll = select.epoll.fromfd(os.dup(epoll_fd))  # the same epoll set, our own descriptor
-    except (OSError, ValueError, IndexError):
-        return
-    with epoll:
-        for fd in watched.intersection(fds):
-            try:
-                epoll.unregister(fd)
-            except OSError:
-                pass  # the loop removed it meanwhile
+    return own_descriptor_targets() or []
 
 
 def _replace_by_quiet_socket(fd: int, inodes: set[int]) -> None:

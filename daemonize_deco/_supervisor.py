@@ -153,10 +153,12 @@ class _Supervisor(SignalPath):
             self.record_fd = handlers.install(self.service.hooks.on_signal)
             try:
                 take_the_pidfile(self.service, self.pidfile, self.pid)
-                if credentials is not None:
-                    # The service asks for PDEATHSIG through ctypes: import it while we
-                    # still may read every directory (the interpreter may live in /root).
-                    import ctypes  # noqa: F401, PLC0415
+                # The service dies with the supervisor: its lifeline, where the kernel
+                # may lack the signal, and (privileges dropped next) ctypes, imported
+                # while we still may read every directory.
+                from ._hygiene import prepare_to_be_died_with  # noqa: PLC0415
+
+                prepare_to_be_died_with(dropping_privileges=credentials is not None)
                 prepare_process(self.service, credentials)  # the children inherit it all
                 self.control = listen_for_control(self.config.pidfile)
                 self.claim = listen_for_claimants(self.pidfile.path)

@@ -90,6 +90,9 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
     "_platform_resources": ("base", CMD),  # status only: psutil never reaches a daemon
     "_platform_process": ("base", ALL),
     "_platform_sockets": ("base", ALL),
+    "_platform_descriptors": ("base", ALL),
+    "_platform_identity": ("base", ALL),
+    "_platform_parent_death": ("base", ALL),
     "_terminate": ("base", ALL),
     "_hygiene": ("base", ALL),
     "_errors": ("base", ALL),
@@ -256,10 +259,6 @@ LINUX_ONLY_NAMES = frozenset({
     "SOCK_CLOEXEC", "SOCK_NONBLOCK", "MSG_CMSG_CLOEXEC", "setresuid", "setresgid",
     "prctl", "epoll", "sched_getaffinity",
 })  # fmt: skip
-# Modules still to be put behind the seam (issue 25): this set only shrinks.
-NOT_YET_BEHIND_THE_SEAM = frozenset({
-    "_descendants", "_detach", "_dispatch", "_hygiene", "_listening", "_mark", "_quiesce",
-})  # fmt: skip
 
 
 def _is_seam(module: str) -> bool:
@@ -292,12 +291,7 @@ def _linux_only_uses(tree: ast.AST) -> list[str]:
 def test_only_the_seam_touches_what_linux_alone_has():
     reaching = {
         module: uses
-        for module in sorted(_present() - {m for m in _present() if _is_seam(m)})
+        for module in sorted(m for m in _present() if not _is_seam(m))
         if (uses := _linux_only_uses(_tree(module)))
     }
-    unexpected = {m: uses for m, uses in reaching.items() if m not in NOT_YET_BEHIND_THE_SEAM}
-    assert not unexpected, f"past the platform seam: {unexpected}"
-    cleared = NOT_YET_BEHIND_THE_SEAM - set(reaching)
-    assert not cleared, (
-        f"behind the seam now, take them off NOT_YET_BEHIND_THE_SEAM: {sorted(cleared)}"
-    )
+    assert not reaching, f"past the platform seam: {reaching}"

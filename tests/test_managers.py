@@ -187,6 +187,7 @@ def test_systemd_unit(make_service, tmp_path):
         assert "svc.service" not in verify.stderr, verify.stderr
 
 
+@pytest.mark.linux_only("the process name is written through /proc")
 def test_process_is_named_after_the_service(make_service):
     svc = make_service(name="a-long-service-name-indeed")
     pid = svc.start()

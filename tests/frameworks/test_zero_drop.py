@@ -25,6 +25,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from framework_restart_figures import AIOHTTP, UVICORN  # the programs the figures measure
 
 pytestmark = [pytest.mark.frameworks, pytest.mark.timeout(240)]
+QUIESCE = pytest.mark.linux_only(
+    "the quiesce reads the process's descriptors and epoll sets off /proc"
+)
 
 RESTARTS = 20
 
@@ -81,6 +84,7 @@ def _connections_served(port: int) -> bool:
     lost="nothing: 0 failed requests, 0 non-2xx, every old instance ends on SIGTERM",
 )
 @pytest.mark.parametrize("prelude", [UVICORN, AIOHTTP], ids=["uvicorn", "aiohttp"])
+@QUIESCE
 def test_restarts_under_load_lose_no_request(make_service, prelude):
     _restart_under_load(make_service, "return serve()", prelude, RESTARTS)
 
@@ -91,6 +95,7 @@ def test_restarts_under_load_lose_no_request(make_service, prelude):
     lost="nothing: the quiesce looks through every descriptor in time",
 )
 @pytest.mark.parametrize("prelude", [UVICORN, AIOHTTP], ids=["uvicorn", "aiohttp"])
+@QUIESCE
 def test_restarts_with_a_thousand_descriptors(make_service, prelude):
     held = "\nimport socket as _socket\n_HELD = [_socket.socketpair() for _ in range(500)]\n"
     _restart_under_load(make_service, "return serve()", prelude + held, 10)
@@ -101,6 +106,7 @@ def test_restarts_with_a_thousand_descriptors(make_service, prelude):
     "listen= restarts under ab -c 10: a plain loop with a thread blocked in accept()",
     lost="nothing: the blocked accept() is woken onto the quiet socket",
 )
+@QUIESCE
 def test_restarts_of_a_blocking_accept_loop(make_service):
     _restart_under_load(make_service, "serve()", BLOCKING, 10, wait_ready=True)
 
@@ -164,6 +170,7 @@ def _stop_between_two_accepts(svc, port: int) -> None:
     "listen= restart of a plain loop whose thread waits in accept(); requests after its stop",
     lost="nothing: every connection made after the old instance saw its stop is the new one's",
 )
+@QUIESCE
 def test_a_blocked_accept_takes_nothing_after_the_quiesce(make_service):
     port = free_port()
     svc = make_service(

@@ -16,7 +16,11 @@ import subprocess
 import pytest
 from conftest import alive, is_gone, wait_for
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [
+    pytest.mark.timeout(120),
+    # Without /proc no process is looked at (_descendants): the group's fate alone.
+    pytest.mark.linux_only("finding what a run started reads /proc"),
+]
 
 # main starts three workers: a plain subprocess, one in a session of its own, and a
 # shell in a new session whose own child (a grandchild) sleeps; each logs its pid.

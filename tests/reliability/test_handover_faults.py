@@ -335,6 +335,7 @@ with socket.socket(fileno=os.dup(sock.fileno())) as now:
     "connects to the abstract quiesce name; a socket file is in the service's own directory"
 )
 @ROOT_ONLY
+@pytest.mark.linux_only("the quiesce reads the process's descriptors and epoll sets off /proc")
 @pytest.mark.scenario(
     "Security",
     "another user connects first to the name on which the old instance awaits the quiesce",

@@ -169,6 +169,7 @@ while not should_stop():
     "kill -9 of a service with a worker, then start (not stop) again",
     lost="nothing: start ends what the killed run left, before the new run begins",
 )
+@pytest.mark.linux_only("finding what a run started reads /proc")
 def test_start_after_a_killed_run_does_not_lose_its_workers(make_service):
     svc = make_service(WORKER, stop_timeout=3.0)
     first = svc.start()
@@ -197,6 +198,7 @@ print("main returned", flush=True)
     "stop of a service whose worker ignores SIGTERM (main returns at once)",
     lost="the worker gets SIGKILL in time for the service to exit within stop_timeout: 'stopped'",
 )
+@pytest.mark.linux_only("finding what a run started reads /proc")
 def test_a_worker_ignoring_sigterm_does_not_get_its_service_killed(make_service):
     svc = make_service(STUBBORN, stop_timeout=2.0)
     pid = svc.start()
@@ -231,6 +233,7 @@ while not should_stop():
     "stop of a service that uses all its descriptors and has workers in sessions of their own",
     lost="nothing: the service lets go of its spare descriptor and ends them a few at a time",
 )
+@pytest.mark.linux_only("finding what a run started reads /proc")
 def test_a_service_out_of_descriptors_still_ends_its_workers(make_service):
     svc = make_service(FULL, stop_timeout=3.0)
     pid = svc.start()
@@ -358,6 +361,7 @@ def test_a_directory_planted_as_the_options_file_does_not_lose_the_options(
     "a second Ctrl-C in run, while main (with a worker in a session of its own) stops",
     lost="nothing: the run's processes get SIGTERM as it exits",
 )
+@pytest.mark.linux_only("finding what a run started reads /proc")
 def test_a_second_ctrl_c_in_run_leaves_no_worker_running(make_service):
     body = """
 worker = subprocess.Popen(["sleep", "1000"], start_new_session=True,

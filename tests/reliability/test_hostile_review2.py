@@ -151,6 +151,7 @@ def work():
     "main starts a worker that runs a custom command of its own script (app.py work)",
     lost="nothing: only built-in commands wear the command badge; the worker ends with the run",
 )
+@pytest.mark.linux_only("finding what a run started reads /proc")
 def test_a_worker_running_a_custom_command_ends_with_the_run(make_service):
     svc = make_service(COMMAND_WORKER, wait_ready=True, stop_timeout=3.0)
     svc.script.write_text(
@@ -192,6 +193,7 @@ while True:
     "a second Ctrl-C in run while a worker (a shell in a session of its own) has a child",
     lost="nothing: every process of the run (marked) gets SIGTERM as it exits",
 )
+@pytest.mark.linux_only("finding what a run started reads /proc")
 def test_a_second_ctrl_c_leaves_nothing_no_command_can_find(make_service):
     svc = make_service(body=SHELL_WORKER)
     proc = svc.popen("run")
@@ -297,6 +299,7 @@ while not should_stop():
     "stop_timeout=30)",
     lost="nothing: Ctrl-C ends the wait at once (SIGKILL) and the start",
 )
+@pytest.mark.linux_only("finding what a run started reads /proc")
 def test_ctrl_c_to_a_start_ending_what_a_killed_run_left_is_not_deferred(make_service):
     svc = make_service(STUBBORN_WORKER, wait_ready=True, stop_timeout=30.0)
     pid = svc.start()
@@ -335,6 +338,7 @@ time.sleep(1.5)
     lost="nothing: a run past most of its stop_timeout gives its workers a whole one; the "
     "worker finishes",
 )
+@pytest.mark.linux_only("finding what a run started reads /proc")
 def test_stop_timeout_given_to_stop_is_the_workers_time_too(make_service):
     svc = make_service(SLOW_STOP_WITH_WORKER, wait_ready=True, stop_timeout=1.0)
     pid = svc.start()
@@ -447,6 +451,7 @@ time.sleep(1000)     # never finishes its stop: SIGKILL after stop_timeout
     "worker in a session of its own",
     lost="nothing: the restart ends what the killed instance left",
 )
+@pytest.mark.linux_only("finding what a run started reads /proc")
 def test_a_handover_that_kills_the_old_instance_ends_what_it_left(make_service):
     port = free_port()
     svc = make_service(
