@@ -8,11 +8,11 @@ a call, is then handled by what it really has.
 
 from __future__ import annotations
 
+import _signal  # signal.py would load enum's Signals into every daemon (a millisecond)
 import _socket  # socket.py would cost every daemon milliseconds of imports
 import functools
 import os
 import select
-import signal
 
 __all__ = [
     "HAS_EPOLL",
@@ -27,7 +27,7 @@ __all__ = [
 # epoll, whose sets a handed-over listener is taken out of (``_quiesce``): Linux.
 HAS_EPOLL = hasattr(select, "epoll")
 # A pidfd pins a process: signals through it cannot reach a later process that reuses the pid.
-HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(_signal, "pidfd_send_signal")
 # kqueue's EVFILT_PROC/NOTE_EXIT tells the moment a process exits (macOS, the BSDs).
 HAS_KQUEUE = hasattr(select, "kqueue")
 # An anonymous file a process holds, named in /proc/PID/fd: the daemons' badges.

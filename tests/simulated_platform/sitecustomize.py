@@ -28,6 +28,7 @@ only the library is handicapped.
 
 from __future__ import annotations
 
+import _signal
 import _socket
 import builtins
 import errno
@@ -156,6 +157,11 @@ def _through_socket_py(names: dict[Any, tuple[str, ...]]) -> dict[Any, tuple[str
     return {_socket: names[socket]} if socket in names else {}
 
 
+def _through_signal_py(names: dict[Any, tuple[str, ...]]) -> dict[Any, tuple[str, ...]]:
+    """The same names taken from ``_signal`` too: the library probes the C module."""
+    return {_signal: names[signal]} if signal in names else {}
+
+
 def _refusing_c_socket() -> type:
     """A subclass of the C socket type that refuses abstract names (the type cannot be patched).
 
@@ -192,6 +198,7 @@ def simulate(platform: str) -> None:
     """Take away what ``platform`` lacks."""
     _remove(_BOTH)
     _remove(_through_socket_py(_BOTH))
+    _remove(_through_signal_py(_BOTH))
     import selectors  # noqa: PLC0415 -- socket imported it, and chose epoll
 
     selectors.DefaultSelector = selectors.PollSelector  # type: ignore[misc]

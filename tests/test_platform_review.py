@@ -1,0 +1,91 @@
+"""A hostile review of the platform seam (issue 25), with real processes.
+
+Each test is a break found by attacking the seam: on plain Linux (nothing
+may change there) or with what macOS and FreeBSD lack taken away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from conftest import is_gone, wait_for
+from test_platform_sockets import AS_ROOT, atexit_rmdir, service, socket_dir
+
+pytestmark = pytest.mark.timeout(120)
+
+# Not conftest's script, which imports signal and subprocess itself.
+WRITE_MODULES = """\
+import json, os, sys
+from daemonize_deco import daemon, should_stop, sleep
+
+@daemon(pidfile={pidfile!r}, stdout={log!r})
+def main():
+    with open({path!r} + ".tmp", "w") as f:
+        json.dump(sorted(sys.modules), f)
+    os.rename({path!r} + ".tmp", {path!r})
+    while not should_stop():
+        sleep(3600)
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.linux_only("the simulation itself imports socket, signal and ctypes")
+def test_a_plain_daemon_carries_no_module_the_seam_could_add(make_service, tmp_path):
+    # _platform probed pidfd_send_signal in signal.py, which the daemon did not
+    # load before: every daemon carried it (and its enums) from then on.
+    found = tmp_path / "modules.json"
+    svc = make_service()
+    svc.script.write_text(
+        WRITE_MODULES.format(pidfile=str(svc.pidfile), log=str(svc.log), path=str(found))
+    )
+    pid = svc.start()
+    modules = set(json.loads(wait_for(lambda: found.exists() and found.read_text())))
+    svc.stop_gracefully(pid)
+    assert "daemonize_deco._platform" in modules  # the seam is there, and cheap
+    heavy = {"signal", "socket", "ctypes", "subprocess", "psutil", "selectors", "hashlib"}
+    assert not modules & heavy, modules & heavy
+
+
+PLANT_DIRECTORY = """
+import os, sys
+os.mkdir(sys.argv[1], 0o700)
+print("planted", flush=True)
+"""
+
+
+@AS_ROOT
+@pytest.mark.xfail(
+    strict=True,
+    reason="the short socket directory /tmp/daemonize_deco-DIGEST has a predictable name in a "
+    "world-writable /tmp: any local user can make it first and so keep a service whose "
+    "pidfile is too deep for PIDFILE.sockets (or whose user= cannot reach it) from ever "
+    "starting, though that user cannot touch the pidfile's own directory; needs a name "
+    "nobody can guess, recorded where only the service's owners write",
+)
+@pytest.mark.scenario(
+    "Security",
+    "another user makes the short socket directory of a deep pidfile first",
+    lost="the start (refused: the directory belongs to another user)",
+)
+def test_another_user_cannot_keep_a_deep_pidfile_from_starting(make_service, tmp_path, as_nobody):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    deep = private / ("d" * 80)
+    deep.mkdir()
+    svc = service(make_service, pidfile=str(deep / "svc.pid"))
+    folder = socket_dir(svc.pidfile)
+    assert str(folder).startswith("/tmp/daemonize_deco-")
+    planter = as_nobody(PLANT_DIRECTORY, str(folder))
+    assert planter.stdout is not None and planter.stdout.readline() == "planted\n"
+    atexit_rmdir(folder)
+    result = svc.cli("start")
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 0, result.stderr
+    pid = svc.pid_from(result.stdout)
+    assert svc.cli("stop").returncode == 0
+    wait_for(lambda: is_gone(pid), what="the stop")
+    assert os.stat(folder).st_uid != 0  # the planted one is left alone
