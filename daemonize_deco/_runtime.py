@@ -39,6 +39,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import mmap
     from collections.abc import Callable, Sequence
+    from threading import Thread
 
     from ._claim import Answer
     from ._config import ServiceConfig
@@ -163,16 +164,21 @@ def _wait_for_threads(timeout: float) -> tuple[str, ...]:
         return ()
     from ._dispatch import wait_in_slices  # noqa: PLC0415 -- loaded with the dispatcher
 
-    me = threading.current_thread()
+    # threading first imported by the dispatcher (a _thread: subprocess, psutil) takes
+    # it for the main thread, which never ends: it is none of main's threads.
+    ours = (threading.current_thread(), threading.main_thread())
+
+    def left() -> list[Thread]:
+        return [t for t in threading.enumerate() if t not in ours and not t.daemon]
 
     def all_ended(seconds: float) -> bool:
-        running = [t for t in threading.enumerate() if t is not me and not t.daemon]
+        running = left()
         if running:
             running[0].join(seconds)
         return not any(t.is_alive() for t in running)
 
     wait_in_slices(all_ended, timeout)
-    return tuple(t.name for t in threading.enumerate() if t is not me and not t.daemon)
+    return tuple(t.name for t in left())
 
 
 def _die_now(pidfile: PidFile, options: str | None) -> Callable[[int], None]:
