@@ -9,7 +9,9 @@ a squatter's, not the service's: who holds it is read off ``/proc/locks``,
 and, when the process that took it is gone, off each process's descriptors.
 Without ``/proc`` (macOS, the BSDs) the pid the locked file names is
 believed while that process runs and had started by the file's last write
-(``_proc.holds_file``), and no squatter can be told from the service.
+(``_proc.holds_file``) and, where the sockets are files, has its control
+socket in the service's own directory (a process named by a hand that
+overwrote the file has none); no squatter can be told from the service.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from ._beside import is_trusted
 from ._errors import PidFileError
 from ._lastrun import LastRun
 from ._pidfile import LAST_WORDS_START, distrust, parse_pid, try_lock, user_name
+from ._platform import has_proc
+from ._platform_sockets import vouches_for
 from ._proc import descriptor_info, flock_holders, holds_file, openers, real_uid
 
 TYPE_CHECKING = False
@@ -135,7 +139,7 @@ def _state_of(pidfile: PidFile, fd: int) -> PidFileState | object:
     pid = parse_pid(content)
     if try_lock(fd):
         return _unlocked_state(pidfile, fd, content, pid)
-    if pid is not None and holds_file(pid, _identity_of(found), found.st_mtime) is not False:
+    if pid is not None and _holds(pidfile, pid, found) is not False:
         return PidFileState(exists=True, running=True, pid=pid)
     if _squatter(pidfile, found, pid) is not None:  # another user's lock: not the service
         return PidFileState(exists=True, running=False, pid=pid)
@@ -171,7 +175,15 @@ def is_held_by(pidfile: PidFile, pid: int) -> bool:
         os.close(fd)
     if not is_trusted(held, pidfile.owners):
         return False
-    return named == pid and holds_file(pid, _identity_of(held), held.st_mtime) is not False
+    return named == pid and _holds(pidfile, pid, held) is not False
+
+
+def _holds(pidfile: PidFile, pid: int, found: os.stat_result) -> bool | None:
+    """Whether ``pid``, which the pidfile ``found`` names, has it open (``_proc.holds_file``)."""
+    held = holds_file(pid, _identity_of(found), found.st_mtime)
+    if held and not has_proc() and vouches_for(pid, pidfile.path, pidfile.owners) is False:
+        return False  # an earlier process, not the service: the file was overwritten
+    return held
 
 
 def remove_if_stale(pidfile: PidFile) -> bool:
@@ -233,7 +245,7 @@ def _squatter(pidfile: PidFile, found: os.stat_result, named: int | None) -> int
     descriptors on it carry the lock (a slow look, every descriptor).
     """
     identity = _identity_of(found)
-    if named is not None and holds_file(named, identity, found.st_mtime):
+    if named is not None and _holds(pidfile, named, found):
         return None
     holders = [pid for pid in lock_holders(identity) if holds_file(pid, identity)]
     uids = {owner_of(pid) for pid in holders or lockers(identity)}

@@ -23,6 +23,7 @@ import stat
 from ._beside import is_trusted
 from ._errors import PidFileError
 from ._lastrun import LastRun
+from ._platform import has_proc
 from ._proc import holds_file
 
 TYPE_CHECKING = False
@@ -327,7 +328,9 @@ class PidFile:
         if pid is None or pid == os.getpid():
             return False
         held = os.fstat(self._fd)
-        return holds_file(pid, (held.st_dev, held.st_ino), held.st_mtime) is True
+        if holds_file(pid, (held.st_dev, held.st_ino), held.st_mtime) is not True:
+            return False
+        return has_proc() or _vouched_for(pid, self.path, self.owners)
 
     def names_us(self) -> bool:
         """Whether the locked file names this process (a handover committed to it)."""
@@ -465,6 +468,17 @@ def distrust(found: os.stat_result) -> str:
 
 
 _held: PidFile | None = None
+
+
+def _vouched_for(pid: int, path: str, owners: frozenset[int]) -> bool:
+    """Without /proc: whether ``pid`` is a service of ours (``_platform_sockets.vouches_for``).
+
+    A successor is ready, so it listens on its control socket, before its
+    pid is written here; a process the file was overwritten to name does not.
+    """
+    from ._platform_sockets import vouches_for  # noqa: PLC0415 -- loaded by the claim already
+
+    return vouches_for(pid, path, owners) is not False
 
 
 def _forget_in_child() -> None:

@@ -69,6 +69,7 @@ __all__ = [
     "quiet_address",
     "receive_descriptors",
     "remove_unused",
+    "vouches_for",
 ]
 
 _CLAIM_PREFIX = "daemonize_deco-claim:"
@@ -240,6 +241,24 @@ def find_control(pid: int, pidfile: str, owners: Collection[int]) -> str | None:
                 return "\0" + name[1:]
         return None
     return _socket_in(pidfile, f"{_CONTROL}{pid}", owners)
+
+
+def vouches_for(pid: int, pidfile: str, owners: Collection[int]) -> bool | None:
+    """Whether ``pid`` has its control socket file in a directory ``owners`` keep for ``pidfile``.
+
+    Where nothing shows another process's descriptors, this tells the
+    service from a process a pidfile was overwritten to name.  None where
+    the sockets have abstract names, or there is no such directory (nothing
+    to tell by), or no descriptor is left.
+    """
+    try:
+        if _abstract():
+            return None
+    except OSError:
+        return None
+    if not _trusted(pidfile, owners):
+        return None
+    return _socket_in(pidfile, f"{_CONTROL}{pid}", owners) is not None
 
 
 def datagram_address(text: str) -> str | None:

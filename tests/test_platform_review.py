@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 from conftest import is_gone, wait_for
+from platform_simulation import SIMULATION, VARIABLE, simulated
 from test_platform_sockets import AS_ROOT, atexit_rmdir, service, socket_dir
 
 pytestmark = pytest.mark.timeout(120)
@@ -89,3 +91,56 @@ def test_another_user_cannot_keep_a_deep_pidfile_from_starting(make_service, tmp
     assert svc.cli("stop").returncode == 0
     wait_for(lambda: is_gone(pid), what="the stop")
     assert os.stat(folder).st_uid != 0  # the planted one is left alone
+
+
+# conftest's script imports threading in main: the dispatcher's import of it went unseen.
+PLAIN = """\
+from daemonize_deco import daemon, should_stop, sleep
+
+@daemon(pidfile={pidfile!r}, stdout={log!r}, stop_timeout=5)
+def main():
+    while not should_stop():
+        sleep(3600)
+    print("stopping", flush=True)
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def without_proc(env: dict[str, str]) -> None:
+    """Run with no /proc, pidfds nor abstract sockets (or all the run's platform lacks)."""
+    env[VARIABLE] = simulated() or "freebsd14"
+    path = env.get("PYTHONPATH", "")
+    if str(SIMULATION) not in path.split(os.pathsep):
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SIMULATION), path]))
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "without /proc, the pidfile overwritten to name an older, unrelated process",
+    lost="nothing: status names the service and puts its pidfile back; stop stops the "
+    "service, never the process the file was made to name",
+)
+def test_an_overwritten_pidfile_never_gets_another_process_stopped(make_service, tmp_path):
+    # The pid a locked pidfile named was believed where /proc is missing if that
+    # process had started before the file's last write: stop sent SIGTERM to it
+    # and left the service running.  And once the service's dispatcher had asked
+    # ps or psutil (importing threading), the service took stop_timeout to end.
+    svc = make_service()
+    svc.script.write_text(PLAIN.format(pidfile=str(svc.pidfile), log=str(svc.log)))
+    without_proc(svc.env)
+    other = subprocess.Popen(["sleep", "600"])
+    try:
+        pid = svc.start()
+        svc.pidfile.write_text(f"{other.pid}\n")
+        status = svc.cli("status")
+        assert status.returncode == 0, status.stderr
+        assert f"is running (pid {pid}," in status.stdout, status.stdout
+        assert "put back" in status.stdout, status.stdout
+        svc.stop_gracefully(pid)
+        assert other.poll() is None  # never signalled
+        assert "still running" not in svc.log_text()
+    finally:
+        other.kill()
+        other.wait()
