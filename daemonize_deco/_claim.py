@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 PUT_BACK = "pidfile"
+WHO = "pid"  # asked where the system does not name a socket's peer
 _PID_READ_LIMIT = 64
 fnv1a = _platform_sockets.fnv1a
 
@@ -181,7 +182,9 @@ def find_claimant(
         if creds is None or pid is None:
             # A socket file: its directory says it is a trusted user's.
             return (
-                _put_back_unseen(sock, pidfile, trusted_uids) if put_back else Claimant(None, "ok")
+                _put_back_unseen(sock, address, pidfile, trusted_uids)
+                if put_back
+                else Claimant(None, "ok")
             )
         if not has_open(pid, pidfile):
             return None  # not a service of ours
@@ -213,15 +216,41 @@ def _ask_to_put_back(sock: _socket.socket) -> str:
 
 
 def _put_back_unseen(
-    sock: _socket.socket, pidfile: str, trusted_uids: Collection[int]
+    sock: _socket.socket, address: str | bytes, pidfile: str, trusted_uids: Collection[int]
 ) -> Claimant | None:
-    """The claimant whose pid the system does not tell: the pid it puts in its pidfile."""
-    answer = _ask_to_put_back(sock)
-    if not answer.startswith("ok"):
-        return None
-    from ._beside import read  # noqa: PLC0415 -- loaded by the pidfile already
-    from ._pidfile import parse_pid  # noqa: PLC0415
+    """The claimant whose pid the system does not tell: the pid it puts in its pidfile.
 
-    content = read(pidfile, _PID_READ_LIMIT, trusted_uids)
-    pid = None if content is None else parse_pid(content)
+    When it cannot put it back (a ``user=`` that may not write the pidfile's
+    directory), the pid it states: its socket's directory vouches for it.
+    """
+    answer = _ask_to_put_back(sock)
+    pid = None
+    if answer.startswith("ok"):
+        from ._beside import read  # noqa: PLC0415 -- loaded by the pidfile already
+        from ._pidfile import parse_pid  # noqa: PLC0415
+
+        content = read(pidfile, _PID_READ_LIMIT, trusted_uids)
+        pid = None if content is None else parse_pid(content)
+    if pid is None and not answer.startswith("error no answer"):
+        pid = _stated_pid(address, sock.gettimeout())
     return None if pid is None else Claimant(pid, answer)
+
+
+def _stated_pid(address: str | bytes, timeout: float | None) -> int | None:
+    """The pid the process listening on the claim ``address`` says it has."""
+    try:
+        sock = stream_socket()
+    except OSError:
+        return None
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        sock.sendall(WHO.encode("ascii") + b"\n")
+        answer = read_line(sock).decode("ascii", "replace").split()
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    if len(answer) == 2 and answer[0] == "ok" and answer[1].isdigit():
+        return int(answer[1])
+    return None

@@ -28,7 +28,9 @@ from ._errors import (
 from ._lookup import inspect_service, pidfile_of, trusted_owners, with_note
 from ._managers import manager_of
 from ._output import complain, say
+from ._platform import has_proc
 from ._platform_process import ProcessHandle, start_time
+from ._platform_sockets import vouches_for
 from ._proc import is_alive
 from ._terminate import terminate
 
@@ -68,10 +70,17 @@ def _pinned(pidfile: PidFile, pid: int) -> ProcessHandle | None:
     the pid been reused: checking again after pinning rules that out.
     """
     process = ProcessHandle.open(pid)
-    if process is not None and not (pidfile.is_held_by(pid) or has_open(pid, pidfile.path)):
+    if process is not None and not (
+        pidfile.is_held_by(pid) or has_open(pid, pidfile.path) or _vouched_for(pidfile, pid)
+    ):
         process.close()
         return None
     return process
+
+
+def _vouched_for(pidfile: PidFile, pid: int) -> bool:
+    """Without /proc, which shows a deleted pidfile held open: ``pid`` has its sockets there."""
+    return not has_proc() and vouches_for(pid, pidfile.path, pidfile.owners) is True
 
 
 def stop(service: Service) -> int:

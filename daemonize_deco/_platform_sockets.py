@@ -248,17 +248,25 @@ def vouches_for(pid: int, pidfile: str, owners: Collection[int]) -> bool | None:
 
     Where nothing shows another process's descriptors, this tells the
     service from a process a pidfile was overwritten to name.  None where
-    the sockets have abstract names, or there is no such directory (nothing
-    to tell by), or no descriptor is left.
+    the sockets have abstract names, or there is no such directory, or it
+    is closed to us (nothing to tell by), or no descriptor is left.
     """
     try:
         if _abstract():
             return None
     except OSError:
         return None
-    if not _trusted(pidfile, owners):
-        return None
-    return _socket_in(pidfile, f"{_CONTROL}{pid}", owners) is not None
+    folders = _trusted(pidfile, owners)
+    for folder in folders:
+        try:
+            found = os.stat(os.path.join(folder, f"{_CONTROL}{pid}"), follow_symlinks=False)
+        except PermissionError:
+            return None  # the service's directory, closed to us: we may not look
+        except OSError:
+            continue
+        if stat.S_ISSOCK(found.st_mode):
+            return True
+    return False if folders else None
 
 
 def datagram_address(text: str) -> str | None:
