@@ -33,7 +33,11 @@ def pidfile_of(service: Service) -> PidFile:
 
 
 def holder_or_lock(
-    service: Service, pidfile: PidFile, interrupts: DeferredInterrupts | None = None
+    service: Service,
+    pidfile: PidFile,
+    interrupts: DeferredInterrupts | None = None,
+    *,
+    again: bool = False,
 ) -> tuple[int, str] | None:
     """Take the pidfile's lock (None), or return the running daemon's pid and a note.
 
@@ -77,9 +81,19 @@ def holder_or_lock(
         raise
     pidfile.remove()  # the running daemon puts its own back, locked, at this path
     found = _claimant(service, pidfile)
-    if found is None:  # it exited meanwhile: start afresh
-        return holder_or_lock(service, pidfile, interrupts)
+    if found is None:  # it exited meanwhile: start afresh (once: not for a mute one)
+        _say_no_pid(pidfile, again=again)
+        return holder_or_lock(service, pidfile, interrupts, again=True)
     return found
+
+
+def _say_no_pid(pidfile: PidFile, *, again: bool) -> None:
+    """A claimant found twice that never says which process it is: a stopped one, say."""
+    if again:
+        raise PidFileError(
+            f"a process claims {pidfile.path} but does not say its pid (stopped?)",
+            path=pidfile.path,
+        )
 
 
 def _other_users_service(pidfile: PidFile, error: PidFileError) -> tuple[int, str]:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from conftest import is_gone, wait_for
 from platform_simulation import SIMULATION, VARIABLE, simulated
 from test_platform_sockets import AS_ROOT, atexit_rmdir, service, socket_dir
+
+from daemonize_deco._platform_sockets import directories
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -144,3 +147,41 @@ def test_an_overwritten_pidfile_never_gets_another_process_stopped(make_service,
     finally:
         other.kill()
         other.wait()
+
+
+MUTE_CLAIM = """
+import os, socket, sys
+os.makedirs(sys.argv[1], mode=0o700, exist_ok=True)
+claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+claim.bind(os.path.join(sys.argv[1], "claim"))
+claim.listen(8)
+print("listening", flush=True)
+while True:
+    claim.accept()[0].close()
+"""
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "where sockets are files, the claim answers but never says its pid (a stopped service)",
+    lost="the start: refused in one line, instead of recursing into a RecursionError",
+)
+def test_a_claimant_that_never_says_its_pid_fails_a_start_in_one_line(make_service):
+    svc = make_service()
+    without_proc(svc.env)
+    mute = subprocess.Popen(
+        [sys.executable, "-c", MUTE_CLAIM, directories(str(svc.pidfile))[0]],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert mute.stdout is not None and mute.stdout.readline() == "listening\n"
+        result = svc.cli("start")
+        assert "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert result.returncode == 1, result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert "does not say its pid" in result.stderr
+        assert svc.daemons() == []
+    finally:
+        mute.kill()
+        mute.wait()
