@@ -185,3 +185,37 @@ def test_a_claimant_that_never_says_its_pid_fails_a_start_in_one_line(make_servi
     finally:
         mute.kill()
         mute.wait()
+
+
+# No threading imported by main: the reload callback, on the dispatcher thread, is first.
+LOGGING_RELOAD = """\
+from daemonize_deco import daemon, should_stop, sleep
+
+@daemon(pidfile={pidfile!r}, stdout={log!r}, stop_timeout=5)
+def main():
+    while not should_stop():
+        sleep(3600)
+
+@main.on_reload
+def reloaded():
+    import logging
+    logging.getLogger("svc").warning("reloaded")
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.scenario(
+    "Promises under pressure",
+    "a plain on_reload callback imports logging (and so threading) first",
+    lost="nothing: the service still stops on SIGTERM, instead of waiting stop_timeout for "
+    "the dispatcher thread (taken for main's) and being killed",
+)
+def test_a_reload_callback_that_imports_threading_first_does_not_hold_up_the_stop(make_service):
+    svc = make_service()
+    svc.script.write_text(LOGGING_RELOAD.format(pidfile=str(svc.pidfile), log=str(svc.log)))
+    pid = svc.start()
+    assert svc.cli("reload").returncode == 0
+    svc.stop_gracefully(pid)
+    assert "still running" not in svc.log_text()
