@@ -30,6 +30,7 @@ import os
 from . import _platform_sockets
 from ._control import ControlServer, peer_credentials, read_line, reply, stream_socket
 from ._errors import DetachError, PidFileError
+from ._platform import has_proc
 from ._proc import fd_targets, holds_file
 
 TYPE_CHECKING = False
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     Answer = Callable[[], tuple[str, Sequence[int]]]
 
 __all__ = [
+    "PID",
     "Claimant",
     "answer_claimants",
     "claim_address",
@@ -51,10 +53,15 @@ __all__ = [
     "inherit",
     "inherited_claim",
     "listen_for_claimants",
+    "vouches_for",
 ]
 
 PUT_BACK = "pidfile"
+# Where the system does not name a socket's peer: the claimant says who it is.
+PID = "pid"
 _PID_READ_LIMIT = 64
+# How long a stop waits for the claimant to say its pid: it answers from its dispatcher.
+_VOUCH_TIMEOUT = 2.0
 fnv1a = _platform_sockets.fnv1a
 
 
@@ -129,6 +136,20 @@ class Claimant:
         self.answer = answer
 
 
+def vouches_for(pid: int, pidfile: str, trusted_uids: Collection[int]) -> bool:
+    """Whether ``pid`` holds the file claim of ``pidfile``, where nothing can show its files.
+
+    Without /proc a deleted pidfile is seen nowhere: the claim in a socket
+    directory only ``trusted_uids`` keep stands for it, and says its pid.
+    An abstract name vouches for nothing here: any process may bind one.
+    """
+    if has_proc():
+        return False
+    addresses = _platform_sockets.claim_addresses(pidfile, trusted_uids)
+    files = [address for address in addresses if isinstance(address, str) and address[:1] == "/"]
+    return any(_ask_pid(address, _VOUCH_TIMEOUT) == pid for address in files)
+
+
 def has_open(pid: int, pidfile: str) -> bool:
     """Whether ``pid`` has ``pidfile`` open: the file at its path, or one deleted from it.
 
@@ -180,14 +201,12 @@ def find_claimant(
             return None  # another user's (which we could not stop)
         if creds is None or pid is None:
             # A socket file: its directory says it is a trusted user's.
-            return (
-                _put_back_unseen(sock, pidfile, trusted_uids) if put_back else Claimant(None, "ok")
-            )
+            if not put_back:
+                return Claimant(None, "ok")
+            return _put_back_unseen(sock, address, pidfile, trusted_uids, timeout)
         if not has_open(pid, pidfile):
             return None  # not a service of ours
-        if not put_back:
-            return Claimant(pid, "ok")
-        return Claimant(pid, _ask_to_put_back(sock))
+        return Claimant(pid, _ask_to_put_back(sock) if put_back else "ok")
     finally:
         sock.close()
 
@@ -213,15 +232,43 @@ def _ask_to_put_back(sock: _socket.socket) -> str:
 
 
 def _put_back_unseen(
-    sock: _socket.socket, pidfile: str, trusted_uids: Collection[int]
+    sock: _socket.socket,
+    address: str | bytes,
+    pidfile: str,
+    trusted_uids: Collection[int],
+    timeout: float,
 ) -> Claimant | None:
-    """The claimant whose pid the system does not tell: the pid it puts in its pidfile."""
-    answer = _ask_to_put_back(sock)
-    if not answer.startswith("ok"):
-        return None
-    from ._beside import read  # noqa: PLC0415 -- loaded by the pidfile already
-    from ._pidfile import parse_pid  # noqa: PLC0415
+    """The claimant whose pid the system does not tell: the pid in the pidfile it puts back.
 
-    content = read(pidfile, _PID_READ_LIMIT, trusted_uids)
-    pid = None if content is None else parse_pid(content)
+    When it could not put one back (a service that dropped privileges may not
+    create files in its pidfile's directory), it is asked for its pid.
+    """
+    answer = _ask_to_put_back(sock)
+    pid = None
+    if answer.startswith("ok"):
+        from ._beside import read  # noqa: PLC0415 -- loaded by the pidfile already
+        from ._pidfile import parse_pid  # noqa: PLC0415
+
+        content = read(pidfile, _PID_READ_LIMIT, trusted_uids)
+        pid = None if content is None else parse_pid(content)
+    if pid is None:
+        pid = _ask_pid(address, timeout)
     return None if pid is None else Claimant(pid, answer)
+
+
+def _ask_pid(address: str | bytes, timeout: float) -> int | None:
+    """What the claimant at ``address`` says its pid is (``ok PID``); None without an answer."""
+    try:
+        sock = stream_socket()
+    except OSError:
+        return None
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        sock.sendall(PID.encode("ascii") + b"\n")
+        words = read_line(sock).decode("ascii", "replace").split()
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    return int(words[1]) if len(words) == 2 and words[0] == "ok" and words[1].isdigit() else None

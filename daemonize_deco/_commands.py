@@ -13,7 +13,7 @@ import sys
 import time
 
 from . import _beside, _lastrun
-from ._claim import has_open
+from ._claim import has_open, vouches_for
 from ._control import ImpostorError, ask
 from ._errors import (
     ManagedError,
@@ -68,7 +68,11 @@ def _pinned(pidfile: PidFile, pid: int) -> ProcessHandle | None:
     the pid been reused: checking again after pinning rules that out.
     """
     process = ProcessHandle.open(pid)
-    if process is not None and not (pidfile.is_held_by(pid) or has_open(pid, pidfile.path)):
+    if process is not None and not (
+        pidfile.is_held_by(pid)
+        or has_open(pid, pidfile.path)
+        or vouches_for(pid, pidfile.path, pidfile.owners)
+    ):
         process.close()
         return None
     return process
@@ -100,7 +104,7 @@ def stop(service: Service) -> int:
     except PidFileError as exc:
         complain(f"{service.name}: {exc}")  # it is stopped all the same
     if ending.how == "stopped":
-        also = f"; ended {ending.leftovers} process(es) it left running" if ending.leftovers else ""
+        also = _leftovers_note(ending.leftovers)
         say(f"{service.name} stopped (pid {pid}){also}")
     else:
         why = f"still running {_stop_timeout(service):g}s after SIGTERM"
@@ -307,6 +311,12 @@ def _commit(service: Service, shared: PidFile, report: StartupReport, old: Proce
         remember(service.config.pidfile, service.words)  # only now: it may have failed
     shared.close()
     return new
+
+
+def _leftovers_note(leftovers: int | None) -> str:
+    if leftovers is None:
+        return "; ended the processes it left running in its group"
+    return f"; ended {leftovers} process(es) it left running" if leftovers else ""
 
 
 def _what_runs(service: Service, old: ProcessHandle) -> str:

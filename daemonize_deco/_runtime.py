@@ -21,7 +21,7 @@ import sys
 import time
 
 from . import _beside, _delivery, _heartbeat, _lastrun, _mark, _notify, _signals
-from ._claim import PUT_BACK, listen_for_claimants
+from ._claim import PID, PUT_BACK, listen_for_claimants
 from ._config import Service
 from ._control import ControlServer, release_spare
 from ._detach import flush_standard_streams
@@ -278,7 +278,7 @@ def claim_answers(
         except PidFileError as exc:
             return f"error {exc}", ()
 
-    answers: dict[str, Answer] = {PUT_BACK: put_back}
+    answers: dict[str, Answer] = {PUT_BACK: put_back, PID: lambda: (f"ok {os.getpid()}", ())}
     if "daemonize_deco._listeners" in sys.modules:  # loaded by listen=: sockets to hand over
         from ._handover import REQUEST, offering  # noqa: PLC0415
 

@@ -380,6 +380,9 @@ def _waiting_on_claim(pidfile: Path) -> int:
     lost="nothing: the second restart waits for it to settle and hands over its sockets, "
     "instead of distrusting it and falling back to stop and start",
 )
+@pytest.mark.linux_only(
+    "the race it pins is SO_PEERCRED's on the abstract claim (socket files ask no pid)"
+)
 def test_a_restart_right_after_a_restart_waits_for_the_new_instance_to_settle(make_service):
     port = free_port()
     svc = lingering(make_service, port)
