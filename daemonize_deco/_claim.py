@@ -188,9 +188,7 @@ def find_claimant(
             )
         if not has_open(pid, pidfile):
             return None  # not a service of ours
-        if not put_back:
-            return Claimant(pid, "ok")
-        return Claimant(pid, _ask_to_put_back(sock))
+        return Claimant(pid, _ask_to_put_back(sock) if put_back else "ok")
     finally:
         sock.close()
 

@@ -109,7 +109,7 @@ def stop(service: Service) -> int:
     except PidFileError as exc:
         complain(f"{service.name}: {exc}")  # it is stopped all the same
     if ending.how == "stopped":
-        also = f"; ended {ending.leftovers} process(es) it left running" if ending.leftovers else ""
+        also = _leftovers_note(ending.leftovers)
         say(f"{service.name} stopped (pid {pid}){also}")
     else:
         why = f"still running {_stop_timeout(service):g}s after SIGTERM"
@@ -316,6 +316,12 @@ def _commit(service: Service, shared: PidFile, report: StartupReport, old: Proce
         remember(service.config.pidfile, service.words)  # only now: it may have failed
     shared.close()
     return new
+
+
+def _leftovers_note(leftovers: int | None) -> str:
+    if leftovers is None:
+        return "; ended the processes it left running in its group"
+    return f"; ended {leftovers} process(es) it left running" if leftovers else ""
 
 
 def _what_runs(service: Service, old: ProcessHandle) -> str:

@@ -17,7 +17,7 @@ from ._platform import has_proc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
 __all__ = [
     "BADGE_LINK",
@@ -237,15 +237,7 @@ def may_look_at_fds(pid: int) -> bool:
 
 def children_of(pid: int) -> list[int]:
     """Every process whose parent is ``pid`` (a walk of /proc); [] without /proc."""
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    return [
-        int(entry)
-        for entry in entries
-        if entry.isdigit() and (stat := read_stat(int(entry))) is not None and stat.ppid == pid
-    ]
+    return [child for child, stat in _stats() if stat.ppid == pid]
 
 
 def first_living_child(parent: int) -> int | None:
@@ -264,17 +256,24 @@ def first_living_child(parent: int) -> int | None:
 
 
 def _earliest_child(parent: int) -> int | None:
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return None
-    children = []
-    for entry in entries:
-        if entry.isdigit():
-            found = read_stat(int(entry))
-            if found is not None and found.ppid == parent and found.state not in "ZX":
-                children.append((found.starttime_ticks, int(entry)))
+    children = [
+        (stat.starttime_ticks, child)
+        for child, stat in _stats()
+        if stat.ppid == parent and stat.state not in "ZX"
+    ]
     return min(children)[1] if children else None
+
+
+def _stats() -> Iterator[tuple[int, ProcStat]]:
+    """Every process's pid and stat (those that have not gone meanwhile); none without /proc."""
+    try:
+        every = pids() or []
+    except OSError:
+        every = []  # no descriptor left for the listing: nothing found
+    for pid in every:
+        stat = read_stat(pid)
+        if stat is not None:
+            yield pid, stat
 
 
 def working_directory(pid: int) -> str | None:
@@ -296,12 +295,7 @@ def cgroup_path(pid: int) -> str:
 
 def environment(pid: int) -> dict[str, str]:
     """The environment ``pid`` was started with; {} when we may not look, or there is no /proc."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return {}
-    pairs = (entry.decode("utf-8", "replace").partition("=") for entry in raw.split(b"\0"))
+    pairs = (entry.decode("utf-8", "replace").partition("=") for entry in environ(pid).split(b"\0"))
     return {key: value for key, _, value in pairs if key}
 
 
@@ -539,13 +533,7 @@ def group_members(pgid: int) -> list[int] | None:
     """Live (not yet exited) processes in process group ``pgid``; None without ``/proc``."""
     if not has_proc():
         return None
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = read_stat(int(entry))
-            if stat is not None and stat.pgrp == pgid and stat.state not in ("Z", "X"):
-                members.append(int(entry))
-    return members
+    return [pid for pid, stat in _stats() if stat.pgrp == pgid and stat.state not in ("Z", "X")]
 
 
 def flock_holders(identity: tuple[int, int]) -> list[int]:

@@ -16,6 +16,7 @@ import os
 import select
 import time
 
+from ._platform import HAS_MEMFD, has_proc
 from ._platform_process import ProcessHandle
 from ._proc import BADGE_LINK, fd_targets, group_members, read_stat
 
@@ -33,10 +34,12 @@ def _own_process_group(pid: int) -> int | None:
     """The process group to kill with ``pid``: only one daemonize_deco made for it.
 
     A detached daemon wears a badge (a memfd named after its group, see
-    ``_detach.wear_group_badge``).  Without one (``run`` shares its caller's
-    group: a shell, sshd, cron) only the process itself is signalled, even
-    when the caller leads its own session.
+    ``_detach.wear_group_badge``; where there are none, ``_detached_group``).
+    Without one (``run`` shares its caller's group: a shell, sshd, cron) only
+    the process itself is signalled, even when the caller leads its own session.
     """
+    if not (HAS_MEMFD and has_proc()):
+        return _detached_group(pid)
     stat = read_stat(pid)
     if stat is None:
         return None
@@ -48,15 +51,40 @@ def _own_process_group(pid: int) -> int | None:
     return None
 
 
+def _detached_group(pid: int) -> int | None:
+    """Where no badge can be worn: the group of a session whose leader is gone.
+
+    ``start`` detaches with setsid in a first child that forks the daemon and
+    exits, so the daemon's group is its session, led by nobody.  ``run``
+    shares its caller's group, whose leader (a shell, sshd, cron) lives, or
+    leads it itself: neither is taken.  A pid is not given out again while a
+    group of that id exists, so a leader that is gone stays gone.
+    """
+    try:
+        group, session = os.getpgid(pid), os.getsid(pid)
+    except OSError:
+        return None  # gone, or another session the system will not tell about
+    if group != session or group == pid or group in (os.getpgrp(), 0, 1):
+        return None
+    try:
+        os.kill(group, 0)
+    except ProcessLookupError:
+        return group
+    except OSError:
+        pass  # the leader lives, as another user
+    return None
+
+
 class Ending:
     """How a process ended under :func:`terminate`.
 
-    ``leftovers`` counts the processes still in its group afterwards, ended too.
+    ``leftovers`` counts the processes still in its group afterwards, ended
+    too; None when some were but no one could count them (no /proc).
     """
 
     __slots__ = ("how", "leftovers")
 
-    def __init__(self, how: Literal["stopped", "killed"], leftovers: int = 0) -> None:
+    def __init__(self, how: Literal["stopped", "killed"], leftovers: int | None = 0) -> None:
         self.how = how
         self.leftovers = leftovers
 
@@ -89,9 +117,11 @@ def terminate(process: ProcessHandle, timeout: float) -> Ending:
     return Ending("killed")
 
 
-def _end_group(pgid: int, timeout: float) -> int:
+def _end_group(pgid: int, timeout: float) -> int | None:
     """SIGTERM what is left in ``pgid``, SIGKILL it after ``timeout``; return how many."""
-    members = group_members(pgid) or []  # none known without /proc (no badge there either)
+    members = group_members(pgid)
+    if members is None:
+        return _end_unseen_group(pgid, timeout)
     handles = [h for h in map(ProcessHandle.open, members) if h is not None]
     try:
         # Members are alive and hold the group id, so it names no one else.
@@ -119,6 +149,43 @@ def end_pinned(
             handle.send(signum)  # False: exited already
 
     _end(handles, timeout, send, interrupt, before_kill)
+
+
+def _end_unseen_group(pgid: int, timeout: float) -> int | None:
+    """Where no one can list a group: SIGTERM it while it has members, SIGKILL it ``timeout`` later.
+
+    ``killpg(pgid, 0)`` says whether anyone is left.  A group's id is not
+    given out again while it has a member, so only the last member's exit in
+    the microseconds between that probe and the signal, and a new group
+    taking the very same number then, could misdirect one: pids are handed
+    out in turn, and that number was its leader's, long gone.  Returns 0 when
+    none was left, None when some were (how many, no one can say).
+    """
+    if not _group_lives(pgid):
+        return 0
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while _group_lives(pgid):
+            if time.monotonic() >= deadline:
+                os.killpg(pgid, signal.SIGKILL)
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+    except ProcessLookupError:
+        pass  # all gone meanwhile
+    return None
+
+
+def _group_lives(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone, as another user
+    return True
 
 
 def _end(

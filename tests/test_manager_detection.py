@@ -97,6 +97,7 @@ def release(proc: subprocess.Popen[str]) -> None:
     "start as the service a container's init runs",
     lost="stays in the foreground under the init; says on stderr which stdout= file it leaves",
 )
+@pytest.mark.linux_only("detecting a manager walks /proc (its parent, cgroup, environment)")
 def test_start_run_by_a_containers_init_stays_in_the_foreground(make_service, init):
     svc = make_service(body=SAYS_PID)
     proc, out = in_namespace(svc, init, "--", sys.executable, str(svc.script), "start")
@@ -172,6 +173,7 @@ def test_start_in_an_entrypoint_script_returns(make_service):
     "start as a container's one command, through sh -c (Docker's shell form)",
     lost="stays in the foreground (detached, the container would end with the shell); warns",
 )
+@pytest.mark.linux_only("detecting a manager walks /proc (its parent, cgroup, environment)")
 def test_a_shell_running_only_start_keeps_it_in_the_foreground(make_service, init):
     svc = make_service(body=SAYS_PID)
     prefix = [] if init == "sh" else [init, "--"]
@@ -205,6 +207,7 @@ def wrapper_script(svc) -> str:
     "supervisord runs start through a shell that does not exec it",
     lost="a warning in its log; supervisorctl stop stops the service too, nothing left unmanaged",
 )
+@pytest.mark.linux_only("detecting a manager walks /proc (its parent, cgroup, environment)")
 def test_supervisord_through_a_shell(make_service, wrapper, user):
     if user is not None and os.geteuid() != 0:
         pytest.skip("dropping privileges needs root")
@@ -254,6 +257,7 @@ def wears_badge(pid: int) -> bool:
     "restart of the instance supervisord runs",
     lost="refused in one line naming supervisorctl restart; supervisord's child runs on",
 )
+@pytest.mark.linux_only("detecting a manager walks /proc (its parent, cgroup, environment)")
 def test_restart_under_supervisord_is_refused(make_service, tmp_path, listen):
     sockets = {"listen": [f"unix:{tmp_path / 'svc.sock'}"]} if listen else {}
     svc = make_service(body=SAYS_PID, stdout=None, **sockets)
@@ -278,6 +282,7 @@ def test_restart_under_supervisord_is_refused(make_service, tmp_path, listen):
     "restart of a run instance systemd runs (Type=notify)",
     lost="refused in one line naming systemctl restart; the instance runs on",
 )
+@pytest.mark.linux_only("detecting a manager walks /proc (its parent, cgroup, environment)")
 def test_restart_of_a_notify_service_is_refused(make_service, tmp_path):
     listener = NotifyListener(str(tmp_path / "notify"))
     svc = make_service(body=SAYS_PID, stdout=None)
@@ -298,6 +303,7 @@ def test_restart_of_a_notify_service_is_refused(make_service, tmp_path):
     "restart, inside a container, of the service its init runs",
     lost="refused (the container would end); the service runs on",
 )
+@pytest.mark.linux_only("detecting a manager walks /proc (its parent, cgroup, environment)")
 def test_restart_of_a_containers_service_is_refused(make_service):
     svc = make_service(body=SAYS_PID)
     proc, out = in_namespace(svc, "tini", "--", sys.executable, str(svc.script), "start")
@@ -371,6 +377,7 @@ SUPERVISORS = [
     "start in a runit, s6 or daemontools run script",
     lost="stays in the foreground (no restart loop on 'already running'); its stop stops it",
 )
+@pytest.mark.linux_only("detecting a manager walks /proc (its parent, cgroup, environment)")
 def test_start_under_a_one_service_supervisor(make_service, program, exec_):
     svc = make_service(body=SAYS_PID)
     run = ("exec " if exec_ else "") + app(svc, "start")

@@ -370,6 +370,7 @@ def test_start_as_pid_1_acts_as_run(make_service):
     assert "stopping" in out
 
 
+@pytest.mark.linux_only("without /proc SUPERVISOR_ENABLED counts alone: the parent cannot be seen")
 def test_supervisor_enabled_alone_does_not_keep_start_in_the_foreground(make_service):
     """A child of a supervised program inherits the variable; it is not supervisord's command."""
     svc = make_service()

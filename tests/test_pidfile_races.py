@@ -216,6 +216,7 @@ def _has_open(pid: int, path: str) -> bool:
     lost="nothing: status waits out the moment an empty file nobody holds may be a start's, "
     "and says running (0), not 'left behind' (1)",
 )
+@pytest.mark.linux_only("it waits to see status hold the file open: status looks through /proc")
 def test_an_empty_pidfile_a_starter_comes_back_to_is_no_stale_one(make_service):
     svc = make_service()
     svc.pidfile.write_bytes(b"")

@@ -8,7 +8,10 @@ import sys
 import pytest
 from conftest import REPO
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.linux_only("static checks of the code, not its behaviour: run once, on Linux"),
+]
 
 
 @pytest.mark.parametrize(

@@ -214,6 +214,7 @@ print('stopping', flush=True)
 """
 
 
+@pytest.mark.linux_only("it waits for the claim's thread by its name, written through /proc")
 def test_a_fork_in_main_during_a_slow_reload(make_service):
     """The claim's thread is the parent's only; the dispatcher carries on after the fork."""
     svc = with_hooks(make_service, HELD_RELOAD, body=FORK_ON_REQUEST, stop_timeout=30.0)

@@ -64,6 +64,7 @@ print(child, flush=True)
     lost="nothing: the lock's holders are found through their descriptors; status says not "
     "running, start replaces the file",
 )
+@pytest.mark.linux_only("who holds the lock is read from /proc/locks")
 def test_a_lock_handed_down_to_a_child_does_not_pass_for_the_service(make_service, open_dir, mark):
     pidfile = open_dir / "svc.pid"
     pidfile.write_text("4194000\n")  # left by a SIGKILLed run
@@ -127,6 +128,7 @@ def cpu_seconds(pid: int) -> float:
     "(the restart suspended with Ctrl-Z after the old instance is gone)",
     lost="nothing: the claim is not polled until it settles; it sleeps",
 )
+@pytest.mark.linux_only("connects to the abstract claim name")
 def test_a_settling_supervisor_does_not_spin_on_a_waiting_claim(make_service):
     port = free_port()
     svc = make_service(

@@ -52,6 +52,7 @@ time.sleep(3600)
     "another user locks a stale pidfile and execs a set-user-ID program (su) that keeps the lock",
     lost="nothing: the holder's real uid counts; root's start replaces the file",
 )
+@pytest.mark.linux_only("who holds the lock is read from /proc/locks")
 def test_a_lock_kept_by_a_setuid_program_does_not_pass_for_the_service(
     make_service, open_dir, as_nobody
 ):

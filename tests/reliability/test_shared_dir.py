@@ -362,6 +362,7 @@ sys.stdin.readline()
     "another user opens a stale pidfile read-only and holds an flock on it",
     lost="nothing: status says not running, start replaces the file and starts",
 )
+@pytest.mark.linux_only("who holds the lock is read from /proc/locks")
 def test_another_users_lock_on_a_stale_pidfile_blocks_nothing(make_service, open_dir, as_nobody):
     pidfile = open_dir / "svc.pid"
     pidfile.write_text("4194000\n")  # left by a SIGKILLed run
