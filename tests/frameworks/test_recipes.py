@@ -39,9 +39,9 @@ class Recipe:
     def __init__(self, name: str, folder: Path, mark: str) -> None:
         self.port = free_port()
         self.folder = folder
-        text = RECIPES[name]
+        # The recipe's own numbers first: a path or a port may hold "10" too.
+        text = RECIPES[name].replace("10", "1").replace("8000", str(self.port))
         text = re.sub(r'"/tmp/(\w+)\.(pid|log)"', lambda m: repr(str(folder / m[0][6:-1])), text)
-        text = text.replace("8000", str(self.port)).replace("10", "1")
         self.pidfile = folder / re.findall(r"/tmp/(\w+\.pid)", RECIPES[name])[0]
         self.log = folder / re.findall(r"/tmp/(\w+\.log)", RECIPES[name])[0]
         self.script = folder / "service.py"
