@@ -193,8 +193,12 @@ def test_process_is_named_after_the_service(make_service):
     pid = svc.start()
     name = "a-long-service-"  # the kernel keeps 15 bytes
     assert Path(f"/proc/{pid}/comm").read_text().strip() == name
-    threads = {p.read_text().strip() for p in Path(f"/proc/{pid}/task").glob("*/comm")}
-    assert threads == {name, "daemonize_deco"}, "the dispatcher thread is named too"
+
+    def threads() -> set[str]:
+        return {p.read_text().strip() for p in Path(f"/proc/{pid}/task").glob("*/comm")}
+
+    # The dispatcher names itself once it runs, which may be after start returned.
+    wait_for(lambda: threads() == {name, "daemonize_deco"}, what="the dispatcher thread named")
     ps = subprocess.run(["ps", "-o", "comm=", "-p", str(pid)], capture_output=True, text=True)
     assert ps.stdout.strip() == name
     pgrep = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
