@@ -30,7 +30,7 @@ import os
 from . import _platform_sockets
 from ._control import ControlServer, peer_credentials, read_line, reply, stream_socket
 from ._errors import DetachError, PidFileError
-from ._proc import fd_targets, holds_file
+from ._proc import has_open
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ __all__ = [
     "find_claimant",
     "fnv1a",
     "forget_inherited",
-    "has_open",
     "inherit",
     "inherited_claim",
     "listen_for_claimants",
@@ -128,25 +127,6 @@ class Claimant:
     def __init__(self, pid: int | None, answer: str) -> None:
         self.pid = pid
         self.answer = answer
-
-
-def has_open(pid: int, pidfile: str) -> bool:
-    """Whether ``pid`` has ``pidfile`` open: the file at its path, or one deleted from it.
-
-    The file at the path is compared by (device, inode); a deleted one can
-    only be told by the name the kernel shows for it, which is its real
-    path (``/run/app.pid`` for a pidfile configured as ``/var/run/app.pid``).
-    """
-    try:
-        there = os.stat(pidfile, follow_symlinks=False)
-    except OSError:
-        pass  # none there now: only a deleted one can be it
-    else:
-        if holds_file(pid, (there.st_dev, there.st_ino)):
-            return True
-    directory, name = os.path.split(pidfile)
-    deleted = f"{os.path.join(os.path.realpath(directory), name)} (deleted)"
-    return deleted in fd_targets(pid)
 
 
 def find_claimant(

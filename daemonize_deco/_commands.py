@@ -13,8 +13,6 @@ import sys
 import time
 
 from . import _beside, _lastrun
-from ._claim import has_open
-from ._control import ImpostorError, ask
 from ._errors import (
     ManagedError,
     NoLogError,
@@ -30,8 +28,7 @@ from ._managers import manager_of
 from ._output import complain, say
 from ._platform import has_proc
 from ._platform_process import ProcessHandle, start_time
-from ._platform_sockets import vouches_for
-from ._proc import is_alive
+from ._proc import has_open, is_alive
 from ._terminate import terminate
 
 TYPE_CHECKING = False
@@ -80,7 +77,11 @@ def _pinned(pidfile: PidFile, pid: int) -> ProcessHandle | None:
 
 def _vouched_for(pidfile: PidFile, pid: int) -> bool:
     """Without /proc, which shows a deleted pidfile held open: ``pid`` has its sockets there."""
-    return not has_proc() and vouches_for(pid, pidfile.path, pidfile.owners) is True
+    if has_proc():
+        return False
+    from ._platform_sockets import vouches_for  # noqa: PLC0415 -- only where there is no /proc
+
+    return vouches_for(pid, pidfile.path, pidfile.owners) is True
 
 
 def stop(service: Service) -> int:
@@ -381,6 +382,8 @@ def logs(service: Service) -> int:
 
 def reload(service: Service) -> int:
     """Reopen the logs and run the reload callbacks; return once the daemon has."""
+    from ._control import ImpostorError, ask  # noqa: PLC0415 -- only reload asks
+
     pidfile = pidfile_of(service)
     state, note = inspect_service(service, pidfile)
     process = None if state.pid is None else _pinned(pidfile, state.pid)

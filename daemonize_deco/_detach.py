@@ -17,7 +17,6 @@ import sys
 
 from ._errors import DetachError, describe, exit_status, last_words
 from ._hygiene import log_handlers
-from ._platform_identity import wear_badge
 from ._proc import GROUP_BADGE
 
 TYPE_CHECKING = False
@@ -362,6 +361,8 @@ def wear_group_badge() -> None:
     it.  Children lose it at fork.  Without memfds (``_platform_identity``)
     the daemon goes without: then nothing could read it either (no /proc).
     """
+    from ._platform_identity import wear_badge  # noqa: PLC0415 -- a daemon's
+
     try:
         fd = wear_badge(f"{GROUP_BADGE}{os.getpgrp()}")
     except OSError as exc:

@@ -6,22 +6,20 @@ reason, so a failure before ready reaches ``start``'s caller.
 
 from __future__ import annotations
 
-import _socket  # the C module, loaded with the package: socket.py would import enum
 import _thread
 import os
 import stat
 import sys
 
 from ._errors import DetachError
-from ._platform_descriptors import open_descriptors
-from ._platform_identity import become
-from ._platform_parent_death import Lifeline, ask_kernel, kernel_may_lack_it
 from ._proc import name_task
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Collection
     from typing import Any
+
+    from ._platform_parent_death import Lifeline
 
 __all__ = [
     "Credentials",
@@ -123,6 +121,8 @@ def prepare_to_be_died_with(*, dropping_privileges: bool) -> None:
     ``dropping_privileges``: what the children load to ask is loaded now,
     while every directory is readable (the interpreter may live in /root).
     """
+    from ._platform_parent_death import Lifeline, kernel_may_lack_it  # noqa: PLC0415 -- a daemon's
+
     if dropping_privileges:
         import ctypes  # noqa: F401, PLC0415
     if _Lifeline.made is None and kernel_may_lack_it():
@@ -154,6 +154,8 @@ def die_with_parent(signum: int, parent: int) -> bool:
     once.  The kernel forgets the request in children, and when the
     process's user or group changes: :func:`drop_privileges` asks again.
     """
+    from ._platform_parent_death import ask_kernel  # noqa: PLC0415 -- a daemon's
+
     lifeline = _Lifeline.made if _Lifeline.parent == parent else None
     if not ask_kernel(signum):
         if lifeline is None:
@@ -173,6 +175,8 @@ _parent_death: list[int] = []  # the signal and the parent asked for, to ask aga
 
 def drop_privileges(credentials: Credentials) -> None:
     """setgroups, setgid, setuid, in that order; then check root cannot be regained."""
+    from ._platform_identity import become  # noqa: PLC0415 -- a daemon's
+
     try:
         os.setgroups(credentials.groups)
         become(credentials.uid, credentials.gid)
@@ -201,6 +205,8 @@ def remember_program_descriptors() -> None:
 
     Raises DetachError when they cannot be listed (no descriptor left: ``ulimit -n``).
     """
+    from ._platform_descriptors import open_descriptors  # noqa: PLC0415 -- a daemon's
+
     try:
         listed = open_descriptors()
     except OSError as exc:
@@ -224,6 +230,8 @@ def close_inherited_fds(keep: Collection[int]) -> None:
     are closed: their objects live on a stack the daemon never returns to.
     ``keep``: the daemon's (pidfile, listen= sockets, ``files_preserve``).
     """
+    from ._platform_descriptors import open_descriptors  # noqa: PLC0415 -- a daemon's
+
     keep = {*keep, *_logging_descriptors()}
     null = -1
     try:
@@ -255,6 +263,9 @@ def _is_listening(fd: int) -> bool:
     """Whether ``fd`` is a socket that accepts connections (``SO_ACCEPTCONN``)."""
     if not stat.S_ISSOCK(os.fstat(fd).st_mode):
         return False
+    # The C module (socket.py would import enum), loaded only where a socket is found.
+    import _socket  # noqa: PLC0415
+
     sock = _socket.socket(fileno=fd)
     try:
         return bool(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ACCEPTCONN))

@@ -24,7 +24,6 @@ from ._errors import PidFileError
 from ._lastrun import LastRun
 from ._pidfile import LAST_WORDS_START, distrust, parse_pid, try_lock, user_name
 from ._platform import has_proc
-from ._platform_sockets import vouches_for
 from ._proc import descriptor_info, flock_holders, holds_file, openers, real_uid
 
 TYPE_CHECKING = False
@@ -181,8 +180,11 @@ def is_held_by(pidfile: PidFile, pid: int) -> bool:
 def _holds(pidfile: PidFile, pid: int, found: os.stat_result) -> bool | None:
     """Whether ``pid``, which the pidfile ``found`` names, has it open (``_proc.holds_file``)."""
     held = holds_file(pid, _identity_of(found), found.st_mtime)
-    if held and not has_proc() and vouches_for(pid, pidfile.path, pidfile.owners) is False:
-        return False  # an earlier process, not the service: the file was overwritten
+    if held and not has_proc():
+        from ._platform_sockets import vouches_for  # noqa: PLC0415 -- only where there is no /proc
+
+        if vouches_for(pid, pidfile.path, pidfile.owners) is False:
+            return False  # an earlier process, not the service: the file was overwritten
     return held
 
 

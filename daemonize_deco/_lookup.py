@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 
-from ._claim import find_claimant
 from ._errors import PidFileError, StartupError
 from ._pidfile import PidFile, user_name
 
@@ -70,6 +69,8 @@ def holder_or_lock(
                 path=pidfile.path,
             )
         time.sleep(_RETRY_INTERVAL)
+    from ._claim import find_claimant  # noqa: PLC0415 -- only when the pidfile names nobody
+
     try:
         claimed = find_claimant(
             pidfile.path, _CLAIM_TIMEOUT, trusted_uids=pidfile.owners, put_back=False
@@ -169,6 +170,8 @@ def _claimant(
     service: Service, pidfile: PidFile, *, put_back: bool = True
 ) -> tuple[int, str] | None:
     """The pid of the process claiming the pidfile's path, and what putting it back gave."""
+    from ._claim import find_claimant  # noqa: PLC0415 -- only when the pidfile names nobody
+
     claimant = find_claimant(
         pidfile.path, _CLAIM_TIMEOUT, trusted_uids=pidfile.owners, put_back=put_back
     )

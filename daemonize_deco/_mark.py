@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import os
 
-from ._claim import fnv1a
 from ._errors import DetachError
-from ._platform_identity import wear_badge
 from ._proc import boot_id
 
 __all__ = [
@@ -47,6 +45,8 @@ COMMAND_BADGE = "daemonize_deco-command"
 
 def mark_for(pidfile: str, holder: int) -> str:
     """The mark of the run whose pidfile (at ``pidfile``) names ``holder``."""
+    from ._platform_sockets import fnv1a  # noqa: PLC0415 -- a run's, not every command's
+
     directory, name = os.path.split(pidfile)
     real = os.path.join(os.path.realpath(directory), name)
     return f"{fnv1a(f'{boot_id()}:{holder}:{real}'.encode('utf-8', 'surrogateescape')):016x}"
@@ -66,6 +66,8 @@ def wear(mark: str) -> None:
     if _Worn.fd is not None:
         os.close(_Worn.fd)
         _Worn.fd = None
+    from ._platform_identity import wear_badge  # noqa: PLC0415 -- a run's, not a command's
+
     try:
         # Close-on-exec: a program exec'd is found by the variable; a fork keeps the memfd.
         _Worn.fd = wear_badge(f"{BADGE}{mark}")
@@ -94,6 +96,8 @@ def wear_command_badge() -> None:
     """
     if _Command.fd is not None:
         return
+    from ._platform_identity import wear_badge  # noqa: PLC0415 -- only when one is worn
+
     try:
         _Command.fd = wear_badge(COMMAND_BADGE)
     except OSError:

@@ -1,7 +1,9 @@
 """What this system offers the library, found by probing: the platform seam's base.
 
 Every other seam module (``_proc`` and the ``_platform_*`` modules) asks
-here which mechanism to use.  Each answer is a feature test, never
+here which mechanism to use (those about sockets are asked in
+``_platform_sockets``, which loads ``_socket``: commands that open no
+socket do not).  Each answer is a feature test, never
 ``sys.platform``: a Linux without ``/proc`` mounted, or a macOS that grows
 a call, is then handled by what it really has.
 """
@@ -9,7 +11,6 @@ a call, is then handled by what it really has.
 from __future__ import annotations
 
 import _signal  # signal.py would load enum's Signals into every daemon (a millisecond)
-import _socket  # socket.py would cost every daemon milliseconds of imports
 import functools
 import os
 import select
@@ -18,9 +19,7 @@ __all__ = [
     "HAS_EPOLL",
     "HAS_KQUEUE",
     "HAS_MEMFD",
-    "HAS_PEERCRED",
     "HAS_PIDFD",
-    "has_abstract_sockets",
     "has_proc",
 ]
 
@@ -32,8 +31,6 @@ HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(_signal, "pidfd_send_signal")
 HAS_KQUEUE = hasattr(select, "kqueue")
 # An anonymous file a process holds, named in /proc/PID/fd: the daemons' badges.
 HAS_MEMFD = hasattr(os, "memfd_create")
-# The kernel's word for who is at the other end of a Unix socket (Linux).
-HAS_PEERCRED = hasattr(_socket, "SO_PEERCRED")
 
 
 @functools.cache
@@ -43,17 +40,4 @@ def has_proc() -> bool:
         os.stat("/proc/self/stat")  # no descriptor: under ulimit -n, opening one could fail
     except OSError:
         return False
-    return True
-
-
-@functools.cache
-def has_abstract_sockets() -> bool:
-    """Whether Unix sockets may have abstract names (Linux): no file, gone with the socket."""
-    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-    try:
-        probe.bind(f"\0daemonize-deco-probe/{os.getpid()}/{os.urandom(8).hex()}")
-    except OSError:
-        return False
-    finally:
-        probe.close()
     return True

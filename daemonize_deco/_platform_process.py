@@ -23,7 +23,8 @@ system has (``_platform`` probes it, never ``sys.platform``):
 
 Its start time and state (a zombie?), where ``/proc`` is missing, come from
 psutil when it is installed, else from ``ps -o stat= -o lstart=`` (macOS,
-the BSDs and procps all have it).
+the BSDs and procps all have it).  The kqueue and polling handles and those
+looks are ``_platform_polled``'s, loaded only where there is no pidfd.
 """
 
 from __future__ import annotations
@@ -37,16 +38,12 @@ from ._platform import HAS_KQUEUE, HAS_PIDFD
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Self
+    from typing import Self
 
-__all__ = ["ProcessHandle", "start_time", "started_by"]
+__all__ = ["ProcessHandle", "group_lives", "start_time", "started_by"]
 
 _POLL_FIRST = 0.001  # polling's first interval, doubled up to _POLL_MOST
 _POLL_MOST = 0.05
-# How often a polled wait looks at the state and start time (``ps`` may tell them):
-# soon after a signal, then less and less often.
-_RECHECK_FIRST = 0.05
-_RECHECK = 1.0
 
 
 class ProcessHandle:
@@ -67,9 +64,9 @@ class ProcessHandle:
         """Pin ``pid``; None when it no longer exists.  OSError when no descriptor is left."""
         if HAS_PIDFD:
             return _PidfdHandle.pin(pid)
-        if HAS_KQUEUE:
-            return _KqueueHandle.pin(pid)
-        return _PollingHandle.pin(pid)
+        from ._platform_polled import pin  # noqa: PLC0415 -- where there is no pidfd
+
+        return pin(pid)
 
     @staticmethod
     def of_child(pid: int) -> ProcessHandle:
@@ -78,7 +75,9 @@ class ProcessHandle:
         if HAS_PIDFD:
             pinned = _PidfdHandle.pin(pid)  # a zombie has a pidfd too
         elif HAS_KQUEUE:
-            pinned = _KqueueHandle.pin(pid)  # the exit status stays for waitpid
+            from ._platform_polled import KqueueHandle  # noqa: PLC0415
+
+            pinned = KqueueHandle.pin(pid)  # the exit status stays for waitpid
         return _ChildHandle(pid) if pinned is None else pinned
 
     def fileno(self) -> int | None:
@@ -164,123 +163,6 @@ class _PidfdHandle(ProcessHandle):
             self._fd = -1
 
 
-class _KqueueHandle(ProcessHandle):
-    """macOS, the BSDs: a kqueue told of the process's exit (``EVFILT_PROC``, ``NOTE_EXIT``)."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(pid)
-        self._queue: Any = None  # a select.kqueue (which Linux's stubs do not know)
-        self._owner = 0  # the process the queue belongs to: a forked child opens its own
-        self._exited = False
-
-    @classmethod
-    def pin(cls, pid: int) -> ProcessHandle | None:
-        handle = cls(pid)
-        return None if handle._watch() is None else handle
-
-    def _watch(self) -> Any:
-        if self._queue is not None and self._owner == os.getpid():
-            return self._queue
-        kq: Any = select
-        queue = kq.kqueue()
-        event = kq.kevent(self.pid, kq.KQ_FILTER_PROC, kq.KQ_EV_ADD, kq.KQ_NOTE_EXIT)
-        try:
-            queue.control([event], 0, 0)
-        except ProcessLookupError:
-            queue.close()
-            self._exited = True
-            return None
-        self._queue, self._owner = queue, os.getpid()
-        return queue
-
-    def fileno(self) -> int | None:
-        queue = None if self._exited else self._watch()  # its event read: no longer readable
-        return None if queue is None else queue.fileno()
-
-    def has_exited(self) -> bool:
-        queue = self._watch()
-        if queue is not None and not self._exited:
-            self._exited = bool(queue.control(None, 1, 0))
-        return self._exited
-
-    def wait(self, timeout: float | None) -> bool:
-        queue = self._watch()
-        if queue is not None and not self._exited:
-            self._exited = bool(queue.control(None, 1, timeout))
-        return self._exited
-
-    def send(self, signum: int) -> bool:
-        # Not exited, so not reaped: the pid is still this process's.
-        if self.has_exited():
-            return False
-        try:
-            os.kill(self.pid, signum)
-        except ProcessLookupError:
-            return False
-        return True
-
-    def close(self) -> None:
-        if self._queue is not None:
-            if self._owner == os.getpid():
-                self._queue.close()
-            self._queue = None
-
-
-class _PollingHandle(ProcessHandle):
-    """Anywhere: ``kill(pid, 0)``, and the start time checked again before every signal.
-
-    A zombie still exists for ``kill``: the process's state, looked at with
-    its start time, tells it has exited.
-    """
-
-    def __init__(self, pid: int, started: object) -> None:
-        super().__init__(pid)
-        self._started = started
-        self._exited = False
-        self._checked = time.monotonic()  # when the state and start time were last looked at
-        self._recheck = _RECHECK_FIRST  # and how long until the next look (doubling)
-
-    @classmethod
-    def pin(cls, pid: int) -> ProcessHandle | None:
-        if not _exists(pid):
-            return None
-        look = _look(pid)
-        if look is None and not _exists(pid):
-            return None
-        handle = cls(pid, None if look is None else look[1])
-        handle._exited = look is not None and look[0] == "Z"
-        return handle
-
-    def has_exited(self) -> bool:
-        if not self._exited and not _exists(self.pid):
-            self._exited = True
-        elif not self._exited and time.monotonic() - self._checked >= self._recheck:
-            self._recheck = min(self._recheck * 2, _RECHECK)
-            self._is_still_it()  # a zombie (its parent reaps it late), or the pid another's
-        return self._exited
-
-    def _is_still_it(self) -> bool:
-        """Whether the pid still names the process pinned, alive (not a later one, not a zombie)."""
-        self._checked = time.monotonic()
-        look = None if self._exited else _look(self.pid)
-        if self._exited or not _exists(self.pid):
-            self._exited = True
-        elif look is not None and (look[0] == "Z" or self._started not in (None, look[1])):
-            self._exited = True  # a zombie, or it exited and another process has its pid now
-        return not self._exited
-
-    def send(self, signum: int) -> bool:
-        if not self._is_still_it():
-            return False
-        try:
-            os.kill(self.pid, signum)
-        except ProcessLookupError:
-            self._exited = True
-            return False
-        self._recheck = _RECHECK_FIRST  # it may exit now: look soon
-        return True
-
-
 class _ChildHandle(ProcessHandle):
     """One's own child, not reaped: ``waitpid`` tells, and its pid cannot be reused meanwhile."""
 
@@ -311,40 +193,6 @@ class _ChildHandle(ProcessHandle):
         return self._status
 
 
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's: it exists
-    return True
-
-
-def _look(pid: int) -> tuple[str, object] | None:
-    """``pid``'s state ("Z": a zombie) and a mark of when it started; None: gone, or unknown.
-
-    Two processes that had the same pid have different marks.
-    """
-    from ._platform import has_proc  # noqa: PLC0415
-
-    if has_proc():
-        from ._proc import read_stat  # noqa: PLC0415
-
-        stat = read_stat(pid)
-        return None if stat is None else (stat.state, stat.starttime_ticks)
-    try:
-        import psutil  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: PLC0415
-    except ImportError:
-        return _ps(pid)
-    try:
-        process = psutil.Process(pid)
-        zombie = process.status() == psutil.STATUS_ZOMBIE
-        return ("Z" if zombie else "R", float(process.create_time()))
-    except (psutil.Error, OSError):
-        return None
-
-
 def start_time(pid: int) -> float | None:
     """When ``pid`` started, in seconds since the epoch; None when it is gone or unknown."""
     from ._platform import has_proc  # noqa: PLC0415
@@ -354,35 +202,34 @@ def start_time(pid: int) -> float | None:
 
         seconds = uptime(pid)
         return None if seconds is None else time.time() - seconds
-    look = _look(pid)
-    return None if look is None or not isinstance(look[1], float) else look[1]
+    from ._platform_polled import start_time_elsewhere  # noqa: PLC0415
+
+    return start_time_elsewhere(pid)
 
 
-def _ps(pid: int) -> tuple[str, float] | None:
-    """``ps -o stat= -o lstart=``: "Ss  Mon Dec  7 17:56:02 2026" on macOS, the BSDs, procps."""
-    import subprocess  # noqa: PLC0415 -- only where nothing else tells
+def group_lives(pgid: int) -> bool:
+    """Whether process group ``pgid`` has a member that has not exited.
 
+    ``killpg(pgid, 0)`` answers for zombies too, and an orphan stays one
+    until init reaps it (in a container, a PID 1 that reaps once a second
+    holds a group "alive" that long): where the signal finds someone and no
+    ``/proc`` lists them, psutil or ``ps`` says whether any is more than a
+    zombie.  Unknown counts as alive.
+    """
     try:
-        done = subprocess.run(
-            ["ps", "-o", "stat=", "-o", "lstart=", "-p", str(pid)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "LC_ALL": "C", "TZ": "UTC"},
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    state, _, started = done.stdout.strip().partition(" ")
-    if done.returncode != 0 or not state:
-        return None
-    import calendar  # noqa: PLC0415
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone, as another user
+    from ._platform import has_proc  # noqa: PLC0415
 
-    try:
-        when = time.strptime(" ".join(started.split()), "%a %b %d %H:%M:%S %Y")
-    except ValueError:
-        return None
-    return state[0], float(calendar.timegm(when))
+    if has_proc():
+        return True  # /proc lists the group where there is one: this is not asked there
+    from ._platform_polled import group_states  # noqa: PLC0415
+
+    states = group_states(pgid)
+    return states is None or any(state != "Z" for state in states)
 
 
 def started_by(pid: int, when: float) -> bool | None:

@@ -35,7 +35,10 @@ take, and the commands need to know who answers on it.
   service's user cannot reach the pidfile's directory (root's, 0700), the
   directory is ``/tmp/daemonize_deco-DIGEST`` instead, DIGEST a hash of the
   pidfile's path (not of the user: root's commands must find the directory
-  of a service running as another user).  Commands look in both, in order.
+  of a service running as another user).  A name anyone can compute, in a
+  directory anyone may write: when another user made it first, the service
+  makes ``DIGEST.HEX``, HEX random, and commands find it among the
+  ``DIGEST.*`` in ``/tmp`` by its owner.  Commands look in all, in order.
 """
 
 from __future__ import annotations
@@ -46,13 +49,14 @@ import os
 import stat
 import sys
 
-from . import _platform, _proc
+from . import _proc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Collection
 
 __all__ = [
+    "HAS_PEERCRED",
     "PlantedError",
     "bind",
     "claim_address",
@@ -63,6 +67,7 @@ __all__ = [
     "find_control",
     "find_quiet",
     "fnv1a",
+    "has_abstract_sockets",
     "is_file",
     "peer_credentials",
     "prepare_directory",
@@ -98,9 +103,35 @@ def fnv1a(data: bytes) -> int:
     return digest
 
 
+# The kernel's word for who is at the other end of a Unix socket (Linux).
+HAS_PEERCRED = hasattr(_socket, "SO_PEERCRED")
+
+
+class _Probed:
+    abstract: bool | None = None
+
+
+def has_abstract_sockets() -> bool:
+    """Whether Unix sockets may have abstract names (Linux): no file, gone with the socket.
+
+    OSError when there is no descriptor left to find out with (asked again then).
+    """
+    if _Probed.abstract is None:
+        probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+        try:
+            probe.bind(f"\0daemonize-deco-probe/{os.getpid()}/{os.urandom(8).hex()}")
+        except OSError:
+            _Probed.abstract = False
+        else:
+            _Probed.abstract = True
+        finally:
+            probe.close()
+    return _Probed.abstract
+
+
 def _abstract() -> bool:
     """Whether to use abstract names; OSError when there is no descriptor left to find out with."""
-    return _platform.has_abstract_sockets()
+    return has_abstract_sockets()
 
 
 def directories(pidfile: str) -> list[str]:
@@ -108,13 +139,30 @@ def directories(pidfile: str) -> list[str]:
 
     ``PIDFILE.sockets`` when its paths fit in ``sun_path``; then the short
     ``/tmp/daemonize_deco-DIGEST``, for a deep pidfile or a service whose
-    ``user=`` cannot reach the pidfile's directory.
+    ``user=`` cannot reach the pidfile's directory; then those of the short
+    one's name and a random tail, ``DIGEST.HEX``, which a service makes when
+    another user made the short one first (see :func:`_service_directory`).
     """
-    short = f"{_SHORT_DIRECTORY}{fnv1a(os.fsencode(pidfile)):016x}"
+    short = _short_directory(pidfile)
     beside = pidfile + _SUFFIX
+    unguessable = _unguessable_directories(short)
     if len(os.fsencode(beside)) + 1 + _LONGEST_NAME <= SUN_PATH_LIMIT:
-        return [beside, short]
-    return [short]
+        return [beside, short, *unguessable]
+    return [short, *unguessable]
+
+
+def _short_directory(pidfile: str) -> str:
+    return f"{_SHORT_DIRECTORY}{fnv1a(os.fsencode(pidfile)):016x}"
+
+
+def _unguessable_directories(short: str) -> list[str]:
+    """The ``SHORT.HEX`` directories in ``/tmp``, whoever made them (callers check the owner)."""
+    parent, prefix = os.path.split(short + ".")
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    return sorted(os.path.join(parent, name) for name in names if name.startswith(prefix))
 
 
 class _Chosen:
@@ -130,18 +178,28 @@ class PlantedError(PermissionError):
 def _service_directory(pidfile: str) -> str:
     """The first of :func:`directories` this process may own (made if need be).
 
-    PlantedError when the first one it can reach is not to be trusted;
-    the last OSError when it can reach none.
+    PlantedError when ``PIDFILE.sockets`` is another user's: the pidfile's
+    own directory lets others in, which no other directory mends.  In
+    ``/tmp`` anyone may make any name first, so a short directory another
+    user made is passed over for one of ours with a name nobody can guess
+    (``DIGEST.HEX``), which commands find by its owner.  The last OSError
+    when this process can reach none.
     """
     chosen = _Chosen.folders.get(pidfile)
     if chosen is not None:
         return chosen
     error: OSError = PermissionError(errno.EACCES, "no directory for its sockets")
-    for folder in directories(pidfile):
+    short = _short_directory(pidfile)
+    folders = directories(pidfile)
+    if short in folders:
+        folders.append(f"{short}.{os.urandom(8).hex()}")  # the last resort: made anew
+    for folder in folders:
         try:
             _own_directory(folder)
         except PlantedError:
-            raise
+            if folder != short and not folder.startswith(short + "."):
+                raise
+            continue  # made first by another user, in /tmp: the next
         except OSError as exc:
             error = exc  # one this user may not reach (user=): the next
             continue
@@ -287,7 +345,7 @@ def peer_credentials(
     directory say whose it is, and which pid macOS reports for a listening
     socket passed on (``_handover``) cannot be checked here.
     """
-    if _platform.HAS_PEERCRED:
+    if HAS_PEERCRED:
         creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED_SIZE)
         return int.from_bytes(creds[0:4], sys.byteorder), int.from_bytes(creds[4:8], sys.byteorder)
     option = getattr(_socket, "LOCAL_PEERCRED", None)

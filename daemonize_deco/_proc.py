@@ -32,6 +32,7 @@ __all__ = [
     "fd_targets",
     "flock_holders",
     "group_members",
+    "has_open",
     "holds_file",
     "is_alive",
     "memfd_names",
@@ -632,3 +633,22 @@ def somaxconn() -> int | None:
             return int(f.read())
     except (OSError, ValueError):
         return None
+
+
+def has_open(pid: int, pidfile: str) -> bool:
+    """Whether ``pid`` has ``pidfile`` open: the file at its path, or one deleted from it.
+
+    The file at the path is compared by (device, inode); a deleted one can
+    only be told by the name the kernel shows for it, which is its real
+    path (``/run/app.pid`` for a pidfile configured as ``/var/run/app.pid``).
+    """
+    try:
+        there = os.stat(pidfile, follow_symlinks=False)
+    except OSError:
+        pass  # none there now: only a deleted one can be it
+    else:
+        if holds_file(pid, (there.st_dev, there.st_ino)):
+            return True
+    directory, name = os.path.split(pidfile)
+    deleted = f"{os.path.join(os.path.realpath(directory), name)} (deleted)"
+    return deleted in fd_targets(pid)

@@ -25,8 +25,9 @@ from ._claim import PUT_BACK, WHO, listen_for_claimants
 from ._config import Service
 from ._control import ControlServer, release_spare
 from ._detach import flush_standard_streams
-from ._errors import PidFileError, describe, exit_status, last_words
+from ._errors import DetachError, PidFileError, describe, exit_status, last_words
 from ._hygiene import drop_privileges, prevent_core_dumps, set_process_name
+from ._platform import has_proc
 from ._platform_sockets import control_address, prepare_directory
 from ._proc import ever_started_one
 from ._ready import arm as _arm_readiness
@@ -246,10 +247,16 @@ def listen_for_control(pidfile: str) -> ControlServer | None:
     """The control socket (for acknowledged reloads); None, said in the log, when it cannot be.
 
     ``pidfile``: where the service's socket files are, where there are no abstract names.
+    Where no ``/proc`` shows another process's descriptors, the socket's file
+    is how commands tell this service from a process that only has its pid
+    (``_platform_sockets.vouches_for``): without it the start fails.
     """
     try:
         return ControlServer(control_address(pidfile))
     except OSError as exc:
+        if not has_proc():
+            reason = exc.strerror or str(exc)
+            raise DetachError(f"cannot create its control socket: {reason}") from exc
         print(
             f"daemonize_deco: no control socket, reload is unacknowledged: {exc.strerror or exc}",
             file=sys.stderr,
@@ -361,8 +368,9 @@ def serve(
                 take_the_pidfile(service, pidfile, service_pid)
             prepare_process(service, credentials)
             notifier = _link_manager()
-            _facts.control = listen_for_control(config.pidfile)
+            # The claim first: a socket directory another user planted is its to refuse.
             _facts.claim = None if pidfile is None else _claim_identity(pidfile)
+            _facts.control = listen_for_control(config.pidfile)
             _watch_progress(config, notifier, heartbeats, supervised=pidfile is None)
             settle = _settling(service, pidfile, startup)
             dispatcher = Dispatcher(

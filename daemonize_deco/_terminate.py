@@ -17,7 +17,7 @@ import select
 import time
 
 from ._platform import HAS_MEMFD, has_proc
-from ._platform_process import ProcessHandle
+from ._platform_process import ProcessHandle, group_lives
 from ._proc import BADGE_LINK, fd_targets, group_members, read_stat
 
 TYPE_CHECKING = False
@@ -154,20 +154,20 @@ def end_pinned(
 def _end_unseen_group(pgid: int, timeout: float) -> int | None:
     """Where no one can list a group: SIGTERM it while it has members, SIGKILL it ``timeout`` later.
 
-    ``killpg(pgid, 0)`` says whether anyone is left.  A group's id is not
+    :func:`group_lives` says whether anyone is left.  A group's id is not
     given out again while it has a member, so only the last member's exit in
     the microseconds between that probe and the signal, and a new group
     taking the very same number then, could misdirect one: pids are handed
     out in turn, and that number was its leader's, long gone.  Returns 0 when
     none was left, None when some were (how many, no one can say).
     """
-    if not _group_lives(pgid):
+    if not group_lives(pgid):
         return 0
     try:
         os.killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         pause = 0.01
-        while _group_lives(pgid):
+        while group_lives(pgid):
             if time.monotonic() >= deadline:
                 os.killpg(pgid, signal.SIGKILL)
                 break
@@ -176,16 +176,6 @@ def _end_unseen_group(pgid: int, timeout: float) -> int | None:
     except ProcessLookupError:
         pass  # all gone meanwhile
     return None
-
-
-def _group_lives(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # someone, as another user
-    return True
 
 
 def _end(

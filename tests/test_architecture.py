@@ -89,6 +89,7 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
     "_platform": ("base", ALL),
     "_platform_resources": ("base", CMD),  # status only: psutil never reaches a daemon
     "_platform_process": ("base", ALL),
+    "_platform_polled": ("base", ALL),  # loaded only where there is no pidfd
     "_platform_sockets": ("base", ALL),
     "_platform_descriptors": ("base", ALL),
     "_platform_identity": ("base", ALL),

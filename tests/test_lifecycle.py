@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from conftest import IDLE, alive, is_gone, proc_stat, proc_status, wait_for
-from platform_simulation import simulated
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -202,11 +201,6 @@ def test_stop_escalates_to_sigkill_of_the_group(make_service):
     "Faults",
     "Ctrl-C to stop while it waits for the daemon to exit",
     lost="nothing: one line and status 130, no traceback; the daemon, asked already, stops",
-)
-@pytest.mark.xfail(
-    simulated() is not None,
-    reason="fails under the simulated platforms, not yet diagnosed (issue 25 stays open)",
-    strict=False,
 )
 def test_ctrl_c_to_a_waiting_stop_is_one_line(make_service):
     body = """

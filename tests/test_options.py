@@ -242,18 +242,21 @@ def test_stop_timeout_from_the_command_line(make_service):
     assert bad.returncode == 2 and "'-1' is not a positive number of seconds" in bad.stderr
 
 
+# A service that holds a listener and a child: what status shows.
+BUSY = """
+    import socket
+    server = socket.create_server(('127.0.0.1', 0))
+    worker = subprocess.Popen(['sleep', '60'])
+    print('listening', server.getsockname()[1], flush=True)
+    while not should_stop():
+        sleep(3600)
+    worker.terminate()
+    worker.wait()
+"""
+
+
 def test_status_shows_what_the_daemon_uses(make_service):
-    body = """
-        import socket
-        server = socket.create_server(('127.0.0.1', 0))
-        worker = subprocess.Popen(['sleep', '60'])
-        print('listening', server.getsockname()[1], flush=True)
-        while not should_stop():
-            sleep(3600)
-        worker.terminate()
-        worker.wait()
-    """
-    svc = make_service(body=body)
+    svc = make_service(body=BUSY)
     pid = svc.start()
     wait_for(lambda: "listening" in svc.log_text(), what="the server")
     port = int(svc.log_text().split("listening ")[1].split()[0])

@@ -110,15 +110,8 @@ def test_a_service_that_dropped_privileges_and_lost_its_pidfile_is_still_stoppab
     wait_for(lambda: is_gone(pid), what="the stop")
 
 
-SQUATTER = """
-import socket, sys, time
-from daemonize_deco._claim import claim_address
-held = open(sys.argv[1])          # a pidfile is world-readable
-input()                           # the service stops: the file is now "(deleted)"
-claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-claim.bind(claim_address(sys.argv[1]))
-claim.listen(8)
-print("squatting", flush=True)
+# Says "put back" to whoever asks, forever: a claim socket answering for a service.
+ANSWER_PUT_BACK = """
 while True:
     conn, _ = claim.accept()
     try:
@@ -127,6 +120,20 @@ while True:
         pass  # the asker did not trust us and hung up
     conn.close()
 """
+
+SQUATTER = (
+    """
+import socket, sys, time
+from daemonize_deco._claim import claim_address
+held = open(sys.argv[1])          # a pidfile is world-readable
+input()                           # the service stops: the file is now "(deleted)"
+claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+claim.bind(claim_address(sys.argv[1]))
+claim.listen(8)
+print("squatting", flush=True)
+"""
+    + ANSWER_PUT_BACK
+)
 
 
 @pytest.mark.linux_only(

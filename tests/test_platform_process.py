@@ -22,7 +22,8 @@ import pytest
 from conftest import alive, wait_for
 
 from daemonize_deco import _platform_process
-from daemonize_deco._platform_process import ProcessHandle, _ps, start_time
+from daemonize_deco._platform_polled import _ps
+from daemonize_deco._platform_process import ProcessHandle, start_time
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,7 +51,7 @@ _REUSE = textwrap.dedent(
     # It waits, and signals the process it pinned.
     first = sleeper()
     handle = ProcessHandle.open(first.pid)
-    assert type(handle).__name__ == "_PollingHandle", type(handle)
+    assert type(handle).__name__ == "PollingHandle", type(handle)
     assert handle.fileno() is None
     assert not handle.wait(0.05), "a running process taken for exited"
     assert handle.send(signal.SIGTERM)

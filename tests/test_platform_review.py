@@ -10,11 +10,19 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import is_gone, wait_for
 from platform_simulation import SIMULATION, VARIABLE, simulated
-from test_platform_sockets import AS_ROOT, atexit_rmdir, service, socket_dir
+from test_platform_sockets import (
+    AS_ROOT,
+    PLANT_DIRECTORY,
+    assert_private,
+    atexit_rmdir,
+    service,
+    socket_dir,
+)
 
 from daemonize_deco._platform_sockets import directories
 
@@ -55,26 +63,12 @@ def test_a_plain_daemon_carries_no_module_the_seam_could_add(make_service, tmp_p
     assert not modules & heavy, modules & heavy
 
 
-PLANT_DIRECTORY = """
-import os, sys
-os.mkdir(sys.argv[1], 0o700)
-print("planted", flush=True)
-"""
-
-
 @AS_ROOT
-@pytest.mark.xfail(
-    strict=True,
-    reason="the short socket directory /tmp/daemonize_deco-DIGEST has a predictable name in a "
-    "world-writable /tmp: any local user can make it first and so keep a service whose "
-    "pidfile is too deep for PIDFILE.sockets (or whose user= cannot reach it) from ever "
-    "starting, though that user cannot touch the pidfile's own directory; needs a name "
-    "nobody can guess, recorded where only the service's owners write",
-)
 @pytest.mark.scenario(
     "Security",
     "another user makes the short socket directory of a deep pidfile first",
-    lost="the start (refused: the directory belongs to another user)",
+    lost="nothing: the service makes one of its own that nobody can name in advance; "
+    "no socket of it is put in the planted one, which is left alone",
 )
 def test_another_user_cannot_keep_a_deep_pidfile_from_starting(make_service, tmp_path, as_nobody):
     private = tmp_path / "private"
@@ -82,18 +76,29 @@ def test_another_user_cannot_keep_a_deep_pidfile_from_starting(make_service, tmp
     deep = private / ("d" * 80)
     deep.mkdir()
     svc = service(make_service, pidfile=str(deep / "svc.pid"))
-    folder = socket_dir(svc.pidfile)
-    assert str(folder).startswith("/tmp/daemonize_deco-")
-    planter = as_nobody(PLANT_DIRECTORY, str(folder))
-    assert planter.stdout is not None and planter.stdout.readline() == "planted\n"
-    atexit_rmdir(folder)
+    planted = socket_dir(svc.pidfile)
+    assert str(planted).startswith("/tmp/daemonize_deco-")
+    decoy = Path(f"{planted}.0000000000000000")  # and one of the names it may fall back to
+    for folder in (planted, decoy):
+        planter = as_nobody(PLANT_DIRECTORY, str(folder))
+        assert planter.stdout is not None and planter.stdout.readline() == "planted\n"
+        atexit_rmdir(folder)
     result = svc.cli("start")
     assert "Traceback" not in result.stderr
     assert result.returncode == 0, result.stderr
     pid = svc.pid_from(result.stdout)
+    ours = [Path(f) for f in directories(str(svc.pidfile)) if Path(f).exists()]
+    ours = [folder for folder in ours if folder.lstat().st_uid == 0]
+    assert len(ours) == 1 and ours[0].name.startswith(planted.name + "."), ours
+    assert_private(ours[0])
+    assert (ours[0] / f"control.{pid}").is_socket()
+    assert os.listdir(planted) == os.listdir(decoy) == []
+    assert svc.cli("status").returncode == 0
+    assert svc.cli("reload").returncode == 0
     assert svc.cli("stop").returncode == 0
     wait_for(lambda: is_gone(pid), what="the stop")
-    assert os.stat(folder).st_uid != 0  # the planted one is left alone
+    assert not ours[0].exists(), "the service's own directory goes with it"
+    assert planted.lstat().st_uid != 0  # the planted one is left alone
 
 
 # conftest's script imports threading in main: the dispatcher's import of it went unseen.

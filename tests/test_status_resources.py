@@ -19,22 +19,12 @@ from pathlib import Path
 import pytest
 from conftest import REPO, wait_for
 from platform_simulation import SIMULATION, VARIABLE, simulated
+from test_options import BUSY
 
 from daemonize_deco._platform_resources import PROC, Resources, _parse_etime
 from daemonize_deco._status import _figures
 
 pytestmark = pytest.mark.timeout(120)
-
-BUSY = """
-    import socket
-    server = socket.create_server(('127.0.0.1', 0))
-    worker = subprocess.Popen(['sleep', '60'])
-    print('listening', server.getsockname()[1], flush=True)
-    while not should_stop():
-        sleep(3600)
-    worker.terminate()
-    worker.wait()
-"""
 
 PROBE = """
 import json, sys

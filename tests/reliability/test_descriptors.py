@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from conftest import IDLE, marked_pids, wait_for
-from platform_simulation import simulated
 from test_kvserver import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -213,11 +212,6 @@ def test_run_under_a_tight_descriptor_limit(make_service, tmp_path, kind):
     "Bad input",
     "restart with listen= under ulimit -n 5 to 16 and 20",
     lost="nothing: a restart that has no room fails in one line and the running instance serves on",
-)
-@pytest.mark.xfail(
-    simulated() is not None,
-    reason="fails under the simulated platforms, not yet diagnosed (issue 25 stays open)",
-    strict=False,
 )
 def test_restart_with_listen_under_a_tight_descriptor_limit(make_service, tmp_path):
     svc, socket_file = with_options(make_service, tmp_path, "unix")

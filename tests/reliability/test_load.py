@@ -44,21 +44,21 @@ def _is_named(pid: int, name: str) -> bool:
 
     By its name, which the library sets through /proc.  Where it cannot (a
     simulated platform: the name is the interpreter's), by its script, in a
-    session of its own, adopted: the start's intermediate process, which
-    holds the pidfile for a moment too, is its starter's child.
+    session of another's making: the start's intermediate process, which
+    holds the pidfile for a moment too, leads that session (its parent, once
+    adopted, may be anyone: a subreaper in our own session, say).
     """
     if Path(f"/proc/{pid}/comm").read_text().strip() == name:
         return True
     stat = proc_stat(pid)
     if simulated() is None or stat is None:
         return False
-    parent = proc_stat(int(stat[1]))
     script = f"{name}.py".encode()
     runs_it = any(
         arg.endswith(script) for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     )
-    ours = os.getsid(0)
-    return runs_it and int(stat[3]) != ours and (parent is None or int(parent[3]) != ours)
+    session = int(stat[3])
+    return runs_it and session not in (os.getsid(0), pid)
 
 
 @pytest.mark.timeout(180)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from conftest import IDLE, alive, is_gone, proc_stat, proc_status, wait_for
-from platform_simulation import simulated
 from test_hooks import with_hooks
 
 from daemonize_deco._startup import StartupWatcher
@@ -550,11 +549,6 @@ def test_failure_reason_survives_an_early_reap():
     "Load",
     "50 start/stop cycles from one host program",
     lost="no descriptor leaks into the host",
-)
-@pytest.mark.xfail(
-    simulated() is not None,
-    reason="fails under the simulated platforms, not yet diagnosed (issue 25 stays open)",
-    strict=False,
 )
 def test_start_from_a_host_leaks_no_descriptor(make_service):
     svc = make_service()
