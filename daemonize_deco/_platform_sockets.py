@@ -204,8 +204,24 @@ def _service_directory(pidfile: str) -> str:
             error = exc  # one this user may not reach (user=): the next
             continue
         _Chosen.folders[pidfile] = folder
+        _clear_abandoned(short, folder)
         return folder
     raise error
+
+
+def _clear_abandoned(short: str, chosen: str) -> None:
+    """Empty and remove our other ``SHORT.HEX`` directories: a killed instance's stale sockets.
+
+    A live socket in one (an instance being replaced) keeps it; a bind
+    into one removed meanwhile makes it again (:func:`bind`).
+    """
+    for folder in _unguessable_directories(short):
+        if folder != chosen and _is_trusted_directory(folder, (os.geteuid(),)):
+            _sweep(folder)
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass  # a live socket in it, or gone already
 
 
 def claim_address(pidfile: str) -> str | bytes:
