@@ -231,8 +231,10 @@ def group_states(pgid: int) -> list[str] | None:
             if os.getpgid(process.pid) == pgid:
                 zombie = process.status() == psutil.STATUS_ZOMBIE
                 states.append("Z" if zombie else "R")
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            continue  # gone meanwhile
         except (psutil.Error, OSError):
-            continue
+            return None  # one we may not look at may be a member: unknown, so alive
     return states
 
 
