@@ -20,6 +20,13 @@ import os
 import sys
 import time
 
+# What a start and a service load lazily elsewhere (a command such as stop
+# never needs it), loaded with them: a lazy import opens a file, which a tight
+# ulimit -n, or privileges dropped from the package's owner, forbids later.
+import daemonize_deco._platform_descriptors
+import daemonize_deco._platform_identity
+import daemonize_deco._platform_parent_death
+
 from . import _beside, _delivery, _heartbeat, _lastrun, _mark, _notify, _signals
 from ._claim import PUT_BACK, WHO, listen_for_claimants
 from ._config import Service
@@ -27,7 +34,7 @@ from ._control import ControlServer, release_spare
 from ._detach import flush_standard_streams
 from ._errors import DetachError, PidFileError, describe, exit_status, last_words
 from ._hygiene import drop_privileges, prevent_core_dumps, set_process_name
-from ._platform import has_proc
+from ._platform import HAS_PIDFD, has_proc
 from ._platform_sockets import control_address, prepare_directory
 from ._proc import ever_started_one
 from ._ready import arm as _arm_readiness
@@ -35,6 +42,9 @@ from ._ready import disarm as _disarm_readiness
 from ._ready import forget_in_child as _forget_readiness
 from ._ready import ready
 from ._served import mark_served, note_threads_left, threads_left_behind
+
+if not HAS_PIDFD:
+    import daemonize_deco._platform_polled  # noqa: F401
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
