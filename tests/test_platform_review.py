@@ -63,6 +63,16 @@ def test_a_plain_daemon_carries_no_module_the_seam_could_add(make_service, tmp_p
     assert not modules & heavy, modules & heavy
 
 
+def deep_pidfile_service(make_service, tmp_path):
+    """A service whose pidfile is too deep for PIDFILE.sockets, and its short socket directory."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    deep = private / ("d" * 80)
+    deep.mkdir()
+    svc = service(make_service, pidfile=str(deep / "svc.pid"))
+    return svc, socket_dir(svc.pidfile)
+
+
 @AS_ROOT
 @pytest.mark.scenario(
     "Security",
@@ -71,12 +81,7 @@ def test_a_plain_daemon_carries_no_module_the_seam_could_add(make_service, tmp_p
     "no socket of it is put in the planted one, which is left alone",
 )
 def test_another_user_cannot_keep_a_deep_pidfile_from_starting(make_service, tmp_path, as_nobody):
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    deep = private / ("d" * 80)
-    deep.mkdir()
-    svc = service(make_service, pidfile=str(deep / "svc.pid"))
-    planted = socket_dir(svc.pidfile)
+    svc, planted = deep_pidfile_service(make_service, tmp_path)
     assert str(planted).startswith("/tmp/daemonize_deco-")
     decoy = Path(f"{planted}.0000000000000000")  # and one of the names it may fall back to
     for folder in (planted, decoy):

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import is_gone, wait_for
-from test_platform_sockets import AS_ROOT, PLANT_DIRECTORY, atexit_rmdir, service, socket_dir
+from test_platform_review import deep_pidfile_service
+from test_platform_sockets import AS_ROOT, PLANT_DIRECTORY, atexit_rmdir
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -23,12 +24,7 @@ pytestmark = pytest.mark.timeout(120)
     lost="nothing: the killed instance's directory and stale sockets go at the next run",
 )
 def test_a_killed_instances_fallback_directory_does_not_stay(make_service, tmp_path, as_nobody):
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    deep = private / ("d" * 80)
-    deep.mkdir()
-    svc = service(make_service, pidfile=str(deep / "svc.pid"))
-    planted = socket_dir(svc.pidfile)
+    svc, planted = deep_pidfile_service(make_service, tmp_path)
     planter = as_nobody(PLANT_DIRECTORY, str(planted))
     assert planter.stdout is not None and planter.stdout.readline() == "planted\n"
     atexit_rmdir(planted)
