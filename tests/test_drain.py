@@ -8,6 +8,7 @@ asserted on time (a loaded machine makes everything later, never earlier).
 from __future__ import annotations
 
 import os
+import subprocess
 import signal
 import time
 from typing import TYPE_CHECKING
@@ -126,3 +127,59 @@ def test_bad_drain_is_refused_in_one_line(bad: object, error: type[Exception]) -
 
 def _never_run() -> None:
     """A main that is only decorated."""
+
+
+def test_the_stop_is_announced_at_once(make_service: Callable[..., Service]) -> None:
+    """``_signals.stop_announced()`` (what /readyz reads) is True long before should_stop()."""
+    service = make_service(
+        prelude="from daemonize_deco._signals import stop_announced",
+        body="""\
+        print("looping", flush=True)
+        said = False
+        while not should_stop():
+            if stop_announced() and not said:
+                print(f"announced at {time.time():.6f}", flush=True)
+                said = True
+            sleep(0.02)
+        print(f"stop heard at {time.time():.6f}", flush=True)
+        """,
+        drain=3.0,
+    )
+    pid = service.start()
+    wait_for(lambda: "looping" in service.log_text(), what="main's loop")
+    os.kill(pid, signal.SIGTERM)
+    heard = _heard_at(service)
+    announced = [ln for ln in service.log_text().splitlines() if ln.startswith("announced at")]
+    assert announced, service.log_text()
+    assert heard - float(announced[0].rsplit(" ", 1)[1]) >= 2.0
+    wait_for(lambda: is_gone(pid))
+
+
+@pytest.mark.scenario("Options", "drain under restart=: stop is graceful", lost="nothing")
+def test_a_supervised_service_drains_and_stops_gracefully(
+    make_service: Callable[..., Service],
+) -> None:
+    service = make_service(body=NOTES_STOP, drain=2.0, stop_timeout=1.0, restart="always")
+    pid = service.start()
+    wait_for(lambda: "looping" in service.log_text(), what="main's loop")
+    began = time.time()
+    service.stop_gracefully(pid)
+    assert _heard_at(service) - began >= 2.0
+    assert "SIGKILL" not in service.log_text()
+
+
+def test_run_ctrl_c_twice_ends_the_drain_without_killing(
+    make_service: Callable[..., Service],
+) -> None:
+    """In the foreground: the first Ctrl-C drains, the second ends the drain (not the process)."""
+    service = make_service(body=NOTES_STOP, drain=30.0, stdout=None)
+    out = service.dir / "run.out"
+    with out.open("w") as sink:
+        proc = service.popen("run", stdout=sink, stderr=subprocess.STDOUT)
+    wait_for(lambda: "looping" in out.read_text(), what="main's loop")
+    proc.send_signal(signal.SIGINT)
+    wait_for(lambda: "draining for 30s" in out.read_text(), what="the drain to begin")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0, out.read_text()
+    text = out.read_text()
+    assert "stop heard at" in text
