@@ -8,8 +8,8 @@ asserted on time (a loaded machine makes everything later, never earlier).
 from __future__ import annotations
 
 import os
-import subprocess
 import signal
+import subprocess
 import time
 from typing import TYPE_CHECKING
 
