@@ -15,10 +15,17 @@ run its grace, or listens (``_listening``, looked at until it is ready).
 systemd's watchdog pings come from ``_watchdog``, where a slow callback
 cannot hold them back.
 
+With ``drain=S`` the first stop signal is only announced
+(``_signals.stop_announced()``: readiness probes fail from that instant);
+the stop itself (the flag, ``on_stop``, the delivery to main) comes S
+seconds later, when this thread's poll times out, or at once on a second
+stop signal.  The drain is its only other deadline.
+
 It also answers the claim socket (``_claim``: a restart's handover, a
-deleted pidfile put back).  While it runs callbacks, a thread of its own
-does, for as long as they run: a restart does not wait for a slow
-``on_reload``, and an idle daemon has no more threads than before.
+deleted pidfile put back, the ``health`` command's question).  While it
+runs callbacks, a thread of its own does, for as long as they run: a
+restart does not wait for a slow ``on_reload``, and an idle daemon has no
+more threads than before.
 """
 
 from __future__ import annotations
