@@ -41,8 +41,10 @@ if TYPE_CHECKING:
     Answer = Callable[[], tuple[str, Sequence[int]]]
 
 __all__ = [
+    "HEALTH",
     "Claimant",
     "answer_claimants",
+    "ask_claim",
     "claim_address",
     "find_claimant",
     "fnv1a",
@@ -53,6 +55,7 @@ __all__ = [
 ]
 
 PUT_BACK = "pidfile"
+HEALTH = "health"  # asked by the ``health`` command: "ok", or "error <why not>"
 WHO = "pid"  # asked where the system does not name a socket's peer
 _PID_READ_LIMIT = 64
 fnv1a = _platform_sockets.fnv1a
@@ -113,6 +116,28 @@ def answer_claimants(server: ControlServer, answers: Mapping[str, Answer]) -> No
             reply(conn, f"error unknown request {request!r}")
         else:
             reply(conn, *answer())
+
+
+def ask_claim(pidfile: str, request: str, timeout: float, trusted_uids: Collection[int]) -> str:
+    """Ask whatever claims ``pidfile`` (run by one of ``trusted_uids``) ``request``; its reply.
+
+    Raises ConnectionRefusedError when nothing trusted claims it, and
+    TimeoutError when the claimant does not reply within ``timeout``.
+    """
+    sock = stream_socket()
+    try:
+        sock.settimeout(timeout)
+        addresses = _platform_sockets.claim_addresses(pidfile, trusted_uids)
+        address = _connect_first(sock, addresses)
+        if address is None:
+            raise ConnectionRefusedError(f"nothing claims {pidfile}")
+        creds = peer_credentials(sock, address)
+        if creds is not None and creds[1] not in trusted_uids:
+            raise ConnectionRefusedError(f"another user's process claims {pidfile}")
+        sock.sendall(request.encode("ascii") + b"\n")
+        return read_line(sock).decode("utf-8", "replace").strip()
+    finally:
+        sock.close()
 
 
 class Claimant:

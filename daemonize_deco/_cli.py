@@ -92,6 +92,9 @@ COMMANDS: dict[str, Command] = {
     "run": Command(
         "_launch:run", "run in the foreground (Ctrl-C stops gracefully)", main_options="required"
     ),
+    "health": Command(
+        "_probe:health", "0 healthy (running, answering, heartbeats fresh), 1 not: for probes"
+    ),
     "reload": Command("_commands:reload", "reopen the logs and run the reload callbacks (SIGHUP)"),
     "logs": Command(
         "_commands:logs", "print the last lines of the log (-n N), or follow it (-f)", flags="logs"

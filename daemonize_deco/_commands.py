@@ -153,9 +153,10 @@ def _remove_what_it_left_beside(pidfile: PidFile) -> None:
 
 
 def _stop_timeout(service: Service) -> float:
-    """``--timeout S`` when given, else the decorator's stop_timeout."""
+    """The drain, then ``--timeout S`` when given, else the decorator's stop_timeout."""
     given = service.flags.get("timeout")
-    return float(given) if isinstance(given, float) else service.config.stop_timeout
+    timeout = float(given) if isinstance(given, float) else service.config.stop_timeout
+    return service.config.drain + timeout
 
 
 def _say_not_running(service: Service, pidfile: PidFile, state: PidFileState) -> None:
@@ -221,7 +222,7 @@ def _replace(service: Service, pidfile: PidFile) -> int | None:
 
     config = service.config
     before_starting(config)
-    serialised = one_restart_at_a_time(pidfile, config.start_timeout + config.stop_timeout)
+    serialised = one_restart_at_a_time(pidfile, config.start_timeout + config.kill_after)
     try:
         # Looked at with the restarts serialised: the one before ours may have replaced it.
         state, _ = inspect_service(service, pidfile, settle=config.start_timeout)

@@ -35,9 +35,9 @@ class ServiceConfig:
     """
 
     __slots__ = (
-        "files_preserve", "group", "listen", "name", "pidfile", "placeholders", "prevent_core",
-        "restart", "script", "start_grace", "start_timeout", "stderr", "stdout", "stop_main",
-        "stop_timeout", "umask", "user", "wait_ready", "watchdog", "workdir",
+        "drain", "files_preserve", "group", "listen", "name", "pidfile", "placeholders",
+        "prevent_core", "restart", "script", "start_grace", "start_timeout", "stderr", "stdout",
+        "stop_main", "stop_timeout", "umask", "user", "wait_ready", "watchdog", "workdir",
     )  # fmt: skip
 
     def __init__(
@@ -62,6 +62,7 @@ class ServiceConfig:
         watchdog: float | None = None,
         listen: Iterable[str] | str | None = None,
         stop_main: str = "auto",
+        drain: float = 0.0,
         parameters: Collection[str] = (),
     ) -> None:
         for keyword, flag in (("wait_ready", wait_ready), ("prevent_core", prevent_core)):
@@ -85,6 +86,7 @@ class ServiceConfig:
         self.watchdog = None if watchdog is None else _timeout("watchdog", watchdog)
         self.listen = _listen(listen)
         self.stop_main = _stop_main(stop_main)
+        self.drain = _seconds("drain", drain)
         self.script = _script(func)
         self.placeholders = _placeholders(self, parameters)
 
@@ -114,6 +116,11 @@ class ServiceConfig:
 
     def __repr__(self) -> str:
         return f"ServiceConfig(name={self.name!r}, pidfile={self.pidfile!r})"
+
+    @property
+    def kill_after(self) -> float:
+        """Seconds from SIGTERM to SIGKILL: the drain, then stop_timeout."""
+        return self.drain + self.stop_timeout
 
     def descriptors_to_keep(self) -> set[int]:
         """The descriptor numbers of ``files_preserve`` (files may have been opened since)."""

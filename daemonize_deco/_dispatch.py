@@ -15,10 +15,17 @@ run its grace, or listens (``_listening``, looked at until it is ready).
 systemd's watchdog pings come from ``_watchdog``, where a slow callback
 cannot hold them back.
 
+With ``drain=S`` the first stop signal is only announced
+(``_signals.stop_announced()``: readiness probes fail from that instant);
+the stop itself (the flag, ``on_stop``, the delivery to main) comes S
+seconds later, when this thread's poll times out, or at once on a second
+stop signal.  The drain is its only other deadline.
+
 It also answers the claim socket (``_claim``: a restart's handover, a
-deleted pidfile put back).  While it runs callbacks, a thread of its own
-does, for as long as they run: a restart does not wait for a slow
-``on_reload``, and an idle daemon has no more threads than before.
+deleted pidfile put back, the ``health`` command's question).  While it
+runs callbacks, a thread of its own does, for as long as they run: a
+restart does not wait for a slow ``on_reload``, and an idle daemon has no
+more threads than before.
 """
 
 from __future__ import annotations
@@ -130,6 +137,7 @@ class Dispatcher(SignalPath):
         reap_children: bool,
         start_watch: StartWatch | None = None,
         settle: tuple[int, Callable[[], None]] | None = None,
+        drain: float = 0.0,
     ) -> None:
         self._record_fd = record_fd
         # A handover's new instance: the restart's pipe, and what to do once it
@@ -144,6 +152,9 @@ class Dispatcher(SignalPath):
         self._on_repeat = on_repeat
         self._reap_children = reap_children
         self._stop_requests = 0
+        self._drain = drain
+        # During a drain: when it ends (monotonic) and the signal that began it.
+        self._draining: tuple[float, int] | None = None
         self._finished = _thread.allocate_lock()
         # Guards the flags below between the thread and the fork hooks.
         self._lock = _thread.allocate_lock()
@@ -265,6 +276,7 @@ class Dispatcher(SignalPath):
                 # their callbacks (a SIGTERM's on_stop); what a storm adds
                 # meanwhile does not.
                 self._handle_signals(limit=_PIPE_CAPACITY if quitting else 4096)
+                self._end_drain_when_due()
                 if self._settle is not None and not quitting:
                     self._settle_when_told(poller)
                 elif self._claim is not None and not quitting:
@@ -278,7 +290,26 @@ class Dispatcher(SignalPath):
                 # may have been read just now, and poll() would then not return.
                 if self._pausing or self._quitting:
                     continue
-            poller.poll(self._readiness_timeout())
+            poller.poll(self._poll_timeout())
+
+    def _poll_timeout(self) -> float | None:
+        """Milliseconds until there is something to do but read; None: nothing (idle)."""
+        readiness = self._readiness_timeout()
+        if self._draining is None:
+            return readiness
+        drain_left = max(0.0, self._draining[0] - time.monotonic()) * 1000
+        return drain_left if readiness is None else min(readiness, drain_left)
+
+    def _end_drain_when_due(self) -> None:
+        """The drain is over: the stop it held back reaches main now."""
+        if self._draining is not None and time.monotonic() >= self._draining[0]:
+            self._end_drain()
+
+    def _end_drain(self) -> None:
+        assert self._draining is not None
+        _, signum = self._draining
+        self._draining = None
+        self._stop(signum)
 
     def _settle_when_told(self, poller: select.poll) -> None:
         """Once the restart's pipe has closed: settle, then answer the claim from now on."""
@@ -367,12 +398,31 @@ class Dispatcher(SignalPath):
 
     def _stop_requested(self, signum: int) -> None:
         self._stop_requests += 1
-        if self._stop_requests > 1:
+        if self._draining is not None:
+            self._end_drain()  # asked again during the drain: no more waiting
+            return
+        if self._stop_requests > (2 if self._drain > 0 else 1):
             # The signal handler acts on a repeat itself; this covers a main
             # thread stuck in C code, where Python-level handlers cannot run.
             if self._on_repeat is not None:
                 self._on_repeat(signum)
             return
+        if self._stop_requests > 1:
+            return  # the drain's second signal, after the drain: the stop is on its way
+        if self._drain > 0 and not _signals.stop_requested():
+            # ``drain=``: announced now (readiness probes fail), main hears of it later.
+            self._draining = (_signals.announce_stop() + self._drain, signum)
+            print(
+                f"daemonize_deco: {_signals.signal_name(signum)}: draining for "
+                f"{self._drain:g}s before main is told to stop",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        self._stop(signum)
+
+    def _stop(self, signum: int) -> None:
+        """The stop reaches main: the flag, the ``on_stop`` callbacks, the delivery."""
         _signals.request_stop(signum)  # the main thread may be blocked in C code
         self._notifier.stopping()
         _delivery.stop_arrived()

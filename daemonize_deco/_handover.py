@@ -459,7 +459,7 @@ def settle(pidfile: PidFile, claim: ControlServer | None, service: Service) -> b
     if pid is not None and process is not None:
         import _thread  # noqa: PLC0415
 
-        timeout = service.config.stop_timeout
+        timeout = service.config.kill_after
         _thread.start_new_thread(_end_predecessor, (pidfile.path, process, timeout))
     return True
 

@@ -48,6 +48,7 @@ __all__ = [
     "reset",
     "shared_slot",
     "silence",
+    "staleness",
     "unarmed",
 ]
 
@@ -147,6 +148,22 @@ def silence(memory: mmap.mmap | bytearray | None = None) -> float:
     counting, and before the first beat (the watchdog is not armed yet).
     """
     return _seconds_since(_BEAT, memory)
+
+
+def staleness(limit: float | None, memory: mmap.mmap | bytearray | None = None) -> str | None:
+    """Why main's heartbeats are not fresh under ``watchdog=limit``; None when they are.
+
+    Fresh means a beat within half of ``limit`` (systemd pings at half of
+    ``WatchdogSec`` for the same reason): a probe sees a hang before the
+    watchdog ends the service for it.  Silence that is no hang (a wait in
+    ``sleep()``, a run that is ending, no first beat yet) is fresh.
+    """
+    if limit is None:
+        return None
+    quiet = silence(memory)
+    if quiet <= limit / 2:
+        return None
+    return f"no heartbeat for {quiet:.1f}s (watchdog={limit:g})"
 
 
 def unarmed(memory: mmap.mmap | bytearray | None = None) -> float:

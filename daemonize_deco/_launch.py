@@ -306,8 +306,8 @@ def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport)
     if report.process is not None and report.pid is not None:
         try:
             if report.outcome in waiting:
-                reason += f"; {terminate(report.process, config.stop_timeout).how} it"
-            elif not report.process.wait(config.stop_timeout):
+                reason += f"; {terminate(report.process, config.kill_after).how} it"
+            elif not report.process.wait(config.kill_after):
                 terminate(report.process, 0)
         except (PermissionError, TimeoutError) as exc:
             gone = False

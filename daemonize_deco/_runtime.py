@@ -28,7 +28,7 @@ import daemonize_deco._platform_identity
 import daemonize_deco._platform_parent_death
 
 from . import _beside, _delivery, _heartbeat, _lastrun, _mark, _notify, _signals
-from ._claim import PUT_BACK, WHO, listen_for_claimants
+from ._claim import HEALTH, PUT_BACK, WHO, listen_for_claimants
 from ._config import Service
 from ._control import ControlServer, release_spare
 from ._detach import flush_standard_streams
@@ -286,11 +286,17 @@ def _claim_identity(pidfile: PidFile) -> ControlServer | None:
 
 
 def claim_answers(
-    pidfile: PidFile, claim: ControlServer, *, accepts: bool = True
+    pidfile: PidFile,
+    claim: ControlServer,
+    *,
+    accepts: bool = True,
+    unhealthy: Callable[[], str | None] = lambda: None,
 ) -> dict[str, Answer]:
-    """What the claim socket answers: put the pidfile back; hand the sockets over.
+    """What the claim socket answers: put the pidfile back; hand the sockets over; health.
 
     ``accepts`` is False in a supervisor: its service accepts on the sockets.
+    ``unhealthy()`` says why the service is not healthy, or None (the
+    ``health`` command: that it is answered at all is half the answer).
     """
 
     def put_back() -> tuple[str, Sequence[int]]:
@@ -301,7 +307,13 @@ def claim_answers(
         except PidFileError as exc:
             return f"error {exc}", ()
 
-    answers: dict[str, Answer] = {PUT_BACK: put_back, WHO: lambda: (f"ok {os.getpid()}", ())}
+    def health() -> tuple[str, Sequence[int]]:
+        why = unhealthy()
+        return ("ok" if why is None else f"error {why}"), ()
+
+    answers: dict[str, Answer] = {
+        PUT_BACK: put_back, WHO: lambda: (f"ok {os.getpid()}", ()), HEALTH: health,
+    }  # fmt: skip
     if "daemonize_deco._listeners" in sys.modules:  # loaded by listen=: sockets to hand over
         from ._handover import REQUEST, offering  # noqa: PLC0415
 
@@ -368,12 +380,15 @@ def serve(
     from ._dispatch import Dispatcher  # noqa: PLC0415
     from ._listening import StartWatch  # noqa: PLC0415 -- its start watch, loaded with it
 
+    def unhealthy() -> str | None:
+        return _heartbeat.staleness(config.watchdog)
+
     # The handlers stay until the run is accounted for: a SIGTERM from a second
     # ``stop`` must not kill the process while it writes its record.
     with _signals.Handlers() as handlers:
         dispatcher: Dispatcher | None = None
         try:
-            record_fd = handlers.install(extra, on_repeat=on_repeat)
+            record_fd = handlers.install(extra, on_repeat=on_repeat, drain=config.drain)
             if pidfile is not None:
                 take_the_pidfile(service, pidfile, service_pid)
             prepare_process(service, credentials)
@@ -390,12 +405,13 @@ def serve(
                 control=_facts.control,
                 claim=None
                 if _facts.claim is None or pidfile is None
-                else (_facts.claim, claim_answers(pidfile, _facts.claim)),
+                else (_facts.claim, claim_answers(pidfile, _facts.claim, unhealthy=unhealthy)),
                 logs=None if startup is None else (config.stdout, config.stderr),
                 on_repeat=on_repeat,
                 reap_children=is_init,
                 start_watch=_start_watch(config, StartWatch),
                 settle=settle,
+                drain=config.drain,
             )
             _arm_readiness(startup)  # before the dispatcher may declare it
             _delivery.arm(

@@ -134,6 +134,7 @@ def daemon(
     watchdog: float | None = None,
     listen: Sequence[str] | str | None = None,
     stop_main: str = "auto",
+    drain: float = 0.0,
 ) -> Callable[[Callable[..., object]], Daemon]:
     """Turn ``main()`` into a Unix service driven by its command line.
 
@@ -185,6 +186,12 @@ def daemon(
             cancelled, as on Ctrl-C; one that did sees the flag), "flag"
             (only the flag), "interrupt" (always, as on Ctrl-C).  See
             README, "How a stop reaches `main`".
+        drain: seconds between a stop signal and the stop reaching ``main``:
+            the stop is announced at once (a ``health=`` endpoint's
+            ``/readyz`` answers 503) and :func:`should_stop`, ``on_stop``
+            and the rest follow this many seconds later, so a load balancer
+            stops sending new work first.  A second stop signal ends the
+            drain at once.  ``stop_timeout`` counts after the drain.
 
     Relative paths resolve against the current directory at decoration time.
     Raises TypeError or ValueError at once for a wrong keyword or value.
@@ -196,6 +203,7 @@ def daemon(
         "group": group, "files_preserve": files_preserve, "prevent_core": prevent_core,
         "restart": RestartPolicy(restart, restart_delay, restart_delay_max, restart_limit),
         "watchdog": watchdog, "listen": listen, "stop_main": stop_main,
+        "drain": drain,
     }  # fmt: skip
 
     def decorate(func: Callable[..., object]) -> Daemon:

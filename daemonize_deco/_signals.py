@@ -58,6 +58,7 @@ __all__ = [
     "STOP_SIGNALS",
     "WAKEUP_TAKEN",
     "Handlers",
+    "announce_stop",
     "call_soon",
     "count_heartbeats",
     "delivery_pending",
@@ -70,6 +71,7 @@ __all__ = [
     "request_stop",
     "should_stop",
     "sleep",
+    "stop_announced",
     "stop_fd",
     "stop_requested",
     "stop_signal",
@@ -90,6 +92,10 @@ class _State:
         self.stop_signal: int | None = None
         self.stop_requested = False
         self.stop_requested_at: float | None = None  # monotonic
+        # ``drain=``: a stop signal is announced at once, requested drain seconds later.
+        self.drain = 0.0
+        self.announced = False
+        self.announced_at: float | None = None  # monotonic
         self.stop_read: int | None = None
         self.stop_write: int | None = None
         self.previous: dict[int, Handler] = {}
@@ -215,6 +221,27 @@ def time_left(stop_timeout: float) -> float:
     return left if left >= stop_timeout / 4 else stop_timeout
 
 
+def announce_stop() -> float:
+    """Record that a stop was announced (``drain=``); return when it first was (monotonic).
+
+    Safe inside a signal handler and from any thread; later calls keep the first time.
+    """
+    if _state.announced_at is None:
+        _state.announced_at = time.monotonic()
+    _state.announced = True
+    return _state.announced_at
+
+
+def stop_announced() -> bool:
+    """Whether a stop was announced: True from the first SIGTERM/SIGINT/``stop``, drain or not.
+
+    For what must turn away new work before ``main`` hears of the stop (a
+    readiness probe): during ``drain=`` seconds this is True while
+    :func:`should_stop` is still False.  Cheap, lock-free, any thread.
+    """
+    return _state.announced or _state.stop_requested
+
+
 def stop_signal() -> int | None:
     """The signal that requested the stop, or None."""
     return _state.stop_signal
@@ -270,6 +297,7 @@ def request_stop(signum: int | None = None) -> bool:
         return False
     _state.stop_signal = signum
     _state.stop_requested_at = time.monotonic()
+    announce_stop()
     _state.stop_requested = True
     if _state.ending is not None:
         _state.ending()  # the watchdog stands down: stop_timeout bounds the run now
@@ -287,13 +315,19 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
         _deliver_here(frame)  # our own Ctrl-C for main: not a stop signal of its own
         return
     _record_if_wakeup_taken(signum)
-    # The flag is set here too, not only by the dispatcher, so should_stop()
-    # is True by the time the main thread runs its next line.
-    request_stop(signum)
     # Counted here, not read from the flag: the dispatcher may have set the
     # flag for this very signal before the main thread got to run its handler.
     _state.stop_signals_handled += 1
-    if _state.stop_signals_handled > 1 and _state.on_repeat is not None:
+    handled = _state.stop_signals_handled
+    if _state.drain > 0:
+        if handled == 1:
+            announce_stop()  # the dispatcher requests the stop once the drain is over
+            return
+        handled -= 1  # the second ends the drain: it is the stop's first
+    # The flag is set here too, not only by the dispatcher, so should_stop()
+    # is True by the time the main thread runs its next line.
+    request_stop(signum)
+    if handled > 1 and _state.on_repeat is not None:
         _state.on_repeat(signum)  # a second Ctrl-C in the foreground: act now
 
 
@@ -402,7 +436,10 @@ class Handlers:
         return self
 
     def install(
-        self, extra_signals: Iterable[int] = (), on_repeat: Callable[[int], object] | None = None
+        self,
+        extra_signals: Iterable[int] = (),
+        on_repeat: Callable[[int], object] | None = None,
+        drain: float = 0.0,
     ) -> int:
         """Install the handlers; return the pipe from which the dispatcher reads signal numbers.
 
@@ -415,7 +452,7 @@ class Handlers:
         (``ulimit -n``), DaemonError from another thread.
         """
         self._pid = os.getpid()
-        return _install(extra_signals, on_repeat)
+        return _install(extra_signals, on_repeat, drain)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._pid is None or self._pid != os.getpid():
@@ -426,7 +463,9 @@ class Handlers:
 
 
 def _install(
-    extra_signals: Iterable[int] = (), on_repeat: Callable[[int], object] | None = None
+    extra_signals: Iterable[int] = (),
+    on_repeat: Callable[[int], object] | None = None,
+    drain: float = 0.0,
 ) -> int:
     if not _state.fork_hook:
         os.register_at_fork(after_in_child=_clean_slate_in_child)
@@ -437,6 +476,7 @@ def _install(
     _state.wakeup_taken = False
     _state.stop_signals_handled = 0
     _state.on_repeat = on_repeat
+    _state.drain, _state.announced, _state.announced_at = drain, False, None
     _state.main_thread = _thread.get_ident()
     _state.main_asked = _state.main_interrupted = False
     _state.delivery, _state.delivery_echoes = None, 0
@@ -533,6 +573,7 @@ def _clean_slate_in_child() -> None:
     _close_pipes()
     _state.stop_signal = None
     _state.stop_requested = False
+    _state.drain, _state.announced, _state.announced_at = 0.0, False, None
     count_heartbeats(None)  # a worker's loop is not main's progress, nor its stop main's
 
 

@@ -47,7 +47,7 @@ from ._claim import answer_claimants, listen_for_claimants
 from ._control import ControlServer
 from ._detach import StartupChannel, exit_daemon
 from ._errors import DetachError, exit_status, last_words
-from ._heartbeat import reset, shared_slot, silence, unarmed
+from ._heartbeat import reset, shared_slot, silence, staleness, unarmed
 from ._hygiene import die_with_parent
 from ._phases import STATE_SUFFIX, Phase, SupervisorState, check
 from ._platform_process import ProcessHandle
@@ -208,7 +208,10 @@ class _Supervisor(SignalPath):
         if settling is not None and settling.fileno() in ready:
             self.settle(settling)
         elif self.claim is not None and self.claim.fileno() in ready and self.settling is None:
-            answer_claimants(self.claim, claim_answers(self.pidfile, self.claim, accepts=False))
+            answers = claim_answers(
+                self.pidfile, self.claim, accepts=False, unhealthy=self.unhealthy
+            )
+            answer_claimants(self.claim, answers)
         if self.relay is not None:
             self.relay.carry_on(ready)  # before child_ended: a service answers, then may exit
         if child is not None and child is self.child and _exited(child.process, exit_fd, ready):
@@ -268,6 +271,14 @@ class _Supervisor(SignalPath):
             ):
                 child.kill_at = None
                 child.process.send(signal.SIGKILL)
+
+    def unhealthy(self) -> str | None:
+        """Why the service is not healthy (the ``health`` command), or None."""
+        if self.phase != Phase.RUNNING:
+            return f"the service is {self.phase}, not running"
+        if self.heartbeats is None:
+            return None
+        return staleness(self.config.watchdog, self.heartbeats)
 
     def enter(self, phase: str) -> None:
         """Change phase (the one place that does, checked: ``_phases``); tell status."""
@@ -400,9 +411,7 @@ class _Supervisor(SignalPath):
         from ._descendants import describe, end_run, killed, this_run  # noqa: PLC0415 -- a run ended
 
         try:
-            left = end_run(
-                this_run(group=os.getpgrp()), _signals.time_left(self.config.stop_timeout)
-            )
+            left = end_run(this_run(group=os.getpgrp()), _signals.time_left(self.config.kill_after))
         except OSError as exc:
             self.say(f"cannot end what the service (pid {child.pid}) left running: {exc}")
             return
@@ -469,7 +478,7 @@ class _Supervisor(SignalPath):
         child.early_end = f"fail not ready within {self.config.start_timeout:g}s"
         child.hung = self.config.start_timeout
         child.process.send(signal.SIGTERM)
-        child.kill_at = now + self.config.stop_timeout
+        child.kill_at = now + self.config.kill_after
         self.enter(Phase.ENDING_HUNG)  # restarting -> ending-hung
 
     # -- signals and requests ---------------------------------------------------------
@@ -507,7 +516,7 @@ class _Supervisor(SignalPath):
             self.end(0, None)  # backing-off -> done
             return
         child.process.send(signal.SIGTERM)
-        child.kill_at = time.monotonic() + self.config.stop_timeout
+        child.kill_at = time.monotonic() + self.config.kill_after
         self.enter(Phase.STOPPING)  # starting/running/restarting/ending-hung -> stopping
 
     def reloadable(self) -> tuple[int, Callable[[], None]] | None:

@@ -59,7 +59,7 @@ def systemd_unit(config: ServiceConfig, options: Sequence[str] = ()) -> str:
         f"ExecReload={exec_reload}",
         # SIGTERM to the main process only; what is left after the timeout is killed.
         "KillMode=mixed",
-        f"TimeoutStopSec={_ceil(config.stop_timeout) + _STOP_MARGIN}",
+        f"TimeoutStopSec={_ceil(config.kill_after) + _STOP_MARGIN}",
         f"TimeoutStartSec={_ceil(config.start_timeout)}",
         f"Restart={config.restart.mode}",
         f"RestartSec={config.restart.delay:g}s",
@@ -139,7 +139,7 @@ def launchd_plist(config: ServiceConfig, options: Sequence[str] = (), label: str
         "WorkingDirectory": config.workdir,
         "Umask": config.umask,
         # launchd sends SIGTERM, then SIGKILL after this: time for stop_timeout and on_stop.
-        "ExitTimeOut": _ceil(config.stop_timeout) + _STOP_MARGIN,
+        "ExitTimeOut": _ceil(config.kill_after) + _STOP_MARGIN,
     }
     if config.restart.enabled:
         # The least time between two starts (launchd's own default is 10 s).

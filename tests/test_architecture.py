@@ -45,6 +45,7 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
     "_commands": ("commands", CMD),
     "_launch": ("commands", ALL),  # a started daemon begins here, after the fork
     "_status": ("commands", CMD),
+    "_probe": ("commands", CMD),
     "_logs": ("commands", CMD),
     "_unit": ("commands", CMD),
     "_lookup": ("commands", CMD),
