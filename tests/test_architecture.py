@@ -47,6 +47,7 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
     "_status": ("commands", CMD),
     "_logs": ("commands", CMD),
     "_unit": ("commands", CMD),
+    "_kubernetes": ("commands", CMD),
     "_lookup": ("commands", CMD),
     "_managers": ("commands", CMD),
     "_runtime": ("daemon", frozenset({SERVICE})),
