@@ -194,3 +194,12 @@ def test_the_cmd_as_pid_1_stops_gracefully_and_reaps(mark, app_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_readme_quotes_the_dockerfile():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Running in containers\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```dockerfile\n", 1)[1].split("```", 1)[0]
+    lines = DOCKERFILE.read_text().splitlines()
+    for line in filter(None, map(str.strip, block.splitlines())):
+        assert line in lines, f"the README shows {line!r}, which examples/Dockerfile does not say"

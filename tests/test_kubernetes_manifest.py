@@ -10,9 +10,16 @@ period, the ports.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
 import kubernetes_validate
 import pytest
 import yaml
+from conftest import REPO, python_path
 
 from daemonize_deco import daemon
 from daemonize_deco._kubernetes import kubernetes_manifest
@@ -293,3 +300,20 @@ def test_the_yaml_reads_back_as_the_same_words(tmp_path):
     ]  # fmt: skip
     [deployment] = generated(config_of(tmp_path), *words)
     assert container_of(deployment)["args"] == ["run", *words]
+
+
+def test_the_readme_shows_what_the_command_prints():
+    """README, "Running in containers": the manifest, its comments taken away, is the output."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Running in containers\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    shown = [re.sub(r"\s+# .*$", "", line) for line in textwrap.dedent(block).splitlines()]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "kvserver.py"), "kubernetes-manifest",
+         "--host", "0.0.0.0", "--image", "registry.example/kvserver:1.0", "--replicas", "2"],
+        capture_output=True, text=True, timeout=30,
+        env=dict(os.environ, PYTHONPATH=python_path(REPO)),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert shown == result.stdout.splitlines()
+    checked(result.stdout)
