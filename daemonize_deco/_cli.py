@@ -111,6 +111,13 @@ COMMANDS: dict[str, Command] = {
         "print a launchd plist for this service (macOS; with the options given)",
         main_options="required",
     ),
+    "kubernetes-manifest": Command(
+        "_commands:print_kubernetes_manifest",
+        "print a Kubernetes Deployment (+ Service for listen=) running this service "
+        "(with the options given); --image, --replicas",
+        main_options="required",
+        flags="kubernetes_manifest",
+    ),
 }
 RESERVED_WORDS = frozenset({*COMMANDS, "help"})
 

@@ -207,6 +207,16 @@ def _add_unit_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", action="store_true", help="print the .socket unit instead")
 
 
+def _add_manifest_flags(parser: argparse.ArgumentParser) -> None:
+    """``--image NAME`` (default app:latest), ``--replicas N`` (default 1)."""
+    from ._kubernetes import DEFAULT_IMAGE  # noqa: PLC0415 -- only this command
+
+    parser.add_argument("--image", type=_image, default=DEFAULT_IMAGE, metavar="NAME",
+                        help=f"the container image (default {DEFAULT_IMAGE})")  # fmt: skip
+    parser.add_argument("--replicas", type=_replicas, default=1, metavar="N",
+                        help="how many pods (default 1)")  # fmt: skip
+
+
 # The built-in commands' own flags, by the name their ``_cli.Command`` gives.
 # ``_options.COMMAND_FLAGS`` lists them for decoration (a test checks the two agree).
 FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
@@ -214,6 +224,7 @@ FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "status": _add_status_flags,
     "logs": _add_logs_flags,
     "systemd_unit": _add_unit_flags,
+    "kubernetes_manifest": _add_manifest_flags,
 }
 
 
@@ -234,4 +245,23 @@ def _count(text: str) -> int:
 
     if not text.isdigit():
         raise argument_error(f"{text!r} is not a number of lines")
+    return int(text)
+
+
+def _image(text: str) -> str:
+    from ._kubernetes import check_image  # noqa: PLC0415 -- only this command
+    from ._options import argument_error  # noqa: PLC0415 -- argparse is loaded by now
+
+    try:
+        return check_image(text)
+    except ValueError as exc:
+        raise argument_error(str(exc)) from None
+
+
+def _replicas(text: str) -> int:
+    from ._options import argument_error  # noqa: PLC0415 -- argparse is loaded by now
+
+    # A Deployment's replicas is an int32; 0 is a Deployment scaled down.
+    if not (text.isascii() and text.isdigit()) or int(text) > 2**31 - 1:
+        raise argument_error(f"{text!r} is not a number of replicas (0 or more)")
     return int(text)

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from ._startup import StartupReport
 
 __all__ = [
-    "logs", "print_launchd_plist", "print_systemd_unit", "reload", "restart", "status", "stop",
+    "logs", "print_kubernetes_manifest", "print_launchd_plist", "print_systemd_unit", "reload",
+    "restart", "status", "stop",
 ]  # fmt: skip
 
 
@@ -442,4 +443,29 @@ def print_launchd_plist(service: Service) -> int:
     config = service.config
     label = launchd_label(config.name, [service.options[name] for name in config.placeholders])
     say(launchd_plist(config, service.words, label).rstrip("\n"))
+    return 0
+
+
+def print_kubernetes_manifest(service: Service) -> int:
+    """Print a Kubernetes Deployment (+ Service) running the service (``run``) with its options."""
+    from ._kubernetes import (  # noqa: PLC0415 -- only this command
+        DEFAULT_IMAGE,
+        kubernetes_manifest,
+        resource_name,
+    )
+
+    config = service.config
+    name = resource_name(config.name)
+    image = str(service.flags.get("image") or DEFAULT_IMAGE)
+    replicas = service.flags.get("replicas")
+    manifest, warnings = kubernetes_manifest(
+        config,
+        service.words,
+        name=name,
+        image=image,
+        replicas=replicas if isinstance(replicas, int) else 1,
+    )
+    for warning in warnings:
+        complain(f"{service.name}: {warning}")
+    say(manifest.rstrip("\n"))
     return 0

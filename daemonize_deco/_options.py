@@ -55,6 +55,8 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "-f": ("logs",),
     "--follow": ("logs",),
     "--socket": ("systemd-unit",),
+    "--image": ("kubernetes-manifest",),
+    "--replicas": ("kubernetes-manifest",),
 }
 
 

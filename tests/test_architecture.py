@@ -48,6 +48,7 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
     "_probe": ("commands", CMD),
     "_logs": ("commands", CMD),
     "_unit": ("commands", CMD),
+    "_kubernetes": ("commands", CMD),
     "_lookup": ("commands", CMD),
     "_managers": ("commands", CMD),
     "_runtime": ("daemon", frozenset({SERVICE})),
