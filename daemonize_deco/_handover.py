@@ -191,6 +191,9 @@ def _answer_quiesce(server: _socket.socket, pidfile: PidFile, address: str) -> N
 
             _Offered.quiesced = True
             read = _quiesce.quiesce(_listeners.listeners(), _QUIESCE_LIMIT)
+            health = sys.modules.get(f"{__package__}._health")
+            if health is not None:  # health=: the new instance answers the probes now
+                health.stop_answering()
             conn.sendall(b"ok\n" if read else b"ok unread connections left\n")
         finally:
             conn.close()
