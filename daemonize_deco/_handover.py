@@ -133,9 +133,9 @@ def offering(
     if stop_requested():
         # It may be gone before the new one is ready, and take its files with it.
         return "error it is stopping", ()
-    listening = _listeners.descriptors()
-    if not listening:
+    if not _listeners.listeners():  # health='s alone is no reason for a handover
         return "error it has no listening sockets", ()
+    listening = _listeners.descriptors()
     if _Offered.quiesced:
         return "error it has stopped accepting", ()
     _Offered.yes = True

@@ -76,7 +76,7 @@ def descriptors() -> list[int]:
     The ``health=`` socket goes last, with them: the next instance must not
     find its address taken by the one it replaces.
     """
-    extra = [] if _held.health is None or not _held.sockets else [_held.health]
+    extra = [] if _held.health is None else [_held.health]
     return [fd for fd in (sock.fileno() for sock in [*_held.sockets, *extra]) if fd >= 0]
 
 
@@ -122,9 +122,14 @@ def open_listeners(entries: Sequence[str]) -> None:
 def open_health(text: str) -> socket.socket:
     """The ``health=`` socket: handed over with the others by the instance we replace, or bound.
 
+    Bound by ``start`` (or ``run``) with the ``listen=`` sockets, before
+    detaching: a supervisor holds it across its service's restarts.
+
     It is the framework's, not main's: :func:`listeners` leaves it out.  A
     Unix socket file it makes is removed with the others at the last stop.
     """
+    if _held.health is not None:
+        return _held.health  # bound by start, held by our supervisor
     address = parse_address(text, "health")
     for sock in _held.sockets:
         if _is_bound_to(sock, address):

@@ -380,3 +380,42 @@ def test_a_restart_hands_the_endpoint_over_with_the_listeners(make_service):
     assert json.loads(get(port, "/status")[1])["pid"] == second
     assert svc.log_text().count("listeners 1\n") == 2, svc.log_text()
     svc.stop_gracefully(second)
+
+
+CRASH_ON_FILE = (
+    READY_ON_GO
+    + """
+while not should_stop():
+    if os.path.exists(os.path.join(here, "crash")):
+        os.remove(os.path.join(here, "crash"))
+        os.remove(os.path.join(here, "go"))
+        raise RuntimeError("told to crash")
+    sleep(0.05)
+"""
+)
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "health=: the endpoint across a supervisor's restart",
+    lost="nothing: the socket stays bound by the supervisor; /readyz says 503 until "
+    "the new run is ready",
+)
+def test_the_endpoint_stays_up_across_a_supervisor_restart(make_service):
+    svc, port = health_service(
+        make_service, CRASH_ON_FILE, wait_ready=True, restart="on-failure", restart_delay=0.5
+    )
+    (svc.dir / "go").touch()
+    supervisor = svc.start()
+    assert get(port, "/readyz") == (200, "ready\n")
+    (svc.dir / "crash").touch()
+
+    def not_ready() -> tuple[int, str] | None:
+        answer = get(port, "/readyz")  # refused would raise: the supervisor holds the socket
+        return answer if answer[0] != 200 else None
+
+    assert wait_for(not_ready, what="/readyz to say 503") == (503, "starting: not ready yet\n")
+    (svc.dir / "go").touch()
+    wait_for(lambda: get(port, "/readyz")[0] == 200, what="/readyz to say 200 again")
+    assert json.loads(svc.cli("status", "--json").stdout)["supervision"]["restarts"] == 1
+    svc.stop_gracefully(supervisor)
