@@ -57,7 +57,8 @@ _HEAD_LIMIT = 8192  # bytes of request line and headers
 _CONNECTIONS = 64  # open at once; a new one closes the oldest
 _ACCEPTS_A_ROUND = 256  # then the open connections get their turn
 _NO_ROOM_PAUSE = 0.05  # no descriptor left (ulimit -n): stop accepting this long
-_CLOSE_WAIT = 1.0
+_LAST_ANSWERS = 0.5  # at the close: how long what was accepted may take to be answered
+_CLOSE_WAIT = 1.0 + _LAST_ANSWERS
 _NO_ROOM = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 _REASONS = {
@@ -87,7 +88,7 @@ def readiness() -> tuple[bool, str]:
     if _signals.stop_requested():
         return False, "stopping"
     if _watched.main_ended:
-        return False, "main has returned"
+        return False, "main has ended"
     if not is_ready():
         return False, "starting: not ready yet"
     return True, "ready"
@@ -107,7 +108,7 @@ def liveness() -> tuple[bool, str]:
 
 
 def main_ended() -> None:
-    """Main has returned: the service takes no more traffic."""
+    """Main has returned or raised: the service takes no more traffic."""
     _watched.main_ended = True
 
 
@@ -129,9 +130,11 @@ class HealthServer:
         self._started = time.time()
         self._wake_read, self._wake_write = os.pipe()
         self._finished = _thread.allocate_lock()
+        self._lock = _thread.allocate_lock()  # guards closing the descriptors
         self._open: dict[int, _Connection] = {}  # by descriptor, oldest first
         self._paused_until: float | None = None
         self._running = False
+        self._closing = False
         sock.setblocking(False)
 
     def start(self, dispatcher_answers: Callable[[], bool]) -> None:
@@ -143,31 +146,41 @@ class HealthServer:
         _thread.start_new_thread(self._run, ())
 
     def close(self) -> None:
-        """Stop answering and close the socket: the run is over (never raises)."""
-        if self._running:
-            try:
-                os.write(self._wake_write, b"x")
-            except OSError:
-                pass
-            if self._finished.acquire(timeout=_CLOSE_WAIT):
-                self._finished.release()
-        self._close_descriptors()
+        """Stop answering and close the socket: the run is over (never raises).
+
+        Called by the runtime at the run's end and by a handover's quiesce,
+        maybe both at once: the descriptors are closed once, under the lock
+        (a number closed twice could be another thread's new file by then).
+        """
+        with self._lock:
+            if self._wake_write < 0:
+                return
+            running = self._running
+            if running:
+                try:
+                    os.write(self._wake_write, b"x")
+                except OSError:
+                    pass
+        if running and self._finished.acquire(timeout=_CLOSE_WAIT):
+            self._finished.release()
+        with self._lock:
+            self._close_descriptors()
 
     def forget_in_child(self) -> None:
         """In a child the service forked: the thread is not there; let go of the port."""
+        self._lock = _thread.allocate_lock()  # another thread may have held it at the fork
         self._running = False
         self._close_descriptors()
 
     def _close_descriptors(self) -> None:
+        if self._wake_write < 0:
+            return
         for connection in self._open.values():
             connection.sock.close()
         self._open.clear()
         self._listener.close()
         for fd in (self._wake_read, self._wake_write):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            os.close(fd)
         self._wake_read = self._wake_write = -1
 
     def _run(self) -> None:
@@ -183,16 +196,31 @@ class HealthServer:
         poller = select.poll()
         poller.register(self._wake_read, select.POLLIN)
         poller.register(self._listener.fileno(), select.POLLIN)
-        while True:
+        while self._open or not self._closing:
             for fd, _ in poller.poll(self._timeout()):
                 if fd == self._wake_read:
-                    return
-                if fd == self._listener.fileno():
+                    self._stop_accepting(poller)
+                elif fd == self._listener.fileno():
                     self._accept(poller)
                 elif fd in self._open:
                     self._read(poller, fd)
             self._expire(poller)
             self._resume_accepting(poller)
+
+    def _stop_accepting(self, poller: select.poll) -> None:
+        """Told to close: answer what was accepted (briefly), accept no more.
+
+        A connection accepted and closed unanswered would be reset: a probe
+        lost at a restart, though the next instance would have answered it.
+        """
+        self._closing = True
+        poller.unregister(self._wake_read)
+        if self._paused_until is None:
+            poller.unregister(self._listener.fileno())
+        self._paused_until = None
+        last = time.monotonic() + _LAST_ANSWERS
+        for connection in self._open.values():
+            connection.deadline = min(connection.deadline, last)
 
     def _timeout(self) -> int | None:
         """Milliseconds to the next deadline; None (wait for ever) when nothing is open."""
@@ -235,7 +263,11 @@ class HealthServer:
         connection.sock.close()
 
     def _resume_accepting(self, poller: select.poll) -> None:
-        if self._paused_until is not None and time.monotonic() >= self._paused_until:
+        if (
+            not self._closing
+            and self._paused_until is not None
+            and time.monotonic() >= self._paused_until
+        ):
             self._paused_until = None
             poller.register(self._listener.fileno(), select.POLLIN)
 
