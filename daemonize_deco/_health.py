@@ -34,7 +34,7 @@ import time
 
 from . import _heartbeat, _platform, _proc, _signals
 from ._hygiene import set_thread_name
-from ._ready import is_ready
+from ._ready import is_ready, when_ready
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ _ACCEPTS_A_ROUND = 256  # then the open connections get their turn
 _NO_ROOM_PAUSE = 0.05  # no descriptor left (ulimit -n): stop accepting this long
 _LAST_ANSWERS = 0.5  # at the close: how long what was accepted may take to be answered
 _CLOSE_WAIT = 1.0 + _LAST_ANSWERS
+_CLOSE, _ACCEPT = b"x", b"a"  # what the wake pipe says
 _NO_ROOM = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 _REASONS = {
@@ -135,15 +136,32 @@ class HealthServer:
         self._paused_until: float | None = None
         self._running = False
         self._closing = False
+        self._accepting = True  # the listener is in the poll set
         sock.setblocking(False)
 
-    def start(self, dispatcher_answers: Callable[[], bool]) -> None:
-        """Start answering (before the service may become ready)."""
+    def start(self, dispatcher_answers: Callable[[], bool], *, once_ready: bool = False) -> None:
+        """Start answering, now (before the service may become ready) or ``once_ready``.
+
+        A restart's new instance shares the socket with the one it replaces,
+        which answers until the new one is ready: a probe meanwhile must not
+        hear "starting" from an instance nobody routes to yet.
+        """
         _watched.limit = self._service.config.watchdog
         _watched.dispatcher_answers = dispatcher_answers
+        self._accepting = not once_ready
+        if once_ready:
+            when_ready(self._begin_accepting)
         self._finished.acquire()
         self._running = True
         _thread.start_new_thread(self._run, ())
+
+    def _begin_accepting(self) -> None:
+        with self._lock:
+            if self._wake_write >= 0:
+                try:
+                    os.write(self._wake_write, _ACCEPT)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         """Stop answering and close the socket: the run is over (never raises).
@@ -158,7 +176,7 @@ class HealthServer:
             running = self._running
             if running:
                 try:
-                    os.write(self._wake_write, b"x")
+                    os.write(self._wake_write, _CLOSE)
                 except OSError:
                     pass
         if running and self._finished.acquire(timeout=_CLOSE_WAIT):
@@ -195,17 +213,26 @@ class HealthServer:
     def _loop(self) -> None:
         poller = select.poll()
         poller.register(self._wake_read, select.POLLIN)
-        poller.register(self._listener.fileno(), select.POLLIN)
+        if self._accepting:
+            poller.register(self._listener.fileno(), select.POLLIN)
         while self._open or not self._closing:
             for fd, _ in poller.poll(self._timeout()):
                 if fd == self._wake_read:
-                    self._stop_accepting(poller)
+                    self._woken(poller)
                 elif fd == self._listener.fileno():
                     self._accept(poller)
                 elif fd in self._open:
                     self._read(poller, fd)
             self._expire(poller)
             self._resume_accepting(poller)
+
+    def _woken(self, poller: select.poll) -> None:
+        told = os.read(self._wake_read, 64)
+        if _CLOSE in told:
+            self._stop_accepting(poller)
+        elif _ACCEPT in told and not self._accepting and self._paused_until is None:
+            self._accepting = True
+            poller.register(self._listener.fileno(), select.POLLIN)
 
     def _stop_accepting(self, poller: select.poll) -> None:
         """Told to close: answer what was accepted (briefly), accept no more.
@@ -215,8 +242,9 @@ class HealthServer:
         """
         self._closing = True
         poller.unregister(self._wake_read)
-        if self._paused_until is None:
+        if self._accepting:
             poller.unregister(self._listener.fileno())
+        self._accepting = False
         self._paused_until = None
         last = time.monotonic() + _LAST_ANSWERS
         for connection in self._open.values():
@@ -242,6 +270,7 @@ class HealthServer:
                 # once: make room if we hold any, else look away for a moment.
                 if exc.errno in _NO_ROOM and not self._drop_oldest(poller):
                     poller.unregister(self._listener.fileno())
+                    self._accepting = False
                     self._paused_until = time.monotonic() + _NO_ROOM_PAUSE
                     return
                 continue  # ECONNABORTED and the like: that one is gone
@@ -269,6 +298,7 @@ class HealthServer:
             and time.monotonic() >= self._paused_until
         ):
             self._paused_until = None
+            self._accepting = True
             poller.register(self._listener.fileno(), select.POLLIN)
 
     def _expire(self, poller: select.poll) -> None:

@@ -371,7 +371,7 @@ def serve(
             record_fd = handlers.install(extra, on_repeat=on_repeat)
             if pidfile is not None:
                 take_the_pidfile(service, pidfile, service_pid)
-            _facts.health = _open_health(service)  # before privileges go: a port below 1024
+            _facts.health = _open_health(service)
             prepare_process(service, credentials)
             notifier = _link_manager()
             # The claim first: a socket directory another user planted is its to refuse.
@@ -393,7 +393,7 @@ def serve(
                 start_watch=_start_watch(config, StartWatch),
                 settle=settle,
             )
-            _arm(config, startup, dispatcher)
+            _arm(config, startup, dispatcher, adopted=pidfile is not None and pidfile.adopted)
             dispatcher.start()
             _default_readiness(config, startup)
             outcome = _call_main(service.call_main, service_pid, config.name)
@@ -739,10 +739,15 @@ def _open_health(service: Service) -> HealthServer | None:
     return open_endpoint(service)
 
 
-def _arm(config: ServiceConfig, startup: StartupChannel | None, dispatcher: Dispatcher) -> None:
-    """Before the dispatcher starts: the endpoint answers, readiness and stops are armed."""
+def _arm(
+    config: ServiceConfig, startup: StartupChannel | None, dispatcher: Dispatcher, *, adopted: bool
+) -> None:
+    """Before the dispatcher starts: the endpoint answers, readiness and stops are armed.
+
+    A restart's new instance (``adopted``) answers the endpoint once ready.
+    """
     if _facts.health is not None:
-        _facts.health.start(dispatcher.answering)
+        _facts.health.start(dispatcher.answering, once_ready=adopted)
     _arm_readiness(startup)  # before the dispatcher may declare it
     _delivery.arm(config.stop_main, config.stop_timeout, _CALLS_MAIN)  # before a stop may come
 
