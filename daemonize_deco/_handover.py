@@ -133,7 +133,8 @@ def offering(
     if stop_requested():
         # It may be gone before the new one is ready, and take its files with it.
         return "error it is stopping", ()
-    if not _listeners.listeners():  # health='s alone is no reason for a handover
+    # None left open (main closed them, or there were none): health='s alone is no reason.
+    if all(sock.fileno() < 0 for sock in _listeners.listeners()):
         return "error it has no listening sockets", ()
     listening = _listeners.descriptors()
     if _Offered.quiesced:
