@@ -35,7 +35,7 @@ class ServiceConfig:
     """
 
     __slots__ = (
-        "drain", "files_preserve", "group", "listen", "name", "pidfile", "placeholders",
+        "drain", "files_preserve", "group", "health", "listen", "name", "pidfile", "placeholders",
         "prevent_core", "restart", "script", "start_grace", "start_timeout", "stderr", "stdout",
         "stop_main", "stop_timeout", "umask", "user", "wait_ready", "watchdog", "workdir",
     )  # fmt: skip
@@ -61,6 +61,7 @@ class ServiceConfig:
         restart: RestartPolicy | None = None,
         watchdog: float | None = None,
         listen: Iterable[str] | str | None = None,
+        health: str | None = None,
         stop_main: str = "auto",
         drain: float = 0.0,
         parameters: Collection[str] = (),
@@ -85,6 +86,7 @@ class ServiceConfig:
         self.restart = restart or RestartPolicy()
         self.watchdog = None if watchdog is None else _timeout("watchdog", watchdog)
         self.listen = _listen(listen)
+        self.health = _health(health)
         self.stop_main = _stop_main(stop_main)
         self.drain = _seconds("drain", drain)
         self.script = _script(func)
@@ -112,6 +114,7 @@ class ServiceConfig:
             if template is not None and "{" in template:
                 setattr(copy, keyword, os.path.abspath(template.format_map(texts)))
         copy.listen = _listen([entry.format_map(texts) for entry in self.listen])
+        copy.health = None if self.health is None else _health(self.health.format_map(texts))
         return copy
 
     def __repr__(self) -> str:
@@ -278,7 +281,9 @@ def _placeholders(config: ServiceConfig, parameters: Collection[str]) -> tuple[s
 
     found: list[str] = []
     templates = [(keyword, getattr(config, keyword)) for keyword in _PATH_KEYWORDS]
-    for keyword, template in [*templates, *(("listen", entry) for entry in config.listen)]:
+    templates += [("listen", entry) for entry in config.listen]
+    templates.append(("health", config.health))
+    for keyword, template in templates:
         if template is None or "{" not in template:
             continue
         try:
@@ -310,6 +315,19 @@ def _listen(value: object) -> tuple[str, ...]:
         if not isinstance(entry, str) or "{" not in entry:
             parse_address(entry)
     return tuple(entries)
+
+
+def _health(value: object) -> str | None:
+    """``health=``: one address, checked unless it has placeholders."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"health= takes one address as text, not {type(value).__name__}")
+    if "{" not in value:
+        from ._addresses import parse_address  # noqa: PLC0415 -- only services with health=
+
+        parse_address(value, "health")
+    return value
 
 
 def _stop_main(value: object) -> str:

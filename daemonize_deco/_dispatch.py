@@ -203,6 +203,11 @@ class Dispatcher(SignalPath):
         if wait_in_slices(lambda left: self._finished.acquire(timeout=left), left):
             self._finished.release()
 
+    def answering(self) -> bool:
+        """Whether the thread runs, or stepped aside for a fork and will be back (``_health``)."""
+        with self._lock:
+            return self._running or self._pausing
+
     def pause(self) -> bool:
         """Before a fork: let the idle thread quit and leave the kernel; False if it is busy.
 

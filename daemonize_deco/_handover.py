@@ -133,9 +133,10 @@ def offering(
     if stop_requested():
         # It may be gone before the new one is ready, and take its files with it.
         return "error it is stopping", ()
-    listening = _listeners.descriptors()
-    if not listening:
+    # None left open (main closed them, or there were none): health='s alone is no reason.
+    if all(sock.fileno() < 0 for sock in _listeners.listeners()):
         return "error it has no listening sockets", ()
+    listening = _listeners.descriptors()
     if _Offered.quiesced:
         return "error it has stopped accepting", ()
     _Offered.yes = True
@@ -191,6 +192,9 @@ def _answer_quiesce(server: _socket.socket, pidfile: PidFile, address: str) -> N
 
             _Offered.quiesced = True
             read = _quiesce.quiesce(_listeners.listeners(), _QUIESCE_LIMIT)
+            health = sys.modules.get(f"{__package__}._health")
+            if health is not None:  # health=: the new instance answers the probes now
+                health.stop_answering()
             conn.sendall(b"ok\n" if read else b"ok unread connections left\n")
         finally:
             conn.close()

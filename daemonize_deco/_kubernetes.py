@@ -132,7 +132,7 @@ def kubernetes_manifest(
 
 def grace_period(config: ServiceConfig) -> int:
     """Seconds from the kubelet's SIGTERM to its SIGKILL: drain + stop_timeout + a margin."""
-    drain = getattr(config, "drain", 0) or 0
+    drain = config.drain
     return -int(-(drain + config.stop_timeout + _STOP_MARGIN) // 1)
 
 
@@ -162,7 +162,7 @@ def _port_name(port: int) -> str:
 
 def _probes(config: ServiceConfig, health: list[str]) -> dict[str, object]:
     """Liveness, readiness and startup probes: on the ``health=`` endpoint, or ``health``."""
-    port = _health_port(getattr(config, "health", None))
+    port = _health_port(config.health)
     live: dict[str, object]
     ready: dict[str, object]
     if port is not None:

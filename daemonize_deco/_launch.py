@@ -175,8 +175,10 @@ def _load_what_it_runs(config: ServiceConfig, *, supervised: bool) -> None:
     names = [f"{__package__}._supervisor"] if supervised else []
     if config.prevent_core:
         names.append("resource")
-    if config.listen:
+    if config.listen or config.health:
         names += ["socket", f"{__package__}._listeners", f"{__package__}._handover"]
+    if config.health:
+        names.append(f"{__package__}._health")
     for name in names:
         __import__(name)
 
@@ -186,6 +188,10 @@ def _open_listeners(config: ServiceConfig) -> None:
         from ._listeners import open_listeners  # noqa: PLC0415 -- only services with listen=
 
         open_listeners(config.listen)
+    if config.health:
+        from ._listeners import open_health  # noqa: PLC0415 -- only services with health=
+
+        open_health(config.health)
 
 
 def _say_started(service: Service, report: StartupReport) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "close_all",
     "descriptors",
     "listeners",
+    "open_health",
     "open_listeners",
     "remove_unused_files",
 ]
@@ -52,6 +53,7 @@ class _Held:
 
     def __init__(self) -> None:
         self.sockets: list[socket.socket] = []
+        self.health: socket.socket | None = None  # health='s, handed over after them
         # Unix socket files we made: (path, dev, ino), removed at the last stop.
         self.made: list[tuple[str, int, int]] = []
 
@@ -69,8 +71,13 @@ def listeners() -> list[socket.socket]:
 
 
 def descriptors() -> list[int]:
-    """Their descriptor numbers (to keep when closing inherited ones, to hand over)."""
-    return [fd for fd in (sock.fileno() for sock in _held.sockets) if fd >= 0]  # main closed none
+    """Their descriptor numbers (to keep when closing inherited ones, to hand over).
+
+    The ``health=`` socket goes last, with them: the next instance must not
+    find its address taken by the one it replaces.
+    """
+    extra = [] if _held.health is None else [_held.health]
+    return [fd for fd in (sock.fileno() for sock in [*_held.sockets, *extra]) if fd >= 0]
 
 
 def adopt(fds: Sequence[int]) -> None:
@@ -110,6 +117,27 @@ def open_listeners(entries: Sequence[str]) -> None:
         _remove_made()
         raise
     _held.sockets = opened
+
+
+def open_health(text: str) -> socket.socket:
+    """The ``health=`` socket: handed over with the others by the instance we replace, or bound.
+
+    Bound by ``start`` (or ``run``) with the ``listen=`` sockets, before
+    detaching: a supervisor holds it across its service's restarts.
+
+    It is the framework's, not main's: :func:`listeners` leaves it out.  A
+    Unix socket file it makes is removed with the others at the last stop.
+    """
+    if _held.health is not None:
+        return _held.health  # bound by start, held by our supervisor
+    address = parse_address(text, "health")
+    for sock in _held.sockets:
+        if _is_bound_to(sock, address):
+            _held.sockets.remove(sock)
+            _held.health = sock
+            return sock
+    _held.health = _bind(address)
+    return _held.health
 
 
 def _refuse_connections(passed: list[socket.socket]) -> None:
@@ -334,9 +362,10 @@ def _describe(sock: socket.socket) -> str:
 
 def close_all(*, remove_files: bool) -> None:
     """Close this process's listening sockets; remove the Unix socket files we made."""
-    for sock in _held.sockets:
+    for sock in [*_held.sockets, *([] if _held.health is None else [_held.health])]:
         sock.close()
     _held.sockets = []
+    _held.health = None
     if remove_files:
         _remove_made()
     _held.made = []

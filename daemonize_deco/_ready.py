@@ -13,9 +13,11 @@ from . import _notify
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._detach import StartupChannel
 
-__all__ = ["arm", "disarm", "forget_in_child", "is_ready", "postpone", "ready"]
+__all__ = ["arm", "disarm", "forget_in_child", "is_ready", "postpone", "ready", "when_ready"]
 
 
 class _Readiness:
@@ -26,6 +28,7 @@ class _Readiness:
         self.startup: StartupChannel | None = None
         self.armed = False
         self.done = False
+        self.then: Callable[[], object] | None = None  # told once ready (``_health``)
 
 
 _readiness = _Readiness()
@@ -50,6 +53,9 @@ def ready() -> None:
         if _readiness.startup is not None:
             _readiness.startup.ready()
         _notify.current().ready()
+        then, _readiness.then = _readiness.then, None
+        if then is not None:
+            then()
     finally:
         _readiness.lock.release()
 
@@ -70,6 +76,11 @@ def is_ready() -> bool:
     return _readiness.done
 
 
+def when_ready(callback: Callable[[], object]) -> None:
+    """Call ``callback`` once, when the service declares itself ready (it must not block)."""
+    _readiness.then = callback
+
+
 def arm(startup: StartupChannel | None) -> None:
     """From now on, ready() tells ``startup`` (if any) and systemd, once."""
     with _readiness.lock:
@@ -84,6 +95,7 @@ def disarm() -> bool:
         was_ready = _readiness.done
         _readiness.startup = None
         _readiness.armed = False
+        _readiness.then = None
         return was_ready
 
 
@@ -99,3 +111,4 @@ def forget_in_child() -> None:
         _readiness.startup.close()
     _readiness.startup = None
     _readiness.armed = False
+    _readiness.then = None

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from ._config import ServiceConfig
     from ._detach import StartupChannel
     from ._dispatch import Dispatcher
+    from ._health import HealthServer
     from ._hygiene import Credentials
     from ._listening import StartWatch
     from ._pidfile import PidFile
@@ -83,6 +84,7 @@ class _Facts:
 
     control: ControlServer | None = None
     claim: ControlServer | None = None
+    health: HealthServer | None = None
     fork_hook = False
 
 
@@ -342,6 +344,9 @@ def _not_the_service_in_child() -> None:
         if server is not None:
             server.close()  # a leftover child must not keep the socket's name
     _facts.control = _facts.claim = None
+    if _facts.health is not None:
+        _facts.health.forget_in_child()
+        _facts.health = None
 
 
 def serve(
@@ -391,6 +396,7 @@ def serve(
             record_fd = handlers.install(extra, on_repeat=on_repeat, drain=config.drain)
             if pidfile is not None:
                 take_the_pidfile(service, pidfile, service_pid)
+            _facts.health = _open_health(service)
             prepare_process(service, credentials)
             notifier = _link_manager()
             # The claim first: a socket directory another user planted is its to refuse.
@@ -413,14 +419,11 @@ def serve(
                 settle=settle,
                 drain=config.drain,
             )
-            _arm_readiness(startup)  # before the dispatcher may declare it
-            _delivery.arm(
-                config.stop_main, config.stop_timeout, _CALLS_MAIN
-            )  # before a stop may come
+            _arm(config, startup, dispatcher, adopted=pidfile is not None and pidfile.adopted)
             dispatcher.start()
             _default_readiness(config, startup)
             outcome = _call_main(service.call_main, service_pid, config.name)
-            _delivery.main_ended()
+            _main_ended()
             _delivery.finish_in_flight(_signals.time_left(config.stop_timeout))
             _heartbeat.ending()  # what is left is bounded by stop_timeout, not the watchdog
             note_threads_left(_wait_for_threads(config.stop_timeout))
@@ -739,6 +742,9 @@ def _end_service(dispatcher: Dispatcher | None, stop_timeout: float) -> bool:
     removes its pidfile (``serve`` restores them last).
     """
     _heartbeat.ending()  # what is left is bounded by stop_timeout, not by the watchdog
+    if _facts.health is not None:
+        _facts.health.close()
+        _facts.health = None
     was_ready = _disarm_readiness()
     if dispatcher is not None:
         dispatcher.stop(stop_timeout)
@@ -748,6 +754,37 @@ def _end_service(dispatcher: Dispatcher | None, stop_timeout: float) -> bool:
     _facts.control = _facts.claim = None
     release_spare()  # the service answers no more requests: the run's end may need it
     return was_ready
+
+
+def _open_health(service: Service) -> HealthServer | None:
+    """With ``health=``, its endpoint bound (not answering yet)."""
+    if service.config.health is None:
+        return None
+    from ._health import open_endpoint  # noqa: PLC0415 -- only services with health=
+
+    return open_endpoint(service)
+
+
+def _arm(
+    config: ServiceConfig, startup: StartupChannel | None, dispatcher: Dispatcher, *, adopted: bool
+) -> None:
+    """Before the dispatcher starts: the endpoint answers, readiness and stops are armed.
+
+    A restart's new instance (``adopted``) answers the endpoint once ready.
+    """
+    if _facts.health is not None:
+        _facts.health.start(dispatcher.answering, once_ready=adopted)
+    _arm_readiness(startup)  # before the dispatcher may declare it
+    _delivery.arm(config.stop_main, config.stop_timeout, _CALLS_MAIN)  # before a stop may come
+
+
+def _main_ended() -> None:
+    """Main has returned: no stop is delivered to it now, and it takes no more traffic."""
+    if _facts.health is not None:
+        from ._health import main_ended  # noqa: PLC0415 -- loaded with the endpoint
+
+        main_ended()
+    _delivery.main_ended()
 
 
 def _why_not_ready(outcome: Outcome) -> str:

@@ -133,6 +133,7 @@ def daemon(
     restart_limit: tuple[int, float] = (5, 60.0),
     watchdog: float | None = None,
     listen: Sequence[str] | str | None = None,
+    health: str | None = None,
     stop_main: str = "auto",
     drain: float = 0.0,
 ) -> Callable[[Callable[..., object]], Daemon]:
@@ -180,6 +181,10 @@ def daemon(
             before detaching (or passed by systemd socket activation), given
             to main by :func:`listeners`, and handed to the next instance on
             ``restart`` (see README, "Restarting without dropping connections").
+        health: an address for the health endpoint, as ``listen``
+            (``tcp://127.0.0.1:8081``, ``tcp://:8081``, ``unix:/path``):
+            HTTP ``GET /livez``, ``/readyz`` and ``/status``, answered by a
+            thread of the framework's own (see README, "Health endpoint").
         stop_main: how a stop reaches ``main`` once ``on_stop`` ran: "auto"
             (a ``main`` that never called :func:`should_stop`, :func:`sleep`
             or ``await stopped()`` gets KeyboardInterrupt, or its task is
@@ -202,7 +207,7 @@ def daemon(
         "start_grace": start_grace, "wait_ready": wait_ready, "name": name, "user": user,
         "group": group, "files_preserve": files_preserve, "prevent_core": prevent_core,
         "restart": RestartPolicy(restart, restart_delay, restart_delay_max, restart_limit),
-        "watchdog": watchdog, "listen": listen, "stop_main": stop_main,
+        "watchdog": watchdog, "listen": listen, "health": health, "stop_main": stop_main,
         "drain": drain,
     }  # fmt: skip
 

@@ -1,0 +1,434 @@
+"""The health endpoint (``health=``): ``/livez``, ``/readyz`` and ``/status`` over HTTP/1.1.
+
+An orchestrator asks these questions many times a minute, and must get an
+answer while ``main`` is busy, blocked or hung: so a thread of the
+framework's own answers, never the service's code.  Idle, it sleeps in
+``poll`` on the listening socket and a pipe, with no timeout: it wakes zero
+times.  It is bound before the service is ready (a failure fails the start)
+and closed when the run ends.
+
+One thread serves every connection, each non-blocking, multiplexed by
+``poll``: a slow client (slowloris) costs a slot, not the thread.  Every
+bound is fixed: a request's head must arrive whole within ``_DEADLINE``
+seconds and ``_HEAD_LIMIT`` bytes (else 408 or 431, and the connection
+closes); at most ``_CONNECTIONS`` are open, a new one closing the oldest,
+so a flood of idle connections cannot keep a probe out for long.  One
+request a connection, answered with ``Connection: close``.
+
+- ``GET /livez``: 200 while the service is alive: its dispatcher thread runs
+  and, with ``watchdog=S``, main has not been silent for more than S/2
+  seconds (the watchdog ends it at S; a probe sees the hang before it does).
+- ``GET /readyz``: 200 from ready (what ``start`` waits for) until a stop is
+  requested; 503 from the first instant of a stop (:func:`readiness`).
+- ``GET /status``: the ``status --json`` object, as the service knows itself.
+- another path 404; another method 405.
+"""
+
+from __future__ import annotations
+
+import _thread
+import errno
+import os
+import select
+import time
+
+from . import _heartbeat, _platform, _proc, _signals
+from ._hygiene import set_thread_name
+from ._ready import is_ready, when_ready
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable
+
+    from ._config import Service
+
+__all__ = [
+    "HealthServer",
+    "liveness",
+    "main_ended",
+    "open_endpoint",
+    "readiness",
+    "stop_answering",
+]
+
+_DEADLINE = 2.0  # seconds a client has to send its request's head
+_HEAD_LIMIT = 8192  # bytes of request line and headers
+_CONNECTIONS = 64  # open at once; a new one closes the oldest
+_ACCEPTS_A_ROUND = 256  # then the open connections get their turn
+_NO_ROOM_PAUSE = 0.05  # no descriptor left (ulimit -n): stop accepting this long
+_LAST_ANSWERS = 0.5  # at the close: how long what was accepted may take to be answered
+_CLOSE_WAIT = 1.0 + _LAST_ANSWERS
+_CLOSE, _ACCEPT = b"x", b"a"  # what the wake pipe says
+_NO_ROOM = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+_REASONS = {
+    200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+    408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable",
+}  # fmt: skip
+
+
+class _Watched:
+    """What the answers read: main's watchdog limit and whether the dispatcher runs."""
+
+    limit: float | None = None
+    dispatcher_answers: Callable[[], bool] | None = None
+    main_ended = False
+    server: HealthServer | None = None
+
+
+_watched = _Watched()
+
+
+def readiness() -> tuple[bool, str]:
+    """Whether the service takes traffic (``/readyz``), and why not.
+
+    Ready from the readiness ``start`` waits for until a stop is announced:
+    503 from the first instant of a stop, through a ``drain=`` (main not told
+    yet) and while requests in flight finish.
+    """
+    if _signals.stop_announced():
+        return False, "stopping"
+    if _watched.main_ended:
+        return False, "main has ended"
+    if not is_ready():
+        return False, "starting: not ready yet"
+    return True, "ready"
+
+
+def liveness() -> tuple[bool, str]:
+    """Whether the service is alive (``/livez``), and why not."""
+    stale = _heartbeat.staleness(_watched.limit)
+    if stale is not None:
+        return False, stale
+    answers = _watched.dispatcher_answers
+    if answers is not None and not answers():
+        return False, "the dispatcher thread has ended"
+    return True, "alive"
+
+
+def main_ended() -> None:
+    """Main has returned or raised: the service takes no more traffic."""
+    _watched.main_ended = True
+
+
+class _Connection:
+    __slots__ = ("deadline", "head", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.head = bytearray()
+        self.deadline = time.monotonic() + _DEADLINE
+
+
+class HealthServer:
+    """The endpoint's listening socket and the thread that answers on it."""
+
+    def __init__(self, sock: socket.socket, service: Service) -> None:
+        self._listener = sock
+        self._service = service
+        self._started = time.time()
+        self._wake_read, self._wake_write = os.pipe()
+        self._finished = _thread.allocate_lock()
+        self._lock = _thread.allocate_lock()  # guards closing the descriptors
+        self._open: dict[int, _Connection] = {}  # by descriptor, oldest first
+        self._paused_until: float | None = None
+        self._running = False
+        self._closing = False
+        self._accepting = True  # the listener is in the poll set
+        sock.setblocking(False)
+
+    def start(self, dispatcher_answers: Callable[[], bool], *, once_ready: bool = False) -> None:
+        """Start answering, now (before the service may become ready) or ``once_ready``.
+
+        A restart's new instance shares the socket with the one it replaces,
+        which answers until the new one is ready: a probe meanwhile must not
+        hear "starting" from an instance nobody routes to yet.
+        """
+        _watched.limit = self._service.config.watchdog
+        _watched.dispatcher_answers = dispatcher_answers
+        self._accepting = not once_ready
+        if once_ready:
+            when_ready(self._begin_accepting)
+        self._finished.acquire()
+        self._running = True
+        _thread.start_new_thread(self._run, ())
+
+    def _begin_accepting(self) -> None:
+        with self._lock:
+            if self._wake_write >= 0:
+                try:
+                    os.write(self._wake_write, _ACCEPT)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """Stop answering and close the socket: the run is over (never raises).
+
+        Called by the runtime at the run's end and by a handover's quiesce,
+        maybe both at once: the descriptors are closed once, under the lock
+        (a number closed twice could be another thread's new file by then).
+        """
+        with self._lock:
+            if self._wake_write < 0:
+                return
+            running = self._running
+            if running:
+                try:
+                    os.write(self._wake_write, _CLOSE)
+                except OSError:
+                    pass
+        if running and self._finished.acquire(timeout=_CLOSE_WAIT):
+            self._finished.release()
+        with self._lock:
+            self._close_descriptors()
+
+    def forget_in_child(self) -> None:
+        """In a child the service forked: the thread is not there; let go of the port."""
+        self._lock = _thread.allocate_lock()  # another thread may have held it at the fork
+        self._running = False
+        self._close_descriptors()
+
+    def _close_descriptors(self) -> None:
+        if self._wake_write < 0:
+            return
+        for connection in self._open.values():
+            connection.sock.close()
+        self._open.clear()
+        self._listener.close()
+        for fd in (self._wake_read, self._wake_write):
+            os.close(fd)
+        self._wake_read = self._wake_write = -1
+
+    def _run(self) -> None:
+        _signals.keep_away_from_this_thread()
+        set_thread_name("dd-health")
+        try:
+            self._loop()
+        finally:
+            self._running = False
+            self._finished.release()
+
+    def _loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_read, select.POLLIN)
+        if self._accepting:
+            poller.register(self._listener.fileno(), select.POLLIN)
+        while self._open or not self._closing:
+            for fd, _ in poller.poll(self._timeout()):
+                if fd == self._wake_read:
+                    self._woken(poller)
+                elif fd == self._listener.fileno():
+                    self._accept(poller)
+                elif fd in self._open:
+                    self._read(poller, fd)
+            self._expire(poller)
+            self._resume_accepting(poller)
+
+    def _woken(self, poller: select.poll) -> None:
+        told = os.read(self._wake_read, 64)
+        if _CLOSE in told:
+            self._stop_accepting(poller)
+        elif _ACCEPT in told and not self._accepting and self._paused_until is None:
+            self._accepting = True
+            poller.register(self._listener.fileno(), select.POLLIN)
+
+    def _stop_accepting(self, poller: select.poll) -> None:
+        """Told to close: answer what was accepted (briefly), accept no more.
+
+        A connection accepted and closed unanswered would be reset: a probe
+        lost at a restart, though the next instance would have answered it.
+        """
+        self._closing = True
+        poller.unregister(self._wake_read)
+        if self._accepting:
+            poller.unregister(self._listener.fileno())
+        self._accepting = False
+        self._paused_until = None
+        last = time.monotonic() + _LAST_ANSWERS
+        for connection in self._open.values():
+            connection.deadline = min(connection.deadline, last)
+
+    def _timeout(self) -> int | None:
+        """Milliseconds to the next deadline; None (wait for ever) when nothing is open."""
+        deadlines = [c.deadline for c in self._open.values()]
+        if self._paused_until is not None:
+            deadlines.append(self._paused_until)
+        if not deadlines:
+            return None
+        return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
+
+    def _accept(self, poller: select.poll) -> None:
+        for _ in range(_ACCEPTS_A_ROUND):
+            try:
+                sock, _address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # No room, the connection stays queued and poll() would return at
+                # once: make room if we hold any, else look away for a moment.
+                if exc.errno in _NO_ROOM and not self._drop_oldest(poller):
+                    poller.unregister(self._listener.fileno())
+                    self._accepting = False
+                    self._paused_until = time.monotonic() + _NO_ROOM_PAUSE
+                    return
+                continue  # ECONNABORTED and the like: that one is gone
+            sock.setblocking(False)
+            if len(self._open) >= _CONNECTIONS:
+                self._drop_oldest(poller)
+            self._open[sock.fileno()] = _Connection(sock)
+            poller.register(sock.fileno(), select.POLLIN)
+
+    def _drop_oldest(self, poller: select.poll) -> bool:
+        if not self._open:
+            return False
+        self._drop(poller, next(iter(self._open)))
+        return True
+
+    def _drop(self, poller: select.poll, fd: int) -> None:
+        connection = self._open.pop(fd)
+        poller.unregister(fd)
+        connection.sock.close()
+
+    def _resume_accepting(self, poller: select.poll) -> None:
+        if (
+            not self._closing
+            and self._paused_until is not None
+            and time.monotonic() >= self._paused_until
+        ):
+            self._paused_until = None
+            self._accepting = True
+            poller.register(self._listener.fileno(), select.POLLIN)
+
+    def _expire(self, poller: select.poll) -> None:
+        now = time.monotonic()
+        for fd in [fd for fd, c in self._open.items() if c.deadline <= now]:
+            self._reply(self._open[fd], 408, "request not received in time\n")
+            self._drop(poller, fd)
+
+    def _read(self, poller: select.poll, fd: int) -> None:
+        connection = self._open[fd]
+        try:
+            data = connection.sock.recv(_HEAD_LIMIT + 1 - len(connection.head))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(poller, fd)
+            return
+        connection.head += data
+        end = connection.head.find(b"\r\n\r\n")
+        if end < 0:
+            end = connection.head.find(b"\n\n")
+        if end >= 0:
+            self._answer(connection, bytes(connection.head[:end]))
+            self._drop(poller, fd)
+        elif len(connection.head) > _HEAD_LIMIT:
+            self._reply(connection, 431, "request head too large\n")
+            self._drop(poller, fd)
+
+    def _answer(self, connection: _Connection, head: bytes) -> None:
+        words = head.split(b"\n", 1)[0].strip().split(b" ")
+        if len(words) != 3 or not words[2].startswith(b"HTTP/1."):
+            self._reply(connection, 400, "expected: GET /livez HTTP/1.1\n")
+            return
+        method, target = words[0], words[1].split(b"?", 1)[0]
+        if method != b"GET":
+            self._reply(connection, 405, "only GET\n", extra=b"Allow: GET\r\n")
+            return
+        if target == b"/status":
+            import json  # noqa: PLC0415 -- only a /status asked for pays for it
+
+            body = json.dumps(self._status()) + "\n"
+            self._reply(connection, 200, body, content_type=b"application/json")
+            return
+        question = {b"/livez": liveness, b"/readyz": readiness}.get(target)
+        if question is None:
+            self._reply(connection, 404, "try /livez, /readyz or /status\n")
+            return
+        yes, why = question()
+        self._reply(connection, 200 if yes else 503, why + "\n")
+
+    @staticmethod
+    def _reply(
+        connection: _Connection,
+        code: int,
+        body: str,
+        *,
+        content_type: bytes = b"text/plain; charset=utf-8",
+        extra: bytes = b"",
+    ) -> None:
+        """Send the whole answer if the socket takes it at once (it is small); else drop it."""
+        data = body.encode("utf-8", "replace")
+        response = b"".join((
+            f"HTTP/1.1 {code} {_REASONS[code]}\r\n".encode(),
+            b"Content-Type: " + content_type + b"\r\n",
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n".encode(),
+            extra,
+            b"\r\n",
+            data,
+        ))  # fmt: skip
+        try:
+            connection.sock.send(response)
+        except OSError:
+            pass  # gone, or not reading: nothing to wait for
+
+    def _status(self) -> dict[str, object]:
+        """The ``status --json`` object, as this process knows itself (+ ready, live)."""
+        config = self._service.config
+        pid = os.getpid()
+        rss = threads = fds = children = listening = cpu = None
+        if _platform.has_proc():
+            rss, threads = _proc.memory_and_threads(pid) or (None, None)
+            targets = _proc.fd_targets(pid)
+            fds = len(targets)
+            children = _proc.children_of(pid)
+            inodes = {t[len("socket:[") : -1] for t in targets if t.startswith("socket:[")}
+            listening = _proc.listening_sockets(inodes) if inodes else []
+            busy, up = _proc.cpu_seconds(pid), _proc.uptime(pid)
+            cpu = None if busy is None else (round(100 * busy / up, 1) if up else 0.0)
+        ready, why_not_ready = readiness()
+        live, why_not_live = liveness()
+        return {
+            "name": config.name,
+            "pidfile": config.pidfile,
+            "running": True,
+            "pid": pid,
+            "uptime_s": round(time.time() - self._started, 3),
+            "options": list(self._service.words) if self._service.signature else None,
+            "rss_bytes": rss,
+            "cpu_percent": cpu,
+            "threads": threads,
+            "open_fds": fds,
+            "children": children,
+            "listening": listening,
+            "pidfile_left_behind": False,
+            "leftovers": [],
+            "pidfile_foreign_owner": None,
+            "note": None,
+            "failed": None,
+            "supervision": None,
+            "last_run": None,
+            "ready": ready,
+            "readiness": why_not_ready,
+            "live": live,
+            "liveness": why_not_live,
+        }
+
+
+def open_endpoint(service: Service) -> HealthServer:
+    """Bind ``health=``'s address (``ListenError`` when it cannot be)."""
+    from ._listeners import open_health  # noqa: PLC0415 -- loaded with the service already
+
+    assert service.config.health is not None
+    server = HealthServer(open_health(service.config.health), service)
+    _watched.server = server
+    return server
+
+
+def stop_answering() -> None:
+    """A restart's new instance answers from now on (``_handover``): this one stops accepting."""
+    server = _watched.server
+    if server is not None:
+        server.close()

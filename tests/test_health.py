@@ -1,0 +1,438 @@
+"""health=: the endpoint a framework thread answers (/livez, /readyz, /status), real clients."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import resource
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import is_gone, proc_stat, wait_for
+from test_kvserver import free_port
+
+pytestmark = pytest.mark.timeout(90)
+
+PRELUDE = "from daemonize_deco import listeners\nhere = os.path.dirname(__file__)"
+
+# Ready only once the test writes the file "go".
+READY_ON_GO = """
+while not os.path.exists(os.path.join(here, "go")):
+    sleep(0.05)
+ready()
+"""
+
+
+def get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
+    """One request with http.client: (status, body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def answers(port: int, path: str) -> tuple[int, str] | None:
+    """The endpoint's answer, or None while nothing listens yet."""
+    try:
+        return get(port, path)
+    except (ConnectionRefusedError, ConnectionResetError):
+        return None
+
+
+def health_service(make_service, body: str, **options):
+    port = free_port()
+    options.setdefault("stop_main", "flag")
+    svc = make_service(body=body, prelude=PRELUDE, health=f"tcp://127.0.0.1:{port}", **options)
+    return svc, port
+
+
+# Main serves one request in flight: it answers only after a stop was asked,
+# and tells in its answer what /readyz said at the first moment it saw it.
+IN_FLIGHT = (
+    READY_ON_GO
+    + """
+server = listeners()[0]
+conn, _ = server.accept()
+conn.recv(100)
+open(os.path.join(here, "in-flight"), "w").close()
+while not should_stop():
+    sleep(3600)
+import http.client
+probe = http.client.HTTPConnection("127.0.0.1", int(os.environ["HEALTH_PORT"]), timeout=5)
+probe.request("GET", "/readyz")
+conn.sendall(f"done {probe.getresponse().status}".encode())
+conn.close()
+"""
+)
+
+
+@pytest.mark.scenario(
+    "Promises under pressure",
+    "health=: /readyz through a service's life",
+    lost="nothing: 503 before ready, 200 after, 503 from the stop's first instant; "
+    "the request in flight completes",
+)
+def test_readyz_before_ready_after_and_from_the_first_instant_of_a_stop(make_service):
+    service_port = free_port()
+    svc, port = health_service(
+        make_service, IN_FLIGHT, wait_ready=True, listen=[f"tcp://127.0.0.1:{service_port}"]
+    )
+    svc.env["HEALTH_PORT"] = str(port)
+    starting = svc.popen("start")
+    status, body = wait_for(lambda: answers(port, "/readyz"), what="the endpoint")
+    assert (status, body) == (503, "starting: not ready yet\n")
+    assert get(port, "/livez") == (200, "alive\n")
+    assert starting.poll() is None  # start still waits for ready
+    (svc.dir / "go").touch()
+    out, err = starting.communicate(timeout=30)
+    assert starting.returncode == 0, err
+    pid = svc.pid_from(out)
+    assert get(port, "/readyz") == (200, "ready\n")
+
+    client = socket.create_connection(("127.0.0.1", service_port), timeout=30)
+    client.sendall(b"work")
+    wait_for((svc.dir / "in-flight").exists, what="the request in flight")
+    stopping = svc.popen("stop")
+    reply = client.recv(100).decode()
+    client.close()
+    assert reply == "done 503"  # main saw the stop; /readyz said 503 already
+    out, err = stopping.communicate(timeout=30)
+    assert stopping.returncode == 0, err
+    assert is_gone(pid)
+    assert answers(port, "/readyz") is None  # the endpoint ends with the run
+
+
+HANG_ON_GO = """
+ready()
+while not os.path.exists(os.path.join(here, "go")):
+    sleep(0.05)
+time.sleep(600)
+"""
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "health=: /livez of a hung main",
+    lost="the hung service: /livez says 503 with the reason before the watchdog ends it",
+)
+def test_livez_turns_503_within_two_watchdogs_of_a_hang(make_service):
+    svc, port = health_service(make_service, HANG_ON_GO, watchdog=2.0)
+    pid = svc.start()
+    assert get(port, "/livez") == (200, "alive\n")
+    (svc.dir / "go").touch()
+    began = time.monotonic()
+
+    def not_alive() -> tuple[int, str] | None:
+        answer = answers(port, "/livez")
+        assert answer is not None, "the endpoint went away before it said 503"
+        return answer if answer[0] != 200 else None
+
+    status, body = wait_for(not_alive, timeout=10, what="/livez to fail")
+    assert time.monotonic() - began < 2 * 2.0
+    assert status == 503
+    assert body.startswith("no heartbeat for ") and body.endswith("s (watchdog=2)\n"), body
+    wait_for(lambda: is_gone(pid), what="the watchdog to end it")
+
+
+def test_status_is_the_status_json_object(make_service):
+    svc, port = health_service(
+        make_service, READY_ON_GO + "while not should_stop():\n    sleep(3600)"
+    )
+    (svc.dir / "go").touch()
+    pid = svc.start()
+    status, body = get(port, "/status")
+    assert status == 200
+    document = json.loads(body)
+    from_command = json.loads(svc.cli("status", "--json").stdout)
+    assert set(from_command) <= set(document)
+    assert document["pid"] == from_command["pid"] == pid
+    assert document["name"] == "svc" and document["running"] is True
+    assert document["pidfile"] == str(svc.pidfile)
+    assert document["ready"] is True and document["live"] is True
+    svc.stop_gracefully(pid)
+
+
+def test_other_paths_and_methods(make_service):
+    svc, port = health_service(make_service, "while not should_stop():\n    sleep(3600)")
+    pid = svc.start()
+    assert get(port, "/nothing")[0] == 404
+    assert get(port, "/livez", method="POST")[0] == 405
+    assert get(port, "/readyz?verbose=1") == (200, "ready\n")
+    curl = subprocess.run(
+        ["curl", "-s", "-i", f"http://127.0.0.1:{port}/livez"],
+        capture_output=True,
+        timeout=10,
+        check=True,
+    )
+    assert curl.stdout.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Connection: close\r\n" in curl.stdout
+    assert curl.stdout.endswith(b"\r\n\r\nalive\n")
+    svc.stop_gracefully(pid)
+
+
+def test_a_unix_socket_endpoint_and_its_file(make_service, tmp_path):
+    path = tmp_path / "h.sock"
+    svc = make_service(health=f"unix:{path}")
+    pid = svc.start()
+    curl = subprocess.run(
+        ["curl", "-s", "--unix-socket", str(path), "http://localhost/readyz"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    assert curl.stdout == "ready\n"
+    svc.stop_gracefully(pid)
+    assert not path.exists()
+
+
+@pytest.mark.scenario(
+    "Bad input",
+    "health= address already in use",
+    lost="start fails at once, exit 1, one line; no process left",
+)
+def test_an_endpoint_address_in_use_fails_the_start(make_service):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        svc = make_service(health=f"tcp://127.0.0.1:{port}")
+        result = svc.cli("start")
+    assert result.returncode == 1
+    assert f"cannot listen on tcp://127.0.0.1:{port}: address already in use" in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert svc.daemons() == []
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("http://x:1", "ValueError: health 'http://x:1': expected tcp://HOST:PORT or unix:/path"),
+        (8081, "TypeError: health= takes one address as text, not int"),
+        ("tcp://:99999", "ValueError: health 'tcp://:99999': expected a port number"),
+    ],
+)
+def test_a_bad_address_is_refused_at_decoration(make_service, value, message):
+    svc = make_service(health=value)
+    result = svc.cli("status")
+    assert result.returncode == 1
+    assert message in result.stderr.splitlines()[-1]
+
+
+# Main answers "pong" on its own socket: the service keeps serving it meanwhile.
+PONG = """
+server = listeners()[0]
+server.settimeout(0.05)
+while not should_stop():
+    try:
+        conn, _ = server.accept()
+    except TimeoutError:
+        continue
+    conn.sendall(b"pong")
+    conn.close()
+"""
+
+
+def pong(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        return sock.recv(10)
+
+
+def raw(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send ``data`` and read until the endpoint closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+        return b"".join(chunks)
+
+
+@pytest.mark.scenario(
+    "Bad input",
+    "health=: garbage, slowloris, 1 MB of headers, 1,000 connections",
+    lost="nothing: each bad client is answered or closed within bounds; "
+    "main keeps serving and a later probe answers",
+)
+def test_bad_clients_never_block_the_endpoint_or_main(make_service):
+    service_port = free_port()
+    svc, port = health_service(make_service, PONG, listen=[f"tcp://127.0.0.1:{service_port}"])
+    pid = svc.start()
+
+    assert raw(port, os.urandom(300) + b"\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert raw(port, b"\x00\xff garbage\n\n").startswith(b"HTTP/1.1 400 ")
+    too_large = raw(port, b"GET /livez HTTP/1.1\r\nX: " + b"a" * 1_000_000 + b"\r\n\r\n")
+    assert too_large == b"" or too_large.startswith(b"HTTP/1.1 431 "), too_large[:80]
+
+    # Slowloris: a byte now and then never completes a request; it is closed
+    # by its deadline, and a probe meanwhile is answered at once.
+    slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+    slow.sendall(b"GET /livez HTTP/1.1\r\n")
+    began = time.monotonic()
+    assert get(port, "/livez") == (200, "alive\n")
+    closed = b""
+    try:
+        while True:
+            slow.sendall(b"X")
+            slow.settimeout(0.3)
+            try:
+                chunk = slow.recv(4096)
+            except TimeoutError:
+                continue
+            closed += chunk
+            if not chunk:
+                break
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    slow.close()
+    assert time.monotonic() - began < 8
+    assert closed in (b"",) or closed.startswith(b"HTTP/1.1 408 ")
+
+    # 1,000 connections at once, held open and silent.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    flood = []
+    try:
+        most = 0
+        for n in range(1000):
+            flood.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            if n % 100 == 99:  # the cap: the daemon holds a bounded number of them
+                most = max(most, len(os.listdir(f"/proc/{pid}/fd")))
+        ended = time.monotonic() + 1.0
+        while time.monotonic() < ended:  # the measurement window, not synchronisation
+            most = max(most, len(os.listdir(f"/proc/{pid}/fd")))
+        assert most < 200, f"the daemon held {most} descriptors"
+        assert pong(service_port) == b"pong"  # main serves meanwhile
+        assert wait_for(lambda: answers(port, "/livez"), what="a probe during the flood") == (
+            200,
+            "alive\n",
+        )
+    finally:
+        for sock in flood:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert get(port, "/readyz") == (200, "ready\n")
+    assert proc_stat(pid) is not None
+    svc.stop_gracefully(pid)
+
+
+def test_an_idle_endpoint_wakes_zero_times(make_service):
+    svc, port = health_service(make_service, "while not should_stop():\n    sleep(3600)")
+    pid = svc.start()
+    assert get(port, "/livez") == (200, "alive\n")
+    tasks = Path(f"/proc/{pid}/task")
+
+    def switches() -> int:
+        total = 0
+        for task in os.listdir(tasks):
+            status = dict(
+                line.split(":\t")
+                for line in (tasks / task / "status").read_text().splitlines()
+                if ":\t" in line
+            )
+            total += int(status["voluntary_ctxt_switches"])
+            total += int(status["nonvoluntary_ctxt_switches"])
+        return total
+
+    seen = [switches(), time.monotonic()]
+
+    def settled() -> bool:
+        now = switches()
+        if now != seen[0]:
+            seen[:] = [now, time.monotonic()]
+        return time.monotonic() - seen[1] >= 0.5
+
+    wait_for(settled, timeout=30, what="the daemon to settle")
+    before = switches()
+    time.sleep(2.0)  # the measurement window itself, not synchronisation
+    assert switches() == before, "an idle endpoint must not wake up"
+    svc.stop_gracefully(pid)
+
+
+@pytest.mark.scenario(
+    "Promises under pressure",
+    "health=: restart with listen= hands the endpoint over",
+    lost="nothing: every probe during the restart is answered; main's listeners() "
+    "stay listen='s alone",
+)
+def test_a_restart_hands_the_endpoint_over_with_the_listeners(make_service):
+    service_port = free_port()
+    # Ready only half a second after main began: the old instance answers meanwhile.
+    body = """
+print('listeners', len(listeners()), flush=True)
+began = time.monotonic()
+while time.monotonic() - began < 0.5 and not should_stop():
+    sleep(0.05)
+ready()
+while not should_stop():
+    sleep(3600)
+"""
+    svc, port = health_service(
+        make_service, body, wait_ready=True, listen=[f"tcp://127.0.0.1:{service_port}"]
+    )
+    first = svc.start()
+    restarting = svc.popen("restart")
+    answered = []
+    while restarting.poll() is None:
+        answered.append(get(port, "/livez")[0])  # refused or reset would raise
+    out, err = restarting.communicate()
+    assert restarting.returncode == 0, err
+    second = int(out.split("(pid ")[1].split(";")[0])
+    assert second != first and is_gone(first)
+    assert set(answered) == {200}, answered  # never the new one's "starting"
+    assert json.loads(get(port, "/status")[1])["pid"] == second
+    assert svc.log_text().count("listeners 1\n") == 2, svc.log_text()
+    svc.stop_gracefully(second)
+
+
+CRASH_ON_FILE = (
+    READY_ON_GO
+    + """
+while not should_stop():
+    if os.path.exists(os.path.join(here, "crash")):
+        os.remove(os.path.join(here, "crash"))
+        os.remove(os.path.join(here, "go"))
+        raise RuntimeError("told to crash")
+    sleep(0.05)
+"""
+)
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "health=: the endpoint across a supervisor's restart",
+    lost="nothing: the socket stays bound by the supervisor; /readyz says 503 until "
+    "the new run is ready",
+)
+def test_the_endpoint_stays_up_across_a_supervisor_restart(make_service):
+    svc, port = health_service(
+        make_service, CRASH_ON_FILE, wait_ready=True, restart="on-failure", restart_delay=0.5
+    )
+    (svc.dir / "go").touch()
+    supervisor = svc.start()
+    assert get(port, "/readyz") == (200, "ready\n")
+    (svc.dir / "crash").touch()
+
+    def new_run_starting() -> bool:
+        status, body = get(port, "/readyz")  # refused would raise: the supervisor holds it
+        assert status in (200, 503), (status, body)
+        return body == "starting: not ready yet\n"
+
+    wait_for(new_run_starting, what="the new run to say 503 starting")
+    (svc.dir / "go").touch()
+    wait_for(lambda: get(port, "/readyz")[0] == 200, what="/readyz to say 200 again")
+    assert json.loads(svc.cli("status", "--json").stdout)["supervision"]["restarts"] == 1
+    svc.stop_gracefully(supervisor)
