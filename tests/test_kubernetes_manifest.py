@@ -227,29 +227,16 @@ def test_bad_input_is_one_line_and_status_2(make_service, args, error):
 
 
 # -- health= and drain=, read from the service's config ---------------------------
-# The config a service declares with health= and drain= is stood in for by
-# a real config with those attributes beside it: the manifest reads
-# ``config.health`` and ``config.drain`` and nothing else of them.
 
 
-class WithExtras:
-    """A service's real config, with ``health`` and ``drain`` as its decorator would set them."""
-
-    def __init__(self, config: object, **extras: object) -> None:
-        self._config = config
-        self.__dict__.update(extras)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._config, name)
-
-
-def config_of(tmp_path, **extras: object) -> WithExtras:
-    keywords = {"stop_timeout": extras.pop("stop_timeout", 10.0), "start_timeout": 4.0}
+def config_of(tmp_path, **options: object) -> object:
+    """The config ``@daemon(..., **options)`` makes (health=, drain=, stop_timeout=)."""
+    keywords = {"stop_timeout": 10.0, "start_timeout": 4.0, **options}
 
     def main() -> None:
         """A service."""
 
-    return WithExtras(daemon(pidfile=str(tmp_path / "x.pid"), **keywords)(main).config, **extras)
+    return daemon(pidfile=str(tmp_path / "x.pid"), **keywords)(main).config  # type: ignore[arg-type]
 
 
 def generated(config: object, *words: str) -> list[dict]:
@@ -279,7 +266,7 @@ def test_a_health_endpoint_the_kubelet_cannot_reach_gives_exec_probes(tmp_path, 
 
 @pytest.mark.parametrize(
     ("drain", "stop_timeout", "grace"),
-    [(0, 10.0, 15), (None, 10.0, 15), (2, 7.5, 15), (2.25, 0.5, 8), (30, 30.0, 65)],
+    [(0, 10.0, 15), (2, 7.5, 15), (2.25, 0.5, 8), (30, 30.0, 65)],
 )
 def test_the_grace_period_covers_drain_stop_timeout_and_a_margin(
     tmp_path, drain, stop_timeout, grace
@@ -288,7 +275,7 @@ def test_the_grace_period_covers_drain_stop_timeout_and_a_margin(
     [deployment] = generated(config)
     seconds = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert seconds == grace
-    assert seconds >= (drain or 0) + stop_timeout + 5
+    assert seconds >= drain + stop_timeout + 5
 
 
 def test_the_yaml_reads_back_as_the_same_words(tmp_path):
@@ -317,3 +304,12 @@ def test_the_readme_shows_what_the_command_prints():
     assert result.returncode == 0, result.stderr
     assert shown == result.stdout.splitlines()
     checked(result.stdout)
+
+
+def test_a_service_with_health_gives_http_probes_from_its_command_line(make_service):
+    svc = make_service(health="tcp://:18081", drain=3, stop_timeout=4)
+    [deployment] = manifest_of(svc)
+    container = container_of(deployment)
+    assert container["livenessProbe"] == {"httpGet": {"path": "/livez", "port": 18081}}
+    assert container["readinessProbe"] == {"httpGet": {"path": "/readyz", "port": 18081}}
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 12
