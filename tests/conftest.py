@@ -71,6 +71,47 @@ def proc_stat(pid: int) -> list[str] | None:
     return raw[raw.rindex(")") + 2 :].split()
 
 
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (zombies too)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = proc_stat(int(entry))
+            if stat is not None and int(stat[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def context_switches(pid: int) -> int:
+    """Every time any thread of ``pid`` was switched out, voluntarily or not (its wake-ups)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split(":")[1])
+    return total
+
+
+def assert_wakes_zero_times(pid: int, window: float = 2.0) -> None:
+    """``pid`` wakes not once in ``window`` seconds, once nothing moved for 0.5 s.
+
+    On a loaded machine its threads may still be finishing their start: it is
+    measured from the first half second in which none of them ran.
+    """
+    seen = [context_switches(pid), time.monotonic()]
+
+    def settled() -> bool:
+        now = context_switches(pid)
+        if now != seen[0]:
+            seen[:] = [now, time.monotonic()]
+        return time.monotonic() - seen[1] >= 0.5
+
+    wait_for(settled, timeout=30, what="the daemon to settle")
+    before = context_switches(pid)
+    time.sleep(window)  # the measurement window itself, not synchronisation
+    assert context_switches(pid) == before, "an idle daemon must not wake up"
+
+
 def proc_status(pid: int) -> dict[str, str]:
     """/proc/PID/status as a dict."""
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()

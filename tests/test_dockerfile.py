@@ -21,7 +21,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import MARK, REPO, SYSTEM_PYTHON, is_gone, proc_stat, python_path, wait_for
+from conftest import (
+    MARK,
+    REPO,
+    SYSTEM_PYTHON,
+    children_of,
+    is_gone,
+    proc_stat,
+    python_path,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -121,16 +130,6 @@ def uid_of_image() -> int:
     return int(the("USER")[-1].partition(":")[0])
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = proc_stat(int(entry))
-            if stat is not None and int(stat[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 @pytest.fixture
 def app_dir() -> Iterator[Path]:
     """The image's /tmp: a directory the image's uid may write."""
@@ -170,7 +169,9 @@ def test_the_cmd_as_pid_1_stops_gracefully_and_reaps(mark, app_dir):
             stdout=sink, stderr=subprocess.STDOUT, env=env, text=True,
         )  # fmt: skip
     try:
-        init = wait_for(lambda: next(iter(children(proc.pid)), None), what="the namespace's init")
+        init = wait_for(
+            lambda: next(iter(children_of(proc.pid)), None), what="the namespace's init"
+        )
         wait_for(lambda: "listening on 0.0.0.0:8080" in out.read_text(), what="the service")
         status = dict(
             line.split(":\t", 1) for line in Path(f"/proc/{init}/status").read_text().splitlines()
@@ -183,7 +184,7 @@ def test_the_cmd_as_pid_1_stops_gracefully_and_reaps(mark, app_dir):
              "sh", "-c", "sleep 1 >/dev/null 2>&1 & exit 0"],
             check=True, env=env, timeout=10,
         )  # fmt: skip
-        orphan = wait_for(lambda: next(iter(children(init)), None), what="the orphan")
+        orphan = wait_for(lambda: next(iter(children_of(init)), None), what="the orphan")
         wait_for(lambda: proc_stat(orphan) is None, timeout=10, what="the orphan to be reaped")
         os.kill(init, signal.SIGTERM)  # what docker stop sends
         assert proc.wait(timeout=15) == 0, out.read_text()

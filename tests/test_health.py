@@ -9,10 +9,9 @@ import resource
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from conftest import is_gone, proc_stat, wait_for
+from conftest import assert_wakes_zero_times, is_gone, proc_stat, wait_for
 from test_kvserver import free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -333,32 +332,7 @@ def test_an_idle_endpoint_wakes_zero_times(make_service):
     svc, port = health_service(make_service, "while not should_stop():\n    sleep(3600)")
     pid = svc.start()
     assert get(port, "/livez") == (200, "alive\n")
-    tasks = Path(f"/proc/{pid}/task")
-
-    def switches() -> int:
-        total = 0
-        for task in os.listdir(tasks):
-            status = dict(
-                line.split(":\t")
-                for line in (tasks / task / "status").read_text().splitlines()
-                if ":\t" in line
-            )
-            total += int(status["voluntary_ctxt_switches"])
-            total += int(status["nonvoluntary_ctxt_switches"])
-        return total
-
-    seen = [switches(), time.monotonic()]
-
-    def settled() -> bool:
-        now = switches()
-        if now != seen[0]:
-            seen[:] = [now, time.monotonic()]
-        return time.monotonic() - seen[1] >= 0.5
-
-    wait_for(settled, timeout=30, what="the daemon to settle")
-    before = switches()
-    time.sleep(2.0)  # the measurement window itself, not synchronisation
-    assert switches() == before, "an idle endpoint must not wake up"
+    assert_wakes_zero_times(pid)
     svc.stop_gracefully(pid)
 
 

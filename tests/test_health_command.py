@@ -11,12 +11,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import is_gone, wait_for
+from conftest import assert_wakes_zero_times, is_gone, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -149,15 +147,6 @@ def test_health_loads_neither_argparse_nor_status(make_service: Callable[..., Se
     service.stop_gracefully(pid)
 
 
-def _switches(pid: int) -> int:
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines():
-            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                total += int(line.split(":")[1])
-    return total
-
-
 def test_probed_idle_service_with_drain_wakes_zero_times(
     make_service: Callable[..., Service],
 ) -> None:
@@ -165,16 +154,5 @@ def test_probed_idle_service_with_drain_wakes_zero_times(
     service = make_service(drain=5.0, watchdog=None)
     pid = service.start()
     assert _health(service).returncode == 0
-    seen = [_switches(pid), time.monotonic()]
-
-    def settled() -> bool:
-        now = _switches(pid)
-        if now != seen[0]:
-            seen[:] = [now, time.monotonic()]
-        return time.monotonic() - seen[1] >= 0.5
-
-    wait_for(settled, timeout=30, what="the daemon to settle")
-    before = _switches(pid)
-    time.sleep(1.5)  # the measurement window itself, not synchronisation
-    assert _switches(pid) == before, "an idle daemon must not wake up"
+    assert_wakes_zero_times(pid, window=1.5)
     service.stop_gracefully(pid)

@@ -7,11 +7,9 @@ import signal
 import stat
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
-from conftest import IDLE, alive, is_gone, proc_stat, proc_status, wait_for
+from conftest import IDLE, alive, assert_wakes_zero_times, is_gone, proc_stat, proc_status, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -236,34 +234,8 @@ def test_idle_daemon_wakes_zero_times(make_service):
     svc = make_service()
     pid = svc.start()
 
-    def switches() -> int:
-        total = 0
-        for task in os.listdir(f"/proc/{pid}/task"):
-            status = dict(
-                line.split(":\t")
-                for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines()
-                if ":\t" in line
-            )
-            total += int(status["voluntary_ctxt_switches"]) + int(
-                status["nonvoluntary_ctxt_switches"]
-            )
-        return total
-
     wait_for(lambda: proc_stat(pid)[0] == "S", what="the daemon to block")
-    # On a loaded machine its threads may still be finishing their start (the
-    # dispatcher forgets the start grace): wait until nothing moved for 0.5 s.
-    seen = [switches(), time.monotonic()]
-
-    def settled() -> bool:
-        now = switches()
-        if now != seen[0]:
-            seen[:] = [now, time.monotonic()]
-        return time.monotonic() - seen[1] >= 0.5
-
-    wait_for(settled, timeout=30, what="the daemon to settle")
-    before = switches()
-    time.sleep(2.0)  # the measurement window itself, not synchronisation
-    assert switches() == before, "an idle daemon must not wake up"
+    assert_wakes_zero_times(pid)
     assert svc.cli("stop").returncode == 0
 
 

@@ -14,7 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IDLE, alive, is_gone, marked_pids, proc_stat, proc_status, wait_for
+from conftest import (
+    IDLE,
+    alive,
+    children_of,
+    is_gone,
+    marked_pids,
+    proc_stat,
+    proc_status,
+    wait_for,
+)
 from test_hooks import RELOAD_HOOK, with_hooks
 
 from daemonize_deco._errors import DetachError
@@ -144,25 +153,15 @@ def test_run_as_pid_1_of_a_container(make_service):
     assert proc.stdout.readline() == "pid 1\n"
     init = wait_for(lambda: _child_of(proc.pid), what="the namespace's init")
     assert proc.stdout.readline() == "orphaned\n"
-    assert _children(init), "the orphaned sleep is now a child of our PID 1"
-    wait_for(lambda: not _children(init), timeout=10, what="the orphan to exit and be reaped")
+    assert children_of(init), "the orphaned sleep is now a child of our PID 1"
+    wait_for(lambda: not children_of(init), timeout=10, what="the orphan to exit and be reaped")
     os.kill(init, signal.SIGTERM)
     out, _ = proc.communicate(timeout=10)
     assert "graceful" in out
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = proc_stat(int(entry))
-            if stat is not None and int(stat[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 def _child_of(pid: int) -> int | None:
-    children = _children(pid)
+    children = children_of(pid)
     return children[0] if children else None
 
 
