@@ -54,8 +54,8 @@ __all__ = [
 
 _DEADLINE = 2.0  # seconds a client has to send its request's head
 _HEAD_LIMIT = 8192  # bytes of request line and headers
-_CONNECTIONS = 64  # open at once; a new one closes the oldest
-_ACCEPTS_A_ROUND = 256  # then the open connections get their turn
+_CONNECTIONS = 64  # open at once; a new one closes the oldest that has sent nothing
+_ACCEPTS_A_ROUND = _CONNECTIONS // 2  # then the open connections get their turn
 _NO_ROOM_PAUSE = 0.05  # no descriptor left (ulimit -n): stop accepting this long
 _LAST_ANSWERS = 0.5  # at the close: how long what was accepted may take to be answered
 _CLOSE_WAIT = 1.0 + _LAST_ANSWERS
@@ -259,6 +259,7 @@ class HealthServer:
         return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
 
     def _accept(self, poller: select.poll) -> None:
+        begun = time.monotonic()
         for _ in range(_ACCEPTS_A_ROUND):
             try:
                 sock, _address = self._listener.accept()
@@ -266,8 +267,9 @@ class HealthServer:
                 return
             except OSError as exc:
                 # No room, the connection stays queued and poll() would return at
-                # once: make room if we hold any, else look away for a moment.
-                if exc.errno in _NO_ROOM and not self._drop_oldest(poller):
+                # once: make room if we hold one from before this round (never the
+                # probe just accepted), else look away for a moment.
+                if exc.errno in _NO_ROOM and not self._drop_oldest(poller, before=begun):
                     poller.unregister(self._listener.fileno())
                     self._accepting = False
                     self._paused_until = time.monotonic() + _NO_ROOM_PAUSE
@@ -276,13 +278,25 @@ class HealthServer:
             sock.setblocking(False)
             if len(self._open) >= _CONNECTIONS:
                 self._drop_oldest(poller)
-            self._open[sock.fileno()] = _Connection(sock)
-            poller.register(sock.fileno(), select.POLLIN)
+            fd = sock.fileno()
+            self._open[fd] = _Connection(sock)
+            poller.register(fd, select.POLLIN)
+            # A probe sends its request with the connect: answered now, before
+            # the connections queued behind it (a flood) could crowd it out.
+            self._read(poller, fd)
 
-    def _drop_oldest(self, poller: select.poll) -> bool:
-        if not self._open:
+    def _drop_oldest(self, poller: select.poll, before: float | None = None) -> bool:
+        """Close the oldest connection that has sent nothing (else the oldest); False if none.
+
+        ``before``: only one opened before then.
+        """
+        opened = [
+            fd for fd, c in self._open.items() if before is None or c.deadline - _DEADLINE < before
+        ]
+        if not opened:
             return False
-        self._drop(poller, next(iter(self._open)))
+        silent = [fd for fd in opened if not self._open[fd].head]
+        self._drop(poller, (silent or opened)[0])
         return True
 
     def _drop(self, poller: select.poll, fd: int) -> None:

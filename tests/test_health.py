@@ -8,6 +8,7 @@ import os
 import resource
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -325,6 +326,56 @@ def test_bad_clients_never_block_the_endpoint_or_main(make_service):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert get(port, "/readyz") == (200, "ready\n")
     assert proc_stat(pid) is not None
+    svc.stop_gracefully(pid)
+
+
+@pytest.mark.scenario(
+    "Bad input",
+    "a flood of idle connections to the health endpoint while a probe asks every 50 ms",
+    lost="nothing: every probe is answered (a probe is read as it is accepted, and the cap "
+    "closes the oldest connection that has sent nothing)",
+)
+def test_probes_are_answered_through_a_flood_of_idle_connections(make_service):
+    svc, port = health_service(make_service, "while not should_stop():\n    sleep(3600)")
+    pid = svc.start()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    flooding = threading.Event()
+    flooding.set()
+
+    def flood() -> None:
+        held: list[socket.socket] = []
+        try:
+            while flooding.is_set():
+                try:
+                    held.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+                except OSError:
+                    pass  # the backlog is full: the flood is doing its worst
+                if len(held) > 300:
+                    held.pop(0).close()
+        finally:
+            for sock in held:
+                sock.close()
+
+    threads = [threading.Thread(target=flood) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    failed = []
+    try:
+        for _ in range(40):
+            try:
+                answer = get(port, "/livez")
+            except OSError as exc:
+                answer = (0, repr(exc))
+            if answer != (200, "alive\n"):
+                failed.append(answer)
+            time.sleep(0.05)  # the probe period, not synchronisation
+    finally:
+        flooding.clear()
+        for thread in threads:
+            thread.join()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not failed, failed[:5]
     svc.stop_gracefully(pid)
 
 
