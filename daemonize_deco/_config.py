@@ -13,7 +13,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Mapping
+    from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
     from ._hooks import Hooks
     from ._options import Signature
@@ -86,7 +86,7 @@ class ServiceConfig:
         self.restart = restart or RestartPolicy()
         self.watchdog = None if watchdog is None else _timeout("watchdog", watchdog)
         self.listen = _listen(listen)
-        self.health = _health(health)
+        self.health = _health(health, self.listen)
         self.stop_main = _stop_main(stop_main)
         self.drain = _seconds("drain", drain)
         self.script = _script(func)
@@ -114,7 +114,8 @@ class ServiceConfig:
             if template is not None and "{" in template:
                 setattr(copy, keyword, os.path.abspath(template.format_map(texts)))
         copy.listen = _listen([entry.format_map(texts) for entry in self.listen])
-        copy.health = None if self.health is None else _health(self.health.format_map(texts))
+        if self.health is not None:
+            copy.health = _health(self.health.format_map(texts), copy.listen)
         return copy
 
     def __repr__(self) -> str:
@@ -317,8 +318,8 @@ def _listen(value: object) -> tuple[str, ...]:
     return tuple(entries)
 
 
-def _health(value: object) -> str | None:
-    """``health=``: one address, checked unless it has placeholders."""
+def _health(value: object, listen: Sequence[str]) -> str | None:
+    """``health=``: one address, checked unless it has placeholders; none of ``listen``'s."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -326,7 +327,12 @@ def _health(value: object) -> str | None:
     if "{" not in value:
         from ._addresses import parse_address  # noqa: PLC0415 -- only services with health=
 
-        parse_address(value, "health")
+        found = parse_address(value, "health")
+        where = (found.host, found.port, found.path)
+        for entry in listen:
+            other = None if "{" in entry else parse_address(entry)
+            if other is not None and (other.host, other.port, other.path) == where:
+                raise ValueError(f"health {value!r} is also a listen= address: it needs its own")
     return value
 
 

@@ -217,10 +217,14 @@ def test_an_endpoint_address_in_use_fails_the_start(make_service):
         ("http://x:1", "ValueError: health 'http://x:1': expected tcp://HOST:PORT or unix:/path"),
         (8081, "TypeError: health= takes one address as text, not int"),
         ("tcp://:99999", "ValueError: health 'tcp://:99999': expected a port number"),
+        (
+            "tcp://127.0.0.1:18555",
+            "ValueError: health 'tcp://127.0.0.1:18555' is also a listen= address",
+        ),
     ],
 )
 def test_a_bad_address_is_refused_at_decoration(make_service, value, message):
-    svc = make_service(health=value)
+    svc = make_service(health=value, listen=["tcp://127.0.0.1:18555"])
     result = svc.cli("status")
     assert result.returncode == 1
     assert message in result.stderr.splitlines()[-1]
