@@ -64,7 +64,8 @@ _NO_ROOM = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 _REASONS = {
     200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-    408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable",
+    408: "Request Timeout", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 503: "Service Unavailable",
 }  # fmt: skip
 
 
@@ -336,7 +337,10 @@ class HealthServer:
         if end < 0:
             end = connection.head.find(b"\n\n")
         if end >= 0:
-            self._answer(connection, bytes(connection.head[:end]))
+            try:
+                self._answer(connection, bytes(connection.head[:end]))
+            except Exception as exc:  # noqa: BLE001 -- one answer's failure must not end the thread
+                self._reply(connection, 500, f"{type(exc).__name__}: {exc}\n")
             self._drop(poller, fd)
         elif len(connection.head) > _HEAD_LIMIT:
             self._reply(connection, 431, "request head too large\n")
@@ -410,7 +414,8 @@ class HealthServer:
             "running": True,
             "pid": pid,
             "uptime_s": round(time.time() - self._started, 3),
-            "options": list(self._service.words) if self._service.signature else None,
+            # Not said over the network: main's options may carry a secret.
+            "options": None,
             "rss_bytes": rss,
             "cpu_percent": cpu,
             "threads": threads,

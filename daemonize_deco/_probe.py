@@ -47,7 +47,6 @@ def health(service: Service) -> int:
     if not state.running or state.pid is None:
         raise UnhealthyError("not healthy: not running", path=pidfile.path)
     pid = state.pid
-    # (A service with health= is asked GET /livez on its endpoint here instead.)
     try:
         answer = ask_claim(pidfile.path, HEALTH, ANSWER_TIMEOUT, pidfile.owners)
     except TimeoutError:

@@ -383,6 +383,24 @@ def test_probes_are_answered_through_a_flood_of_idle_connections(make_service):
     svc.stop_gracefully(pid)
 
 
+def test_an_answer_that_raises_is_a_500_and_the_endpoint_answers_on(make_service):
+    body = """
+import daemonize_deco._health as health
+def broken():
+    raise RuntimeError("broken on purpose")
+health.readiness = broken
+while not should_stop():
+    sleep(3600)
+"""
+    svc, port = health_service(make_service, body)
+    pid = svc.start()
+    assert wait_for(lambda: answers(port, "/readyz")[0] == 500 and answers(port, "/readyz"))[1] == (
+        "RuntimeError: broken on purpose\n"
+    )
+    assert get(port, "/livez") == (200, "alive\n")
+    svc.stop_gracefully(pid)
+
+
 def test_an_idle_endpoint_wakes_zero_times(make_service):
     svc, port = health_service(make_service, "while not should_stop():\n    sleep(3600)")
     pid = svc.start()
