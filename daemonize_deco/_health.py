@@ -216,7 +216,11 @@ class HealthServer:
         if self._accepting:
             poller.register(self._listener.fileno(), select.POLLIN)
         while self._open or not self._closing:
-            for fd, _ in poller.poll(self._timeout()):
+            events = poller.poll(self._timeout())
+            # Requests first, then new connections: a flood queued behind a
+            # probe must not crowd out the probe whose request has come.
+            events.sort(key=lambda event: event[0] in (self._wake_read, self._listener.fileno()))
+            for fd, _ in events:
                 if fd == self._wake_read:
                     self._woken(poller)
                 elif fd == self._listener.fileno():
@@ -297,7 +301,10 @@ class HealthServer:
         if not opened:
             return False
         silent = [fd for fd in opened if not self._open[fd].head]
-        self._drop(poller, (silent or opened)[0])
+        oldest = (silent or opened)[0]
+        self._read(poller, oldest)  # its request may have come meanwhile: answered, it goes
+        if oldest in self._open:
+            self._drop(poller, oldest)
         return True
 
     def _drop(self, poller: select.poll, fd: int) -> None:
