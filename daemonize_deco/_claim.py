@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HEALTH",
+    "READY",
     "Claimant",
     "answer_claimants",
     "ask_claim",
@@ -56,6 +57,7 @@ __all__ = [
 
 PUT_BACK = "pidfile"
 HEALTH = "health"  # asked by the ``health`` command: "ok", or "error <why not>"
+READY = "ready"  # asked by ``health --ready``: "ok", or "error <why not>"
 WHO = "pid"  # asked where the system does not name a socket's peer
 _PID_READ_LIMIT = 64
 fnv1a = _platform_sockets.fnv1a

@@ -93,7 +93,9 @@ COMMANDS: dict[str, Command] = {
         "_launch:run", "run in the foreground (Ctrl-C stops gracefully)", main_options="required"
     ),
     "health": Command(
-        "_probe:health", "0 healthy (running, answering, heartbeats fresh), 1 not: for probes"
+        "_probe:health",
+        "0 healthy (running, answering, heartbeats fresh), 1 not: for probes (--ready: ready)",
+        flags="health",
     ),
     "reload": Command("_commands:reload", "reopen the logs and run the reload callbacks (SIGHUP)"),
     "logs": Command(

@@ -217,6 +217,12 @@ def _add_manifest_flags(parser: argparse.ArgumentParser) -> None:
                         help="how many pods (default 1)")  # fmt: skip
 
 
+def _add_health_flags(parser: argparse.ArgumentParser) -> None:
+    """``--ready``: whether it takes traffic (readiness), not whether it lives."""
+    parser.add_argument("--ready", action="store_true",
+                        help="whether it is ready for traffic, not whether it lives")  # fmt: skip
+
+
 # The built-in commands' own flags, by the name their ``_cli.Command`` gives.
 # ``_options.COMMAND_FLAGS`` lists them for decoration (a test checks the two agree).
 FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
@@ -225,6 +231,7 @@ FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "logs": _add_logs_flags,
     "systemd_unit": _add_unit_flags,
     "kubernetes_manifest": _add_manifest_flags,
+    "health": _add_health_flags,
 }
 
 

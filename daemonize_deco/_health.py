@@ -34,7 +34,7 @@ import time
 
 from . import _heartbeat, _platform, _proc, _signals
 from ._hygiene import set_thread_name
-from ._ready import is_ready, when_ready
+from ._ready import unready, when_ready
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,19 +82,11 @@ _watched = _Watched()
 
 
 def readiness() -> tuple[bool, str]:
-    """Whether the service takes traffic (``/readyz``), and why not.
-
-    Ready from the readiness ``start`` waits for until a stop is announced:
-    503 from the first instant of a stop, through a ``drain=`` (main not told
-    yet) and while requests in flight finish.
-    """
-    if _signals.stop_announced():
-        return False, "stopping"
-    if _watched.main_ended:
-        return False, "main has ended"
-    if not is_ready():
-        return False, "starting: not ready yet"
-    return True, "ready"
+    """Whether the service takes traffic (``/readyz``), and why not (``_ready.unready``)."""
+    why = unready()
+    if why is None and _watched.main_ended:
+        why = "main has ended"
+    return (why is None), why or "ready"
 
 
 def liveness() -> tuple[bool, str]:

@@ -171,7 +171,7 @@ def _probes(config: ServiceConfig, health: list[str]) -> dict[str, object]:
     else:
         # The interpreter starts for each probe: give it more than the default 1 s.
         live = {"exec": {"command": ["python", *health]}, "timeoutSeconds": 5}
-        ready = dict(live)
+        ready = {"exec": {"command": ["python", *health, "--ready"]}, "timeoutSeconds": 5}
     # Until the first success the kubelet runs only this one, for as long as
     # ``start`` would wait: a slow start is not taken for a hang.
     startup = {**ready, "periodSeconds": 1}

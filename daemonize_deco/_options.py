@@ -50,6 +50,7 @@ HELP_FLAGS = ("-h", "--help")
 COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "--timeout": ("stop", "restart"),
     "--json": ("status",),
+    "--ready": ("health",),
     "-n": ("logs",),
     "--lines": ("logs",),
     "-f": ("logs",),

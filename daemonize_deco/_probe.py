@@ -19,7 +19,7 @@ Healthy means three things, each looked at from outside the service's code:
 
 from __future__ import annotations
 
-from ._claim import HEALTH, ask_claim
+from ._claim import HEALTH, READY, ask_claim
 from ._errors import DaemonError
 from ._lookup import inspect_service, pidfile_of
 from ._output import say
@@ -41,21 +41,26 @@ class UnhealthyError(DaemonError):
 
 
 def health(service: Service) -> int:
-    """0 when the service runs, its dispatcher answers and its heartbeats are fresh; else 1."""
+    """0 when the service runs, its dispatcher answers and its heartbeats are fresh; else 1.
+
+    ``--ready``: and it takes traffic (ready, no stop announced): a readiness probe's question.
+    """
+    ready = bool(service.flags.get("ready"))
+    word, question = ("ready", READY) if ready else ("healthy", HEALTH)
     pidfile = pidfile_of(service)
     state, _ = inspect_service(service, pidfile)
     if not state.running or state.pid is None:
-        raise UnhealthyError("not healthy: not running", path=pidfile.path)
+        raise UnhealthyError(f"not {word}: not running", path=pidfile.path)
     pid = state.pid
     try:
-        answer = ask_claim(pidfile.path, HEALTH, ANSWER_TIMEOUT, pidfile.owners)
+        answer = ask_claim(pidfile.path, question, ANSWER_TIMEOUT, pidfile.owners)
     except TimeoutError:
         why = f"pid {pid} did not answer within {ANSWER_TIMEOUT:g}s (stopped, or wedged?)"
-        raise UnhealthyError(f"not healthy: {why}", pid=pid) from None
+        raise UnhealthyError(f"not {word}: {why}", pid=pid) from None
     except OSError as exc:
-        raise UnhealthyError(f"not healthy: pid {pid} cannot be asked: {exc}", pid=pid) from None
+        raise UnhealthyError(f"not {word}: pid {pid} cannot be asked: {exc}", pid=pid) from None
     if answer == "ok":
-        say(f"{service.name} is healthy (pid {pid})")
+        say(f"{service.name} is {word} (pid {pid})")
         return 0
     why = answer.removeprefix("error ") or "no answer"
-    raise UnhealthyError(f"not healthy (pid {pid}): {why}", pid=pid)
+    raise UnhealthyError(f"not {word} (pid {pid}): {why}", pid=pid)

@@ -76,6 +76,21 @@ def is_ready() -> bool:
     return _readiness.done
 
 
+def unready() -> str | None:
+    """Why the service takes no traffic now (``/readyz``, ``health --ready``); None: it does.
+
+    Ready from the readiness ``start`` waits for until a stop is announced
+    (the first instant of a stop, through a ``drain=``).
+    """
+    from ._signals import stop_announced  # noqa: PLC0415 -- loaded with the service
+
+    if stop_announced():
+        return "stopping"
+    if not _readiness.done:
+        return "starting: not ready yet"
+    return None
+
+
 def when_ready(callback: Callable[[], object]) -> None:
     """Call ``callback`` once, when the service declares itself ready (it must not block)."""
     _readiness.then = callback

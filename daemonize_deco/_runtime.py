@@ -28,7 +28,7 @@ import daemonize_deco._platform_identity
 import daemonize_deco._platform_parent_death
 
 from . import _beside, _delivery, _heartbeat, _lastrun, _mark, _notify, _signals
-from ._claim import HEALTH, PUT_BACK, WHO, listen_for_claimants
+from ._claim import HEALTH, PUT_BACK, READY, WHO, listen_for_claimants
 from ._config import Service
 from ._control import ControlServer, release_spare
 from ._detach import flush_standard_streams
@@ -40,7 +40,7 @@ from ._proc import ever_started_one
 from ._ready import arm as _arm_readiness
 from ._ready import disarm as _disarm_readiness
 from ._ready import forget_in_child as _forget_readiness
-from ._ready import ready
+from ._ready import ready, unready
 from ._served import mark_served, note_threads_left, threads_left_behind
 
 if not HAS_PIDFD:
@@ -293,6 +293,7 @@ def claim_answers(
     *,
     accepts: bool = True,
     unhealthy: Callable[[], str | None] = lambda: None,
+    unready: Callable[[], str | None] = lambda: None,
 ) -> dict[str, Answer]:
     """What the claim socket answers: put the pidfile back; hand the sockets over; health.
 
@@ -313,8 +314,13 @@ def claim_answers(
         why = unhealthy()
         return ("ok" if why is None else f"error {why}"), ()
 
+    def ready() -> tuple[str, Sequence[int]]:
+        why = unhealthy() or unready()
+        return ("ok" if why is None else f"error {why}"), ()
+
     answers: dict[str, Answer] = {
         PUT_BACK: put_back, WHO: lambda: (f"ok {os.getpid()}", ()), HEALTH: health,
+        READY: ready,
     }  # fmt: skip
     if "daemonize_deco._listeners" in sys.modules:  # loaded by listen=: sockets to hand over
         from ._handover import REQUEST, offering  # noqa: PLC0415
@@ -411,7 +417,10 @@ def serve(
                 control=_facts.control,
                 claim=None
                 if _facts.claim is None or pidfile is None
-                else (_facts.claim, claim_answers(pidfile, _facts.claim, unhealthy=unhealthy)),
+                else (
+                    _facts.claim,
+                    claim_answers(pidfile, _facts.claim, unhealthy=unhealthy, unready=unready),
+                ),
                 logs=None if startup is None else (config.stdout, config.stderr),
                 on_repeat=on_repeat,
                 reap_children=is_init,

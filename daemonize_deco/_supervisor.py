@@ -209,8 +209,9 @@ class _Supervisor(SignalPath):
             self.settle(settling)
         elif self.claim is not None and self.claim.fileno() in ready and self.settling is None:
             answers = claim_answers(
-                self.pidfile, self.claim, accepts=False, unhealthy=self.unhealthy
-            )
+                self.pidfile, self.claim, accepts=False, unhealthy=self.unhealthy,
+                unready=self.unready,
+            )  # fmt: skip
             answer_claimants(self.claim, answers)
         if self.relay is not None:
             self.relay.carry_on(ready)  # before child_ended: a service answers, then may exit
@@ -279,6 +280,12 @@ class _Supervisor(SignalPath):
         if self.heartbeats is None:
             return None
         return staleness(self.config.watchdog, self.heartbeats)
+
+    def unready(self) -> str | None:
+        """Why the service takes no traffic (``health --ready``), once it is healthy."""
+        if self.stopping is not None:
+            return "stopping"
+        return None
 
     def enter(self, phase: str) -> None:
         """Change phase (the one place that does, checked: ``_phases``); tell status."""

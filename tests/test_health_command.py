@@ -156,3 +156,40 @@ def test_probed_idle_service_with_drain_wakes_zero_times(
     assert _health(service).returncode == 0
     assert_wakes_zero_times(pid, window=1.5)
     service.stop_gracefully(pid)
+
+
+READY_ON_GO = """
+while not os.path.exists(os.path.join(os.path.dirname(__file__), "go")):
+    sleep(0.05)
+ready()
+while not should_stop():
+    sleep(3600)
+"""
+
+
+def test_health_ready_answers_readiness(make_service: Callable[..., Service]) -> None:
+    """``health --ready``: 1 before ready and from the instant a stop is announced (a drain)."""
+    service = make_service(body=READY_ON_GO, wait_ready=True, drain=30.0)
+    starting = service.popen("start")
+    ready = ["health", "--ready"]
+    not_yet = wait_for(
+        lambda: (r := service.cli(*ready, timeout=10)).returncode == 1 and "starting" in r.stderr
+        and r, what="a running service not ready yet",
+    )  # fmt: skip
+    assert not_yet.stderr.startswith("svc: not ready (pid "), not_yet.stderr
+    assert _health(service).returncode == 0  # alive all the same
+    (service.dir / "go").touch()
+    out, err = starting.communicate(timeout=30)
+    assert starting.returncode == 0, err
+    pid = service.pid_from(out)
+    answered = service.cli(*ready, timeout=10)
+    assert answered.returncode == 0 and f"svc is ready (pid {pid})" in answered.stdout
+    os.kill(pid, signal.SIGTERM)  # the drain: main is told in 30 s
+    draining = wait_for(
+        lambda: (r := service.cli(*ready, timeout=10)).returncode == 1 and r,
+        what="readiness to end at the announcement",
+    )
+    assert "stopping" in draining.stderr, draining.stderr
+    assert _health(service).returncode == 0  # draining is no hang
+    os.kill(pid, signal.SIGTERM)  # a second signal ends the drain
+    wait_for(lambda: is_gone(pid), what="the stop")

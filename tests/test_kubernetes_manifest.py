@@ -113,10 +113,14 @@ def test_a_plain_service_gets_a_deployment_with_exec_probes(make_service):
     assert container["args"] == ["run"]
     assert "ports" not in container
     health = {"exec": {"command": ["python", "/app/svc.py", "health"]}, "timeoutSeconds": 5}
+    ready = {
+        "exec": {"command": ["python", "/app/svc.py", "health", "--ready"]},
+        "timeoutSeconds": 5,
+    }
     assert container["livenessProbe"] == health
-    assert container["readinessProbe"] == health
+    assert container["readinessProbe"] == ready
     # The kubelet waits for the first success as long as start would (13 x 1 s).
-    assert container["startupProbe"] == {**health, "periodSeconds": 1, "failureThreshold": 13}
+    assert container["startupProbe"] == {**ready, "periodSeconds": 1, "failureThreshold": 13}
 
 
 def test_tcp_listen_addresses_get_a_service_with_one_port_each(make_service, tmp_path):
