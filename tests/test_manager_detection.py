@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import IDLE, is_gone, marked_pids, proc_stat, wait_for
-from test_managers import NotifyListener, Supervisord, _children
+from conftest import IDLE, children_of, is_gone, marked_pids, proc_stat, wait_for
+from test_managers import NotifyListener, Supervisord
 
 from daemonize_deco._managers import runs_one_command
 from daemonize_deco._proc import BADGE_LINK, _earliest_child
@@ -60,12 +60,12 @@ def in_namespace(svc, *argv: str) -> tuple[subprocess.Popen[str], Path]:
 
 def host_pid_of_init(proc: subprocess.Popen[str]) -> int:
     """The namespace's PID 1 as the host sees it: the child unshare forked."""
-    return wait_for(lambda: next(iter(_children(proc.pid)), None), what="the namespace's init")
+    return wait_for(lambda: next(iter(children_of(proc.pid)), None), what="the namespace's init")
 
 
 def service_under(root: int, svc) -> int | None:
     """The process under ``root`` that runs the service script (not a shell naming it)."""
-    for child in _children(root):
+    for child in children_of(root):
         words = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
         if words[:2] == [sys.executable.encode(), str(svc.script).encode()]:
             return child
@@ -348,7 +348,7 @@ class Supervise:
 
     def child(self) -> int:
         """The process the supervisor runs (the run script's, or what it exec'd)."""
-        return wait_for(lambda: next(iter(_children(self.proc.pid)), None), what="its child")
+        return wait_for(lambda: next(iter(children_of(self.proc.pid)), None), what="its child")
 
     def stop(self) -> None:
         stop = SUPERVISE_COMMANDS[self.program][0]
@@ -455,6 +455,6 @@ def test_without_the_kernels_children_list_the_earliest_child_counts():
         children = wait_for(lambda: listing.read_text().split()[1:] and listing.read_text().split())
         assert _earliest_child(shell.pid) == int(children[0])
     finally:
-        for child in _children(shell.pid):
+        for child in children_of(shell.pid):
             os.kill(child, signal.SIGKILL)
         shell.wait()
