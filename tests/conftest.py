@@ -34,6 +34,12 @@ from reliability_report import (  # noqa: F401 -- pytest finds these hooks by na
 
 pytest_plugins = ("platform_simulation",)
 
+# A script's background job (bash's `&` without job control, as .ci/run runs
+# the simulated suites) starts with SIGINT ignored, and an ignored signal stays
+# ignored across exec: the processes a test Ctrl-Cs would never hear it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 REPO = Path(__file__).resolve().parent.parent
 MARK = "DAEMONIZE_DECO_TEST_MARK"
 T = TypeVar("T")
