@@ -204,18 +204,20 @@ def _service_directory(pidfile: str) -> str:
             error = exc  # one this user may not reach (user=): the next
             continue
         _Chosen.folders[pidfile] = folder
-        _clear_abandoned(short, folder)
+        _clear_abandoned([f for f in folders if f.startswith(short + ".")], folder)
         return folder
     raise error
 
 
-def _clear_abandoned(short: str, chosen: str) -> None:
+def _clear_abandoned(unguessable: list[str], chosen: str) -> None:
     """Empty and remove our other ``SHORT.HEX`` directories: a killed instance's stale sockets.
+
+    ``unguessable``: those :func:`directories` listed (``/tmp`` is read once).
 
     A live socket in one (an instance being replaced) keeps it; a bind
     into one removed meanwhile makes it again (:func:`bind`).
     """
-    for folder in _unguessable_directories(short):
+    for folder in unguessable:
         if folder != chosen and _is_trusted_directory(folder, (os.geteuid(),)):
             _sweep(folder)
             try:
