@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -255,11 +256,21 @@ BUSY = """
 """
 
 
+def listening_port(svc) -> int:
+    """The port BUSY's server printed, once its whole line is in the log.
+
+    The log is unbuffered, so ``print`` reaches it word by word: waiting for
+    "listening" alone may see the line before its port.
+    """
+    line = re.compile(r"^listening (\d+)$", re.MULTILINE)
+    wait_for(lambda: line.search(svc.log_text()), what="the server's port in the log")
+    return int(line.search(svc.log_text()).group(1))
+
+
 def test_status_shows_what_the_daemon_uses(make_service):
     svc = make_service(body=BUSY)
     pid = svc.start()
-    wait_for(lambda: "listening" in svc.log_text(), what="the server")
-    port = int(svc.log_text().split("listening ")[1].split()[0])
+    port = listening_port(svc)
     status = svc.cli("status")
     assert status.returncode == 0
     first, details, listening = status.stdout.splitlines()[:3]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, wait_for
 from platform_simulation import SIMULATION, VARIABLE, simulated
-from test_options import BUSY
+from test_options import BUSY, listening_port
 
 from daemonize_deco._platform_resources import PROC, Resources, _parse_etime
 from daemonize_deco._status import _figures
@@ -69,8 +69,7 @@ def busy(make_service):
     started = svc.cli("start", env=linux)
     assert started.returncode == 0, started.stderr
     pid = svc.pid_from(started.stdout)
-    wait_for(lambda: "listening" in svc.log_text(), what="the server")
-    port = int(svc.log_text().split("listening ")[1].split()[0])
+    port = listening_port(svc)
     yield svc, pid, port
     assert svc.cli("stop", env=linux).returncode == 0
 
