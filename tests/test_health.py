@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -364,6 +365,37 @@ def test_probes_are_answered_through_a_flood_of_idle_connections(make_service):
     runs = "".join("." if answer == (200, "alive\n") else "x" for answer in outcomes)
     # (About 1 in 10 on a machine running two suites at once.)
     assert "xxx" not in runs and len(failed) <= 10, (runs, failed[:3])
+    svc.stop_gracefully(pid)
+
+
+@pytest.mark.scenario(
+    "Bad input",
+    "a probe queued behind 200 idle connections that arrived while the endpoint was frozen",
+    lost="nothing: each connection's request is read as it is accepted, so the probe's is "
+    "answered before the connections behind it fill the cap",
+)
+def test_a_probe_ahead_of_a_flood_in_the_accept_queue_is_answered(make_service):
+    svc, port = health_service(make_service, "while not should_stop():\n    sleep(3600)")
+    pid = svc.start()
+    assert get(port, "/livez") == (200, "alive\n")
+    idle: list[socket.socket] = []
+    probe = socket.create_connection(("127.0.0.1", port), timeout=10)
+    os.kill(pid, signal.SIGSTOP)  # the whole queue is there when the endpoint next looks
+    try:
+        probe.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        # Behind the probe, more idle connections than the cap (64): accepted
+        # first and read later, the probe would be the oldest "silent" one, closed.
+        idle.extend(socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(200))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        answer = probe.makefile("rb").read()
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"alive\n"), answer
+    finally:
+        probe.close()
+        for sock in idle:
+            sock.close()
+    assert get(port, "/livez") == (200, "alive\n")
     svc.stop_gracefully(pid)
 
 
