@@ -279,26 +279,33 @@ def load(tool: str, port: int, concurrency: int) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def load_figures(tool: str, report: str) -> dict[str, float]:
+def load_figures(tool: str, report: str) -> dict[str, float | str]:
     """requests, failed (ab's failed requests; wrk's socket errors), non-2xx, p50 and p99 (ms)."""
     return ab_figures(report) if tool == "ab" else wrk_figures(report)
 
 
-def ab_figures(report: str) -> dict[str, float]:
+def ab_figures(report: str) -> dict[str, float | str]:
     def number(label: str) -> float:
         found = re.search(rf"^\s*{label}:?\s+([\d.]+)", report, re.MULTILINE)
         return float(found.group(1)) if found else 0.0  # ab leaves out lines that would say 0
 
+    causes = re.search(
+        r"\(Connect: (\d+), Receive: (\d+), Length: (\d+), Exceptions: (\d+)\)", report
+    )
+    names = ("connect", "receive", "length", "exceptions")
     return {
         "requests": number("Complete requests"),
         "failed": number("Failed requests"),
+        "causes": ", ".join(f"{n} {c}" for n, c in zip(names, causes.groups(), strict=True))
+        if causes
+        else "—",
         "non_2xx": number("Non-2xx responses"),
         "p50": number("50%"),
         "p99": number("99%"),
     }
 
 
-def wrk_figures(report: str) -> dict[str, float]:
+def wrk_figures(report: str) -> dict[str, float | str]:
     units = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
     def latency(label: str) -> float:
@@ -312,9 +319,13 @@ def wrk_figures(report: str) -> dict[str, float]:
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", report)
     if requests is None:
         raise RuntimeError(f"no figures in wrk's report: {report}")
+    names = ("connect", "read", "write", "timeout")
     return {
         "requests": float(requests.group(1)),
         "failed": float(sum(int(n) for n in errors.groups())) if errors else 0.0,
+        "causes": ", ".join(f"{n} {c}" for n, c in zip(names, errors.groups(), strict=True))
+        if errors
+        else "—",
         "non_2xx": float(non_2xx.group(1)) if non_2xx else 0.0,
         "p50": latency("50%"),
         "p99": latency("99%"),
@@ -480,6 +491,7 @@ def render(runs: list[dict], cost: dict, options: argparse.Namespace, note: str)
         ("replacements", "replacements", "{:.0f}"),
         ("requests", "requests", "{:.0f}"),
         ("failed requests (ab: failed; wrk: socket errors)", "failed", "{:.0f}"),
+        ("their causes, as the load generator counts them", "causes", "{}"),
         ("non-2xx answers", "non_2xx", "{:.0f}"),
         ("proxy: connections sent to a pod that refused", "refused", "{:.0f}"),
         ("proxy: connections a pod closed unanswered", "unanswered", "{:.0f}"),
