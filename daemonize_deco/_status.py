@@ -169,17 +169,7 @@ class StatusReport:
             "pidfile_foreign_owner": self.state.foreign_owner,
             "note": self.note or None,
             "failed": self.failed,
-            "supervision": None
-            if self.supervision is None
-            else {
-                "supervisor_pid": self.supervision.supervisor,
-                "phase": self.supervision.phase,
-                "service_pid": self.supervision.service,
-                "service_started": self.supervision.service_started,
-                "restarts": self.supervision.restarts,
-                "last_failure": self.supervision.failure,
-                "restart_at": self.supervision.restart_at,
-            },
+            "supervision": None if self.supervision is None else self.supervision.to_json(),
             "last_run": None
             if last is None
             else {

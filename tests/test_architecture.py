@@ -59,7 +59,8 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
     "_dispatch": ("daemon", frozenset({SERVICE})),
     "_delivery": ("daemon", frozenset({SERVICE})),
     "_watchdog": ("daemon", frozenset({SERVICE})),
-    "_health": ("daemon", frozenset({SERVICE})),  # health=: the service answers its probes
+    "_health": ("daemon", DAEMON),  # health=: the service answers its probes (its supervisor too)
+    "_between_runs": ("daemon", frozenset({SUPERVISOR})),  # health= while the service restarts
     "_reload_relay": ("daemon", frozenset({SUPERVISOR})),
     "_handover": ("daemon", ALL),  # restart takes over what the running instance offers
     "_quiesce": ("daemon", frozenset({SERVICE})),
