@@ -528,6 +528,7 @@ def status_object(
         "pidfile_foreign_owner": None,
         "note": None,
         "failed": None,
+        "draining_s": _draining_left(config.pidfile, pid),
         "supervision": supervision,
         "last_run": None,
         "ready": ready[0],
@@ -535,6 +536,14 @@ def status_object(
         "live": live[0],
         "liveness": live[1],
     }
+
+
+def _draining_left(pidfile: str, pid: int) -> float | None:
+    """Seconds left of this process's ``drain=`` stop (its own record: ``_draining``)."""
+    from ._draining import left  # noqa: PLC0415 -- only a /status asked for pays for it
+
+    seconds = left(pidfile, (os.geteuid(),), pid)
+    return None if seconds is None else round(seconds, 3)
 
 
 def open_endpoint(service: Service) -> HealthServer:

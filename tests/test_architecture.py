@@ -89,6 +89,7 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
     "_mark": ("shared", ALL),
     "_descendants": ("shared", ALL),
     "_served": ("shared", frozenset({COMMAND, SERVICE})),
+    "_draining": ("shared", ALL),  # the service writes it, status reads it
     "_proc": ("base", ALL),
     "_platform": ("base", ALL),
     "_platform_resources": ("base", CMD),  # status only: psutil never reaches a daemon

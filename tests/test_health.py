@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -591,3 +592,17 @@ def test_a_stop_while_backing_off_closes_the_endpoint_cleanly(make_service):
     with pytest.raises(ConnectionRefusedError):
         probe(port, "/readyz")
     assert svc.daemons() == []
+
+
+def test_status_tells_a_drain_under_way(make_service):
+    svc, port = health_service(make_service, "while not should_stop():\n    sleep(3600)", drain=3.0)
+    pid = svc.start()
+    assert json.loads(get(port, "/status")[1])["draining_s"] is None
+    os.kill(pid, signal.SIGTERM)
+    document = wait_for(
+        lambda: (d := json.loads(get(port, "/status")[1]))["draining_s"] is not None and d,
+        what="/status to tell the drain",
+    )
+    assert 0 < document["draining_s"] <= 3.0, document
+    assert (document["ready"], document["readiness"]) == (False, "stopping")
+    wait_for(lambda: is_gone(pid), what="the daemon to end after the drain")
