@@ -36,7 +36,7 @@ import os
 import select
 import time
 
-from . import _heartbeat, _platform, _proc, _signals
+from . import _draining, _heartbeat, _platform, _proc, _signals
 from ._hygiene import set_thread_name
 from ._ready import unready, when_ready
 
@@ -540,9 +540,7 @@ def status_object(
 
 def _draining_left(pidfile: str, pid: int) -> float | None:
     """Seconds left of this process's ``drain=`` stop (its own record: ``_draining``)."""
-    from ._draining import left  # noqa: PLC0415 -- only a /status asked for pays for it
-
-    seconds = left(pidfile, (os.geteuid(),), pid)
+    seconds = _draining.left(pidfile, (os.geteuid(),), pid)
     return None if seconds is None else round(seconds, 3)
 
 

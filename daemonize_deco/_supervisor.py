@@ -522,7 +522,7 @@ class _Supervisor(SignalPath):
         from ._listeners import open_health  # noqa: PLC0415 -- loaded with the service already
 
         try:
-            listener = open_health(self.config.health)  # the one we hold: never bound here
+            listener = open_health(self.config.health)  # the one bound by start, held since
         except OSError as exc:
             self.say(f"cannot answer the health endpoint while restarting: {exc}")
             return
