@@ -606,3 +606,36 @@ def test_status_tells_a_drain_under_way(make_service):
     assert 0 < document["draining_s"] <= 3.0, document
     assert (document["ready"], document["readiness"]) == (False, "stopping")
     wait_for(lambda: is_gone(pid), what="the daemon to end after the drain")
+
+
+@pytest.mark.scenario(
+    "Bad input",
+    "health=: a flood of idle connections while the supervisor backs off",
+    lost="nothing: the restart comes when due and a stop is quick; the supervisor holds a "
+    "bounded number of connections",
+)
+def test_a_flood_while_backing_off_delays_neither_the_restart_nor_a_stop(make_service):
+    svc, port = health_service(
+        make_service, CRASH_ON_FILE, wait_ready=True, restart="on-failure", restart_delay=2
+    )
+    (svc.dir / "go").touch()
+    supervisor = svc.start()
+    (svc.dir / "crash").touch()
+    due = json.loads(wait_for(lambda: backing_off(port) and probe(port, "/status"))[1])
+    due = due["supervision"]["restart_at"]
+    flood = subprocess.Popen([sys.executable, "-c", FLOOD, str(port)])
+    try:
+
+        def supervision() -> dict:
+            return json.loads(svc.cli("status", "--json").stdout)["supervision"]
+
+        restarted = wait_for(lambda: (s := supervision())["service_pid"] and s, what="a restart")
+        assert restarted["service_started"] - due < 1.0, (restarted, due)  # not delayed
+        (svc.dir / "go").touch()  # main waits for it, stop or not
+        began = time.monotonic()
+        svc.stop_gracefully(supervisor)
+        assert time.monotonic() - began < 5
+    finally:
+        flood.kill()
+        flood.wait()
+    assert svc.daemons() == []
