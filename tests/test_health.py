@@ -110,10 +110,15 @@ def test_readyz_before_ready_after_and_from_the_first_instant_of_a_stop(make_ser
     assert answers(port, "/readyz") is None  # the endpoint ends with the run
 
 
+# The beat before the hang arms the watchdog: main preempted between ready()
+# and its first sleep() could find "go" already there and never beat (unarmed:
+# fresh for ever, /livez 200 throughout; seen on a loaded machine).
 HANG_ON_GO = """
+from daemonize_deco import heartbeat
 ready()
 while not os.path.exists(os.path.join(here, "go")):
     sleep(0.05)
+heartbeat()
 time.sleep(600)
 """
 
