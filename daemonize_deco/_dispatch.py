@@ -138,6 +138,7 @@ class Dispatcher(SignalPath):
         start_watch: StartWatch | None = None,
         settle: tuple[int, Callable[[], None]] | None = None,
         drain: float = 0.0,
+        drain_record: str | None = None,
     ) -> None:
         self._record_fd = record_fd
         # A handover's new instance: the restart's pipe, and what to do once it
@@ -155,6 +156,8 @@ class Dispatcher(SignalPath):
         self._drain = drain
         # During a drain: when it ends (monotonic) and the signal that began it.
         self._draining: tuple[float, int] | None = None
+        self._drain_record = drain_record  # the pidfile, beside which a drain is told (status)
+        self._drain_recorded = False
         self._finished = _thread.allocate_lock()
         # Guards the flags below between the thread and the fork hooks.
         self._lock = _thread.allocate_lock()
@@ -195,6 +198,8 @@ class Dispatcher(SignalPath):
                 meanwhile.ask_to_end()
         _signals.wake_dispatcher()
         deadline = time.monotonic() + timeout
+        if self._drain_recorded:
+            self._record_drain(begun=False)  # the run ends within its drain
         # The claim must be answered no more once this returns (the sockets
         # it hands over are closed next), even if a callback runs on.
         if meanwhile is not None:
@@ -314,7 +319,20 @@ class Dispatcher(SignalPath):
         assert self._draining is not None
         _, signum = self._draining
         self._draining = None
+        self._record_drain(begun=False)
         self._stop(signum)
+
+    def _record_drain(self, *, begun: bool) -> None:
+        """Tell ``status`` that the drain began, or is over (``_draining``)."""
+        if self._drain_record is None:
+            return
+        from . import _draining  # noqa: PLC0415 -- only a service that drains pays for it
+
+        if begun:
+            _draining.began(self._drain_record, os.getpid(), self._drain)
+            self._drain_recorded = True
+        else:
+            _draining.ended(self._drain_record)
 
     def _settle_when_told(self, poller: select.poll) -> None:
         """Once the restart's pipe has closed: settle, then answer the claim from now on."""
@@ -417,6 +435,7 @@ class Dispatcher(SignalPath):
         if self._drain > 0 and not _signals.stop_requested():
             # ``drain=``: announced now (readiness probes fail), main hears of it later.
             self._draining = (_signals.announce_stop() + self._drain, signum)
+            self._record_drain(begun=True)
             print(
                 f"daemonize_deco: {_signals.signal_name(signum)}: draining for "
                 f"{self._drain:g}s before main is told to stop",

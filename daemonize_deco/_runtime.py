@@ -427,6 +427,7 @@ def serve(
                 start_watch=_start_watch(config, StartWatch),
                 settle=settle,
                 drain=config.drain,
+                drain_record=config.pidfile if config.drain else None,
             )
             _arm(config, startup, dispatcher, adopted=pidfile is not None and pidfile.adopted)
             dispatcher.start()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from . import _lastrun
+from . import _draining, _lastrun
 from ._descendants import describe, left_by
 from ._phases import Phase, SupervisorState
 from ._platform_resources import PROC, Resources, resources, uptime
@@ -55,6 +55,8 @@ class StatusReport:
         # Supervised, what counts is the service's use, not the supervisor's.
         watched = pid if self.supervision is None else self.supervision.service
         self.resources = resources(watched) if watched is not None else Resources()
+        # drain=: seconds until main hears of the stop under way, or None.
+        self.draining = None if watched is None else _draining.left(self.pidfile, owners, watched)
         self.last = None if state.running else _lastrun.read(self.pidfile, owners)
         self.leftovers: list[int] | None = []
         if self.left_behind:
@@ -123,6 +125,8 @@ class StatusReport:
             detail += f", up {_lastrun.format_duration(self.uptime)}"
         if self.note:
             detail += f"; {self.note}"
+        if self.draining is not None:
+            detail += f"; draining: main is told to stop in {self.draining:.1f}s"
         return f"{self.name} is running ({detail})"
 
     def _details(self) -> list[str]:
@@ -169,17 +173,8 @@ class StatusReport:
             "pidfile_foreign_owner": self.state.foreign_owner,
             "note": self.note or None,
             "failed": self.failed,
-            "supervision": None
-            if self.supervision is None
-            else {
-                "supervisor_pid": self.supervision.supervisor,
-                "phase": self.supervision.phase,
-                "service_pid": self.supervision.service,
-                "service_started": self.supervision.service_started,
-                "restarts": self.supervision.restarts,
-                "last_failure": self.supervision.failure,
-                "restart_at": self.supervision.restart_at,
-            },
+            "draining_s": None if self.draining is None else round(self.draining, 3),
+            "supervision": None if self.supervision is None else self.supervision.to_json(),
             "last_run": None
             if last is None
             else {

@@ -19,7 +19,10 @@ holder of its lock and claim.  It forks the service as its child and:
   it no longer does: ``stop_timeout`` bounds the rest; a service that has
   not beaten once, S seconds in, gets a line in the log instead (the
   watchdog is armed by the first beat);
-- writes ``PIDFILE.supervisor`` whenever that changes, for ``status``.
+- writes ``PIDFILE.supervisor`` whenever that changes, for ``status``;
+- with ``health=``, answers the endpoint itself while backing off, when no
+  service does (``_between_runs``): in this loop, and not at all once the
+  next service is forked.
 
 What it does next follows from its phase (``_phases``: named, and changed
 only through ``enter``, which checks the change); when to restart, from the
@@ -71,6 +74,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._config import Service
+    from ._health import Connections
     from ._hygiene import Credentials
     from ._pidfile import PidFile
     from ._reload_relay import ReloadRelay
@@ -145,6 +149,8 @@ class _Supervisor(SignalPath):
         self.ending: tuple[int, str | None, str | None] | None = None  # status, exception, failed
         self.starter_removes_pidfile = False  # it heard of a failed start, and shares the lock
         self.relay: ReloadRelay | None = None  # made at the first reload
+        self.endpoint: Connections | None = None  # health='s, answered by us while backing off
+        self.last_end = ""  # how the last run ended, for the endpoint
 
     # -- the life of the supervisor ------------------------------------------------
 
@@ -171,6 +177,7 @@ class _Supervisor(SignalPath):
             finally:
                 if self.relay is not None:
                     self.relay.close()
+                self.stop_answering()
                 self.close_sockets()
             assert self.ending is not None
             status, exception, failed = self.ending
@@ -196,12 +203,12 @@ class _Supervisor(SignalPath):
         settling = self.settling
         if settling is not None and settling.fileno() >= 0:
             poller.register(settling.fileno(), 0)  # POLLERR alone: the restart closed it
-        deadline = self.next_deadline()
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
-        if child is not None and exit_fd is None:  # only polling tells when it exits
-            polling = ProcessHandle.POLL_INTERVAL * 1000
-            timeout = polling if timeout is None else min(timeout, polling)
-        ready = {fd for fd, _ in poller.poll(timeout)}
+        endpoint = self.endpoint
+        if endpoint is not None:
+            endpoint.watch(poller)
+        # Only polling tells when a child without an exit descriptor exits.
+        polled = child is not None and exit_fd is None
+        ready = {fd for fd, _ in poller.poll(self.poll_timeout(polled=polled, endpoint=endpoint))}
         if child is not None and child.channel_fd in ready:
             self.read_child(child)
         self.handle_signals()
@@ -217,7 +224,20 @@ class _Supervisor(SignalPath):
             self.relay.carry_on(ready)  # before child_ended: a service answers, then may exit
         if child is not None and child is self.child and _exited(child.process, exit_fd, ready):
             self.child_ended(child)
+        if endpoint is not None and endpoint is self.endpoint:
+            # Non-blocking and bounded: no client delays the restart below.
+            endpoint.handle(poller, ready)
         self.on_time()
+
+    def poll_timeout(self, *, polled: bool, endpoint: Connections | None) -> float | None:
+        """Milliseconds poll may sleep (None: for ever): to a deadline, an exit poll, a client's."""
+        deadline = self.next_deadline()
+        waits = [] if deadline is None else [max(0.0, deadline - time.monotonic()) * 1000]
+        if polled:
+            waits.append(ProcessHandle.POLL_INTERVAL * 1000)
+        if endpoint is not None and (answer_by := endpoint.timeout()) is not None:
+            waits.append(answer_by)
+        return min(waits, default=None)
 
     def settle(self, channel: StartupChannel) -> None:
         """The restart that started us is over: be the service, or stand down."""
@@ -302,6 +322,7 @@ class _Supervisor(SignalPath):
 
     def spawn(self) -> None:
         """Fork the service; in the child, run it and never return."""
+        self.stop_answering()  # the service answers the endpoint now
         try:
             read_end, write_end = os.pipe()
         except OSError as exc:  # no descriptor left (ulimit -n)
@@ -410,8 +431,10 @@ class _Supervisor(SignalPath):
                 self.state.restarts += 1
                 self.state.restart_at = time.time() + wait
                 self.state.failure = f"{ended} at {_lastrun.clock(time.time())}"
+                self.last_end = ended
                 self.enter(Phase.BACKING_OFF)  # running/restarting/ending-hung -> backing-off
                 self.say(f"the service (pid {child.pid}) {ended}; restarting in {wait:g}s")
+                self.answer_probes()
 
     def end_what_it_left(self, child: _Child) -> None:
         """End what the run started and left running, before anything else runs."""
@@ -487,6 +510,35 @@ class _Supervisor(SignalPath):
         child.process.send(signal.SIGTERM)
         child.kill_at = now + self.config.kill_after
         self.enter(Phase.ENDING_HUNG)  # restarting -> ending-hung
+
+    # -- the health endpoint, while no service answers it ------------------------------
+
+    def answer_probes(self) -> None:
+        """With ``health=``, answer its probes until the next start (``_between_runs``)."""
+        if self.config.health is None or self.endpoint is not None:
+            return
+        from ._between_runs import SupervisorAnswers, restarting  # noqa: PLC0415 -- health=
+        from ._health import Connections  # noqa: PLC0415 -- health= only
+        from ._listeners import open_health  # noqa: PLC0415 -- loaded with the service already
+
+        try:
+            listener = open_health(self.config.health)  # the one bound by start, held since
+        except OSError as exc:
+            self.say(f"cannot answer the health endpoint while restarting: {exc}")
+            return
+        answers = SupervisorAnswers(
+            self.config,
+            self.started,
+            lambda: restarting(self.last_end, self.restart_due),
+            self.state.to_json,
+        )
+        self.endpoint = Connections(listener, answers)
+
+    def stop_answering(self) -> None:
+        """Accept no more; answer what was accepted (the listener stays: the service's next)."""
+        endpoint, self.endpoint = self.endpoint, None
+        if endpoint is not None:
+            endpoint.finish()
 
     # -- signals and requests ---------------------------------------------------------
 

@@ -7,6 +7,7 @@ asserted on time (a loaded machine makes everything later, never earlier).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -183,3 +184,34 @@ def test_run_ctrl_c_twice_ends_the_drain_without_killing(
     assert proc.wait(timeout=20) == 0, out.read_text()
     text = out.read_text()
     assert "stop heard at" in text
+
+
+@pytest.mark.scenario(
+    "Options",
+    "status during a drain=S stop",
+    lost="nothing: status says the service drains and when main hears of the stop; the record "
+    "goes with the drain",
+)
+@pytest.mark.parametrize("restart", [None, "on-failure"], ids=["alone", "supervised"])
+def test_status_says_draining_during_a_drain(
+    make_service: Callable[..., Service], restart: str | None
+) -> None:
+    options = {} if restart is None else {"restart": restart}
+    service = make_service(body=NOTES_STOP, drain=3.0, **options)
+    pid = service.start()
+    wait_for(lambda: "looping" in service.log_text(), what="main's loop")
+    assert "draining" not in service.cli("status").stdout
+    os.kill(pid, signal.SIGTERM)
+
+    def draining() -> str:
+        out = service.cli("status").stdout
+        return out if "draining" in out else ""
+
+    line = wait_for(draining, what="status to say draining").splitlines()[0]
+    assert line.startswith(f"svc is running (pid {pid}, up "), line
+    assert "; draining: main is told to stop in " in line, line
+    document = json.loads(service.cli("status", "--json").stdout)
+    assert document["draining_s"] is None or 0 < document["draining_s"] <= 3.0, document
+    _heard_at(service)
+    wait_for(lambda: is_gone(pid), what="the daemon to end after the drain")
+    assert not service.pidfile.with_name(service.pidfile.name + ".draining").exists()
