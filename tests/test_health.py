@@ -15,6 +15,7 @@ import time
 import pytest
 from conftest import assert_wakes_zero_times, is_gone, proc_stat, wait_for
 from test_kvserver import free_port
+from test_managers import NotifyListener
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -145,6 +146,28 @@ def test_livez_turns_503_within_two_watchdogs_of_a_hang(make_service):
     assert status == 503
     assert body.startswith("no heartbeat for ") and body.endswith("s (watchdog=2)\n"), body
     wait_for(lambda: is_gone(pid), what="the watchdog to end it")
+
+
+def test_livez_follows_systemds_watchdogsec_without_watchdog(make_service, tmp_path):
+    listener = NotifyListener(str(tmp_path / "notify"))
+    svc, port = health_service(make_service, HANG_ON_GO)
+    env = dict(svc.env, NOTIFY_SOCKET=listener.env_value, WATCHDOG_USEC="2000000")
+    proc = svc.popen("run", env=env)
+    try:
+        listener.until("READY=1")
+        assert get(port, "/livez") == (200, "alive\n")
+        (svc.dir / "go").touch()
+        # WatchdogSec=2: fresh for half of it after the last beat, as under watchdog=2.
+        status, body = wait_for(
+            lambda: (answer := get(port, "/livez"))[0] != 200 and answer,
+            timeout=10,
+            what="/livez to fail",
+        )
+        assert status == 503 and body.startswith("no heartbeat for "), body
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+        listener.sock.close()
 
 
 def test_status_is_the_status_json_object(make_service):
