@@ -9,9 +9,11 @@ holder of its lock and claim.  It forks the service as its child and:
   ``interval`` seconds gives up (status then says "failed"), and a run
   longer than ``interval`` starts the count afresh;
 - passes SIGTERM/SIGINT on as a graceful stop (SIGKILL to the service after
-  ``stop_timeout``), SIGHUP as an acknowledged reload (answering the
-  ``reload`` commands that sent it with the service's own answer, without
-  waiting for it: ``_reload_relay``), and the ``on_signal`` signals as they are;
+  the drain and ``stop_timeout``; with ``drain=``, a stop asked for again is
+  passed on too: it ends the service's drain), SIGHUP as an acknowledged
+  reload (answering the ``reload`` commands that sent it with the service's
+  own answer, without waiting for it: ``_reload_relay``), and the
+  ``on_signal`` signals as they are;
 - with ``watchdog=S``, reads the service's heartbeats from a shared slot
   and ends a service that made none for S seconds: SIGABRT (faulthandler
   writes its threads' stacks to the log), SIGKILL a second later; once a
@@ -515,7 +517,10 @@ class _Supervisor(SignalPath):
             self.child.process.send(signum)
 
     def stop(self, signum: int) -> None:
-        if self.phase in (Phase.STOPPING, *_OVER):
+        if self.phase == Phase.STOPPING:
+            self.stop_again()
+            return
+        if self.phase in _OVER:
             return
         self.stopping = signum
         child = self.child
@@ -525,6 +530,15 @@ class _Supervisor(SignalPath):
         child.process.send(signal.SIGTERM)
         child.kill_at = time.monotonic() + self.config.kill_after
         self.enter(Phase.STOPPING)  # starting/running/restarting/ending-hung -> stopping
+
+    def stop_again(self) -> None:
+        """A stop asked for again: with ``drain=``, the service hears it too (it ends the drain).
+
+        Its SIGKILL stays where the first stop put it.  Without a drain the
+        service has nothing to end early, and is left to its stop.
+        """
+        if self.config.drain > 0 and self.child is not None:
+            self.child.process.send(signal.SIGTERM)
 
     def reloadable(self) -> tuple[int, Callable[[], None]] | None:
         """The service to ask for a reload, and how to signal it; None while it is not ready."""

@@ -183,3 +183,35 @@ def test_run_ctrl_c_twice_ends_the_drain_without_killing(
     assert proc.wait(timeout=20) == 0, out.read_text()
     text = out.read_text()
     assert "stop heard at" in text
+
+
+@pytest.mark.scenario(
+    "Options", "drain under restart=: a second stop ends the drain", lost="nothing"
+)
+def test_a_second_stop_ends_a_supervised_drain(make_service: Callable[..., Service]) -> None:
+    """The supervisor passes the repeated stop on: the service's drain ends, it exits 0."""
+    service = make_service(
+        body=f'print(f"service {{os.getpid()}}", flush=True)\n{NOTES_STOP}',
+        drain=30.0,
+        stop_timeout=5.0,
+        restart="on-failure",
+    )
+    supervisor = service.start()
+    wait_for(lambda: "looping" in service.log_text(), what="main's loop")
+    child = int(service.log_text().split("service ", 1)[1].split()[0])
+    first = service.popen("stop")
+    wait_for(lambda: "draining for 30s" in service.log_text(), what="the drain to begin")
+    assert "stop heard" not in service.log_text()
+    began = time.monotonic()
+    second = service.cli("stop")
+    assert second.returncode == 0, second.stderr
+    _heard_at(service)
+    out, err = first.communicate(timeout=20)
+    assert time.monotonic() - began < 20
+    assert first.returncode == 0, err
+    assert f"{service.name} stopped (pid {supervisor})" in out
+    assert is_gone(supervisor)
+    assert wait_for(lambda: is_gone(child), what="the service to end")
+    assert "stopped by SIGTERM" in service.cli("status").stdout
+    assert "SIGKILL" not in service.log_text()
+    assert "Traceback" not in service.log_text()
