@@ -429,6 +429,7 @@ class Dispatcher(SignalPath):
     def _stop(self, signum: int) -> None:
         """The stop reaches main: the flag, the ``on_stop`` callbacks, the delivery."""
         _signals.request_stop(signum)  # the main thread may be blocked in C code
+        _signals.hand_on_to_frameworks()  # what a drain held back from a framework's handler
         self._notifier.stopping()
         _delivery.stop_arrived()
         for callback in self._hooks.on_stop:
