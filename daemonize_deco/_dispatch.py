@@ -308,12 +308,20 @@ class Dispatcher(SignalPath):
     def _end_drain_when_due(self) -> None:
         """The drain is over: the stop it held back reaches main now."""
         if self._draining is not None and time.monotonic() >= self._draining[0]:
-            self._end_drain()
+            self._end_drain(hand_on=True)
 
-    def _end_drain(self) -> None:
+    def _end_drain(self, *, hand_on: bool = False) -> None:
+        """The stop goes on; ``hand_on``: a framework's handler held back hears it now.
+
+        Not when a second stop signal ended the drain: the chain gives that
+        one to the framework's handler itself (``_takeover``), and a second
+        would be its Ctrl-C twice.
+        """
         assert self._draining is not None
         _, signum = self._draining
         self._draining = None
+        if hand_on:
+            _signals.hand_on_to_frameworks()
         self._stop(signum)
 
     def _settle_when_told(self, poller: select.poll) -> None:
@@ -429,7 +437,6 @@ class Dispatcher(SignalPath):
     def _stop(self, signum: int) -> None:
         """The stop reaches main: the flag, the ``on_stop`` callbacks, the delivery."""
         _signals.request_stop(signum)  # the main thread may be blocked in C code
-        _signals.hand_on_to_frameworks()  # what a drain held back from a framework's handler
         self._notifier.stopping()
         _delivery.stop_arrived()
         for callback in self._hooks.on_stop:

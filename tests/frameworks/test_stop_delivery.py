@@ -479,6 +479,27 @@ def test_a_framework_serves_on_through_a_drain(make_service, main: str) -> None:
     _stopped_by_sigterm(svc, pid)
 
 
+def test_ctrl_c_twice_ends_uvicorns_drain_gracefully(make_service) -> None:
+    """The second Ctrl-C ends the drain; uvicorn hears one Ctrl-C: no forced quit."""
+    port = free_port()
+    svc = make_service(
+        prelude=ASGI_APP + "import uvicorn\n",
+        body=f"uvicorn.run(app, port={port})",
+        drain=30.0,
+        stop_timeout=STOP_TIMEOUT,
+    )
+    with svc.log.open("a") as log:  # run leaves the streams as they are: the log is ours
+        run = svc.popen("run", stdout=log, stderr=subprocess.STDOUT)
+    wait_for(lambda: accepts(port), timeout=15, what="the server to listen")
+    request = _slow_request_in_flight(svc, port)
+    run.send_signal(signal.SIGINT)
+    wait_for(lambda: "draining for 30s" in svc.log_text(), what="the drain to begin")
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=STOP_TIMEOUT) == 0, svc.log_text()
+    assert request.result() == (200, "done")
+    assert "Traceback" not in svc.log_text()
+
+
 @pytest.mark.scenario(
     "Promises under pressure",
     "Ctrl-C on uvicorn.run in the foreground",
