@@ -328,7 +328,13 @@ class _Supervisor(SignalPath):
             # pipes the registry's fork hook closed already).
             self.close_sockets()
             channel = StartupChannel(channel_fd, supervised=True)
-            status = serve(self.service, None, startup=channel, heartbeats=self.heartbeats)
+            status = serve(
+                self.service,
+                None,
+                startup=channel,
+                heartbeats=self.heartbeats,
+                replaced=lambda: self.pidfile.handed_on_seen_by(self.pid),
+            )
         except SystemExit as exc:
             status = exit_status(exc.code)
         except BaseException:  # noqa: BLE001 -- everything must end here, in the child
