@@ -397,12 +397,7 @@ def hand_on_to_frameworks() -> None:
 
 def _held_by_drain() -> bool:
     """After our handler ran: whether the stop signal only began a drain (``_takeover`` holds)."""
-    return (
-        _state.drain > 0
-        and _state.announced
-        and not _state.stop_requested
-        and not _state.wakeup_taken
-    )
+    return _state.drain > 0 and _state.announced and not _state.stop_requested
 
 
 def main_asked() -> bool:

@@ -26,8 +26,10 @@ With ``drain=S`` the framework hears the stop when ``main`` would: not at
 the signal, which only announces the stop, but when the drain ends.  The
 chain holds the framework's handler back meanwhile; at the drain's end the
 signal is sent again to main's thread, for the framework's handler alone
-(the registry heard it already).  Not when asyncio took the wakeup fd: the
-signal reached asyncio's loop, in C, before any handler of ours ran.
+(the registry heard it already).  Not to ``loop.add_signal_handler``
+(asyncio's, uvloop's): the handler it sets only stands in for the loop,
+which got the signal through the wakeup fd, in C, before any handler of
+ours ran.
 
 uvicorn raises the stop signal at itself once it has shut down, for the
 "expected behaviour" (dying of it).  Under a service, main returning is
@@ -63,6 +65,7 @@ __all__ = [
 _c_module = vars(_signal)
 _real_signal: Callable[[int, object], object] = _c_module["signal"]
 _real_raise: Callable[[int], None] = _c_module["raise_signal"]
+_EVENT_LOOPS = ("asyncio", "uvloop")  # the modules whose signal handlers stand in for a loop
 
 
 class _Chain:
@@ -81,7 +84,7 @@ class _Chain:
         try:
             self.ours(signum, frame)
         finally:
-            if signum in _state.stop_signals and _state.holding():
+            if signum in _state.stop_signals and _state.holding() and _holds(self.theirs):
                 _state.held[signum] = self.theirs  # until the drain ends
             else:
                 if signum in _state.stop_signals:
@@ -171,6 +174,18 @@ def _put_in_signal_module(old: object, new: object) -> None:
     module = sys.modules.get("signal")
     if module is not None and vars(module).get("raise_signal") is old:
         vars(module)["raise_signal"] = new
+
+
+def _holds(handler: Handler) -> bool:
+    """Whether holding ``handler`` back holds the framework back.
+
+    Not an event loop's (``loop.add_signal_handler``, asyncio's or uvloop's):
+    the loop hears the signal through the wakeup fd, in C, whatever its
+    handler does, and a signal sent again would reach the loop twice.
+    """
+    function = getattr(handler, "__func__", handler)
+    module = getattr(function, "__module__", None) or ""
+    return not module.startswith(_EVENT_LOOPS)
 
 
 def hand_on_held(send: Callable[[int], None]) -> None:

@@ -215,3 +215,32 @@ def test_a_second_stop_ends_a_supervised_drain(make_service: Callable[..., Servi
     assert "stopped by SIGTERM" in service.cli("status").stdout
     assert "SIGKILL" not in service.log_text()
     assert "Traceback" not in service.log_text()
+
+
+# An event loop's own SIGTERM handler: it hears the signal at once (asyncio
+# reads it from the wakeup fd), and must hear it once, not again at the drain's end.
+LOOP_HANDLER = """\
+import asyncio
+
+async def serve():
+    loop = asyncio.get_running_loop()
+    heard = []
+    loop.add_signal_handler(signal.SIGTERM, lambda: heard.append(time.time()))
+    ready()
+    print("looping", flush=True)
+    while not heard:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(2.5)  # on past the drain's end
+    print(f"loop handler ran {len(heard)} time(s)", flush=True)
+
+return serve()
+"""
+
+
+def test_a_loops_own_handler_hears_the_stop_once(make_service: Callable[..., Service]) -> None:
+    service = make_service(body=LOOP_HANDLER, drain=1.0)
+    pid = service.start()
+    wait_for(lambda: "looping" in service.log_text(), what="main's loop")
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: is_gone(pid), what="the daemon to end")
+    assert "loop handler ran 1 time(s)" in service.log_text(), service.log_text()

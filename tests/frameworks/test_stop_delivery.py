@@ -432,12 +432,16 @@ def test_a_framework_that_takes_the_signals_over_still_stops_the_service(make_se
 # Servers whose own signal handler is chained (uvicorn's, gunicorn's arbiter), and
 # aiohttp told to set none.
 DRAINED_MAINS = {
-    "uvicorn.run": (ASGI_APP + "import uvicorn\n", "uvicorn.run(app, port=PORT)"),
+    "uvicorn.run": (ASGI_APP + "import uvicorn\n", "uvicorn.run(app, port=PORT, loop='asyncio')"),
     "Server.serve": (
         ASGI_APP + "import uvicorn\n",
         "async def serve():\n"
         "    await uvicorn.Server(uvicorn.Config(app, port=PORT)).serve()\n"
         "return serve()",
+    ),
+    "uvicorn.run uvloop": (
+        ASGI_APP + "import uvicorn\n",
+        "uvicorn.run(app, port=PORT, loop='uvloop')",
     ),
     "gunicorn": SERVERS["gunicorn"],
     "run_app handle_signals=False": (
@@ -454,6 +458,8 @@ DRAINED_MAINS = {
 )
 @pytest.mark.parametrize("main", list(DRAINED_MAINS))
 def test_a_framework_serves_on_through_a_drain(make_service, main: str) -> None:
+    if "uvloop" in main:
+        pytest.importorskip("uvloop")  # uvicorn[standard]'s default loop; not in the extras
     port, health = free_port(), free_port()
     prelude, body = DRAINED_MAINS[main]
     svc = make_service(
