@@ -195,8 +195,10 @@ def daemon(
             the stop is announced at once (a ``health=`` endpoint's
             ``/readyz`` answers 503) and :func:`should_stop`, ``on_stop``
             and the rest follow this many seconds later, so a load balancer
-            stops sending new work first.  A second stop signal ends the
-            drain at once.  ``stop_timeout`` counts after the drain.
+            stops sending new work first; a framework's own chained
+            handler (uvicorn's) hears the signal then too.  A second stop
+            signal ends the drain at once.  ``stop_timeout`` counts after
+            the drain.
 
     Relative paths resolve against the current directory at decoration time.
     Raises TypeError or ValueError at once for a wrong keyword or value.

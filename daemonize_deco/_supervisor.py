@@ -9,9 +9,11 @@ holder of its lock and claim.  It forks the service as its child and:
   ``interval`` seconds gives up (status then says "failed"), and a run
   longer than ``interval`` starts the count afresh;
 - passes SIGTERM/SIGINT on as a graceful stop (SIGKILL to the service after
-  ``stop_timeout``), SIGHUP as an acknowledged reload (answering the
-  ``reload`` commands that sent it with the service's own answer, without
-  waiting for it: ``_reload_relay``), and the ``on_signal`` signals as they are;
+  the drain and ``stop_timeout``; with ``drain=``, a stop asked for again is
+  passed on too: it ends the service's drain), SIGHUP as an acknowledged
+  reload (answering the ``reload`` commands that sent it with the service's
+  own answer, without waiting for it: ``_reload_relay``), and the
+  ``on_signal`` signals as they are;
 - with ``watchdog=S``, reads the service's heartbeats from a shared slot
   and ends a service that made none for S seconds: SIGABRT (faulthandler
   writes its threads' stacks to the log), SIGKILL a second later; once a
@@ -347,7 +349,13 @@ class _Supervisor(SignalPath):
             # pipes the registry's fork hook closed already).
             self.close_sockets()
             channel = StartupChannel(channel_fd, supervised=True)
-            status = serve(self.service, None, startup=channel, heartbeats=self.heartbeats)
+            status = serve(
+                self.service,
+                None,
+                startup=channel,
+                heartbeats=self.heartbeats,
+                replaced=lambda: self.pidfile.handed_on_seen_by(self.pid),
+            )
         except SystemExit as exc:
             status = exit_status(exc.code)
         except BaseException:  # noqa: BLE001 -- everything must end here, in the child
@@ -567,7 +575,10 @@ class _Supervisor(SignalPath):
             self.child.process.send(signum)
 
     def stop(self, signum: int) -> None:
-        if self.phase in (Phase.STOPPING, *_OVER):
+        if self.phase == Phase.STOPPING:
+            self.stop_again()
+            return
+        if self.phase in _OVER:
             return
         self.stopping = signum
         child = self.child
@@ -577,6 +588,15 @@ class _Supervisor(SignalPath):
         child.process.send(signal.SIGTERM)
         child.kill_at = time.monotonic() + self.config.kill_after
         self.enter(Phase.STOPPING)  # starting/running/restarting/ending-hung -> stopping
+
+    def stop_again(self) -> None:
+        """A stop asked for again: with ``drain=``, the service hears it too (it ends the drain).
+
+        Its SIGKILL stays where the first stop put it.  Without a drain the
+        service has nothing to end early, and is left to its stop.
+        """
+        if self.config.drain > 0 and self.child is not None:
+            self.child.process.send(signal.SIGTERM)
 
     def reloadable(self) -> tuple[int, Callable[[], None]] | None:
         """The service to ask for a reload, and how to signal it; None while it is not ready."""

@@ -215,3 +215,64 @@ def test_status_says_draining_during_a_drain(
     _heard_at(service)
     wait_for(lambda: is_gone(pid), what="the daemon to end after the drain")
     assert not service.pidfile.with_name(service.pidfile.name + ".draining").exists()
+
+
+@pytest.mark.scenario(
+    "Options", "drain under restart=: a second stop ends the drain", lost="nothing"
+)
+def test_a_second_stop_ends_a_supervised_drain(make_service: Callable[..., Service]) -> None:
+    """The supervisor passes the repeated stop on: the service's drain ends, it exits 0."""
+    service = make_service(
+        body=f'print(f"service {{os.getpid()}}", flush=True)\n{NOTES_STOP}',
+        drain=30.0,
+        stop_timeout=5.0,
+        restart="on-failure",
+    )
+    supervisor = service.start()
+    wait_for(lambda: "looping" in service.log_text(), what="main's loop")
+    child = int(service.log_text().split("service ", 1)[1].split()[0])
+    first = service.popen("stop")
+    wait_for(lambda: "draining for 30s" in service.log_text(), what="the drain to begin")
+    assert "stop heard" not in service.log_text()
+    began = time.monotonic()
+    second = service.cli("stop")
+    assert second.returncode == 0, second.stderr
+    _heard_at(service)
+    out, err = first.communicate(timeout=20)
+    assert time.monotonic() - began < 20
+    assert first.returncode == 0, err
+    assert f"{service.name} stopped (pid {supervisor})" in out
+    assert is_gone(supervisor)
+    assert wait_for(lambda: is_gone(child), what="the service to end")
+    assert "stopped by SIGTERM" in service.cli("status").stdout
+    assert "SIGKILL" not in service.log_text()
+    assert "Traceback" not in service.log_text()
+
+
+# An event loop's own SIGTERM handler: it hears the signal at once (asyncio
+# reads it from the wakeup fd), and must hear it once, not again at the drain's end.
+LOOP_HANDLER = """\
+import asyncio
+
+async def serve():
+    loop = asyncio.get_running_loop()
+    heard = []
+    loop.add_signal_handler(signal.SIGTERM, lambda: heard.append(time.time()))
+    ready()
+    print("looping", flush=True)
+    while not heard:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(2.5)  # on past the drain's end
+    print(f"loop handler ran {len(heard)} time(s)", flush=True)
+
+return serve()
+"""
+
+
+def test_a_loops_own_handler_hears_the_stop_once(make_service: Callable[..., Service]) -> None:
+    service = make_service(body=LOOP_HANDLER, drain=1.0)
+    pid = service.start()
+    wait_for(lambda: "looping" in service.log_text(), what="main's loop")
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: is_gone(pid), what="the daemon to end")
+    assert "loop handler ran 1 time(s)" in service.log_text(), service.log_text()
