@@ -307,7 +307,16 @@ def _clear_stale_socket_file(address: Address) -> None:
             f"cannot listen on {address.text}: address already in use",
             path=address.path or None,
         )
-    os.unlink(address.path)
+    try:
+        os.unlink(address.path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # another user's, in a sticky directory (/tmp)
+        raise ListenError(
+            f"cannot listen on {address.text}: a stale socket file is there and cannot be "
+            f"removed ({_reason(exc)})",
+            path=address.path or None,
+        ) from None
 
 
 def _answers(path: str) -> bool:

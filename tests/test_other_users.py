@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -191,3 +192,33 @@ def test_a_clean_exit_after_dropping_privileges_leaves_no_stale_state(shared):
     assert again.returncode == 0, again.stderr
     second = int(again.stdout.split("(pid ")[1].split(")")[0])
     wait_for(lambda: is_gone(second), what="the second run to end (before the directory goes)")
+
+
+@pytest.mark.scenario(
+    "Security",
+    "a stale socket file of another user where health= (or listen=) binds, in a sticky directory",
+    lost="nothing: start fails in one line (it may not remove that user's file), leaving nothing",
+)
+@pytest.mark.parametrize("keyword", ["health", "listen"])
+def test_a_stale_socket_file_of_another_user_fails_the_start_in_one_line(shared, keyword):
+    sticky = Path(tempfile.mkdtemp(prefix="dd-sticky-", dir="/tmp"))
+    try:
+        sticky.chmod(0o1777)
+        path = sticky / "app.sock"
+        socket.socket(socket.AF_UNIX).bind(str(path))  # root's, and nothing listens on it
+        address = f"unix:{path}"
+        svc = shared(
+            pidfile=str(sticky / "svc.pid"),
+            stdout=str(sticky / "svc.log"),
+            **{keyword: address if keyword == "health" else [address]},
+        )
+        started = svc.as_nobody("start")
+        assert started.returncode == 1, started.stdout
+        assert started.stderr == (
+            f"svc: cannot listen on {address}: a stale socket file is there and cannot be "
+            "removed (Operation not permitted)\n"
+        ), started.stderr
+        assert not (sticky / "svc.pid").exists()
+        assert path.stat().st_uid == 0  # left as it was
+    finally:
+        shutil.rmtree(sticky)
