@@ -36,7 +36,7 @@ import os
 import select
 import time
 
-from . import _draining, _heartbeat, _notify, _platform, _proc, _signals
+from . import _draining, _heartbeat, _platform, _proc, _signals
 from ._hygiene import set_thread_name
 from ._ready import unready, when_ready
 
@@ -106,16 +106,6 @@ def liveness() -> tuple[bool, str]:
     if answers is not None and not answers():
         return False, "the dispatcher thread has ended"
     return True, "alive"
-
-
-def _systemd_watchdog() -> float | None:
-    """The ``WatchdogSec`` of a systemd that watches this process, else None.
-
-    Without ``watchdog=``, main's heartbeats are judged against it (``_runtime``):
-    /livez turns 503 before systemd ends the service, as with ``watchdog=``.
-    """
-    interval = _notify.current().watchdog_interval
-    return None if interval is None else 2 * interval
 
 
 def main_ended() -> None:
@@ -387,7 +377,7 @@ class HealthServer:
         which answers until the new one is ready: a probe meanwhile must not
         hear "starting" from an instance nobody routes to yet.
         """
-        _watched.limit = self._service.config.watchdog or _systemd_watchdog()
+        _watched.limit = _heartbeat.silence_limit(self._service.config.watchdog)
         _watched.dispatcher_answers = dispatcher_answers
         self._connections.accepting = not once_ready
         if once_ready:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import _signals
+from . import _notify, _signals
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ __all__ = [
     "reset",
     "shared_slot",
     "silence",
+    "silence_limit",
     "staleness",
     "unarmed",
 ]
@@ -148,6 +149,19 @@ def silence(memory: mmap.mmap | bytearray | None = None) -> float:
     counting, and before the first beat (the watchdog is not armed yet).
     """
     return _seconds_since(_BEAT, memory)
+
+
+def silence_limit(watchdog: float | None) -> float | None:
+    """How long main may be silent: ``watchdog=``, else systemd's ``WatchdogSec``, else None.
+
+    ``WatchdogSec`` counts only when systemd watches this process (its pings
+    go out while main beats: ``_watchdog``); ``/livez`` and the ``health``
+    command judge by the same limit, so they agree with what systemd will do.
+    """
+    if watchdog is not None:
+        return watchdog
+    interval = _notify.current().watchdog_interval
+    return None if interval is None else 2 * interval
 
 
 def staleness(limit: float | None, memory: mmap.mmap | bytearray | None = None) -> str | None:

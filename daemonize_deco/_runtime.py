@@ -394,7 +394,7 @@ def serve(
     from ._listening import StartWatch  # noqa: PLC0415 -- its start watch, loaded with it
 
     def unhealthy() -> str | None:
-        return _heartbeat.staleness(config.watchdog)
+        return _heartbeat.staleness(_heartbeat.silence_limit(config.watchdog))
 
     # The handlers stay until the run is accounted for: a SIGTERM from a second
     # ``stop`` must not kill the process while it writes its record.
@@ -640,7 +640,7 @@ def _watch_progress(
     from ._watchdog import Watchdog, round_length  # noqa: PLC0415
 
     faulthandler.enable(all_threads=True)
-    limit = config.watchdog or 2 * (notifier.watchdog_interval or 0)
+    limit = _heartbeat.silence_limit(config.watchdog) or 0.0
     _heartbeat.attach(heartbeats, round_length(limit))
     if not supervised:
         Watchdog(config.name, config.watchdog, notifier).start()

@@ -164,6 +164,8 @@ def test_livez_follows_systemds_watchdogsec_without_watchdog(make_service, tmp_p
             what="/livez to fail",
         )
         assert status == 503 and body.startswith("no heartbeat for "), body
+        checked = svc.cli("health")  # the health command judges by the same limit
+        assert checked.returncode == 1 and "no heartbeat for " in checked.stderr, checked
     finally:
         proc.kill()
         proc.communicate(timeout=10)
@@ -719,6 +721,9 @@ def test_a_drain_holds_main_serving_while_readyz_says_503(make_service):
     assert get(port, "/readyz") == (200, "ready\n")
     sent = time.time()
     os.kill(pid, signal.SIGTERM)
+    # 503 once the signal is handled (kill returns before it is: a probe an
+    # instant later may still hear 200), and from then on until the run ends.
+    wait_for(lambda: get(port, "/readyz")[0] == 503, timeout=2, what="/readyz to say 503")
     seen: list[tuple[int, str]] = []
     served = 0
     while "stop heard at" not in svc.log_text():
