@@ -67,6 +67,7 @@ _ACCEPTS_A_ROUND = _CONNECTIONS // 2  # then the open connections get their turn
 _NO_ROOM_PAUSE = 0.05  # no descriptor left (ulimit -n): stop accepting this long
 _LAST_ANSWERS = 0.5  # at the close: how long what was accepted may take to be answered
 _CLOSE_WAIT = 1.0 + _LAST_ANSWERS
+_FINISH_GRACE = 0.25  # a supervisor's, before it forks: what it accepted may send its request
 _CLOSE, _ACCEPT = b"x", b"a"  # what the wake pipe says
 _NO_ROOM = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -227,17 +228,21 @@ class Connections:
             connection.deadline = min(connection.deadline, last)
 
     def finish(self) -> None:
-        """Accept no more, answer now what was accepted, close it (never the listener).
+        """Accept no more, answer what was accepted, close it (never the listener).
 
-        Each connection is read once more: a request come whole is answered;
-        one still incomplete gets 408 rather than a reset.
+        A connection has ``_FINISH_GRACE`` seconds more for its request: a
+        probe accepted between its connect and its send (a loaded machine)
+        is answered, not given 408; one still incomplete then gets 408
+        rather than a reset.  The next run waits that long at most.
         """
         poller = select.poll()
         self.watch(poller)
-        self.stop_accepting(poller, 0.0)
+        self.stop_accepting(poller, _FINISH_GRACE)
         for fd in list(self.open):
             self._read(poller, fd)
-        self._expire(poller)
+        while self.open:
+            ready = {fd for fd, _ in poller.poll(self.timeout())}
+            self.handle(poller, ready)
 
     def close_connections(self) -> None:
         """Close every connection, unanswered (the listener stays)."""
