@@ -348,7 +348,9 @@ def status(service: Service) -> int:
     pidfile = pidfile_of(service)
     state, note = inspect_service(service, pidfile)
     options_by = trusted_owners(service.config, directory=False)
-    report = StatusReport(service.name, pidfile, state, note, option_owners=options_by)
+    report = StatusReport(
+        service.name, pidfile, state, note, option_owners=options_by, drain=service.config.drain
+    )
     say(report.as_json() if service.flags.get("json") else report.text())
     return report.exit_status
 

@@ -4,9 +4,10 @@ During a drain the service runs on and ``main`` has not heard of the stop;
 only its readiness says so.  ``status`` reads files beside the pidfile and
 asks the service nothing, so the service writes one when a drain begins
 (the pid that drains, when the drain ends) and removes it when the drain
-is over: a write and an unlink a stop, nothing otherwise.  A record left by
-a killed service says nothing: it is believed only for the pid running now,
-and only until the drain's end it names.
+is over: a write and an unlink a stop, and an unlink at the start of a run.
+A record left by a killed service says nothing: the next run removes it,
+and until then it is believed only for the pid running now, and only until
+the drain's end it names, ``drain`` seconds at most.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ def ended(pidfile: str) -> None:
     _beside.remove(pidfile + SUFFIX)
 
 
-def left(pidfile: str, owners: Collection[int], pid: int) -> float | None:
-    """Seconds left of the drain of the service ``pid``, or None: it is not draining."""
-    data = _beside.read(pidfile + SUFFIX, 256, owners)
+def left(pidfile: str, owners: Collection[int], pid: int, longest: float) -> float | None:
+    """Seconds left of the drain of the service ``pid`` (``longest`` at most), or None."""
+    data = _beside.read(pidfile + SUFFIX, 256, owners) if longest > 0 else None
     if data is None:
         return None
     fields = _beside.fields_from_text(data.decode("utf-8", "replace"))
@@ -47,4 +48,4 @@ def left(pidfile: str, owners: Collection[int], pid: int) -> float | None:
         remaining = float(fields["until"]) - time.time()
     except (KeyError, ValueError):
         return None
-    return remaining if remaining > 0 else None
+    return min(remaining, longest) if remaining > 0 else None

@@ -533,7 +533,7 @@ def status_object(
         "pidfile_foreign_owner": None,
         "note": None,
         "failed": None,
-        "draining_s": _draining_left(config.pidfile, pid),
+        "draining_s": _draining_left(config.pidfile, pid, config.drain),
         "supervision": supervision,
         "last_run": None,
         "ready": ready[0],
@@ -543,9 +543,9 @@ def status_object(
     }
 
 
-def _draining_left(pidfile: str, pid: int) -> float | None:
+def _draining_left(pidfile: str, pid: int, drain: float) -> float | None:
     """Seconds left of this process's ``drain=`` stop (its own record: ``_draining``)."""
-    seconds = _draining.left(pidfile, (os.geteuid(),), pid)
+    seconds = _draining.left(pidfile, (os.geteuid(),), pid, drain)
     return None if seconds is None else round(seconds, 3)
 
 

@@ -27,7 +27,7 @@ import daemonize_deco._platform_descriptors
 import daemonize_deco._platform_identity
 import daemonize_deco._platform_parent_death
 
-from . import _beside, _delivery, _heartbeat, _lastrun, _mark, _notify, _signals
+from . import _beside, _delivery, _draining, _heartbeat, _lastrun, _mark, _notify, _signals
 from ._claim import HEALTH, PUT_BACK, READY, WHO, listen_for_claimants
 from ._config import Service
 from ._control import ControlServer, release_spare
@@ -615,6 +615,9 @@ def take_the_pidfile(service: Service, pidfile: PidFile, pid: int) -> None:
     # Everything the run starts carries its mark, to be ended with it.
     _mark.wear(_mark.mark_for(pidfile.path, pid))
     _lastrun.forget(service.config.pidfile)
+    # A drain a SIGKILL cut short left its record; a new run (pid 1 again, in
+    # a container) is not draining.
+    _draining.ended(service.config.pidfile)
     if not pidfile.adopted:  # else the restart writes both once we are ready (``_handover``)
         pidfile.write_pid(pid)
         service.remember_options()

@@ -41,6 +41,7 @@ class StatusReport:
         note: str = "",
         *,
         option_owners: Collection[int] = (),
+        drain: float = 0.0,
     ) -> None:
         self.name = name
         self.pidfile = pidfile.path
@@ -56,7 +57,9 @@ class StatusReport:
         watched = pid if self.supervision is None else self.supervision.service
         self.resources = resources(watched) if watched is not None else Resources()
         # drain=: seconds until main hears of the stop under way, or None.
-        self.draining = None if watched is None else _draining.left(self.pidfile, owners, watched)
+        self.draining = (
+            None if watched is None else _draining.left(self.pidfile, owners, watched, drain)
+        )
         self.last = None if state.running else _lastrun.read(self.pidfile, owners)
         self.leftovers: list[int] | None = []
         if self.left_behind:

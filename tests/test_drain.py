@@ -276,3 +276,33 @@ def test_a_loops_own_handler_hears_the_stop_once(make_service: Callable[..., Ser
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: is_gone(pid), what="the daemon to end")
     assert "loop handler ran 1 time(s)" in service.log_text(), service.log_text()
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "SIGKILL during a drain, then a new run (pid 1 again in a container)",
+    lost="nothing: the new run removes the drain's record; status never says a ready run drains",
+)
+def test_a_drain_record_left_by_a_sigkill_goes_with_the_next_run(
+    make_service: Callable[..., Service],
+) -> None:
+    service = make_service(body=NOTES_STOP, drain=3.0)
+    record = service.pidfile.with_name(service.pidfile.name + ".draining")
+    pid = service.start()
+    wait_for(lambda: "looping" in service.log_text(), what="main's loop")
+    os.kill(pid, signal.SIGTERM)
+    wait_for(record.exists, what="the drain's record")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: is_gone(pid), what="the killed service to go")
+    assert record.exists()
+    pid = service.start()
+    assert not record.exists()
+    # A record that names the running pid (as pid 1 in a container would) is
+    # believed for the drain's length at most, however far its end.
+    record.write_text(f"pid={pid}\nuntil={time.time() + 1e9:.3f}\n")
+    line = service.cli("status").stdout.splitlines()[0]
+    seconds = float(line.split("told to stop in ")[1].split("s)")[0])
+    assert 0 < seconds <= 3.0, line
+    record.unlink()
+    assert "draining" not in service.cli("status").stdout
+    service.stop_gracefully(pid)
