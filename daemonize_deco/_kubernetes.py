@@ -34,6 +34,9 @@ _STOP_MARGIN = 5
 _LABEL = "app.kubernetes.io/name"
 # Hosts that bind every address of the pod: the only ones its IP reaches.
 _WILDCARDS = ("", "0.0.0.0", "::")
+# Bound IPv6 only (``_listeners`` sets IPV6_V6ONLY): an IPv4 pod IP, the
+# usual kind, does not reach it.
+_IPV6_ONLY = "::"
 
 # Strings written without quotes: no YAML indicator, number or boolean look-alike.
 _PLAIN = re.compile(r"(?:--?[A-Za-z]|[A-Za-z/])[A-Za-z0-9._/-]*(?::[A-Za-z0-9._/-]+)*")
@@ -80,10 +83,16 @@ def kubernetes_manifest(
     """The YAML of a Deployment (and a Service for ``listen=``), and warnings to print.
 
     A warning names a ``listen=`` address the pod's IP cannot reach
-    (loopback, one address, port 0), left out of the ports.
+    (loopback, one address, port 0), left out of the ports, or may not reach
+    (IPv6 only); and a ``health=`` on IPv6 only, probed by the command instead.
     """
     script = f"{APP_DIR}/{config.script.rpartition('/')[2]}"
     ports, warnings = _ports(config.listen)
+    if _health_port(config.health, ipv6=True) != _health_port(config.health):
+        warnings.append(
+            f"health {config.health!r} binds IPv6 only, which an IPv4 pod IP does not "
+            "reach: the probes run the health command (health=tcp://:PORT for HTTP probes)"
+        )
     container: dict[str, object] = {
         "name": name,
         "image": image,
@@ -142,6 +151,7 @@ def _ports(listen: Sequence[str]) -> tuple[list[int], list[str]]:
 
     ports: list[int] = []
     warnings: list[str] = []
+    ipv6_only: dict[int, str] = {}
     for entry in listen:
         address = parse_address(entry)
         if address.is_unix:
@@ -151,8 +161,18 @@ def _ports(listen: Sequence[str]) -> tuple[list[int], list[str]]:
                 f"listen {entry!r} is left out of the ports: the pod's IP does not reach "
                 "it (listen on tcp://:PORT)"
             )
-        elif address.port not in ports:
+            continue
+        if address.port not in ports:
             ports.append(address.port)
+        if address.host == _IPV6_ONLY:
+            ipv6_only.setdefault(address.port, entry)
+        else:
+            ipv6_only[address.port] = ""  # reached over IPv4 too
+    warnings.extend(
+        f"listen {entry!r} binds IPv6 only: an IPv4 pod IP does not reach it (add tcp://:{port})"
+        for port, entry in ipv6_only.items()
+        if entry
+    )
     return ports, warnings
 
 
@@ -179,14 +199,19 @@ def _probes(config: ServiceConfig, health: list[str]) -> dict[str, object]:
     return {"livenessProbe": live, "readinessProbe": ready, "startupProbe": startup}
 
 
-def _health_port(health: object) -> int | None:
-    """The port of a ``health=`` address the kubelet can reach; None for the exec probes."""
+def _health_port(health: object, *, ipv6: bool = False) -> int | None:
+    """The port of a ``health=`` address the kubelet can reach; None for the exec probes.
+
+    ``ipv6``: reached over IPv6, where a pod's IP is one.
+    """
     if health is None:
         return None
     from ._addresses import parse_address  # noqa: PLC0415 -- only services with health=
 
     address = parse_address(str(health))
     if address.is_unix or address.host not in _WILDCARDS or address.port == 0:
+        return None
+    if address.host == _IPV6_ONLY and not ipv6:
         return None
     return address.port
 

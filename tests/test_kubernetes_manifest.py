@@ -249,7 +249,7 @@ def generated(config: object, *words: str) -> list[dict]:
     return checked(text)
 
 
-@pytest.mark.parametrize("address", ["tcp://:8081", "tcp://0.0.0.0:8081", "tcp://[::]:8081"])
+@pytest.mark.parametrize("address", ["tcp://:8081", "tcp://0.0.0.0:8081"])
 def test_health_endpoint_gives_http_probes_on_its_port(tmp_path, address):
     [deployment] = generated(config_of(tmp_path, health=address), "--port", "1")
     container = container_of(deployment)
@@ -266,6 +266,22 @@ def test_a_health_endpoint_the_kubelet_cannot_reach_gives_exec_probes(tmp_path, 
     [deployment] = generated(config_of(tmp_path, health=address))
     probe = container_of(deployment)["livenessProbe"]
     assert probe["exec"]["command"][-1] == "health"
+
+
+def test_ipv6_only_addresses_are_warned_about(tmp_path):
+    """``[::]`` is bound IPv6 only: an IPv4 pod IP (the usual kind) does not reach it."""
+    config = config_of(tmp_path, health="tcp://[::]:8081", listen=["tcp://[::]:8002"])
+    text, warnings = kubernetes_manifest(config, [], name="app")
+    deployment, service = checked(text)
+    container = container_of(deployment)
+    assert container["livenessProbe"]["exec"]["command"][-1] == "health"
+    assert service["spec"]["ports"][0]["port"] == 8002  # an IPv6 pod IP reaches it
+    assert warnings == [
+        "listen 'tcp://[::]:8002' binds IPv6 only: an IPv4 pod IP does not reach it "
+        "(add tcp://:8002)",
+        "health 'tcp://[::]:8081' binds IPv6 only, which an IPv4 pod IP does not reach: the "
+        "probes run the health command (health=tcp://:PORT for HTTP probes)",
+    ]
 
 
 @pytest.mark.parametrize(
