@@ -42,8 +42,8 @@ from . import _delivery, _signals
 from ._aio import is_awaitable, run_callback_result
 from ._claim import answer_claimants
 from ._control import reply
+from ._fork_pause import left_the_kernel, step_aside, stop_stepping_aside
 from ._hygiene import held_lifeline, set_thread_name
-from ._proc import task_exists
 from ._signal_path import SignalPath, read_recorded, reload_requests, reopen_logs_or_say
 
 TYPE_CHECKING = False
@@ -181,7 +181,7 @@ class Dispatcher(SignalPath):
         callback gives a dummy thread object; the kernel knows the thread as
         ``daemonize_deco`` (``top -H``, ``ps -L``).
         """
-        _step_aside_at_fork(self)
+        step_aside(self)
         with self._lock:
             self._launch()
 
@@ -192,7 +192,7 @@ class Dispatcher(SignalPath):
 
     def stop(self, timeout: float) -> None:
         """Ask the thread to quit and wait for it, up to ``timeout`` seconds; never raises."""
-        _step_aside_at_fork(None)
+        stop_stepping_aside(self)
         with self._lock:
             self._quitting = True
             meanwhile = self._meanwhile
@@ -238,7 +238,7 @@ class Dispatcher(SignalPath):
         if not self._finished.acquire(timeout=_FORK_PAUSE_WAIT):
             return False  # it took up a callback meanwhile; resume() sorts it out
         self._finished.release()
-        _left_the_kernel(self._native_id)
+        left_the_kernel(self._native_id)
         return True
 
     def resume(self) -> None:
@@ -254,6 +254,15 @@ class Dispatcher(SignalPath):
                 self._launch()
         finally:
             self._lock.release()
+
+    def resume_after_fork(self) -> None:
+        """After a fork, in the parent: resume now, or on 3.13 at the next chance (``resume``)."""
+        if _COUNTS_THREADS_AFTER_HOOKS:
+            # A thread started now would be counted by the very fork that paused
+            # it: resume at the first moment the service runs our code again.
+            _signals.call_soon(self.resume)
+        else:
+            self.resume()
 
     def _run(self) -> None:
         self._native_id = _thread.get_native_id()
@@ -429,7 +438,7 @@ class Dispatcher(SignalPath):
             meanwhile.ask_to_end()
             meanwhile.wait(-1)
             meanwhile.close()
-            _left_the_kernel(meanwhile.native_id)  # a fork in main right after must not count it
+            left_the_kernel(meanwhile.native_id)  # a fork in main right after must not count it
 
     def _stop_requested(self, signum: int) -> None:
         self._stop_requests += 1
@@ -496,43 +505,8 @@ class Dispatcher(SignalPath):
         return "error " + "; ".join(failures) if failures else "ok"
 
 
-_active: Dispatcher | None = None
-_fork_hooks_registered = False
 # Python 3.13 counts the threads for its fork warning after the after-fork hooks.
 _COUNTS_THREADS_AFTER_HOOKS = sys.version_info >= (3, 13)
-
-
-def _step_aside_at_fork(dispatcher: Dispatcher | None) -> None:
-    """Make ``dispatcher`` the one that pauses around forks in this process."""
-    global _active, _fork_hooks_registered  # noqa: PLW0603 -- one dispatcher per process
-    _active = dispatcher
-    if not _fork_hooks_registered:
-        os.register_at_fork(
-            before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_forget
-        )
-        _fork_hooks_registered = True
-
-
-def _before_fork() -> None:
-    if _active is not None:
-        _active.pause()
-
-
-def _after_fork_in_parent() -> None:
-    if _active is None:
-        return
-    if _COUNTS_THREADS_AFTER_HOOKS:
-        # A thread started now would be counted by the very fork that paused
-        # it: resume at the first moment the service runs our code again.
-        _signals.call_soon(_active.resume)
-    else:
-        _active.resume()
-
-
-def _forget() -> None:
-    """In the child: the dispatcher is the parent's; the child is not the service."""
-    global _active  # noqa: PLW0603
-    _active = None
 
 
 def _single(fd: int) -> select.poll:
@@ -540,17 +514,6 @@ def _single(fd: int) -> select.poll:
     poller = select.poll()
     poller.register(fd, 0)
     return poller
-
-
-def _left_the_kernel(native_id: int | None) -> None:
-    """Wait (up to a second) until the thread whose lock said it ended has left the kernel.
-
-    The lock is released a moment before the kernel lets the thread go, and
-    the fork warning counts the kernel's threads.  Without /proc, not waited for.
-    """
-    deadline = time.monotonic() + _FORK_PAUSE_WAIT
-    while task_exists(native_id) and time.monotonic() < deadline:
-        time.sleep(0.00005)
 
 
 def wait_in_slices(wait: Callable[[float], bool], timeout: float) -> bool:

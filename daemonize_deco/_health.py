@@ -37,6 +37,7 @@ import select
 import time
 
 from . import _draining, _heartbeat, _platform, _proc, _signals
+from ._fork_pause import left_the_kernel, step_aside, stop_stepping_aside
 from ._hygiene import set_thread_name
 from ._ready import unready, when_ready
 
@@ -68,7 +69,7 @@ _NO_ROOM_PAUSE = 0.05  # no descriptor left (ulimit -n): stop accepting this lon
 _LAST_ANSWERS = 0.5  # at the close: how long what was accepted may take to be answered
 _CLOSE_WAIT = 1.0 + _LAST_ANSWERS
 _FINISH_GRACE = 0.25  # a supervisor's, before it forks: what it accepted may send its request
-_CLOSE, _ACCEPT = b"x", b"a"  # what the wake pipe says
+_CLOSE, _ACCEPT, _PAUSE = b"x", b"a", b"p"  # what the wake pipe says
 _NO_ROOM = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 _REASONS = {
@@ -374,6 +375,8 @@ class HealthServer:
         self._finished = _thread.allocate_lock()
         self._lock = _thread.allocate_lock()  # guards closing the descriptors
         self._running = False
+        self._paused = False  # stepped aside for a fork (``_fork_pause``)
+        self._native_id: int | None = None
 
     def start(self, dispatcher_answers: Callable[[], bool], *, once_ready: bool = False) -> None:
         """Start answering, now (before the service may become ready) or ``once_ready``.
@@ -387,9 +390,41 @@ class HealthServer:
         self._connections.accepting = not once_ready
         if once_ready:
             when_ready(self._begin_accepting)
+        step_aside(self)
+        self._launch()
+
+    def _launch(self) -> None:
         self._finished.acquire()
         self._running = True
         _thread.start_new_thread(self._run, ())
+
+    def pause(self) -> bool:
+        """Before a fork in main: the thread quits; its connections and the socket stay."""
+        with self._lock:
+            if not self._running or self._wake_write < 0:
+                return False
+            if self._native_id == _thread.get_native_id():
+                return False  # an answer forking: it cannot wait for itself
+            self._paused = True
+            os.write(self._wake_write, _PAUSE)
+        if not self._finished.acquire(timeout=_CLOSE_WAIT):
+            return False
+        self._finished.release()
+        left_the_kernel(self._native_id)
+        return True
+
+    def resume_after_fork(self) -> None:
+        """After the fork, in the parent: answer again at once.
+
+        Not deferred to main's next call into the library, as the
+        dispatcher is on 3.13: a main that forks, then serves without
+        calling it, would leave the probes unanswered, and the orchestrator
+        would restart a healthy service.  3.13 then warns of the thread.
+        """
+        with self._lock:
+            if self._paused and not self._running and self._wake_write >= 0:
+                self._paused = False
+                self._launch()
 
     def _begin_accepting(self) -> None:
         with self._lock:
@@ -406,6 +441,7 @@ class HealthServer:
         maybe both at once: the descriptors are closed once, under the lock
         (a number closed twice could be another thread's new file by then).
         """
+        stop_stepping_aside(self)
         with self._lock:
             if self._wake_write < 0:
                 return
@@ -436,6 +472,7 @@ class HealthServer:
         self._wake_read = self._wake_write = -1
 
     def _run(self) -> None:
+        self._native_id = _thread.get_native_id()
         _signals.keep_away_from_this_thread()
         set_thread_name("dd-health")
         try:
@@ -451,17 +488,20 @@ class HealthServer:
         connections.watch(poller)
         while connections.open or not connections.closing:
             ready = {fd for fd, _ in poller.poll(connections.timeout())}
-            if self._wake_read in ready:
-                self._woken(poller)
+            if self._wake_read in ready and self._woken(poller):
+                return  # a fork: resume_after_fork starts a thread again
             connections.handle(poller, ready)
 
-    def _woken(self, poller: select.poll) -> None:
+    def _woken(self, poller: select.poll) -> bool:
+        """Do what the pipe says; True: pause for a fork (what is open stays open)."""
         told = os.read(self._wake_read, 64)
         if _CLOSE in told:
             poller.unregister(self._wake_read)
             self._connections.stop_accepting(poller, _LAST_ANSWERS)
-        elif _ACCEPT in told:
+            return False
+        if _ACCEPT in told:
             self._connections.start_accepting(poller)
+        return _PAUSE in told
 
 
 def _reply(

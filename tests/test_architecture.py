@@ -58,6 +58,7 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
     "_signal_path": ("daemon", DAEMON),
     "_dispatch": ("daemon", frozenset({SERVICE})),
     "_delivery": ("daemon", frozenset({SERVICE})),
+    "_fork_pause": ("daemon", DAEMON),  # loaded with _health, which a supervisor loads too
     "_watchdog": ("daemon", frozenset({SERVICE})),
     "_health": ("daemon", DAEMON),  # health=: the service answers its probes (its supervisor too)
     "_between_runs": ("daemon", frozenset({SUPERVISOR})),  # health= while the service restarts

@@ -664,6 +664,37 @@ def test_fork_in_main_has_no_threads_to_warn_about(make_service):
 
 @pytest.mark.scenario(
     "Faults",
+    "os.fork() in main with health= (its endpoint's thread)",
+    lost="no DeprecationWarning on 3.12 (the endpoint's thread steps aside too); the endpoint "
+    "answers after the fork (on 3.13 at once, and then 3.13 warns: a probe outranks a warning)",
+)
+def test_fork_in_main_with_a_health_endpoint(make_service):
+    from test_health import get  # noqa: PLC0415
+    from test_kvserver import free_port  # noqa: PLC0415
+
+    port = free_port()
+    body = textwrap.dedent("""
+        for _ in range(3):
+            child = os.fork()
+            if child == 0:
+                os._exit(0)
+            os.waitpid(child, 0)
+        print('forked', flush=True)
+        while not should_stop():
+            time.sleep(0.05)
+    """)
+    svc = make_service(body=body, health=f"tcp://127.0.0.1:{port}")
+    svc.env["PYTHONWARNINGS"] = "default"
+    pid = svc.start()
+    wait_for(lambda: "forked" in svc.log_text(), what="the forks")
+    assert get(port, "/livez") == (200, "alive\n")
+    if sys.version_info < (3, 13):
+        assert "multi-threaded" not in svc.log_text(), svc.log_text()
+    svc.stop_gracefully(pid)
+
+
+@pytest.mark.scenario(
+    "Faults",
     "main returns while a non-daemon thread never ends",
     lost="bounded: after stop_timeout the process ends, says which threads it left, and unlocks",
 )
