@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Collection
 
     from ._looking import PidFileState
+    from ._phases import WorkerState
     from ._pidfile import PidFile
 
 __all__ = ["StatusReport"]
@@ -52,9 +53,15 @@ class StatusReport:
         # Shown as what a restart would reuse: only a file it would read.
         self.options = _remembered(self.pidfile, option_owners) if state.running else None
         self.supervision = _supervision(self.pidfile, owners, pid)
-        # Supervised, what counts is the service's use, not the supervisor's.
-        watched = pid if self.supervision is None else self.supervision.service
+        # Supervised, what counts is the service's use, not the supervisor's; with
+        # workers, each worker's is shown on its line, and the arbiter's here.
+        supervision = self.supervision
+        watched = pid if supervision is None or supervision.workers else supervision.service
         self.resources = resources(watched) if watched is not None else Resources()
+        self.workers = [] if supervision is None else supervision.workers
+        self.worker_resources = {
+            worker.worker_id: resources(worker.pid) for worker in self.workers if worker.pid
+        }
         self.last = None if state.running else _lastrun.read(self.pidfile, owners)
         self.leftovers: list[int] | None = []
         if self.left_behind:
@@ -129,6 +136,7 @@ class StatusReport:
         used = self.resources
         lines = [] if self.supervision is None else [self._supervision_line(self.supervision)]
         lines.append("  " + ", ".join(_figures(used)))
+        lines += [self._worker_line(worker) for worker in self.workers]
         if used.listening:
             lines.append("  listening: " + ", ".join(used.listening))
         elif used.listening is None:
@@ -137,13 +145,49 @@ class StatusReport:
             lines.append("  options: " + " ".join(_quoted(word) for word in self.options))
         return lines
 
+    def _worker_line(self, worker: WorkerState) -> str:
+        """``  worker 0: pid 12, up 3m, memory 9.1 MiB, CPU 0.2% since start; 1 restart``."""
+        if worker.pid is None:
+            words = [worker.phase.replace("-", " ")]
+        else:
+            words = [f"pid {worker.pid}"]
+            if worker.started is not None:
+                words.append(f"up {_lastrun.format_duration(time.time() - worker.started)}")
+            if worker.phase not in (Phase.RUNNING, Phase.STARTING):
+                words.append(worker.phase.replace("-", " "))
+            used = self.worker_resources.get(worker.worker_id)
+            if used is not None:
+                words += _figures(used)[:2]  # memory and CPU
+        line = f"  worker {worker.worker_id}: {', '.join(words)}"
+        line += f"; {worker.restarts} restart{'s' * (worker.restarts != 1)}"
+        if worker.last_exit:
+            line += f"; last exit: {worker.last_exit}"
+        return line
+
     @staticmethod
     def _supervision_line(state: SupervisorState) -> str:
-        line = f"  supervisor pid {state.supervisor}; {_phase_words(state)}"
+        if state.workers:
+            line = f"  arbiter pid {state.supervisor}; {len(state.workers)} workers, {state.phase}"
+        else:
+            line = f"  supervisor pid {state.supervisor}; {_phase_words(state)}"
         line += f"; {state.restarts} restart{'s' * (state.restarts != 1)}"
         if state.failure:
             line += f"; last failure: {state.failure}"
         return line
+
+    def _worker_json(self, worker: WorkerState) -> dict[str, object]:
+        up = None if worker.started is None else round(time.time() - worker.started, 3)
+        return {
+            "worker_id": worker.worker_id,
+            "pid": worker.pid,
+            "phase": worker.phase,
+            "started": worker.started,
+            "uptime_s": up,
+            "restarts": worker.restarts,
+            "restart_at": worker.restart_at,
+            "last_exit": worker.last_exit,
+            **_worker_json_figures(self.worker_resources.get(worker.worker_id)),
+        }
 
     def as_json(self) -> str:
         """One JSON object: the same facts, for scripts."""
@@ -179,6 +223,7 @@ class StatusReport:
                 "restarts": self.supervision.restarts,
                 "last_failure": self.supervision.failure,
                 "restart_at": self.supervision.restart_at,
+                "workers": [self._worker_json(worker) for worker in self.workers],
             },
             "last_run": None
             if last is None
@@ -194,6 +239,13 @@ class StatusReport:
             },
         }
         return json.dumps(document)
+
+
+def _worker_json_figures(used: Resources | None) -> dict[str, object]:
+    return {
+        "rss_bytes": None if used is None else used.rss_bytes,
+        "cpu_percent": None if used is None else used.cpu_percent,
+    }
 
 
 def _figures(used: Resources) -> list[str]:
