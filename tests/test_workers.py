@@ -236,6 +236,52 @@ def test_a_hung_worker_is_ended_and_replaced_alone(make_service):
     svc.stop_gracefully(arbiter)
 
 
+def test_no_worker_outlives_a_killed_arbiter(make_service):
+    svc = with_workers(make_service, workers=2)
+    arbiter = svc.start()
+    pids = answering(port_of(svc), count=2)
+    os.kill(arbiter, signal.SIGKILL)
+    for pid in pids.values():
+        assert wait_for(lambda pid=pid: is_gone(pid), what=f"worker {pid} to die with the arbiter")
+    assert svc.daemons() == []
+    arbiter = svc.start()  # the lock died with it: a start works again
+    svc.stop_gracefully(arbiter)
+
+
+def test_stop_while_a_worker_waits_to_be_replaced(make_service):
+    svc = with_workers(make_service, workers=2, restart="on-failure", restart_delay=30)
+    arbiter = svc.start()
+    pids = answering(port_of(svc), count=2)
+    os.kill(pids[0], signal.SIGKILL)
+    wait_for(lambda: "replacing it in 30s" in svc.log_text(), what="worker 0 backing off")
+    assert status_json(svc)["supervision"]["workers"][0]["phase"] == "backing-off"
+    svc.stop_gracefully(arbiter)  # at once: nothing waits for the 30 s
+    assert is_gone(pids[1]) and svc.daemons() == []
+    assert not svc.pidfile.exists()
+
+
+def test_reload_reaches_every_worker(make_service):
+    svc = with_workers(make_service, workers=3)
+    hook = """
+@main.on_reload
+def reread_config():
+    sys.stdout.write(f'reloaded {worker_id()}\\n')
+    sys.stdout.flush()
+"""
+    guard = 'if __name__ == "__main__":'
+    svc.script.write_text(svc.script.read_text().replace(guard, hook + "\n" + guard))
+    arbiter = svc.start()
+    answering(port_of(svc), count=3)
+    result = svc.cli("reload")
+    assert result.returncode == 0, result.stderr
+    assert f"svc reloaded (pid {arbiter})" in result.stdout
+    wait_for(
+        lambda: all(f"reloaded {n}" in svc.log_text() for n in range(3)),
+        what="every worker's on_reload",
+    )
+    svc.stop_gracefully(arbiter)
+
+
 def test_bad_values_are_refused_at_decoration(tmp_path):
     pidfile = str(tmp_path / "x.pid")
     for value, error in ((0, ValueError), (-2, ValueError), ("many", ValueError),
