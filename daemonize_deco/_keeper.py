@@ -32,12 +32,14 @@ from ._detach import StartupChannel, exit_daemon
 from ._errors import DetachError, exit_status, last_words
 from ._heartbeat import reset, silence, unarmed
 from ._hygiene import die_with_parent
+from ._notify import Notifier
 from ._phases import STATE_SUFFIX, Phase, SupervisorState, check
 from ._platform_process import ProcessHandle
 from ._runtime import (
     claim_answers,
     handed_on,
     let_go_for_successor,
+    link_manager,
     listen_for_control,
     prepare_process,
     release_listeners,
@@ -145,15 +147,19 @@ class Keeper(SignalPath):
 
     PHASES: Mapping[str, frozenset[str]]  # the changes of phase this keeper may make
 
-    def __init__(self, service: Service, pidfile: PidFile, startup: StartupChannel) -> None:
+    def __init__(self, service: Service, pidfile: PidFile, startup: StartupChannel | None) -> None:
         self.service = service
         self.config = service.config
         self.policy = service.config.restart
         self.pidfile = pidfile
-        self.startup: StartupChannel | None = startup
+        self.startup = startup
+        # Detached, the logs are ours to reopen; in the foreground (``run``) the
+        # streams are the caller's, and a manager may be told of us instead.
+        self.detached = startup is not None
+        self.notifier = Notifier({})
         # A handover's new keeper: the restart's pipe, watched until it closes
         # (``_handover.settle``); until then it is not the service, and keeps quiet.
-        self.settling: StartupChannel | None = startup if pidfile.adopted else None
+        self.settling = startup if pidfile.adopted else None
         if self.settling is not None:
             self.settling.hold()
         self.pid = os.getpid()
@@ -221,6 +227,8 @@ class Keeper(SignalPath):
 
                 prepare_to_be_died_with(dropping_privileges=credentials is not None)
                 prepare_process(self.service, credentials)  # the children inherit it all
+                if not self.detached:
+                    self.notifier = link_manager()  # the children do not inherit it
                 self.control = listen_for_control(self.config.pidfile)
                 self.claim = listen_for_claimants(self.pidfile.path)
                 self.begin()
@@ -443,7 +451,8 @@ class Keeper(SignalPath):
     def handle_reload(self) -> None:
         """SIGHUP: reopen our logs; have the service reload; the relay answers the requests."""
         requests = reload_requests(self.control)
-        reopen_logs_or_say(self.config.stdout, self.config.stderr)
+        if self.detached:
+            reopen_logs_or_say(self.config.stdout, self.config.stderr)
         if self.relay is None:
             from ._reload_relay import ReloadRelay  # noqa: PLC0415 -- a keeper that reloads
 

@@ -340,13 +340,9 @@ def _end_failed_start(service: Service, pidfile: PidFile, report: StartupReport)
 def run(service: Service) -> int:
     """Run in the foreground: same pidfile and signals, no fork, no redirect."""
     _warn_about_the_pidfile_directory(service.config)
-    if service.config.workers > 1:
-        complain(
-            f"{service.name}: warning: workers={service.config.workers} is not built for `run` "
-            "(nor for start under a process manager) yet: one worker (worker_id() 0) runs"
-        )
     credentials = resolve_credentials(service.config.user, service.config.group)
-    _load_what_it_runs(service.config, supervised=False)
+    workers = service.config.workers > 1
+    _load_what_it_runs(service.config, supervised=workers)
     pidfile = pidfile_of(service)
     with DeferredInterrupts() as interrupts:
         holder = holder_or_lock(service, pidfile, interrupts)
@@ -373,6 +369,10 @@ def run(service: Service) -> int:
         if interrupts.signum is not None:
             signal.raise_signal(interrupts.signum)  # pending until the handlers are in
         line_buffer_python_streams()
+        if workers:
+            from ._workers import arbitrate  # noqa: PLC0415 -- loaded above
+
+            return arbitrate(service, pidfile, credentials=credentials, startup=None)
         return serve(service, pidfile, credentials=credentials)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

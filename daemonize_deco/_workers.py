@@ -26,7 +26,9 @@ number, :func:`~daemonize_deco.worker_id`.  Then:
 - ``PIDFILE.supervisor`` lists the workers, for ``status``.
 
 The workers die with it (``PR_SET_PDEATHSIG``, or a lifeline), as a
-supervisor's service does.  Its phases (``_phases.ARBITER_PHASES``) are the
+supervisor's service does.  Unlike a supervisor, it also runs in the
+foreground (``run``; ``start`` under a process manager): a manager is told
+READY=1 once all N are ready, not by each worker.  Its phases (``_phases.ARBITER_PHASES``) are the
 service's as a whole; each worker's is a word of its ``WorkerState``.
 """
 
@@ -63,9 +65,15 @@ def arbitrate(
     pidfile: PidFile,
     *,
     credentials: Credentials | None,
-    startup: StartupChannel,
+    startup: StartupChannel | None,
 ) -> int:
-    """Run in the detached daemon instead of ``serve``: keep N workers; return a status."""
+    """Keep N workers instead of ``serve``; return a status.
+
+    In the detached daemon (``startup``: the pipe to ``start``) or in the
+    foreground (``run``, and ``start`` under a process manager: none), where
+    a manager's ``NOTIFY_SOCKET`` hears READY=1 once all N are ready, and
+    ``WATCHDOG=1`` while none of them is hung.
+    """
     return _Arbiter(service, pidfile, startup).run(credentials)
 
 
@@ -87,7 +95,7 @@ class _Slot:
 class _Arbiter(Keeper):
     PHASES = ARBITER_PHASES
 
-    def __init__(self, service: Service, pidfile: PidFile, startup: StartupChannel) -> None:
+    def __init__(self, service: Service, pidfile: PidFile, startup: StartupChannel | None) -> None:
         super().__init__(service, pidfile, startup)
         self.slots = [_Slot(number, self.policy) for number in range(self.config.workers)]
         self.state.workers = [slot.state for slot in self.slots]
@@ -95,8 +103,11 @@ class _Arbiter(Keeper):
         # The first worker that failed and was not replaced: the arbiter's exit status.
         self.outcome: tuple[int, str | None] | None = None
         self.failed_as: str | None = None  # why it gave up, once the others have ended
+        self.next_ping: float | None = None  # a manager's watchdog (``WATCHDOG_USEC``)
 
     def begin(self) -> None:
+        if self.notifier.watchdog_interval is not None:
+            self.next_ping = time.monotonic()
         for slot in self.slots:
             self.spawn(slot)
 
@@ -118,11 +129,14 @@ class _Arbiter(Keeper):
                 due.append(child.started_monotonic + self.config.start_timeout)
         if self.phase == Phase.RUNNING and self.config.watchdog is not None:
             due.append(time.monotonic() + round_length(self.config.watchdog))
+        if self.next_ping is not None and self.phase in (Phase.STARTING, Phase.RUNNING):
+            due.append(self.next_ping)
         return min(due, default=None)
 
     def on_time(self) -> None:
-        """Replace, escalate, or end a hung worker, when its time has come."""
+        """Replace, escalate, or end a hung worker, when its time has come; ping a manager."""
         now = time.monotonic()
+        self.ping(now)
         for slot in self.slots:
             child = slot.child
             if child is None:
@@ -139,10 +153,23 @@ class _Arbiter(Keeper):
             elif child.ready and child.heartbeats is not None and self.watch(child):
                 self.mark(slot, Phase.ENDING_HUNG)
 
+    def ping(self, now: float) -> None:
+        """Tell a manager's watchdog that all is well, when it is due and no worker is hung."""
+        interval = self.notifier.watchdog_interval
+        if self.next_ping is None or interval is None or now < self.next_ping:
+            return
+        self.next_ping = now + interval
+        if self.phase in (Phase.STARTING, Phase.RUNNING) and self.stale() is None:
+            self.notifier.watchdog()
+
     def unhealthy(self) -> str | None:
         """Why the service is not healthy (the ``health`` command), or None."""
         if self.phase != Phase.RUNNING:
             return f"the service is {self.phase}, not running"
+        return self.stale()
+
+    def stale(self) -> str | None:
+        """Which ready worker's heartbeats are not fresh (``watchdog=``), and why; or None."""
         for slot in self.slots:
             child = slot.child
             if child is not None and child.ready and child.heartbeats is not None:
@@ -184,6 +211,7 @@ class _Arbiter(Keeper):
                 slot.child is not None and slot.child.ready for slot in self.slots
             ):
                 self.enter(Phase.RUNNING)  # starting -> running: before start hears of it
+                self.notifier.ready()
                 if startup is not None:
                     startup.ready()
                     self.startup = None  # closed by ready(): the start is reported
@@ -198,10 +226,11 @@ class _Arbiter(Keeper):
         slot.state.pid = slot.state.started = None
         slot.state.last_exit = f"{ended} at {_lastrun.clock(time.time())}"
         failed = status != 0 or child.hung is not None or child.exception is not None
-        if self.startup is not None:  # before all were ready: the start failed
+        if self.startup is not None or self.phase == Phase.STARTING:  # the start failed
             self.say(f"{slot.name(child)} {ended} before the service was ready; stopping the rest")
             self.outcome = self.outcome or (status, child.exception)
-            self.report_failed_start(child, ended, who=f"worker {slot.number}")
+            if self.startup is not None:
+                self.report_failed_start(child, ended, who=f"worker {slot.number}")
             self.end_all()
             return
         if self.phase == Phase.STOPPING:
@@ -279,6 +308,7 @@ class _Arbiter(Keeper):
         if self.phase in (Phase.STOPPING, *OVER):
             return
         self.stopping = signum
+        self.notifier.stopping()
         self.end_all()
 
     def reloadable(self) -> tuple[int, Callable[[], None]] | None:

@@ -10,6 +10,7 @@ import socket
 
 import pytest
 from conftest import children_of, is_gone, wait_for
+from test_managers import NotifyListener
 
 from daemonize_deco import daemon, worker_id
 
@@ -280,6 +281,34 @@ def reread_config():
         what="every worker's on_reload",
     )
     svc.stop_gracefully(arbiter)
+
+
+def test_run_in_the_foreground_keeps_the_workers_and_tells_the_manager(make_service, tmp_path):
+    listener = NotifyListener(str(tmp_path / "notify"))
+    svc = with_workers(make_service, workers=2, wait_ready=True, body="ready()\n" + SERVER)
+    env = dict(svc.env, NOTIFY_SOCKET=listener.env_value, WATCHDOG_USEC="400000")
+    with svc.log.open("w") as log:
+        proc = svc.popen("start", env=env, stdout=log, stderr=log)  # start acts as run
+    try:
+        listener.until("READY=1")
+        assert svc.read_pid() == proc.pid  # the arbiter is the manager's main process
+        pids = answering(port_of(svc), count=2)
+        assert proc.pid not in pids.values()
+        assert [w["phase"] for w in status_json(svc)["supervision"]["workers"]] == [
+            "running",
+            "running",
+        ]
+        listener.until("WATCHDOG=1")
+        proc.send_signal(signal.SIGTERM)
+        listener.until("STOPPING=1")
+        assert proc.wait(timeout=20) == 0
+        assert all(is_gone(pid) for pid in pids.values())
+        assert not svc.pidfile.exists()
+        assert svc.log_text().count("stopping ") == 2
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+        listener.sock.close()
 
 
 def test_bad_values_are_refused_at_decoration(tmp_path):
