@@ -108,6 +108,8 @@ def test_n_workers_serve_on_one_port(make_service):
     assert f"arbiter pid {arbiter}; 3 workers, running" in status.stdout
     for number, pid in seen.items():
         assert f"worker {number}: pid {pid}, up " in status.stdout
+    health = svc.cli("health")  # answered by the arbiter, for all of them
+    assert health.returncode == 0, health.stderr
     svc.stop_gracefully(arbiter)
 
 
