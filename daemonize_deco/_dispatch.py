@@ -19,7 +19,8 @@ With ``drain=S`` the first stop signal is only announced
 (``_signals.stop_announced()``: readiness probes fail from that instant);
 the stop itself (the flag, ``on_stop``, the delivery to main) comes S
 seconds later, when this thread's poll times out, or at once on a second
-stop signal.  The drain is its only other deadline.
+stop signal, or on the first when a restart handed the sockets on (the new
+instance serves them already).  The drain is its only other deadline.
 
 It also answers the claim socket (``_claim``: a restart's handover, a
 deleted pidfile put back, the ``health`` command's question).  While it
@@ -138,6 +139,8 @@ class Dispatcher(SignalPath):
         start_watch: StartWatch | None = None,
         settle: tuple[int, Callable[[], None]] | None = None,
         drain: float = 0.0,
+        drain_record: str | None = None,
+        replaced: Callable[[], bool] | None = None,
     ) -> None:
         self._record_fd = record_fd
         # A handover's new instance: the restart's pipe, and what to do once it
@@ -153,8 +156,12 @@ class Dispatcher(SignalPath):
         self._reap_children = reap_children
         self._stop_requests = 0
         self._drain = drain
+        # Whether a restart handed the sockets on (``_handover``): its stop needs no drain.
+        self._replaced = replaced
         # During a drain: when it ends (monotonic) and the signal that began it.
         self._draining: tuple[float, int] | None = None
+        self._drain_record = drain_record  # the pidfile, beside which a drain is told (status)
+        self._drain_recorded = False
         self._finished = _thread.allocate_lock()
         # Guards the flags below between the thread and the fork hooks.
         self._lock = _thread.allocate_lock()
@@ -195,6 +202,8 @@ class Dispatcher(SignalPath):
                 meanwhile.ask_to_end()
         _signals.wake_dispatcher()
         deadline = time.monotonic() + timeout
+        if self._drain_recorded:
+            self._record_drain(begun=False)  # the run ends within its drain
         # The claim must be answered no more once this returns (the sockets
         # it hands over are closed next), even if a callback runs on.
         if meanwhile is not None:
@@ -308,13 +317,34 @@ class Dispatcher(SignalPath):
     def _end_drain_when_due(self) -> None:
         """The drain is over: the stop it held back reaches main now."""
         if self._draining is not None and time.monotonic() >= self._draining[0]:
-            self._end_drain()
+            self._end_drain(hand_on=True)
 
-    def _end_drain(self) -> None:
+    def _end_drain(self, *, hand_on: bool = False) -> None:
+        """The stop goes on; ``hand_on``: a framework's handler held back hears it now.
+
+        Not when a second stop signal ended the drain: the chain gives that
+        one to the framework's handler itself (``_takeover``), and a second
+        would be its Ctrl-C twice.
+        """
         assert self._draining is not None
         _, signum = self._draining
         self._draining = None
+        self._record_drain(begun=False)
+        if hand_on:
+            _signals.hand_on_to_frameworks()
         self._stop(signum)
+
+    def _record_drain(self, *, begun: bool) -> None:
+        """Tell ``status`` that the drain began, or is over (``_draining``)."""
+        if self._drain_record is None:
+            return
+        from . import _draining  # noqa: PLC0415 -- only a service that drains pays for it
+
+        if begun:
+            _draining.began(self._drain_record, os.getpid(), self._drain)
+            self._drain_recorded = True
+        else:
+            _draining.ended(self._drain_record)
 
     def _settle_when_told(self, poller: select.poll) -> None:
         """Once the restart's pipe has closed: settle, then answer the claim from now on."""
@@ -415,16 +445,32 @@ class Dispatcher(SignalPath):
         if self._stop_requests > 1:
             return  # the drain's second signal, after the drain: the stop is on its way
         if self._drain > 0 and not _signals.stop_requested():
-            # ``drain=``: announced now (readiness probes fail), main hears of it later.
-            self._draining = (_signals.announce_stop() + self._drain, signum)
-            print(
-                f"daemonize_deco: {_signals.signal_name(signum)}: draining for "
-                f"{self._drain:g}s before main is told to stop",
-                file=sys.stderr,
-                flush=True,
-            )
-            return
+            if not self._was_replaced():
+                self._begin_drain(signum)
+                return
+            _say(f"{_signals.signal_name(signum)}: no drain, a restart handed the sockets on")
+            _signals.hand_on_to_frameworks()  # the chain held it back for a drain
         self._stop(signum)
+
+    def _begin_drain(self, signum: int) -> None:
+        """``drain=``: the stop is announced now (readiness probes fail), main hears of it later."""
+        self._draining = (_signals.announce_stop() + self._drain, signum)
+        self._record_drain(begun=True)
+        _say(
+            f"{_signals.signal_name(signum)}: draining for {self._drain:g}s "
+            "before main is told to stop"
+        )
+
+    def _was_replaced(self) -> bool:
+        """Whether the stop comes from a restart that handed everything on: nothing to drain.
+
+        The sockets are the new instance's too, and it accepts on them (an
+        old one unsupervised was told to stop accepting first: ``_quiesce``).
+        """
+        try:
+            return self._replaced is not None and self._replaced()
+        except OSError:
+            return False
 
     def _stop(self, signum: int) -> None:
         """The stop reaches main: the flag, the ``on_stop`` callbacks, the delivery."""
@@ -519,6 +565,10 @@ def wait_in_slices(wait: Callable[[float], bool], timeout: float) -> bool:
         if time.monotonic() >= deadline:
             return False
     return True
+
+
+def _say(text: str) -> None:
+    print(f"daemonize_deco: {text}", file=sys.stderr, flush=True)
 
 
 def _run(callback: Callback, role: str) -> str | None:

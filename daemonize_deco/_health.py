@@ -13,7 +13,11 @@ bound is fixed: a request's head must arrive whole within ``_DEADLINE``
 seconds and ``_HEAD_LIMIT`` bytes (else 408 or 431, and the connection
 closes); at most ``_CONNECTIONS`` are open, a new one closing the oldest,
 so a flood of idle connections cannot keep a probe out for long.  One
-request a connection, answered with ``Connection: close``.
+request a connection, answered with ``Connection: close``.  Those bounds
+live in :class:`Connections`, which neither polls nor owns the listener, and
+whose answers are pluggable: under ``restart=`` the supervisor, between a
+run's end and the next start, answers with its own (``_between_runs``), in
+its own poll loop.
 
 - ``GET /livez``: 200 while the service is alive: its dispatcher thread runs
   and, with ``watchdog=S``, main has not been silent for more than S/2
@@ -32,23 +36,27 @@ import os
 import select
 import time
 
-from . import _heartbeat, _platform, _proc, _signals
+from . import _draining, _heartbeat, _notify, _platform, _proc, _signals
 from ._hygiene import set_thread_name
 from ._ready import unready, when_ready
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
-    from collections.abc import Callable
+    from collections.abc import Callable, Collection
 
-    from ._config import Service
+    from ._config import Service, ServiceConfig
 
 __all__ = [
+    "Answers",
+    "Connections",
     "HealthServer",
+    "ServiceAnswers",
     "liveness",
     "main_ended",
     "open_endpoint",
     "readiness",
+    "status_object",
     "stop_answering",
 ]
 
@@ -100,6 +108,16 @@ def liveness() -> tuple[bool, str]:
     return True, "alive"
 
 
+def _systemd_watchdog() -> float | None:
+    """The ``WatchdogSec`` of a systemd that watches this process, else None.
+
+    Without ``watchdog=``, main's heartbeats are judged against it (``_runtime``):
+    /livez turns 503 before systemd ends the service, as with ``watchdog=``.
+    """
+    interval = _notify.current().watchdog_interval
+    return None if interval is None else 2 * interval
+
+
 def main_ended() -> None:
     """Main has returned or raised: the service takes no more traffic."""
     _watched.main_ended = True
@@ -114,22 +132,253 @@ class _Connection:
         self.deadline = time.monotonic() + _DEADLINE
 
 
+class Answers:
+    """What the endpoint says: the service's (:class:`ServiceAnswers`) or its supervisor's."""
+
+    def livez(self) -> tuple[bool, str]:
+        """``/livez``: alive, and why (not)."""
+        raise NotImplementedError
+
+    def readyz(self) -> tuple[bool, str]:
+        """``/readyz``: takes traffic, and why (not)."""
+        raise NotImplementedError
+
+    def status(self) -> dict[str, object]:
+        """``/status``: the ``status --json`` object."""
+        raise NotImplementedError
+
+
+class ServiceAnswers(Answers):
+    """The service's answers: :func:`liveness`, :func:`readiness`, itself as it knows itself."""
+
+    def __init__(self, service: Service) -> None:
+        self._config = service.config
+        self._started = time.time()
+
+    def livez(self) -> tuple[bool, str]:
+        """:func:`liveness`."""
+        return liveness()
+
+    def readyz(self) -> tuple[bool, str]:
+        """:func:`readiness`."""
+        return readiness()
+
+    def status(self) -> dict[str, object]:
+        """The ``status --json`` object, as this process knows itself (+ ready, live)."""
+        return status_object(self._config, self._started, ready=readiness(), live=liveness())
+
+
+class Connections:
+    """A listener's connections, each answered once, within the bounds every client gets.
+
+    It neither polls nor closes the listener: whoever owns them does
+    (:class:`HealthServer`'s thread, or a supervisor's loop), calling
+    :meth:`watch` with a poll object, polling for :meth:`timeout`, then
+    :meth:`handle` with what is ready; the descriptors it registers, it
+    registers on that same poll object.
+    """
+
+    def __init__(self, listener: socket.socket, answers: Answers) -> None:
+        self.listener = listener
+        self.answers = answers
+        self.open: dict[int, _Connection] = {}  # by descriptor, oldest first
+        self.paused_until: float | None = None
+        self.accepting = True  # the listener is in the poll set
+        self.closing = False
+        listener.setblocking(False)
+
+    def watch(self, poller: select.poll) -> None:
+        """Register on ``poller`` what this waits on: the listener (accepting), each connection."""
+        if self.accepting:
+            poller.register(self.listener.fileno(), select.POLLIN)
+        for fd in self.open:
+            poller.register(fd, select.POLLIN)
+
+    def timeout(self) -> int | None:
+        """Milliseconds to the next deadline; None (wait for ever) when nothing is open."""
+        deadlines = [c.deadline for c in self.open.values()]
+        if self.paused_until is not None:
+            deadlines.append(self.paused_until)
+        if not deadlines:
+            return None
+        return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
+
+    def handle(self, poller: select.poll, ready: Collection[int]) -> None:
+        """What ``poller`` said is ready, then the deadlines."""
+        # Requests first, then new connections: a flood queued behind a
+        # probe must not crowd out the probe whose request has come.
+        for fd in [fd for fd in ready if fd in self.open]:
+            if fd in self.open:
+                self._read(poller, fd)
+        if self.accepting and self.listener.fileno() in ready:
+            self._accept(poller)
+        self._expire(poller)
+        self._resume_accepting(poller)
+
+    def start_accepting(self, poller: select.poll) -> None:
+        """Accept from now on (unless closing, or paused for want of descriptors)."""
+        if not self.accepting and not self.closing and self.paused_until is None:
+            self.accepting = True
+            poller.register(self.listener.fileno(), select.POLLIN)
+
+    def stop_accepting(self, poller: select.poll, grace: float) -> None:
+        """Accept no more; what was accepted has ``grace`` seconds left to be answered.
+
+        A connection accepted and closed unanswered would be reset: a probe
+        lost at a restart, though the next instance would have answered it.
+        """
+        self.closing = True
+        if self.accepting:
+            poller.unregister(self.listener.fileno())
+        self.accepting = False
+        self.paused_until = None
+        last = time.monotonic() + grace
+        for connection in self.open.values():
+            connection.deadline = min(connection.deadline, last)
+
+    def finish(self) -> None:
+        """Accept no more, answer now what was accepted, close it (never the listener).
+
+        Each connection is read once more: a request come whole is answered;
+        one still incomplete gets 408 rather than a reset.
+        """
+        poller = select.poll()
+        self.watch(poller)
+        self.stop_accepting(poller, 0.0)
+        for fd in list(self.open):
+            self._read(poller, fd)
+        self._expire(poller)
+
+    def close_connections(self) -> None:
+        """Close every connection, unanswered (the listener stays)."""
+        for connection in self.open.values():
+            connection.sock.close()
+        self.open.clear()
+
+    def _accept(self, poller: select.poll) -> None:
+        begun = time.monotonic()
+        for _ in range(_ACCEPTS_A_ROUND):
+            try:
+                sock, _address = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # No room, the connection stays queued and poll() would return at
+                # once: make room if we hold one from before this round (never the
+                # probe just accepted), else look away for a moment.
+                if exc.errno in _NO_ROOM and not self._drop_oldest(poller, before=begun):
+                    poller.unregister(self.listener.fileno())
+                    self.accepting = False
+                    self.paused_until = time.monotonic() + _NO_ROOM_PAUSE
+                    return
+                continue  # ECONNABORTED and the like: that one is gone
+            sock.setblocking(False)
+            if len(self.open) >= _CONNECTIONS:
+                self._drop_oldest(poller)
+            fd = sock.fileno()
+            self.open[fd] = _Connection(sock)
+            poller.register(fd, select.POLLIN)
+            # A probe sends its request with the connect: answered now, before
+            # the connections queued behind it (a flood) could crowd it out.
+            self._read(poller, fd)
+
+    def _drop_oldest(self, poller: select.poll, before: float | None = None) -> bool:
+        """Close the oldest connection that has sent nothing (else the oldest); False if none.
+
+        ``before``: only one opened before then.
+        """
+        opened = [
+            fd for fd, c in self.open.items() if before is None or c.deadline - _DEADLINE < before
+        ]
+        if not opened:
+            return False
+        silent = [fd for fd in opened if not self.open[fd].head]
+        oldest = (silent or opened)[0]
+        self._read(poller, oldest)  # its request may have come meanwhile: answered, it goes
+        if oldest in self.open:
+            self._drop(poller, oldest)
+        return True
+
+    def _drop(self, poller: select.poll, fd: int) -> None:
+        connection = self.open.pop(fd)
+        poller.unregister(fd)
+        connection.sock.close()
+
+    def _resume_accepting(self, poller: select.poll) -> None:
+        if (
+            not self.closing
+            and self.paused_until is not None
+            and time.monotonic() >= self.paused_until
+        ):
+            self.paused_until = None
+            self.accepting = True
+            poller.register(self.listener.fileno(), select.POLLIN)
+
+    def _expire(self, poller: select.poll) -> None:
+        now = time.monotonic()
+        for fd in [fd for fd, c in self.open.items() if c.deadline <= now]:
+            _reply(self.open[fd], 408, "request not received in time\n")
+            self._drop(poller, fd)
+
+    def _read(self, poller: select.poll, fd: int) -> None:
+        connection = self.open[fd]
+        try:
+            data = connection.sock.recv(_HEAD_LIMIT + 1 - len(connection.head))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(poller, fd)
+            return
+        connection.head += data
+        end = connection.head.find(b"\r\n\r\n")
+        if end < 0:
+            end = connection.head.find(b"\n\n")
+        if end >= 0:
+            try:
+                self._answer(connection, bytes(connection.head[:end]))
+            except Exception as exc:  # noqa: BLE001 -- one answer's failure must not end the thread
+                _reply(connection, 500, f"{type(exc).__name__}: {exc}\n")
+            self._drop(poller, fd)
+        elif len(connection.head) > _HEAD_LIMIT:
+            _reply(connection, 431, "request head too large\n")
+            self._drop(poller, fd)
+
+    def _answer(self, connection: _Connection, head: bytes) -> None:
+        words = head.split(b"\n", 1)[0].strip().split(b" ")
+        if len(words) != 3 or not words[2].startswith(b"HTTP/1."):
+            _reply(connection, 400, "expected: GET /livez HTTP/1.1\n")
+            return
+        method, target = words[0], words[1].split(b"?", 1)[0]
+        if method != b"GET":
+            _reply(connection, 405, "only GET\n", extra=b"Allow: GET\r\n")
+            return
+        if target == b"/status":
+            import json  # noqa: PLC0415 -- only a /status asked for pays for it
+
+            body = json.dumps(self.answers.status()) + "\n"
+            _reply(connection, 200, body, content_type=b"application/json")
+            return
+        question = {b"/livez": self.answers.livez, b"/readyz": self.answers.readyz}.get(target)
+        if question is None:
+            _reply(connection, 404, "try /livez, /readyz or /status\n")
+            return
+        yes, why = question()
+        _reply(connection, 200 if yes else 503, why + "\n")
+
+
 class HealthServer:
     """The endpoint's listening socket and the thread that answers on it."""
 
     def __init__(self, sock: socket.socket, service: Service) -> None:
         self._listener = sock
         self._service = service
-        self._started = time.time()
+        self._connections = Connections(sock, ServiceAnswers(service))
         self._wake_read, self._wake_write = os.pipe()
         self._finished = _thread.allocate_lock()
         self._lock = _thread.allocate_lock()  # guards closing the descriptors
-        self._open: dict[int, _Connection] = {}  # by descriptor, oldest first
-        self._paused_until: float | None = None
         self._running = False
-        self._closing = False
-        self._accepting = True  # the listener is in the poll set
-        sock.setblocking(False)
 
     def start(self, dispatcher_answers: Callable[[], bool], *, once_ready: bool = False) -> None:
         """Start answering, now (before the service may become ready) or ``once_ready``.
@@ -138,9 +387,9 @@ class HealthServer:
         which answers until the new one is ready: a probe meanwhile must not
         hear "starting" from an instance nobody routes to yet.
         """
-        _watched.limit = self._service.config.watchdog
+        _watched.limit = self._service.config.watchdog or _systemd_watchdog()
         _watched.dispatcher_answers = dispatcher_answers
-        self._accepting = not once_ready
+        self._connections.accepting = not once_ready
         if once_ready:
             when_ready(self._begin_accepting)
         self._finished.acquire()
@@ -185,9 +434,7 @@ class HealthServer:
     def _close_descriptors(self) -> None:
         if self._wake_write < 0:
             return
-        for connection in self._open.values():
-            connection.sock.close()
-        self._open.clear()
+        self._connections.close_connections()
         self._listener.close()
         for fd in (self._wake_read, self._wake_write):
             os.close(fd)
@@ -203,236 +450,108 @@ class HealthServer:
             self._finished.release()
 
     def _loop(self) -> None:
+        connections = self._connections
         poller = select.poll()
         poller.register(self._wake_read, select.POLLIN)
-        if self._accepting:
-            poller.register(self._listener.fileno(), select.POLLIN)
-        while self._open or not self._closing:
-            events = poller.poll(self._timeout())
-            # Requests first, then new connections: a flood queued behind a
-            # probe must not crowd out the probe whose request has come.
-            events.sort(key=lambda event: event[0] in (self._wake_read, self._listener.fileno()))
-            for fd, _ in events:
-                if fd == self._wake_read:
-                    self._woken(poller)
-                elif fd == self._listener.fileno():
-                    self._accept(poller)
-                elif fd in self._open:
-                    self._read(poller, fd)
-            self._expire(poller)
-            self._resume_accepting(poller)
+        connections.watch(poller)
+        while connections.open or not connections.closing:
+            ready = {fd for fd, _ in poller.poll(connections.timeout())}
+            if self._wake_read in ready:
+                self._woken(poller)
+            connections.handle(poller, ready)
 
     def _woken(self, poller: select.poll) -> None:
         told = os.read(self._wake_read, 64)
         if _CLOSE in told:
-            self._stop_accepting(poller)
-        elif _ACCEPT in told and not self._accepting and self._paused_until is None:
-            self._accepting = True
-            poller.register(self._listener.fileno(), select.POLLIN)
+            poller.unregister(self._wake_read)
+            self._connections.stop_accepting(poller, _LAST_ANSWERS)
+        elif _ACCEPT in told:
+            self._connections.start_accepting(poller)
 
-    def _stop_accepting(self, poller: select.poll) -> None:
-        """Told to close: answer what was accepted (briefly), accept no more.
 
-        A connection accepted and closed unanswered would be reset: a probe
-        lost at a restart, though the next instance would have answered it.
-        """
-        self._closing = True
-        poller.unregister(self._wake_read)
-        if self._accepting:
-            poller.unregister(self._listener.fileno())
-        self._accepting = False
-        self._paused_until = None
-        last = time.monotonic() + _LAST_ANSWERS
-        for connection in self._open.values():
-            connection.deadline = min(connection.deadline, last)
+def _reply(
+    connection: _Connection,
+    code: int,
+    body: str,
+    *,
+    content_type: bytes = b"text/plain; charset=utf-8",
+    extra: bytes = b"",
+) -> None:
+    """Send the whole answer if the socket takes it at once (it is small); else drop it."""
+    data = body.encode("utf-8", "replace")
+    response = b"".join((
+        f"HTTP/1.1 {code} {_REASONS[code]}\r\n".encode(),
+        b"Content-Type: " + content_type + b"\r\n",
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n".encode(),
+        extra,
+        b"\r\n",
+        data,
+    ))  # fmt: skip
+    try:
+        connection.sock.send(response)
+    except OSError:
+        pass  # gone, or not reading: nothing to wait for
 
-    def _timeout(self) -> int | None:
-        """Milliseconds to the next deadline; None (wait for ever) when nothing is open."""
-        deadlines = [c.deadline for c in self._open.values()]
-        if self._paused_until is not None:
-            deadlines.append(self._paused_until)
-        if not deadlines:
-            return None
-        return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
 
-    def _accept(self, poller: select.poll) -> None:
-        begun = time.monotonic()
-        for _ in range(_ACCEPTS_A_ROUND):
-            try:
-                sock, _address = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # No room, the connection stays queued and poll() would return at
-                # once: make room if we hold one from before this round (never the
-                # probe just accepted), else look away for a moment.
-                if exc.errno in _NO_ROOM and not self._drop_oldest(poller, before=begun):
-                    poller.unregister(self._listener.fileno())
-                    self._accepting = False
-                    self._paused_until = time.monotonic() + _NO_ROOM_PAUSE
-                    return
-                continue  # ECONNABORTED and the like: that one is gone
-            sock.setblocking(False)
-            if len(self._open) >= _CONNECTIONS:
-                self._drop_oldest(poller)
-            fd = sock.fileno()
-            self._open[fd] = _Connection(sock)
-            poller.register(fd, select.POLLIN)
-            # A probe sends its request with the connect: answered now, before
-            # the connections queued behind it (a flood) could crowd it out.
-            self._read(poller, fd)
+def status_object(
+    config: ServiceConfig,
+    started: float,
+    *,
+    ready: tuple[bool, str],
+    live: tuple[bool, str],
+    supervision: dict[str, object] | None = None,
+    listening: bool = True,
+) -> dict[str, object]:
+    """The ``status --json`` object, as this process knows itself (+ ready, live).
 
-    def _drop_oldest(self, poller: select.poll, before: float | None = None) -> bool:
-        """Close the oldest connection that has sent nothing (else the oldest); False if none.
+    ``listening=False``: not looked for (None): it reads the host's socket
+    tables, which can take a busy host's loop a second.
+    """
+    pid = os.getpid()
+    rss = threads = fds = children = sockets = cpu = None
+    if _platform.has_proc():
+        rss, threads = _proc.memory_and_threads(pid) or (None, None)
+        targets = _proc.fd_targets(pid)
+        fds = len(targets)
+        children = _proc.children_of(pid)
+        inodes = {t[len("socket:[") : -1] for t in targets if t.startswith("socket:[")}
+        if listening:
+            sockets = _proc.listening_sockets(inodes) if inodes else []
+        busy, up = _proc.cpu_seconds(pid), _proc.uptime(pid)
+        cpu = None if busy is None else (round(100 * busy / up, 1) if up else 0.0)
+    return {
+        "name": config.name,
+        "pidfile": config.pidfile,
+        "running": True,
+        "pid": pid,
+        "uptime_s": round(time.time() - started, 3),
+        # Not said over the network: main's options may carry a secret.
+        "options": None,
+        "rss_bytes": rss,
+        "cpu_percent": cpu,
+        "threads": threads,
+        "open_fds": fds,
+        "children": children,
+        "listening": sockets,
+        "pidfile_left_behind": False,
+        "leftovers": [],
+        "pidfile_foreign_owner": None,
+        "note": None,
+        "failed": None,
+        "draining_s": _draining_left(config.pidfile, pid),
+        "supervision": supervision,
+        "last_run": None,
+        "ready": ready[0],
+        "readiness": ready[1],
+        "live": live[0],
+        "liveness": live[1],
+    }
 
-        ``before``: only one opened before then.
-        """
-        opened = [
-            fd for fd, c in self._open.items() if before is None or c.deadline - _DEADLINE < before
-        ]
-        if not opened:
-            return False
-        silent = [fd for fd in opened if not self._open[fd].head]
-        oldest = (silent or opened)[0]
-        self._read(poller, oldest)  # its request may have come meanwhile: answered, it goes
-        if oldest in self._open:
-            self._drop(poller, oldest)
-        return True
 
-    def _drop(self, poller: select.poll, fd: int) -> None:
-        connection = self._open.pop(fd)
-        poller.unregister(fd)
-        connection.sock.close()
-
-    def _resume_accepting(self, poller: select.poll) -> None:
-        if (
-            not self._closing
-            and self._paused_until is not None
-            and time.monotonic() >= self._paused_until
-        ):
-            self._paused_until = None
-            self._accepting = True
-            poller.register(self._listener.fileno(), select.POLLIN)
-
-    def _expire(self, poller: select.poll) -> None:
-        now = time.monotonic()
-        for fd in [fd for fd, c in self._open.items() if c.deadline <= now]:
-            self._reply(self._open[fd], 408, "request not received in time\n")
-            self._drop(poller, fd)
-
-    def _read(self, poller: select.poll, fd: int) -> None:
-        connection = self._open[fd]
-        try:
-            data = connection.sock.recv(_HEAD_LIMIT + 1 - len(connection.head))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(poller, fd)
-            return
-        connection.head += data
-        end = connection.head.find(b"\r\n\r\n")
-        if end < 0:
-            end = connection.head.find(b"\n\n")
-        if end >= 0:
-            try:
-                self._answer(connection, bytes(connection.head[:end]))
-            except Exception as exc:  # noqa: BLE001 -- one answer's failure must not end the thread
-                self._reply(connection, 500, f"{type(exc).__name__}: {exc}\n")
-            self._drop(poller, fd)
-        elif len(connection.head) > _HEAD_LIMIT:
-            self._reply(connection, 431, "request head too large\n")
-            self._drop(poller, fd)
-
-    def _answer(self, connection: _Connection, head: bytes) -> None:
-        words = head.split(b"\n", 1)[0].strip().split(b" ")
-        if len(words) != 3 or not words[2].startswith(b"HTTP/1."):
-            self._reply(connection, 400, "expected: GET /livez HTTP/1.1\n")
-            return
-        method, target = words[0], words[1].split(b"?", 1)[0]
-        if method != b"GET":
-            self._reply(connection, 405, "only GET\n", extra=b"Allow: GET\r\n")
-            return
-        if target == b"/status":
-            import json  # noqa: PLC0415 -- only a /status asked for pays for it
-
-            body = json.dumps(self._status()) + "\n"
-            self._reply(connection, 200, body, content_type=b"application/json")
-            return
-        question = {b"/livez": liveness, b"/readyz": readiness}.get(target)
-        if question is None:
-            self._reply(connection, 404, "try /livez, /readyz or /status\n")
-            return
-        yes, why = question()
-        self._reply(connection, 200 if yes else 503, why + "\n")
-
-    @staticmethod
-    def _reply(
-        connection: _Connection,
-        code: int,
-        body: str,
-        *,
-        content_type: bytes = b"text/plain; charset=utf-8",
-        extra: bytes = b"",
-    ) -> None:
-        """Send the whole answer if the socket takes it at once (it is small); else drop it."""
-        data = body.encode("utf-8", "replace")
-        response = b"".join((
-            f"HTTP/1.1 {code} {_REASONS[code]}\r\n".encode(),
-            b"Content-Type: " + content_type + b"\r\n",
-            f"Content-Length: {len(data)}\r\nConnection: close\r\n".encode(),
-            extra,
-            b"\r\n",
-            data,
-        ))  # fmt: skip
-        try:
-            connection.sock.send(response)
-        except OSError:
-            pass  # gone, or not reading: nothing to wait for
-
-    def _status(self) -> dict[str, object]:
-        """The ``status --json`` object, as this process knows itself (+ ready, live)."""
-        config = self._service.config
-        pid = os.getpid()
-        rss = threads = fds = children = listening = cpu = None
-        if _platform.has_proc():
-            rss, threads = _proc.memory_and_threads(pid) or (None, None)
-            targets = _proc.fd_targets(pid)
-            fds = len(targets)
-            children = _proc.children_of(pid)
-            inodes = {t[len("socket:[") : -1] for t in targets if t.startswith("socket:[")}
-            listening = _proc.listening_sockets(inodes) if inodes else []
-            busy, up = _proc.cpu_seconds(pid), _proc.uptime(pid)
-            cpu = None if busy is None else (round(100 * busy / up, 1) if up else 0.0)
-        ready, why_not_ready = readiness()
-        live, why_not_live = liveness()
-        return {
-            "name": config.name,
-            "pidfile": config.pidfile,
-            "running": True,
-            "pid": pid,
-            "uptime_s": round(time.time() - self._started, 3),
-            # Not said over the network: main's options may carry a secret.
-            "options": None,
-            "rss_bytes": rss,
-            "cpu_percent": cpu,
-            "threads": threads,
-            "open_fds": fds,
-            "children": children,
-            "listening": listening,
-            "pidfile_left_behind": False,
-            "leftovers": [],
-            "pidfile_foreign_owner": None,
-            "note": None,
-            "failed": None,
-            "supervision": None,
-            "last_run": None,
-            "ready": ready,
-            "readiness": why_not_ready,
-            "live": live,
-            "liveness": why_not_live,
-        }
+def _draining_left(pidfile: str, pid: int) -> float | None:
+    """Seconds left of this process's ``drain=`` stop (its own record: ``_draining``)."""
+    seconds = _draining.left(pidfile, (os.geteuid(),), pid)
+    return None if seconds is None else round(seconds, 3)
 
 
 def open_endpoint(service: Service) -> HealthServer:

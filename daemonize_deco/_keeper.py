@@ -10,7 +10,11 @@ without the pidfile and say on a pipe when they are ready and how they ended.
 :class:`Keeper` is their common life: set up, then one thread blocked in
 ``poll`` (:meth:`Keeper.round`) that reads the children's lines, the
 recorded signals, the claim and the reload relay, and reaps the children
-that exited; a restart's handover (settling); the record of the end and the
+that exited; a restart's handover (settling); with ``health=``, the
+endpoint answered in the service's place while no child runs
+(:meth:`Keeper.answer_probes`, ``_between_runs``: in this loop, and not at
+all once a child is forked); a stop asked for again, passed on to the
+children with ``drain=`` (it ends their drain); the record of the end and the
 pidfile.  A subclass says which children it has, what is due when
 (``phase_deadline``, ``on_time``), what a child's line means to it, and what
 to do when one ends.  Its phase (``_phases``) changes only through
@@ -56,6 +60,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from ._config import Service
+    from ._health import Connections
     from ._hygiene import Credentials
     from ._pidfile import PidFile
     from ._reload_relay import ReloadRelay
@@ -173,6 +178,7 @@ class Keeper(SignalPath):
         self.ending: tuple[int, str | None, str | None] | None = None  # status, exception, failed
         self.starter_removes_pidfile = False  # it heard of a failed start, and shares the lock
         self.relay: ReloadRelay | None = None  # made at the first reload
+        self.endpoint: Connections | None = None  # health='s, answered by us while no child runs
 
     # -- what a subclass says ---------------------------------------------------------
 
@@ -212,6 +218,10 @@ class Keeper(SignalPath):
         """The child to ask for a reload, and how to signal; None while none is ready."""
         raise NotImplementedError
 
+    def between_runs(self) -> str:
+        """What the endpoint's ``/readyz`` says while no child runs (``answer_probes``)."""
+        raise NotImplementedError
+
     # -- the life of the keeper ----------------------------------------------------------
 
     def run(self, credentials: Credentials | None) -> int:
@@ -238,6 +248,7 @@ class Keeper(SignalPath):
             finally:
                 if self.relay is not None:
                     self.relay.close()
+                self.stop_answering()
                 self.close_sockets()
             assert self.ending is not None
             status, exception, failed = self.ending
@@ -249,25 +260,11 @@ class Keeper(SignalPath):
         if self.settling is not None and self.settling.fileno() < 0:
             self.settle(self.settling)  # closed already: the restart was gone before we held it
         poller = select.poll()
-        poller.register(self.record_fd, select.POLLIN)
-        # Not the control socket: its requests are taken up at the SIGHUP that
-        # follows them, and one queued without it would keep poll() from sleeping;
-        # nor, while settling, the claim, which is answered only once settled.
-        claim = None if self.claim is None or self.settling is not None else self.claim.fileno()
-        relay = None if self.relay is None else self.relay.fileno()
-        for fd in (claim, relay):
-            if fd is not None:
-                poller.register(fd, select.POLLIN)
-        watched = [(child, child.watch(poller)) for child in self.children()]
-        settling = self.settling
-        if settling is not None and settling.fileno() >= 0:
-            poller.register(settling.fileno(), 0)  # POLLERR alone: the restart closed it
-        deadline = self.next_deadline()
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
-        if any(exit_fd is None for _, exit_fd in watched):  # only polling tells when one exits
-            polling = ProcessHandle.POLL_INTERVAL * 1000
-            timeout = polling if timeout is None else min(timeout, polling)
-        ready = {fd for fd, _ in poller.poll(timeout)}
+        settling, endpoint = self.settling, self.endpoint
+        watched = self.watch_all(poller)
+        # Only polling tells when a child without an exit descriptor exits.
+        polled = any(exit_fd is None for _, exit_fd in watched)
+        ready = {fd for fd, _ in poller.poll(self.poll_timeout(polled=polled, endpoint=endpoint))}
         for child, _ in watched:
             if child.channel_fd in ready:
                 self.read_child(child)
@@ -285,7 +282,39 @@ class Keeper(SignalPath):
         for child, exit_fd in watched:
             if child in self.children() and _exited(child.process, exit_fd, ready):
                 self.child_ended(child)
+        if endpoint is not None and endpoint is self.endpoint:
+            # Non-blocking and bounded: no client delays the restart below.
+            endpoint.handle(poller, ready)
         self.on_time()
+
+    def watch_all(self, poller: select.poll) -> list[tuple[Child, int | None]]:
+        """Have ``poller`` watch what a round waits for; the children, each with its exit fd."""
+        poller.register(self.record_fd, select.POLLIN)
+        # Not the control socket: its requests are taken up at the SIGHUP that
+        # follows them, and one queued without it would keep poll() from sleeping;
+        # nor, while settling, the claim, which is answered only once settled.
+        claim = None if self.claim is None or self.settling is not None else self.claim.fileno()
+        relay = None if self.relay is None else self.relay.fileno()
+        for fd in (claim, relay):
+            if fd is not None:
+                poller.register(fd, select.POLLIN)
+        watched = [(child, child.watch(poller)) for child in self.children()]
+        settling = self.settling
+        if settling is not None and settling.fileno() >= 0:
+            poller.register(settling.fileno(), 0)  # POLLERR alone: the restart closed it
+        if self.endpoint is not None:
+            self.endpoint.watch(poller)
+        return watched
+
+    def poll_timeout(self, *, polled: bool, endpoint: Connections | None) -> float | None:
+        """Milliseconds poll may sleep (None: for ever): to a deadline, an exit poll, a client's."""
+        deadline = self.next_deadline()
+        waits = [] if deadline is None else [max(0.0, deadline - time.monotonic()) * 1000]
+        if polled:
+            waits.append(ProcessHandle.POLL_INTERVAL * 1000)
+        if endpoint is not None and (answer_by := endpoint.timeout()) is not None:
+            waits.append(answer_by)
+        return min(waits, default=None)
 
     def settle(self, channel: StartupChannel) -> None:
         """The restart that started us is over: be the service, or stand down."""
@@ -328,6 +357,7 @@ class Keeper(SignalPath):
 
     def fork_child(self, heartbeats: mmap.mmap | None, worker: int | None = None) -> Child:
         """Fork a run of the service (worker ``worker``, if one); in the child, never return."""
+        self.stop_answering()  # the child answers the endpoint now
         try:
             read_end, write_end = os.pipe()
         except OSError as exc:  # no descriptor left (ulimit -n)
@@ -356,7 +386,13 @@ class Keeper(SignalPath):
             if worker is not None:
                 become_worker(worker)
             channel = StartupChannel(channel_fd, supervised=True)
-            status = serve(self.service, None, startup=channel, heartbeats=heartbeats)
+            status = serve(
+                self.service,
+                None,
+                startup=channel,
+                heartbeats=heartbeats,
+                replaced=lambda: self.pidfile.handed_on_seen_by(self.pid),
+            )
         except SystemExit as exc:
             status = exit_status(exc.code)
         except BaseException:  # noqa: BLE001 -- everything must end here, in the child
@@ -438,6 +474,32 @@ class Keeper(SignalPath):
             child.kill_at = None
             child.process.send(signal.SIGKILL)
 
+    # -- the health endpoint, while no child answers it --------------------------------
+
+    def answer_probes(self) -> None:
+        """With ``health=``, answer its probes until the next fork (``_between_runs``)."""
+        if self.config.health is None or self.endpoint is not None:
+            return
+        from ._between_runs import SupervisorAnswers  # noqa: PLC0415 -- health=
+        from ._health import Connections  # noqa: PLC0415 -- health= only
+        from ._listeners import open_health  # noqa: PLC0415 -- loaded with the service already
+
+        try:
+            listener = open_health(self.config.health)  # the one bound by start, held since
+        except OSError as exc:
+            self.say(f"cannot answer the health endpoint while restarting: {exc}")
+            return
+        answers = SupervisorAnswers(
+            self.config, self.started, self.between_runs, self.state.to_json
+        )
+        self.endpoint = Connections(listener, answers)
+
+    def stop_answering(self) -> None:
+        """Accept no more; answer what was accepted (the listener stays: the children's next)."""
+        endpoint, self.endpoint = self.endpoint, None
+        if endpoint is not None:
+            endpoint.finish()
+
     # -- signals and requests ---------------------------------------------------------
 
     def handle_signals(self) -> None:
@@ -445,8 +507,21 @@ class Keeper(SignalPath):
             self.dispatch(recorded)
 
     def handle_stop(self, signum: int) -> None:
-        """SIGTERM, SIGINT: stop the service, then end."""
-        self.stop(signum)
+        """SIGTERM, SIGINT: stop the service, then end; asked again while stopping, pass it on."""
+        if self.phase == Phase.STOPPING:
+            self.stop_again()
+        else:
+            self.stop(signum)
+
+    def stop_again(self) -> None:
+        """A stop asked for again: with ``drain=``, the children hear it too (it ends the drain).
+
+        Their SIGKILL stays where the first stop put it.  Without a drain a
+        child has nothing to end early, and is left to its stop.
+        """
+        if self.config.drain > 0:
+            for child in self.children():
+                child.process.send(signal.SIGTERM)
 
     def handle_reload(self) -> None:
         """SIGHUP: reopen our logs; have the service reload; the relay answers the requests."""

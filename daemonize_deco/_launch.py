@@ -182,6 +182,10 @@ def _load_what_it_runs(config: ServiceConfig, *, supervised: bool) -> None:
         names += ["socket", f"{__package__}._listeners", f"{__package__}._handover"]
     if config.health:
         names.append(f"{__package__}._health")
+        if supervised:  # it answers the endpoint while it backs off
+            names.append(f"{__package__}._between_runs")
+    if config.drain:  # the service tells status of a drain
+        names.append(f"{__package__}._draining")
     for name in names:
         __import__(name)
 

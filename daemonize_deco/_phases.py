@@ -134,6 +134,18 @@ class SupervisorState:
         self.restart_at: float | None = None  # wall clock, while waiting to restart
         self.workers: list[WorkerState] = []  # an arbiter's (``workers=N``), by worker_id
 
+    def to_json(self) -> dict[str, object]:
+        """The ``supervision`` object of ``status --json`` (and of the endpoint's ``/status``)."""
+        return {
+            "supervisor_pid": self.supervisor,
+            "phase": self.phase,
+            "service_pid": self.service,
+            "service_started": self.service_started,
+            "restarts": self.restarts,
+            "last_failure": self.failure,
+            "restart_at": self.restart_at,
+        }
+
     def to_text(self) -> str:
         """The file's content."""
         fields = [(key, getattr(self, key)) for key in self.__slots__ if key != "workers"]

@@ -322,12 +322,29 @@ class PidFile:
         file to it, and so does a starter whose new instance failed while the
         old one still runs.
         """
-        if self._fd is None:
+        return self._fd is not None and self._names_another(self._fd, os.getpid())
+
+    def handed_on_seen_by(self, us: int) -> bool:
+        """:meth:`handed_on` for a process that does not hold the file: other than ``us``.
+
+        A supervisor's service (it closed the lock's descriptor at the fork)
+        asks with its supervisor's pid, reading the file at its path.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
             return False
-        pid = parse_pid(os.pread(self._fd, 32, 0))
-        if pid is None or pid == os.getpid():
+        try:
+            return self._names_another(fd, us)
+        finally:
+            os.close(fd)
+
+    def _names_another(self, fd: int, us: int) -> bool:
+        """Whether the file open as ``fd`` names a process other than ``us`` that has it open."""
+        pid = parse_pid(os.pread(fd, 32, 0))
+        if pid is None or pid == us:
             return False
-        held = os.fstat(self._fd)
+        held = os.fstat(fd)
         if holds_file(pid, (held.st_dev, held.st_ino), held.st_mtime) is not True:
             return False
         return has_proc() or _vouched_for(pid, self.path, self.owners)

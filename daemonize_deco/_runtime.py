@@ -367,6 +367,7 @@ def serve(
     credentials: Credentials | None = None,
     startup: StartupChannel | None = None,
     heartbeats: mmap.mmap | None = None,
+    replaced: Callable[[], bool] | None = None,
 ) -> int:
     """Run ``service.main`` as the service holding ``pidfile``; return the exit status.
 
@@ -377,7 +378,8 @@ def serve(
     With no ``pidfile``, the service is a supervisor's child (``_supervisor``):
     the supervisor holds the pidfile, the claim and the record, and hears how
     the run ended on the (supervised) ``startup`` channel; ``heartbeats`` is
-    the slot it reads them from.
+    the slot it reads them from, and ``replaced()`` tells whether a restart
+    handed the supervisor's sockets on (then a stop needs no ``drain=``).
     """
     mark_served()
     _mark.drop_command_badge()  # ``run``, ``start`` under a manager: a service now
@@ -432,6 +434,8 @@ def serve(
                 start_watch=_start_watch(config, StartWatch),
                 settle=settle,
                 drain=config.drain,
+                drain_record=config.pidfile if config.drain else None,
+                replaced=_replaced_by_restart(config, pidfile, replaced),
             )
             _arm(config, startup, dispatcher, adopted=pidfile is not None and pidfile.adopted)
             dispatcher.start()
@@ -573,6 +577,15 @@ def _remove_unheld_restart_lock(pidfile: PidFile) -> None:
     from ._handover import remove_unheld_lock  # noqa: PLC0415 -- loaded with listen=
 
     remove_unheld_lock(pidfile)
+
+
+def _replaced_by_restart(
+    config: ServiceConfig, pidfile: PidFile | None, replaced: Callable[[], bool] | None
+) -> Callable[[], bool] | None:
+    """For the dispatcher: whether a restart handed the sockets on (``listen=`` and ``drain=``)."""
+    if not (config.listen and config.drain):
+        return None
+    return pidfile.handed_on if pidfile is not None else replaced
 
 
 def handed_on(pidfile: PidFile) -> bool:

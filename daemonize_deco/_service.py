@@ -196,8 +196,10 @@ def daemon(
             the stop is announced at once (a ``health=`` endpoint's
             ``/readyz`` answers 503) and :func:`should_stop`, ``on_stop``
             and the rest follow this many seconds later, so a load balancer
-            stops sending new work first.  A second stop signal ends the
-            drain at once.  ``stop_timeout`` counts after the drain.
+            stops sending new work first; a framework's own chained
+            handler (uvicorn's) hears the signal then too.  A second stop
+            signal ends the drain at once.  ``stop_timeout`` counts after
+            the drain.
         workers: how many copies of ``main`` run side by side, an int >= 1
             or "auto" (the CPUs this process may use).  Above 1, ``start``
             detaches an arbiter that holds the pidfile and forks the

@@ -63,6 +63,7 @@ __all__ = [
     "count_heartbeats",
     "delivery_pending",
     "expect_delivery",
+    "hand_on_to_frameworks",
     "is_delivery_echo",
     "keep_away_from_this_thread",
     "main_asked",
@@ -120,7 +121,9 @@ class _State:
         # A stop delivered to main as Ctrl-C (``_delivery``): the SIGINT it
         # sends, the bytes of it the dispatcher is to skip, whether it landed.
         self.delivery: Callable[[FrameType | None], bool] | None = None
-        self.delivery_echoes = 0
+        # The bytes the C handler writes to our record pipe for the signals
+        # we send ourselves (those deliveries, a drain's ``hand_on_to_frameworks``).
+        self.echoes: dict[int, int] = {}
         self.main_interrupted = False
 
 
@@ -314,6 +317,8 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
     if signum == signal.SIGINT and _state.delivery is not None:
         _deliver_here(frame)  # our own Ctrl-C for main: not a stop signal of its own
         return
+    if _takeover.is_replay(signum):
+        return  # sent for a framework's handler, no longer chained: not a stop of its own
     _record_if_wakeup_taken(signum)
     # Counted here, not read from the flag: the dispatcher may have set the
     # flag for this very signal before the main thread got to run its handler.
@@ -353,9 +358,15 @@ def expect_delivery(decide: Callable[[FrameType | None], bool] | None) -> None:
     Ctrl-C to a framework's handler instead and return False.  None: no
     delivery is pending any more.
     """
-    if decide is not None and not _state.wakeup_taken:
-        _state.delivery_echoes += 1  # the C handler writes its byte to our record pipe
+    if decide is not None:
+        _expect_echo(signal.SIGINT)
     _state.delivery = decide
+
+
+def _expect_echo(signum: int) -> None:
+    """We send ``signum`` ourselves: the dispatcher is to skip its byte in the record pipe."""
+    if not _state.wakeup_taken:  # else the byte goes to the service's wakeup fd
+        _state.echoes[signum] = _state.echoes.get(signum, 0) + 1
 
 
 def delivery_pending() -> bool:
@@ -364,11 +375,29 @@ def delivery_pending() -> bool:
 
 
 def is_delivery_echo(signum: int) -> bool:
-    """For the dispatcher: whether this recorded SIGINT was our own, sent to main (skip it)."""
-    if signum != signal.SIGINT or _state.delivery_echoes == 0:
+    """For the dispatcher: whether this recorded stop signal was our own, sent to main (skip it)."""
+    if not _state.echoes.get(signum):
         return False
-    _state.delivery_echoes -= 1
+    _state.echoes[signum] -= 1
     return True
+
+
+def hand_on_to_frameworks() -> None:
+    """The drain is over: a framework's handler hears the stop signal held back from it.
+
+    Sent to main's thread, where a handler expects to run; see ``_takeover``.
+    """
+
+    def send(signum: int) -> None:
+        _expect_echo(signum)
+        signal.pthread_kill(_state.main_thread, signum)
+
+    _takeover.hand_on_held(send)
+
+
+def _held_by_drain() -> bool:
+    """After our handler ran: whether the stop signal only began a drain (``_takeover`` holds)."""
+    return _state.drain > 0 and _state.announced and not _state.stop_requested
 
 
 def main_asked() -> bool:
@@ -479,7 +508,7 @@ def _install(
     _state.drain, _state.announced, _state.announced_at = drain, False, None
     _state.main_thread = _thread.get_ident()
     _state.main_asked = _state.main_interrupted = False
-    _state.delivery, _state.delivery_echoes = None, 0
+    _state.delivery, _state.echoes = None, {}
     try:
         _stop_pipe()
         record_read, record_write = os.pipe()
@@ -499,7 +528,7 @@ def _install(
         blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, handlers)
         _state.unblocked = set(blocked) & set(handlers)
         _state.handled = frozenset(handlers)
-        _takeover.take_part(handlers, STOP_SIGNALS, stop_requested)
+        _takeover.take_part(handlers, STOP_SIGNALS, stop_requested, _held_by_drain)
     except ValueError as exc:  # not the main thread: only it may set handlers
         _restore()
         _close_pipes()

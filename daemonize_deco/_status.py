@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from . import _lastrun
+from . import _draining, _lastrun
 from ._descendants import describe, left_by
 from ._phases import Phase, SupervisorState
 from ._platform_resources import PROC, Resources, resources, uptime
@@ -62,6 +62,10 @@ class StatusReport:
         self.worker_resources = {
             worker.worker_id: resources(worker.pid) for worker in self.workers if worker.pid
         }
+        # drain=: seconds until main hears of the stop under way, or None; with
+        # workers, each drains: the record names the last to begin.
+        drainers = [worker.pid for worker in self.workers] if self.workers else [watched]
+        self.draining = _drain_left(self.pidfile, owners, drainers)
         self.last = None if state.running else _lastrun.read(self.pidfile, owners)
         self.leftovers: list[int] | None = []
         if self.left_behind:
@@ -130,6 +134,8 @@ class StatusReport:
             detail += f", up {_lastrun.format_duration(self.uptime)}"
         if self.note:
             detail += f"; {self.note}"
+        if self.draining is not None:
+            detail += f"; draining: main is told to stop in {self.draining:.1f}s"
         return f"{self.name} is running ({detail})"
 
     def _details(self) -> list[str]:
@@ -213,16 +219,11 @@ class StatusReport:
             "pidfile_foreign_owner": self.state.foreign_owner,
             "note": self.note or None,
             "failed": self.failed,
+            "draining_s": None if self.draining is None else round(self.draining, 3),
             "supervision": None
             if self.supervision is None
             else {
-                "supervisor_pid": self.supervision.supervisor,
-                "phase": self.supervision.phase,
-                "service_pid": self.supervision.service,
-                "service_started": self.supervision.service_started,
-                "restarts": self.supervision.restarts,
-                "last_failure": self.supervision.failure,
-                "restart_at": self.supervision.restart_at,
+                **self.supervision.to_json(),
                 "workers": [self._worker_json(worker) for worker in self.workers],
             },
             "last_run": None
@@ -290,6 +291,14 @@ def _supervision(pidfile: str, owners: Collection[int], pid: int | None) -> Supe
         return None
     state = SupervisorState.read(pidfile, owners)
     return state if state is not None and state.supervisor == pid else None
+
+
+def _drain_left(pidfile: str, owners: Collection[int], pids: list[int | None]) -> float | None:
+    """Seconds left of the drain of the first of ``pids`` the record names, or None."""
+    for pid in pids:
+        if pid is not None and (left := _draining.left(pidfile, owners, pid)) is not None:
+            return left
+    return None
 
 
 def _phase_words(state: SupervisorState) -> str:

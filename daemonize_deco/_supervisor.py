@@ -9,9 +9,11 @@ holder of its lock and claim.  It forks the service as its child and:
   ``interval`` seconds gives up (status then says "failed"), and a run
   longer than ``interval`` starts the count afresh;
 - passes SIGTERM/SIGINT on as a graceful stop (SIGKILL to the service after
-  ``stop_timeout``), SIGHUP as an acknowledged reload (answering the
-  ``reload`` commands that sent it with the service's own answer, without
-  waiting for it: ``_reload_relay``), and the ``on_signal`` signals as they are;
+  the drain and ``stop_timeout``; with ``drain=``, a stop asked for again is
+  passed on too: it ends the service's drain), SIGHUP as an acknowledged
+  reload (answering the ``reload`` commands that sent it with the service's
+  own answer, without waiting for it: ``_reload_relay``), and the
+  ``on_signal`` signals as they are;
 - with ``watchdog=S``, reads the service's heartbeats from a shared slot
   and ends a service that made none for S seconds: SIGABRT (faulthandler
   writes its threads' stacks to the log), SIGKILL a second later; once a
@@ -19,7 +21,10 @@ holder of its lock and claim.  It forks the service as its child and:
   it no longer does: ``stop_timeout`` bounds the rest; a service that has
   not beaten once, S seconds in, gets a line in the log instead (the
   watchdog is armed by the first beat);
-- writes ``PIDFILE.supervisor`` whenever that changes, for ``status``.
+- writes ``PIDFILE.supervisor`` whenever that changes, for ``status``;
+- with ``health=``, answers the endpoint itself while backing off, when no
+  service does (``_between_runs``): in this loop, and not at all once the
+  next service is forked.
 
 What it does next follows from its phase (``_phases``: named, and changed
 only through ``enter``, which checks the change); when to restart, from the
@@ -81,6 +86,7 @@ class _Supervisor(Keeper):
         self.history = Restarts.fresh(self.policy)  # what the restart policy remembers
         self.restart_due: float | None = None  # monotonic, while backing off
         self.heartbeats: mmap.mmap | None = None
+        self.last_end = ""  # how the last run ended, for the endpoint
 
     def begin(self) -> None:
         if self.config.watchdog is not None:
@@ -188,8 +194,16 @@ class _Supervisor(Keeper):
                 self.state.restarts += 1
                 self.state.restart_at = time.time() + wait
                 self.state.failure = f"{ended} at {_lastrun.clock(time.time())}"
+                self.last_end = ended
                 self.enter(Phase.BACKING_OFF)  # running/restarting/ending-hung -> backing-off
                 self.say(f"the service (pid {child.pid}) {ended}; restarting in {wait:g}s")
+                self.answer_probes()
+
+    def between_runs(self) -> str:
+        """What ``/readyz`` says while backing off: how the last run ended, when the next starts."""
+        from ._between_runs import restarting  # noqa: PLC0415 -- loaded by answer_probes
+
+        return restarting(self.last_end, self.restart_due)
 
     # -- signals and requests ---------------------------------------------------------
 

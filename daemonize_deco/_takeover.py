@@ -22,6 +22,15 @@ closes; SIGTERM's default action would then end the service half-way
 through recording its end.  ``SIG_IGN`` is the program's own choice and
 is set as asked: the signal is ignored, and ``stop`` ends in SIGKILL.
 
+With ``drain=S`` the framework hears the stop when ``main`` would: not at
+the signal, which only announces the stop, but when the drain ends.  The
+chain holds the framework's handler back meanwhile; at the drain's end the
+signal is sent again to main's thread, for the framework's handler alone
+(the registry heard it already).  Not to ``loop.add_signal_handler``
+(asyncio's, uvloop's): the handler it sets only stands in for the loop,
+which got the signal through the wakeup fd, in C, before any handler of
+ours ran.
+
 uvicorn raises the stop signal at itself once it has shut down, for the
 "expected behaviour" (dying of it).  Under a service, main returning is
 that behaviour; read as a second stop, it would end a foreground ``run``
@@ -42,12 +51,21 @@ if TYPE_CHECKING:
 
     Handler = Callable[[int, FrameType | None], Any]
 
-__all__ = ["chained", "framework_handler", "handler_name", "release", "take_part"]
+__all__ = [
+    "chained",
+    "framework_handler",
+    "hand_on_held",
+    "handler_name",
+    "is_replay",
+    "release",
+    "take_part",
+]
 
 # Through the module's dict: what is replaced is a C module's attribute.
 _c_module = vars(_signal)
 _real_signal: Callable[[int, object], object] = _c_module["signal"]
 _real_raise: Callable[[int], None] = _c_module["raise_signal"]
+_EVENT_LOOPS = ("asyncio", "uvloop")  # the modules whose signal handlers stand in for a loop
 
 
 class _Chain:
@@ -59,11 +77,19 @@ class _Chain:
         self.ours, self.theirs = ours, theirs
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if is_replay(signum):
+            self.theirs(signum, frame)  # the drain is over: the framework's turn
+            return
         _state.heard[signum] = self.theirs
         try:
             self.ours(signum, frame)
         finally:
-            self.theirs(signum, frame)
+            if signum in _state.stop_signals and _state.holding() and _holds(self.theirs):
+                _state.held[signum] = self.theirs  # until the drain ends
+            else:
+                if signum in _state.stop_signals:
+                    _state.held.clear()  # it hears of the stop now, once
+                self.theirs(signum, frame)
 
 
 class _State:
@@ -73,6 +99,11 @@ class _State:
         self.stopping: Callable[[], bool] = lambda: False
         self.heard: dict[int, Handler] = {}
         self.active = False
+        # ``drain=``: whether a stop signal is to be held back from the framework now;
+        # those held, and those sent again for the framework's handler alone.
+        self.holding: Callable[[], bool] = lambda: False
+        self.held: dict[int, Handler] = {}
+        self.replaying: set[int] = set()
 
 
 _state = _State()
@@ -106,11 +137,19 @@ def _raise_wrapper(signalnum: int) -> None:
 
 
 def take_part(
-    ours: Mapping[int, Any], stop_signals: frozenset[int], stopping: Callable[[], bool]
+    ours: Mapping[int, Any],
+    stop_signals: frozenset[int],
+    stopping: Callable[[], bool],
+    holding: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Chain, from now on, any handler set for the signals in ``ours`` to ours."""
+    """Chain, from now on, any handler set for the signals in ``ours`` to ours.
+
+    ``holding()``, asked after our handler ran for a stop signal: whether the
+    framework's handler is to wait for :func:`hand_on_held` (a drain began).
+    """
     _state.ours, _state.stop_signals, _state.stopping = dict(ours), stop_signals, stopping
-    _state.heard = {}
+    _state.holding = holding
+    _state.heard, _state.held, _state.replaying = {}, {}, set()
     _state.active = True
     _c_module["signal"] = _signal_wrapper
     _c_module["raise_signal"] = _raise_wrapper
@@ -123,6 +162,8 @@ def release() -> None:
         return
     _state.active = False
     _state.ours = {}
+    _state.holding = lambda: False
+    _state.held, _state.replaying = {}, set()
     _c_module["signal"] = _real_signal
     _c_module["raise_signal"] = _real_raise
     _put_in_signal_module(_raise_wrapper, _real_raise)
@@ -133,6 +174,39 @@ def _put_in_signal_module(old: object, new: object) -> None:
     module = sys.modules.get("signal")
     if module is not None and vars(module).get("raise_signal") is old:
         vars(module)["raise_signal"] = new
+
+
+def _holds(handler: Handler) -> bool:
+    """Whether holding ``handler`` back holds the framework back.
+
+    Not an event loop's (``loop.add_signal_handler``, asyncio's or uvloop's):
+    the loop hears the signal through the wakeup fd, in C, whatever its
+    handler does, and a signal sent again would reach the loop twice.
+    """
+    function = getattr(handler, "__func__", handler)
+    module = getattr(function, "__module__", None) or ""
+    return not module.startswith(_EVENT_LOOPS)
+
+
+def hand_on_held(send: Callable[[int], None]) -> None:
+    """The drain is over: ``send(signum)`` each stop signal held back from a framework.
+
+    Only to a framework still chained with the handler that was held back;
+    the handler then hears the signal as its own, on main's thread.
+    """
+    held, _state.held = _state.held, {}
+    for signum, theirs in held.items():
+        if chained(signum) is theirs:
+            _state.replaying.add(signum)
+            send(signum)
+
+
+def is_replay(signum: int) -> bool:
+    """Whether ``signum`` is one :func:`hand_on_held` sent (true once for each)."""
+    if signum not in _state.replaying:
+        return False
+    _state.replaying.discard(signum)
+    return True
 
 
 def framework_handler(signum: int) -> Handler | None:

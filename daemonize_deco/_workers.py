@@ -19,10 +19,14 @@ number, :func:`~daemonize_deco.worker_id`.  Then:
   says "failed", as a supervisor's would;
 - with ``watchdog=S``, each worker beats into a slot of its own: a hung
   worker is ended (SIGABRT, then SIGKILL) and replaced alone;
-- SIGTERM/SIGINT stops every worker (SIGTERM, SIGKILL after
-  ``stop_timeout``), then the arbiter removes the pidfile and exits; SIGHUP
-  and the ``on_signal`` signals go to every worker (``reload`` is answered
-  by the lowest-numbered ready one);
+- SIGTERM/SIGINT stops every worker (SIGTERM, SIGKILL after the drain and
+  ``stop_timeout``; with ``drain=``, a stop asked for again goes to every
+  worker too: it ends their drains), then the arbiter removes the pidfile
+  and exits; SIGHUP and the ``on_signal`` signals go to every worker
+  (``reload`` is answered by the lowest-numbered ready one);
+- with ``health=``, each worker answers the endpoint (the kernel picks
+  which); while every worker is down, waiting to be replaced, the arbiter
+  answers it (``_between_runs``), as a supervisor does while it backs off;
 - ``PIDFILE.supervisor`` lists the workers, for ``status``.
 
 The workers die with it (``PR_SET_PDEATHSIG``, or a lifeline), as a
@@ -278,6 +282,15 @@ class _Arbiter(Keeper):
                 self.state.failure = f"worker {slot.number} {slot.state.last_exit}"
                 self.mark(slot, Phase.BACKING_OFF)
                 self.say(f"{slot.name(child)} {ended}; replacing it in {wait:g}s")
+                if not self.children():  # no worker left to answer the endpoint
+                    self.answer_probes()
+
+    def between_runs(self) -> str:
+        """What ``/readyz`` says while every worker is down: the last end, the next start."""
+        from ._between_runs import restarting  # noqa: PLC0415 -- loaded by answer_probes
+
+        due = min((s.restart_due for s in self.slots if s.restart_due is not None), default=None)
+        return restarting(f"has no worker running (last: {self.state.failure})", due)
 
     def end_all(self) -> None:
         """Stop the workers still running; end once none is left."""

@@ -61,7 +61,8 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
     "_dispatch": ("daemon", frozenset({SERVICE})),
     "_delivery": ("daemon", frozenset({SERVICE})),
     "_watchdog": ("daemon", frozenset({SERVICE})),
-    "_health": ("daemon", frozenset({SERVICE})),  # health=: the service answers its probes
+    "_health": ("daemon", DAEMON),  # health=: the service answers its probes (its supervisor too)
+    "_between_runs": ("daemon", frozenset({SUPERVISOR})),  # health= while the service restarts
     "_reload_relay": ("daemon", frozenset({SUPERVISOR})),
     "_handover": ("daemon", ALL),  # restart takes over what the running instance offers
     "_quiesce": ("daemon", frozenset({SERVICE})),
@@ -91,6 +92,7 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
     "_mark": ("shared", ALL),
     "_descendants": ("shared", ALL),
     "_served": ("shared", frozenset({COMMAND, SERVICE})),
+    "_draining": ("shared", ALL),  # the service writes it, status reads it
     "_proc": ("base", ALL),
     "_platform": ("base", ALL),
     "_platform_resources": ("base", CMD),  # status only: psutil never reaches a daemon

@@ -7,6 +7,7 @@ asserted on time (a loaded machine makes everything later, never earlier).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -183,3 +184,95 @@ def test_run_ctrl_c_twice_ends_the_drain_without_killing(
     assert proc.wait(timeout=20) == 0, out.read_text()
     text = out.read_text()
     assert "stop heard at" in text
+
+
+@pytest.mark.scenario(
+    "Options",
+    "status during a drain=S stop",
+    lost="nothing: status says the service drains and when main hears of the stop; the record "
+    "goes with the drain",
+)
+@pytest.mark.parametrize("restart", [None, "on-failure"], ids=["alone", "supervised"])
+def test_status_says_draining_during_a_drain(
+    make_service: Callable[..., Service], restart: str | None
+) -> None:
+    options = {} if restart is None else {"restart": restart}
+    service = make_service(body=NOTES_STOP, drain=3.0, **options)
+    pid = service.start()
+    wait_for(lambda: "looping" in service.log_text(), what="main's loop")
+    assert "draining" not in service.cli("status").stdout
+    os.kill(pid, signal.SIGTERM)
+
+    def draining() -> str:
+        out = service.cli("status").stdout
+        return out if "draining" in out else ""
+
+    line = wait_for(draining, what="status to say draining").splitlines()[0]
+    assert line.startswith(f"svc is running (pid {pid}, up "), line
+    assert "; draining: main is told to stop in " in line, line
+    document = json.loads(service.cli("status", "--json").stdout)
+    assert document["draining_s"] is None or 0 < document["draining_s"] <= 3.0, document
+    _heard_at(service)
+    wait_for(lambda: is_gone(pid), what="the daemon to end after the drain")
+    assert not service.pidfile.with_name(service.pidfile.name + ".draining").exists()
+
+
+@pytest.mark.scenario(
+    "Options", "drain under restart=: a second stop ends the drain", lost="nothing"
+)
+def test_a_second_stop_ends_a_supervised_drain(make_service: Callable[..., Service]) -> None:
+    """The supervisor passes the repeated stop on: the service's drain ends, it exits 0."""
+    service = make_service(
+        body=f'print(f"service {{os.getpid()}}", flush=True)\n{NOTES_STOP}',
+        drain=30.0,
+        stop_timeout=5.0,
+        restart="on-failure",
+    )
+    supervisor = service.start()
+    wait_for(lambda: "looping" in service.log_text(), what="main's loop")
+    child = int(service.log_text().split("service ", 1)[1].split()[0])
+    first = service.popen("stop")
+    wait_for(lambda: "draining for 30s" in service.log_text(), what="the drain to begin")
+    assert "stop heard" not in service.log_text()
+    began = time.monotonic()
+    second = service.cli("stop")
+    assert second.returncode == 0, second.stderr
+    _heard_at(service)
+    out, err = first.communicate(timeout=20)
+    assert time.monotonic() - began < 20
+    assert first.returncode == 0, err
+    assert f"{service.name} stopped (pid {supervisor})" in out
+    assert is_gone(supervisor)
+    assert wait_for(lambda: is_gone(child), what="the service to end")
+    assert "stopped by SIGTERM" in service.cli("status").stdout
+    assert "SIGKILL" not in service.log_text()
+    assert "Traceback" not in service.log_text()
+
+
+# An event loop's own SIGTERM handler: it hears the signal at once (asyncio
+# reads it from the wakeup fd), and must hear it once, not again at the drain's end.
+LOOP_HANDLER = """\
+import asyncio
+
+async def serve():
+    loop = asyncio.get_running_loop()
+    heard = []
+    loop.add_signal_handler(signal.SIGTERM, lambda: heard.append(time.time()))
+    ready()
+    print("looping", flush=True)
+    while not heard:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(2.5)  # on past the drain's end
+    print(f"loop handler ran {len(heard)} time(s)", flush=True)
+
+return serve()
+"""
+
+
+def test_a_loops_own_handler_hears_the_stop_once(make_service: Callable[..., Service]) -> None:
+    service = make_service(body=LOOP_HANDLER, drain=1.0)
+    pid = service.start()
+    wait_for(lambda: "looping" in service.log_text(), what="main's loop")
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: is_gone(pid), what="the daemon to end")
+    assert "loop handler ran 1 time(s)" in service.log_text(), service.log_text()

@@ -15,6 +15,7 @@ import time
 import pytest
 from conftest import assert_wakes_zero_times, is_gone, proc_stat, wait_for
 from test_kvserver import free_port
+from test_managers import NotifyListener
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -28,9 +29,9 @@ ready()
 """
 
 
-def get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
+def get(port: int, path: str, method: str = "GET", timeout: float = 5) -> tuple[int, str]:
     """One request with http.client: (status, body)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         connection.request(method, path)
         response = connection.getresponse()
@@ -110,10 +111,15 @@ def test_readyz_before_ready_after_and_from_the_first_instant_of_a_stop(make_ser
     assert answers(port, "/readyz") is None  # the endpoint ends with the run
 
 
+# The beat before the hang arms the watchdog: main preempted between ready()
+# and its first sleep() could find "go" already there and never beat (unarmed:
+# fresh for ever, /livez 200 throughout; seen on a loaded machine).
 HANG_ON_GO = """
+from daemonize_deco import heartbeat
 ready()
 while not os.path.exists(os.path.join(here, "go")):
     sleep(0.05)
+heartbeat()
 time.sleep(600)
 """
 
@@ -140,6 +146,28 @@ def test_livez_turns_503_within_two_watchdogs_of_a_hang(make_service):
     assert status == 503
     assert body.startswith("no heartbeat for ") and body.endswith("s (watchdog=2)\n"), body
     wait_for(lambda: is_gone(pid), what="the watchdog to end it")
+
+
+def test_livez_follows_systemds_watchdogsec_without_watchdog(make_service, tmp_path):
+    listener = NotifyListener(str(tmp_path / "notify"))
+    svc, port = health_service(make_service, HANG_ON_GO)
+    env = dict(svc.env, NOTIFY_SOCKET=listener.env_value, WATCHDOG_USEC="2000000")
+    proc = svc.popen("run", env=env)
+    try:
+        listener.until("READY=1")
+        assert get(port, "/livez") == (200, "alive\n")
+        (svc.dir / "go").touch()
+        # WatchdogSec=2: fresh for half of it after the last beat, as under watchdog=2.
+        status, body = wait_for(
+            lambda: (answer := get(port, "/livez"))[0] != 200 and answer,
+            timeout=10,
+            what="/livez to fail",
+        )
+        assert status == 503 and body.startswith("no heartbeat for "), body
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+        listener.sock.close()
 
 
 def test_status_is_the_status_json_object(make_service):
@@ -521,3 +549,153 @@ def test_the_endpoint_stays_up_across_a_supervisor_restart(make_service):
     wait_for(lambda: get(port, "/readyz")[0] == 200, what="/readyz to say 200 again")
     assert json.loads(svc.cli("status", "--json").stdout)["supervision"]["restarts"] == 1
     svc.stop_gracefully(supervisor)
+
+
+def probe(port: int, path: str) -> tuple[int, str]:
+    """A probe as Kubernetes sends it: one second to be answered (``timeoutSeconds``)."""
+    return get(port, path, timeout=1)
+
+
+def backing_off(port: int) -> str | None:
+    """/readyz's 503 while the supervisor backs off, else None (the service answered)."""
+    status, body = probe(port, "/readyz")
+    return body if status == 503 and body.startswith("restarting: ") else None
+
+
+def next_start_in(why: str) -> float:
+    return float(why.rsplit("next start in ", 1)[1].rstrip("s\n"))
+
+
+def held_open(port: int) -> socket.socket:
+    """A slowloris: a request's first line, and nothing more."""
+    slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+    slow.sendall(b"GET /readyz HTTP/1.1\r\n")
+    return slow
+
+
+def answer_to(slow: socket.socket) -> bytes:
+    """All the endpoint sent before it closed (a reset would raise)."""
+    with slow:
+        chunks = []
+        while chunk := slow.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "health=: probes while the supervisor backs off before a restart",
+    lost="nothing: the supervisor answers them (/readyz 503 with the last run's end and the "
+    "next start, /livez 200); a slowloris neither delays the restart nor is reset at it",
+)
+def test_the_supervisor_answers_probes_while_it_backs_off(make_service):
+    svc, port = health_service(
+        make_service, CRASH_ON_FILE, wait_ready=True, restart="on-failure", restart_delay=3
+    )
+    (svc.dir / "go").touch()
+    supervisor = svc.start()
+    assert probe(port, "/readyz") == (200, "ready\n")
+    (svc.dir / "crash").touch()
+
+    why = wait_for(lambda: backing_off(port), what="the supervisor's 503")
+    assert why.startswith(
+        "restarting: the service raised RuntimeError: told to crash; next start in "
+    ), why
+    assert probe(port, "/livez") == (200, "alive: the supervisor is restarting the service\n")
+    status = json.loads(probe(port, "/status")[1])
+    assert (status["pid"], status["ready"], status["live"]) == (supervisor, False, True)
+    assert status["readiness"].startswith("restarting: the service raised"), status
+    assert status["supervision"]["phase"] == "backing-off", status
+    assert status["supervision"]["service_pid"] is None, status
+    due = status["supervision"]["restart_at"]
+
+    # Held open across the restart (its deadline is 2 s away): answered then, not reset.
+    wait_for(lambda: next_start_in(backing_off(port) or "next start in 0s") < 1.2)
+    slow = held_open(port)
+
+    def new_run_starting() -> bool:
+        status, body = probe(port, "/readyz")
+        assert status == 503, (status, body)
+        return body == "starting: not ready yet\n"
+
+    wait_for(new_run_starting, what="the new run to answer")
+    assert answer_to(slow).startswith(b"HTTP/1.1 408 ")
+    supervision = json.loads(svc.cli("status", "--json").stdout)["supervision"]
+    assert supervision["restarts"] == 1
+    assert supervision["service_started"] - due < 1.0, (supervision, due)  # not delayed
+    (svc.dir / "go").touch()
+    wait_for(lambda: probe(port, "/readyz") == (200, "ready\n"), what="/readyz 200 again")
+    assert probe(port, "/livez") == (200, "alive\n")
+    svc.stop_gracefully(supervisor)
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "health=: a stop while the supervisor backs off",
+    lost="nothing: the stop is quick; a connection held open is answered, the endpoint closed, "
+    "no process left",
+)
+def test_a_stop_while_backing_off_closes_the_endpoint_cleanly(make_service):
+    svc, port = health_service(
+        make_service, CRASH_ON_FILE, wait_ready=True, restart="on-failure", restart_delay=30
+    )
+    (svc.dir / "go").touch()
+    supervisor = svc.start()
+    (svc.dir / "crash").touch()
+    wait_for(lambda: backing_off(port), what="the supervisor's 503")
+    slow = held_open(port)
+    began = time.monotonic()
+    svc.stop_gracefully(supervisor)
+    assert time.monotonic() - began < 5  # not the 30 s backoff, nor a client's deadline
+    assert answer_to(slow).startswith(b"HTTP/1.1 408 ")
+    with pytest.raises(ConnectionRefusedError):
+        probe(port, "/readyz")
+    assert svc.daemons() == []
+
+
+def test_status_tells_a_drain_under_way(make_service):
+    svc, port = health_service(make_service, "while not should_stop():\n    sleep(3600)", drain=3.0)
+    pid = svc.start()
+    assert json.loads(get(port, "/status")[1])["draining_s"] is None
+    os.kill(pid, signal.SIGTERM)
+    document = wait_for(
+        lambda: (d := json.loads(get(port, "/status")[1]))["draining_s"] is not None and d,
+        what="/status to tell the drain",
+    )
+    assert 0 < document["draining_s"] <= 3.0, document
+    # (Not the same document's "ready": read first, it may predate the drain by an instant.)
+    assert get(port, "/readyz") == (503, "stopping\n")
+    wait_for(lambda: is_gone(pid), what="the daemon to end after the drain")
+
+
+@pytest.mark.scenario(
+    "Bad input",
+    "health=: a flood of idle connections while the supervisor backs off",
+    lost="nothing: the restart comes when due and a stop is quick; the supervisor holds a "
+    "bounded number of connections",
+)
+def test_a_flood_while_backing_off_delays_neither_the_restart_nor_a_stop(make_service):
+    svc, port = health_service(
+        make_service, CRASH_ON_FILE, wait_ready=True, restart="on-failure", restart_delay=2
+    )
+    (svc.dir / "go").touch()
+    supervisor = svc.start()
+    (svc.dir / "crash").touch()
+    due = json.loads(wait_for(lambda: backing_off(port) and probe(port, "/status"))[1])
+    due = due["supervision"]["restart_at"]
+    flood = subprocess.Popen([sys.executable, "-c", FLOOD, str(port)])
+    try:
+
+        def supervision() -> dict:
+            return json.loads(svc.cli("status", "--json").stdout)["supervision"]
+
+        restarted = wait_for(lambda: (s := supervision())["service_pid"] and s, what="a restart")
+        assert restarted["service_started"] - due < 1.0, (restarted, due)  # not delayed
+        (svc.dir / "go").touch()  # main waits for it, stop or not
+        began = time.monotonic()
+        svc.stop_gracefully(supervisor)
+        assert time.monotonic() - began < 5
+    finally:
+        flood.kill()
+        flood.wait()
+    assert svc.daemons() == []

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -293,6 +294,35 @@ def test_restart_of_a_supervised_service_keeps_its_sockets(make_service):
     assert new != old and wait_for(lambda: is_gone(old)) and wait_for(lambda: is_gone(served_by))
     assert ask_pid(("127.0.0.1", port)) not in (served_by, new)  # the new supervisor's service
     assert svc.cli("stop").returncode == 0
+
+
+@pytest.mark.scenario(
+    "Options",
+    "restart with listen= and drain=20: the old instance, replaced, stops without the drain",
+    lost="nothing: the new instance serves the sockets; its own later stop drains",
+)
+@pytest.mark.parametrize("supervised", [False, True], ids=["plain", "supervised"])
+def test_a_handover_skips_the_old_instances_drain(make_service, supervised: bool) -> None:
+    port = free_port()
+    options = {"restart": "on-failure"} if supervised else {}
+    svc = answering(make_service, [f"tcp://127.0.0.1:{port}"], drain=20.0, **options)
+    old = svc.start()
+    served_by = ask_pid(("127.0.0.1", port))
+    began = time.monotonic()
+    result = svc.cli("restart")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - began < 10, "the restart waited out the old instance's drain"
+    assert f"pid {old} stopped, its sockets kept" in result.stdout, result.stdout
+    assert wait_for(lambda: is_gone(old)) and wait_for(lambda: is_gone(served_by))
+    assert ask_pid(("127.0.0.1", port)) not in (old, served_by)
+    log = svc.log_text()
+    assert "SIGTERM: no drain, a restart handed the sockets on" in log, log
+    assert "draining for" not in log, log
+    first = svc.popen("stop")  # the new instance is not replaced: it drains
+    wait_for(lambda: "draining for 20s" in svc.log_text(), what="the new instance to drain")
+    assert svc.cli("stop").returncode == 0  # the second stop ends the drain
+    assert first.wait(timeout=15) == 0
+    assert not svc.pidfile.exists()
 
 
 @pytest.mark.scenario(

@@ -7,9 +7,12 @@ import os
 import re
 import signal
 import socket
+import time
 
 import pytest
 from conftest import children_of, is_gone, wait_for
+from test_health import get
+from test_kvserver import free_port
 from test_managers import NotifyListener
 
 from daemonize_deco import daemon, worker_id
@@ -311,6 +314,83 @@ def test_run_in_the_foreground_keeps_the_workers_and_tells_the_manager(make_serv
         proc.kill()
         proc.communicate(timeout=10)
         listener.sock.close()
+
+
+# Each worker loops until told of the stop, and says when it was (drain=: after the drain).
+DRAINING = """
+sys.stdout.write(f'looping {worker_id()}\\n')
+sys.stdout.flush()
+while not should_stop():
+    sleep(3600)
+sys.stdout.write(f'stop heard {worker_id()}\\n')
+sys.stdout.flush()
+"""
+
+
+@pytest.mark.scenario(
+    "Options", "drain under workers=: a second stop ends every worker's drain", lost="nothing"
+)
+def test_a_second_stop_ends_every_workers_drain(make_service):
+    svc = make_service(body=DRAINING, prelude=PRELUDE, workers=2, drain=30.0, stop_timeout=5.0)
+    arbiter = svc.start()
+    wait_for(lambda: all(f"looping {n}" in svc.log_text() for n in (0, 1)), what="both loops")
+    first = svc.popen("stop")
+    wait_for(lambda: svc.log_text().count("draining for 30s") == 2, what="both drains to begin")
+    assert "stop heard" not in svc.log_text()
+    began = time.monotonic()
+    second = svc.cli("stop")
+    assert second.returncode == 0, second.stderr
+    out, err = first.communicate(timeout=20)
+    assert time.monotonic() - began < 20
+    assert first.returncode == 0, err
+    assert f"{svc.name} stopped (pid {arbiter})" in out
+    text = svc.log_text()
+    assert "stop heard 0" in text and "stop heard 1" in text, text
+    assert "SIGKILL" not in text and "Traceback" not in text, text
+    assert svc.daemons() == []
+
+
+# Ready at once; raises while the file "crash" exists (every worker, and each replacement).
+CRASH_WHILE_FILE = """
+ready()
+while not should_stop():
+    if os.path.exists(os.path.join(os.path.dirname(__file__), 'crash')):
+        raise RuntimeError('told to crash')
+    sleep(0.05)
+"""
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "health= under workers=: probes while every worker waits to be replaced",
+    lost="nothing: the arbiter answers them (/readyz 503 with the last end and the next start, "
+    "/livez 200) until a replacement is forked",
+)
+def test_the_arbiter_answers_probes_while_every_worker_is_down(make_service):
+    port = free_port()
+    svc = make_service(
+        body=CRASH_WHILE_FILE, prelude=PRELUDE, workers=2, wait_ready=True,
+        health=f"tcp://127.0.0.1:{port}", restart="on-failure", restart_delay=2,
+    )  # fmt: skip
+    arbiter = svc.start()
+    assert get(port, "/readyz") == (200, "ready\n")
+    (svc.dir / "crash").touch()
+
+    def arbiter_answers() -> str | None:
+        status, body = get(port, "/readyz", timeout=1)
+        return body if status == 503 and body.startswith("restarting: ") else None
+
+    why = wait_for(arbiter_answers, what="the arbiter's 503")
+    assert why.startswith("restarting: the service has no worker running (last: worker "), why
+    assert "raised RuntimeError: told to crash" in why and "next start in " in why, why
+    assert get(port, "/livez") == (200, "alive: the supervisor is restarting the service\n")
+    status = json.loads(get(port, "/status")[1])
+    assert (status["pid"], status["ready"], status["live"]) == (arbiter, False, True), status
+    assert status["supervision"]["phase"] == "running", status
+    (svc.dir / "crash").unlink()
+    wait_for(lambda: get(port, "/readyz") == (200, "ready\n"), what="a replacement's 200")
+    svc.stop_gracefully(arbiter)
+    assert svc.daemons() == []
 
 
 def test_bad_values_are_refused_at_decoration(tmp_path):

@@ -9,13 +9,14 @@ read "stopped by SIGTERM".
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
 
 import pytest
 from conftest import Service, is_gone, wait_for
-from frameworks_helpers import Request, accepts, free_port
+from frameworks_helpers import Request, accepts, free_port, http_get
 
 pytestmark = [pytest.mark.frameworks, pytest.mark.timeout(120)]
 
@@ -426,6 +427,83 @@ def test_a_framework_that_takes_the_signals_over_still_stops_the_service(make_se
     assert "should_stop True" in log, log
     assert "stop delivered to main: the service's own handler" in log, log
     _stopped_by_sigterm(svc, pid)
+
+
+# Servers whose own signal handler is chained (uvicorn's, gunicorn's arbiter), and
+# aiohttp told to set none.
+DRAINED_MAINS = {
+    "uvicorn.run": (ASGI_APP + "import uvicorn\n", "uvicorn.run(app, port=PORT, loop='asyncio')"),
+    "Server.serve": (
+        ASGI_APP + "import uvicorn\n",
+        "async def serve():\n"
+        "    await uvicorn.Server(uvicorn.Config(app, port=PORT)).serve()\n"
+        "return serve()",
+    ),
+    "uvicorn.run uvloop": (
+        ASGI_APP + "import uvicorn\n",
+        "uvicorn.run(app, port=PORT, loop='uvloop')",
+    ),
+    "gunicorn": SERVERS["gunicorn"],
+    "run_app handle_signals=False": (
+        AIOHTTP_APP,
+        "web.run_app(app, port=PORT, handle_signals=False)",
+    ),
+}
+
+
+@pytest.mark.scenario(
+    "Options",
+    "drain=2 with uvicorn, gunicorn (their own handlers chained), run_app(handle_signals=False)",
+    lost="nothing: a new request 1 s after SIGTERM is answered, /readyz is 503, exit 0",
+)
+@pytest.mark.parametrize("main", list(DRAINED_MAINS))
+def test_a_framework_serves_on_through_a_drain(make_service, main: str) -> None:
+    if "uvloop" in main:
+        pytest.importorskip("uvloop")  # uvicorn[standard]'s default loop; not in the extras
+    port, health = free_port(), free_port()
+    prelude, body = DRAINED_MAINS[main]
+    svc = make_service(
+        prelude=prelude,
+        body=body.replace("PORT", str(port)),
+        drain=2.0,
+        health=f"tcp://127.0.0.1:{health}",
+        stop_timeout=STOP_TIMEOUT,
+    )
+    pid = svc.start()
+    wait_for(lambda: accepts(port), timeout=15, what="the server to listen")
+    sent = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: "draining for 2s" in svc.log_text(), what="the drain to begin")
+    assert http_get(health, "/readyz")[0] == 503
+    wait_for(lambda: time.monotonic() - sent >= 1.0, what="a second into the drain")
+    assert http_get(port, "/") == (200, "done")
+    assert time.monotonic() - sent < 2.0, "the request came after the drain: nothing shown"
+    wait_for(lambda: is_gone(pid), timeout=STOP_TIMEOUT, what="the service to stop")
+    log = svc.log_text()
+    assert "stop delivered to main: " in log, log
+    assert "Traceback" not in log, log
+    _stopped_by_sigterm(svc, pid)
+
+
+def test_ctrl_c_twice_ends_uvicorns_drain_gracefully(make_service) -> None:
+    """The second Ctrl-C ends the drain; uvicorn hears one Ctrl-C: no forced quit."""
+    port = free_port()
+    svc = make_service(
+        prelude=ASGI_APP + "import uvicorn\n",
+        body=f"uvicorn.run(app, port={port})",
+        drain=30.0,
+        stop_timeout=STOP_TIMEOUT,
+    )
+    with svc.log.open("a") as log:  # run leaves the streams as they are: the log is ours
+        run = svc.popen("run", stdout=log, stderr=subprocess.STDOUT)
+    wait_for(lambda: accepts(port), timeout=15, what="the server to listen")
+    request = _slow_request_in_flight(svc, port)
+    run.send_signal(signal.SIGINT)
+    wait_for(lambda: "draining for 30s" in svc.log_text(), what="the drain to begin")
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=STOP_TIMEOUT) == 0, svc.log_text()
+    assert request.result() == (200, "done")
+    assert "Traceback" not in svc.log_text()
 
 
 @pytest.mark.scenario(
