@@ -699,3 +699,39 @@ def test_a_flood_while_backing_off_delays_neither_the_restart_nor_a_stop(make_se
         flood.kill()
         flood.wait()
     assert svc.daemons() == []
+
+
+# PONG, saying when main heard of the stop.
+PONG_UNTIL_TOLD = PONG + 'print(f"stop heard at {time.time():.6f}", flush=True)\n'
+
+
+@pytest.mark.scenario(
+    "Options",
+    "health= and drain=2: SIGTERM",
+    lost="nothing: /readyz says 503 from the signal on, while main serves for the 2 s drain",
+)
+def test_a_drain_holds_main_serving_while_readyz_says_503(make_service):
+    service_port = free_port()
+    svc, port = health_service(
+        make_service, PONG_UNTIL_TOLD, listen=[f"tcp://127.0.0.1:{service_port}"], drain=2.0
+    )
+    pid = svc.start()
+    assert get(port, "/readyz") == (200, "ready\n")
+    sent = time.time()
+    os.kill(pid, signal.SIGTERM)
+    seen: list[tuple[int, str]] = []
+    served = 0
+    while "stop heard at" not in svc.log_text():
+        answer = answers(port, "/readyz")  # None once the run ended the endpoint
+        try:
+            served += pong(service_port) == b"pong"
+        except OSError:
+            assert "stop heard at" in svc.log_text(), "main stopped serving during the drain"
+        if answer is not None and "stop heard at" not in svc.log_text():
+            seen.append(answer)
+        assert time.time() - sent < 30, "main never heard of the stop"
+    heard = float(svc.log_text().split("stop heard at ")[1].split()[0])
+    assert heard - sent >= 2.0, f"main heard of the stop {heard - sent:.3f}s after SIGTERM"
+    assert seen and all(answer == (503, "stopping\n") for answer in seen), seen[:3]
+    assert served >= 1  # main went on serving through the drain
+    wait_for(lambda: is_gone(pid), what="the daemon to end after the drain")
