@@ -31,6 +31,7 @@ from ._notify import notify
 from ._ready import ready
 from ._service import Daemon, daemon
 from ._signals import should_stop, sleep
+from ._worker import worker_id
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ __all__ = [
     "should_stop",
     "sleep",
     "stopped",
+    "worker_id",
 ]
 
 

@@ -1,5 +1,7 @@
 """The health endpoint while a supervisor has no service (``health=`` under ``restart=``).
 
+An arbiter (``workers=N``) answers the same way while every worker is down.
+
 The service answers its own probes (``_health``) on a socket its supervisor
 holds across restarts.  Between a run's end and the next start (the
 backoff: seconds, maybe many) there is no service, and a probe would wait

@@ -38,6 +38,7 @@ class ServiceConfig:
         "drain", "files_preserve", "group", "health", "listen", "name", "pidfile", "placeholders",
         "prevent_core", "restart", "script", "start_grace", "start_timeout", "stderr", "stdout",
         "stop_main", "stop_timeout", "umask", "user", "wait_ready", "watchdog", "workdir",
+        "workers",
     )  # fmt: skip
 
     def __init__(
@@ -64,6 +65,7 @@ class ServiceConfig:
         health: str | None = None,
         stop_main: str = "auto",
         drain: float = 0.0,
+        workers: int | str = 1,
         parameters: Collection[str] = (),
     ) -> None:
         for keyword, flag in (("wait_ready", wait_ready), ("prevent_core", prevent_core)):
@@ -89,6 +91,7 @@ class ServiceConfig:
         self.health = _health(health, self.listen)
         self.stop_main = _stop_main(stop_main)
         self.drain = _seconds("drain", drain)
+        self.workers = _workers(workers)
         self.script = _script(func)
         self.placeholders = _placeholders(self, parameters)
 
@@ -341,6 +344,19 @@ def _stop_main(value: object) -> str:
     modes = ("auto", "flag", "interrupt")  # _delivery.STOP_MAIN_MODES, without importing it
     if not isinstance(value, str) or value not in modes:
         raise ValueError(f"stop_main must be one of {', '.join(map(repr, modes))}, not {value!r}")
+    return value
+
+
+def _workers(value: object) -> int:
+    """``workers=``: a count >= 1, or "auto": the CPUs this process may use."""
+    if value == "auto":
+        from ._platform import usable_cpus  # noqa: PLC0415 -- only workers="auto" asks
+
+        return usable_cpus()
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"workers must be an int >= 1 or 'auto', not {type(value).__name__}")
+    if isinstance(value, str) or value < 1:
+        raise ValueError(f"workers must be an int >= 1 or 'auto', not {value!r}")
     return value
 
 

@@ -163,7 +163,7 @@ def before_starting(config: ServiceConfig) -> None:
     imports what the daemon will load.
     """
     remember_program_descriptors()
-    _load_what_it_runs(config, supervised=config.restart.enabled)
+    _load_what_it_runs(config, supervised=config.restart.enabled or config.workers > 1)
 
 
 def _load_what_it_runs(config: ServiceConfig, *, supervised: bool) -> None:
@@ -172,7 +172,10 @@ def _load_what_it_runs(config: ServiceConfig, *, supervised: bool) -> None:
     An import reads a file: under a tight ``ulimit -n``, one made with the
     pidfile locked and the sockets bound could fail and leave them behind.
     """
-    names = [f"{__package__}._supervisor"] if supervised else []
+    names = []
+    if supervised:
+        keeper = "_workers" if config.workers > 1 else "_supervisor"
+        names.append(f"{__package__}.{keeper}")
     if config.prevent_core:
         names.append("resource")
     if config.listen or config.health:
@@ -241,7 +244,11 @@ def _detach(
         pidfile.remove()
         raise StartupError("failed to start: interrupted before it was started", path=pidfile.path)
     run_in_daemon: Callable[..., int] = serve
-    if config.restart.enabled:
+    if config.workers > 1:
+        from ._workers import arbitrate  # noqa: PLC0415 -- only services with workers
+
+        run_in_daemon = arbitrate
+    elif config.restart.enabled:
         from ._supervisor import supervise  # noqa: PLC0415 -- only supervised services
 
         run_in_daemon = supervise
@@ -338,7 +345,8 @@ def run(service: Service) -> int:
     """Run in the foreground: same pidfile and signals, no fork, no redirect."""
     _warn_about_the_pidfile_directory(service.config)
     credentials = resolve_credentials(service.config.user, service.config.group)
-    _load_what_it_runs(service.config, supervised=False)
+    workers = service.config.workers > 1
+    _load_what_it_runs(service.config, supervised=workers)
     pidfile = pidfile_of(service)
     with DeferredInterrupts() as interrupts:
         holder = holder_or_lock(service, pidfile, interrupts)
@@ -365,6 +373,10 @@ def run(service: Service) -> int:
         if interrupts.signum is not None:
             signal.raise_signal(interrupts.signum)  # pending until the handlers are in
         line_buffer_python_streams()
+        if workers:
+            from ._workers import arbitrate  # noqa: PLC0415 -- loaded above
+
+            return arbitrate(service, pidfile, credentials=credentials, startup=None)
         return serve(service, pidfile, credentials=credentials)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

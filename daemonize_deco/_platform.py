@@ -21,6 +21,7 @@ __all__ = [
     "HAS_MEMFD",
     "HAS_PIDFD",
     "has_proc",
+    "usable_cpus",
 ]
 
 # epoll, whose sets a handed-over listener is taken out of (``_quiesce``): Linux.
@@ -41,3 +42,20 @@ def has_proc() -> bool:
     except OSError:
         return False
     return True
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (``workers="auto"``), at least 1.
+
+    Its affinity mask and cgroup quota where Python can tell
+    (``os.process_cpu_count``, 3.13), else its affinity (Linux, FreeBSD),
+    else every CPU the system has.
+    """
+    process_cpu_count = getattr(os, "process_cpu_count", None)
+    if process_cpu_count is not None:
+        counted: int | None = process_cpu_count()
+    elif hasattr(os, "sched_getaffinity"):
+        counted = len(os.sched_getaffinity(0))
+    else:
+        counted = os.cpu_count()
+    return max(1, counted or 1)

@@ -65,6 +65,7 @@ __all__ = [
     "claim_answers",
     "handed_on",
     "let_go_for_successor",
+    "link_manager",
     "listen_for_control",
     "prepare_process",
     "ready",
@@ -247,7 +248,11 @@ def _signal_what_it_started(signum: int) -> None:
         return
 
 
-def _link_manager() -> _notify.Notifier:
+def link_manager() -> _notify.Notifier:
+    """The link to a manager (systemd's ``NOTIFY_SOCKET``), taken from the environment.
+
+    Children started later do not inherit it: they are not the manager's main process.
+    """
     notifier = _notify.Notifier()
     for variable in _MANAGER_VARIABLES:
         os.environ.pop(variable, None)
@@ -406,7 +411,7 @@ def serve(
                 take_the_pidfile(service, pidfile, service_pid)
             _facts.health = _open_health(service)
             prepare_process(service, credentials)
-            notifier = _link_manager()
+            notifier = link_manager()
             # The claim first: a socket directory another user planted is its to refuse.
             _facts.claim = None if pidfile is None else _claim_identity(pidfile)
             _facts.control = listen_for_control(config.pidfile)

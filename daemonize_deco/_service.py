@@ -136,6 +136,7 @@ def daemon(
     health: str | None = None,
     stop_main: str = "auto",
     drain: float = 0.0,
+    workers: int | str = 1,
 ) -> Callable[[Callable[..., object]], Daemon]:
     """Turn ``main()`` into a Unix service driven by its command line.
 
@@ -199,6 +200,13 @@ def daemon(
             handler (uvicorn's) hears the signal then too.  A second stop
             signal ends the drain at once.  ``stop_timeout`` counts after
             the drain.
+        workers: how many copies of ``main`` run side by side, an int >= 1
+            or "auto" (the CPUs this process may use).  Above 1, ``start``
+            detaches an arbiter that holds the pidfile and forks the
+            workers; each gets the same :func:`listeners` (the kernel
+            spreads the connections) and its :func:`worker_id`; ``start``
+            says "started" once all are ready; a worker that dies is
+            replaced as ``restart`` says (see README, "Workers").
 
     Relative paths resolve against the current directory at decoration time.
     Raises TypeError or ValueError at once for a wrong keyword or value.
@@ -210,7 +218,7 @@ def daemon(
         "group": group, "files_preserve": files_preserve, "prevent_core": prevent_core,
         "restart": RestartPolicy(restart, restart_delay, restart_delay_max, restart_limit),
         "watchdog": watchdog, "listen": listen, "health": health, "stop_main": stop_main,
-        "drain": drain,
+        "drain": drain, "workers": workers,
     }  # fmt: skip
 
     def decorate(func: Callable[..., object]) -> Daemon:

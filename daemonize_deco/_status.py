@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Collection
 
     from ._looking import PidFileState
+    from ._phases import WorkerState
     from ._pidfile import PidFile
 
 __all__ = ["StatusReport"]
@@ -53,13 +54,19 @@ class StatusReport:
         # Shown as what a restart would reuse: only a file it would read.
         self.options = _remembered(self.pidfile, option_owners) if state.running else None
         self.supervision = _supervision(self.pidfile, owners, pid)
-        # Supervised, what counts is the service's use, not the supervisor's.
-        watched = pid if self.supervision is None else self.supervision.service
+        # Supervised, what counts is the service's use, not the supervisor's; with
+        # workers, each worker's is shown on its line, and the arbiter's here.
+        supervision = self.supervision
+        watched = pid if supervision is None or supervision.workers else supervision.service
         self.resources = resources(watched) if watched is not None else Resources()
-        # drain=: seconds until main hears of the stop under way, or None.
-        self.draining = (
-            None if watched is None else _draining.left(self.pidfile, owners, watched, drain)
-        )
+        self.workers = [] if supervision is None else supervision.workers
+        self.worker_resources = {
+            worker.worker_id: resources(worker.pid) for worker in self.workers if worker.pid
+        }
+        # drain=: seconds until main hears of the stop under way, or None; with
+        # workers, each drains: the record names the last to begin.
+        drainers = [worker.pid for worker in self.workers] if self.workers else [watched]
+        self.draining = _drain_left(self.pidfile, owners, drainers, drain)
         self.last = None if state.running else _lastrun.read(self.pidfile, owners)
         self.leftovers: list[int] | None = []
         if self.left_behind:
@@ -136,6 +143,7 @@ class StatusReport:
         used = self.resources
         lines = [] if self.supervision is None else [self._supervision_line(self.supervision)]
         lines.append("  " + ", ".join(_figures(used)))
+        lines += [self._worker_line(worker) for worker in self.workers]
         if used.listening:
             lines.append("  listening: " + ", ".join(used.listening))
         elif used.listening is None:
@@ -144,13 +152,49 @@ class StatusReport:
             lines.append("  options: " + " ".join(_quoted(word) for word in self.options))
         return lines
 
+    def _worker_line(self, worker: WorkerState) -> str:
+        """``  worker 0: pid 12, up 3m, memory 9.1 MiB, CPU 0.2% since start; 1 restart``."""
+        if worker.pid is None:
+            words = [worker.phase.replace("-", " ")]
+        else:
+            words = [f"pid {worker.pid}"]
+            if worker.started is not None:
+                words.append(f"up {_lastrun.format_duration(time.time() - worker.started)}")
+            if worker.phase not in (Phase.RUNNING, Phase.STARTING):
+                words.append(worker.phase.replace("-", " "))
+            used = self.worker_resources.get(worker.worker_id)
+            if used is not None:
+                words += _figures(used)[:2]  # memory and CPU
+        line = f"  worker {worker.worker_id}: {', '.join(words)}"
+        line += f"; {worker.restarts} restart{'s' * (worker.restarts != 1)}"
+        if worker.last_exit:
+            line += f"; last exit: {worker.last_exit}"
+        return line
+
     @staticmethod
     def _supervision_line(state: SupervisorState) -> str:
-        line = f"  supervisor pid {state.supervisor}; {_phase_words(state)}"
+        if state.workers:
+            line = f"  arbiter pid {state.supervisor}; {len(state.workers)} workers, {state.phase}"
+        else:
+            line = f"  supervisor pid {state.supervisor}; {_phase_words(state)}"
         line += f"; {state.restarts} restart{'s' * (state.restarts != 1)}"
         if state.failure:
             line += f"; last failure: {state.failure}"
         return line
+
+    def _worker_json(self, worker: WorkerState) -> dict[str, object]:
+        up = None if worker.started is None else round(time.time() - worker.started, 3)
+        return {
+            "worker_id": worker.worker_id,
+            "pid": worker.pid,
+            "phase": worker.phase,
+            "started": worker.started,
+            "uptime_s": up,
+            "restarts": worker.restarts,
+            "restart_at": worker.restart_at,
+            "last_exit": worker.last_exit,
+            **_worker_json_figures(self.worker_resources.get(worker.worker_id)),
+        }
 
     def as_json(self) -> str:
         """One JSON object: the same facts, for scripts."""
@@ -177,7 +221,12 @@ class StatusReport:
             "note": self.note or None,
             "failed": self.failed,
             "draining_s": None if self.draining is None else round(self.draining, 3),
-            "supervision": None if self.supervision is None else self.supervision.to_json(),
+            "supervision": None
+            if self.supervision is None
+            else {
+                **self.supervision.to_json(),
+                "workers": [self._worker_json(worker) for worker in self.workers],
+            },
             "last_run": None
             if last is None
             else {
@@ -192,6 +241,13 @@ class StatusReport:
             },
         }
         return json.dumps(document)
+
+
+def _worker_json_figures(used: Resources | None) -> dict[str, object]:
+    return {
+        "rss_bytes": None if used is None else used.rss_bytes,
+        "cpu_percent": None if used is None else used.cpu_percent,
+    }
 
 
 def _figures(used: Resources) -> list[str]:
@@ -236,6 +292,16 @@ def _supervision(pidfile: str, owners: Collection[int], pid: int | None) -> Supe
         return None
     state = SupervisorState.read(pidfile, owners)
     return state if state is not None and state.supervisor == pid else None
+
+
+def _drain_left(
+    pidfile: str, owners: Collection[int], pids: list[int | None], drain: float
+) -> float | None:
+    """Seconds left of the drain of the first of ``pids`` the record names, or None."""
+    for pid in pids:
+        if pid is not None and (left := _draining.left(pidfile, owners, pid, drain)) is not None:
+            return left
+    return None
 
 
 def _phase_words(state: SupervisorState) -> str:

@@ -53,6 +53,8 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
     "_managers": ("commands", CMD),
     "_runtime": ("daemon", frozenset({SERVICE})),
     "_supervisor": ("daemon", frozenset({SUPERVISOR})),
+    "_workers": ("daemon", frozenset({SUPERVISOR})),  # workers=N: the arbiter, a kind of supervisor
+    "_keeper": ("daemon", frozenset({SUPERVISOR})),  # what the supervisor and the arbiter share
     "_phases": ("daemon", frozenset({COMMAND, SUPERVISOR})),  # status reads the record
     "_restart_policy": ("daemon", frozenset({SUPERVISOR})),
     "_signal_path": ("daemon", DAEMON),
@@ -75,6 +77,7 @@ MODULES: dict[str, tuple[str, frozenset[str]]] = {
     "_heartbeat": ("service", ALL),  # loaded with the package; acts in the daemon
     "_ready": ("service", ALL),  # loaded with the package; acts in the service
     "_notify": ("service", ALL),  # loaded with the package; acts in the daemon
+    "_worker": ("service", ALL),  # loaded with the package: worker_id()
     "_hooks": ("declarations", CMD),
     "_options": ("declarations", CMD),
     "_addresses": ("declarations", frozenset({COMMAND, SERVICE})),

@@ -161,7 +161,7 @@ def test_cli_help_in_process(capsys, tmp_path):
 def test_public_names():
     assert set(daemonize_deco.__all__) == {
         "Daemon", "DaemonError", "daemon", "heartbeat", "listeners", "notify", "ready",
-        "should_stop", "sleep", "stopped",
+        "should_stop", "sleep", "stopped", "worker_id",
         # the errors, for a program that calls main.cli(argv, standalone=False)
         "AlreadyRunningError", "DetachError", "ListenError", "ManagedError", "NoLogError",
         "NotRunningError", "PidFileError", "ReloadError", "StartupError", "StopError",
