@@ -172,6 +172,7 @@ class Keeper(SignalPath):
         self.phase = Phase.STARTING  # changed by ``enter`` only
         self.state = SupervisorState(self.pid)
         self.stopping: int | None = None  # the stop signal, once one came
+        self.stop_asked_at: float | None = None  # when (monotonic)
         self.control: ControlServer | None = None
         self.claim: ControlServer | None = None
         self.record_fd = -1
@@ -424,12 +425,31 @@ class Keeper(SignalPath):
         from ._descendants import describe, end_run, killed, this_run  # noqa: PLC0415 -- a run ended
 
         try:
-            left = end_run(this_run(group=os.getpgrp()), _signals.time_left(self.config.kill_after))
+            left = end_run(this_run(group=os.getpgrp()), self.time_for_leftovers())
         except OSError as exc:
             self.say(f"cannot end what {whose} left running: {exc}")
             return
         if left:
             self.say(f"ended {describe(left)} {whose} left running{killed(left)}")
+
+    def time_for_leftovers(self) -> float:
+        """Seconds what a run left may take to end after SIGTERM, before SIGKILL.
+
+        After a crash, ``stop_timeout``: nothing drains there, and the next
+        run waits for it.  After a stop, what is left of ``kill_after`` since
+        it (a second at least): the whole stop fits in what ``stop``, systemd
+        or a pod's grace period allow, which count from the same signal.
+        """
+        config = self.config
+        if self.stop_asked_at is None:
+            return config.stop_timeout
+        left = self.stop_asked_at + config.kill_after - time.monotonic()
+        return max(left, min(1.0, config.stop_timeout))
+
+    def stop_asked(self, signum: int) -> None:
+        """A stop signal came: remember which, and when."""
+        self.stopping = signum
+        self.stop_asked_at = time.monotonic()
 
     def report_failed_start(self, child: Child, ended: str, who: str = "the service") -> None:
         """Tell ``start`` that ``who`` (``child``) failed before it was ready, and why."""

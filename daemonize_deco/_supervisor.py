@@ -210,7 +210,7 @@ class _Supervisor(Keeper):
     def stop(self, signum: int) -> None:
         if self.phase in (Phase.STOPPING, *OVER):
             return
-        self.stopping = signum
+        self.stop_asked(signum)
         child = self.child
         if child is None:  # waiting to restart: nothing to stop but ourselves
             self.end(0, None)  # backing-off -> done

@@ -320,7 +320,7 @@ class _Arbiter(Keeper):
     def stop(self, signum: int) -> None:
         if self.phase in (Phase.STOPPING, *OVER):
             return
-        self.stopping = signum
+        self.stop_asked(signum)
         self.notifier.stopping()
         self.end_all()
 

@@ -260,3 +260,41 @@ def test_workers_that_left_the_group_end_and_the_stubborn_one_is_named(make_serv
     assert "ended 4 processes" in said[0], said
     named = f"SIGKILL to 1 of them (still running after SIGTERM): pid {stubborn} (sleep 1003)"
     assert named in said[0], said
+
+
+# The first run leaves a worker that ignores SIGTERM and crashes; the next says when it began.
+CRASH_LEAVING_A_STUBBORN_WORKER = """
+ready()
+if not os.path.exists(os.path.join(here, "crashed")):
+    open(os.path.join(here, "crashed"), "w").close()
+    subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 1004"], start_new_session=True)
+    time.sleep(0.3)  # the shell's trap set (not synchronisation of the test)
+    print(f"crash at {time.time():.6f}", flush=True)
+    raise SystemExit(1)
+print(f"run began at {time.time():.6f}", flush=True)
+while not should_stop():
+    sleep(0.05)
+"""
+
+
+@pytest.mark.linux_only("finding what a run started reads /proc")
+@pytest.mark.scenario(
+    "Faults",
+    "restart= with drain=8: a crashed run left a worker that ignores SIGTERM",
+    lost="nothing: it is killed stop_timeout after its SIGTERM (no drain after a crash), "
+    "and the next run starts then, not 8 s later",
+)
+def test_a_crashed_runs_leftover_is_given_stop_timeout_not_the_drain(make_service):
+    svc = make_service(
+        CRASH_LEAVING_A_STUBBORN_WORKER, prelude="here = os.path.dirname(__file__)",
+        restart="always", restart_delay=0.1, stop_timeout=1.0, drain=8.0, wait_ready=True,
+    )  # fmt: skip
+    supervisor = svc.start()
+    began = wait_for(
+        lambda: re.search(r"run began at ([0-9.]+)", svc.log_text()), timeout=60,
+        what="the next run",
+    )  # fmt: skip
+    crashed = float(re.search(r"crash at ([0-9.]+)", svc.log_text()).group(1))
+    assert float(began.group(1)) - crashed < 6, svc.log_text()  # 9 s with the drain
+    assert "SIGKILL to 1 of them" in svc.log_text()
+    svc.stop_gracefully(supervisor)
