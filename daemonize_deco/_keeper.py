@@ -70,6 +70,8 @@ __all__ = ["Child", "Keeper", "describe_end", "status_of"]
 OVER = (Phase.DONE, Phase.GAVE_UP)
 # Not written for status: a keeper a restart replaces stops after its successor wrote its own.
 _UNSAID = (Phase.STOPPING, *OVER)
+# After a stop, what a run left gets at least this long between SIGTERM and SIGKILL.
+_LEAST_FOR_LEFTOVERS = 0.2
 
 
 class Child:
@@ -437,14 +439,16 @@ class Keeper(SignalPath):
 
         After a crash, ``stop_timeout``: nothing drains there, and the next
         run waits for it.  After a stop, what is left of ``kill_after`` since
-        it (a second at least): the whole stop fits in what ``stop``, systemd
-        or a pod's grace period allow, which count from the same signal.
+        it, less a margin to exit in: the whole stop fits in what ``stop``,
+        systemd or a pod's grace period allow, which count from the same
+        signal, and which SIGKILL this process at its end.
         """
         config = self.config
         if self.stop_asked_at is None:
             return config.stop_timeout
-        left = self.stop_asked_at + config.kill_after - time.monotonic()
-        return max(left, min(1.0, config.stop_timeout))
+        margin = min(0.5, config.kill_after / 4)
+        left = self.stop_asked_at + config.kill_after - margin - time.monotonic()
+        return max(left, min(_LEAST_FOR_LEFTOVERS, config.stop_timeout))
 
     def stop_asked(self, signum: int) -> None:
         """A stop signal came: remember which, and when."""
