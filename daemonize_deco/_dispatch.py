@@ -44,6 +44,7 @@ from ._claim import answer_claimants
 from ._control import reply
 from ._fork_pause import left_the_kernel, step_aside, stop_stepping_aside
 from ._hygiene import held_lifeline, set_thread_name
+from ._ready import is_ready
 from ._signal_path import SignalPath, read_recorded, reload_requests, reopen_logs_or_say
 
 TYPE_CHECKING = False
@@ -453,7 +454,8 @@ class Dispatcher(SignalPath):
             return
         if self._stop_requests > 1:
             return  # the drain's second signal, after the drain: the stop is on its way
-        if self._drain > 0 and not _signals.stop_requested():
+        # Nothing to drain before ready: no load balancer routes to it yet.
+        if self._drain > 0 and not _signals.stop_requested() and is_ready():
             if not self._was_replaced():
                 self._begin_drain(signum)
                 return

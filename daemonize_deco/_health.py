@@ -116,12 +116,13 @@ def main_ended() -> None:
 
 
 class _Connection:
-    __slots__ = ("deadline", "head", "sock")
+    __slots__ = ("deadline", "head", "head_only", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.head = bytearray()
         self.deadline = time.monotonic() + _DEADLINE
+        self.head_only = False  # HEAD: the answer's status and headers, not its body
 
 
 class Answers:
@@ -347,8 +348,10 @@ class Connections:
             _reply(connection, 400, "expected: GET /livez HTTP/1.1\n")
             return
         method, target = words[0], words[1].split(b"?", 1)[0]
-        if method != b"GET":
-            _reply(connection, 405, "only GET\n", extra=b"Allow: GET\r\n")
+        # HEAD too, as every HTTP server must (RFC 9110): some load balancers' checks use it.
+        connection.head_only = method == b"HEAD"
+        if method not in (b"GET", b"HEAD"):
+            _reply(connection, 405, "only GET or HEAD\n", extra=b"Allow: GET, HEAD\r\n")
             return
         if target == b"/status":
             import json  # noqa: PLC0415 -- only a /status asked for pays for it
@@ -520,7 +523,7 @@ def _reply(
         f"Content-Length: {len(data)}\r\nConnection: close\r\n".encode(),
         extra,
         b"\r\n",
-        data,
+        b"" if connection.head_only else data,
     ))  # fmt: skip
     try:
         connection.sock.send(response)

@@ -28,11 +28,29 @@ pytestmark = pytest.mark.timeout(60)
 
 # main says when it learned of the stop (wall clock: the test compares it with its own).
 NOTES_STOP = """\
+should_stop()  # main's loop reached: ready, by the default readiness (a drain needs it)
 print("looping", flush=True)
 while not should_stop():
     sleep(3600)
 print(f"stop heard at {time.time():.6f}", flush=True)
 """
+
+
+def test_a_stop_before_ready_does_not_drain(make_service: Callable[..., Service]) -> None:
+    """No load balancer routes to a service not ready yet: its stop goes to main at once."""
+    service = make_service(
+        body='print("starting", flush=True)\nwhile not should_stop():\n    sleep(0.05)',
+        drain=30.0,
+        wait_ready=True,
+        stdout=None,
+    )
+    out = service.dir / "run.out"
+    with out.open("w") as sink:
+        proc = service.popen("run", stdout=sink, stderr=subprocess.STDOUT)
+    wait_for(lambda: "starting" in out.read_text(), what="main to begin")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0, out.read_text()
+    assert "draining" not in out.read_text()
 
 
 def _heard_at(service: Service) -> float:

@@ -195,6 +195,12 @@ def test_other_paths_and_methods(make_service):
     pid = svc.start()
     assert get(port, "/nothing")[0] == 404
     assert get(port, "/livez", method="POST")[0] == 405
+    # HEAD: the status and headers of GET's answer, without its body.
+    head = subprocess.run(
+        ["curl", "-s", "-I", f"http://127.0.0.1:{port}/readyz"], capture_output=True, timeout=10
+    ).stdout
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 6\r\n" in head, head
+    assert head.endswith(b"\r\n\r\n"), head
     assert get(port, "/readyz?verbose=1") == (200, "ready\n")
     curl = subprocess.run(
         ["curl", "-s", "-i", f"http://127.0.0.1:{port}/livez"],

@@ -497,6 +497,8 @@ def test_ctrl_c_twice_ends_uvicorns_drain_gracefully(make_service) -> None:
     with svc.log.open("a") as log:  # run leaves the streams as they are: the log is ours
         run = svc.popen("run", stdout=log, stderr=subprocess.STDOUT)
     wait_for(lambda: accepts(port), timeout=15, what="the server to listen")
+    # Ready (the start grace over): a stop before ready has nothing to drain.
+    wait_for(lambda: svc.cli("health", "--ready").returncode == 0, what="the service to be ready")
     request = _slow_request_in_flight(svc, port)
     run.send_signal(signal.SIGINT)
     wait_for(lambda: "draining for 30s" in svc.log_text(), what="the drain to begin")
