@@ -532,6 +532,19 @@ while not should_stop():
 )
 
 
+def crashed_under_a_supervisor(make_service, restart_delay: float):
+    """A supervised service with health=, ready, then told to crash: (svc, port, supervisor)."""
+    svc, port = health_service(
+        make_service, CRASH_ON_FILE, wait_ready=True, restart="on-failure",
+        restart_delay=restart_delay,
+    )  # fmt: skip
+    (svc.dir / "go").touch()
+    supervisor = svc.start()
+    assert get(port, "/readyz", timeout=1) == (200, "ready\n")
+    (svc.dir / "crash").touch()
+    return svc, port, supervisor
+
+
 @pytest.mark.scenario(
     "Faults",
     "health=: the endpoint across a supervisor's restart",
@@ -539,13 +552,7 @@ while not should_stop():
     "the new run is ready",
 )
 def test_the_endpoint_stays_up_across_a_supervisor_restart(make_service):
-    svc, port = health_service(
-        make_service, CRASH_ON_FILE, wait_ready=True, restart="on-failure", restart_delay=0.5
-    )
-    (svc.dir / "go").touch()
-    supervisor = svc.start()
-    assert get(port, "/readyz") == (200, "ready\n")
-    (svc.dir / "crash").touch()
+    svc, port, supervisor = crashed_under_a_supervisor(make_service, restart_delay=0.5)
 
     def new_run_starting() -> bool:
         status, body = get(port, "/readyz")  # refused would raise: the supervisor holds it
@@ -597,13 +604,7 @@ def answer_to(slow: socket.socket) -> bytes:
     "next start, /livez 200); a slowloris neither delays the restart nor is reset at it",
 )
 def test_the_supervisor_answers_probes_while_it_backs_off(make_service):
-    svc, port = health_service(
-        make_service, CRASH_ON_FILE, wait_ready=True, restart="on-failure", restart_delay=3
-    )
-    (svc.dir / "go").touch()
-    supervisor = svc.start()
-    assert probe(port, "/readyz") == (200, "ready\n")
-    (svc.dir / "crash").touch()
+    svc, port, supervisor = crashed_under_a_supervisor(make_service, restart_delay=3)
 
     why = wait_for(lambda: backing_off(port), what="the supervisor's 503")
     assert why.startswith(
@@ -644,12 +645,7 @@ def test_the_supervisor_answers_probes_while_it_backs_off(make_service):
     "no process left",
 )
 def test_a_stop_while_backing_off_closes_the_endpoint_cleanly(make_service):
-    svc, port = health_service(
-        make_service, CRASH_ON_FILE, wait_ready=True, restart="on-failure", restart_delay=30
-    )
-    (svc.dir / "go").touch()
-    supervisor = svc.start()
-    (svc.dir / "crash").touch()
+    svc, port, supervisor = crashed_under_a_supervisor(make_service, restart_delay=30)
     wait_for(lambda: backing_off(port), what="the supervisor's 503")
     slow = held_open(port)
     began = time.monotonic()
@@ -683,12 +679,7 @@ def test_status_tells_a_drain_under_way(make_service):
     "bounded number of connections",
 )
 def test_a_flood_while_backing_off_delays_neither_the_restart_nor_a_stop(make_service):
-    svc, port = health_service(
-        make_service, CRASH_ON_FILE, wait_ready=True, restart="on-failure", restart_delay=2
-    )
-    (svc.dir / "go").touch()
-    supervisor = svc.start()
-    (svc.dir / "crash").touch()
+    svc, port, supervisor = crashed_under_a_supervisor(make_service, restart_delay=2)
     due = json.loads(wait_for(lambda: backing_off(port) and probe(port, "/status"))[1])
     due = due["supervision"]["restart_at"]
     flood = subprocess.Popen([sys.executable, "-c", FLOOD, str(port)])

@@ -635,24 +635,24 @@ def test_replacement_stdin_is_inherited_by_children(make_service):
     assert "child stdin open" in result.stdout
 
 
+# main forks three children that exit at once, and says so.
+FORK_THREE_TIMES = """
+for _ in range(3):
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+print('forked', flush=True)
+"""
+
+
 @pytest.mark.scenario(
     "Faults",
     "os.fork() in main on Python 3.12+ (the multi-threaded fork warning)",
     lost="no DeprecationWarning: the dispatcher thread is not running across the fork",
 )
 def test_fork_in_main_has_no_threads_to_warn_about(make_service):
-    body = (
-        textwrap.dedent("""
-        for _ in range(3):
-            child = os.fork()
-            if child == 0:
-                os._exit(0)
-            os.waitpid(child, 0)
-        print('forked', flush=True)
-    """)
-        + IDLE
-    )
-    svc = with_hooks(make_service, RELOAD_MARKER, body=body)
+    svc = with_hooks(make_service, RELOAD_MARKER, body=FORK_THREE_TIMES + IDLE)
     svc.env["PYTHONWARNINGS"] = "default"
     pid = svc.start()
     wait_for(lambda: "forked" in svc.log_text(), what="the forks")
@@ -673,16 +673,7 @@ def test_fork_in_main_with_a_health_endpoint(make_service):
     from test_kvserver import free_port  # noqa: PLC0415
 
     port = free_port()
-    body = textwrap.dedent("""
-        for _ in range(3):
-            child = os.fork()
-            if child == 0:
-                os._exit(0)
-            os.waitpid(child, 0)
-        print('forked', flush=True)
-        while not should_stop():
-            time.sleep(0.05)
-    """)
+    body = FORK_THREE_TIMES + "while not should_stop():\n    time.sleep(0.05)\n"
     svc = make_service(body=body, health=f"tcp://127.0.0.1:{port}")
     svc.env["PYTHONWARNINGS"] = "default"
     pid = svc.start()
