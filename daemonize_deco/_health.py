@@ -411,7 +411,15 @@ class HealthServer:
             self._paused = True
             os.write(self._wake_write, _PAUSE)
         if not self._finished.acquire(timeout=_CLOSE_WAIT):
-            return False
+            with self._lock:
+                if self._running:
+                    # Busy past the wait (frozen, starved): it forks alive, and must
+                    # not take the pause byte, still unread, for a later one.
+                    self._paused = False
+                    return False
+            # It decided to quit just now: it is on its way out.
+            if not self._finished.acquire(timeout=_CLOSE_WAIT):
+                return False
         self._finished.release()
         left_the_kernel(self._native_id)
         return True
@@ -425,8 +433,8 @@ class HealthServer:
         would restart a healthy service.  3.13 then warns of the thread.
         """
         with self._lock:
-            if self._paused and not self._running and self._wake_write >= 0:
-                self._paused = False
+            self._paused = False
+            if not self._running and self._wake_write >= 0:
                 self._launch()
 
     def _begin_accepting(self) -> None:
@@ -491,9 +499,21 @@ class HealthServer:
         connections.watch(poller)
         while connections.open or not connections.closing:
             ready = {fd for fd, _ in poller.poll(connections.timeout())}
-            if self._wake_read in ready and self._woken(poller):
+            if self._wake_read in ready and self._woken(poller) and self._quit_for_fork():
                 return  # a fork: resume_after_fork starts a thread again
             connections.handle(poller, ready)
+
+    def _quit_for_fork(self) -> bool:
+        """Whether a fork waits for this thread to quit (not one that gave up waiting).
+
+        Decided under the lock, with ``_running``, so that ``pause`` and
+        ``resume_after_fork`` see either a thread serving on or one gone.
+        """
+        with self._lock:
+            if not self._paused:
+                return False
+            self._running = False
+            return True
 
     def _woken(self, poller: select.poll) -> bool:
         """Do what the pipe says; True: pause for a fork (what is open stays open)."""

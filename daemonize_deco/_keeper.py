@@ -533,6 +533,8 @@ class Keeper(SignalPath):
     def handle_stop(self, signum: int) -> None:
         """SIGTERM, SIGINT: stop the service, then end; asked again while stopping, pass it on."""
         if self.phase == Phase.STOPPING:
+            if self.stopping is None:  # ending of its own (the arbiter gave up): now asked to
+                self.stop_asked(signum)
             self.stop_again()
         else:
             self.stop(signum)

@@ -325,7 +325,9 @@ def _listening_rows(path: str) -> list[list[str]]:
     The kernel lists its listening hash before the established one, so the
     rows stop at the first in another state: a host with 50,000 connections
     in TIME_WAIT (a load balancer's, a load test's) is not read through, which
-    took 150 ms, on the health endpoint's thread too.
+    took 150 ms, on the health endpoint's thread too.  Rows in SYN_RECV (03)
+    do not end it: kernels before 4.4 list a listener's pending connections
+    right after it.
     """
     rows = []
     try:
@@ -333,7 +335,10 @@ def _listening_rows(path: str) -> list[list[str]]:
             f.readline()  # the header
             for line in f:
                 fields = line.decode("ascii", "replace").split()
-                if len(fields) < 4 or fields[3] != "0A":
+                state = fields[3] if len(fields) > 3 else ""
+                if state == "03":
+                    continue
+                if state != "0A":
                     break
                 rows.append(fields)
     except OSError:

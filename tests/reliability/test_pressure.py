@@ -841,3 +841,57 @@ while not should_stop():
     assert cpu_ticks(pid) - before <= 5, "the service spins on a connection it cannot accept"
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: is_gone(pid), what="the service to stop")
+
+
+# The endpoint's thread stalled 2 s in one round (as a frozen or starved thread
+# would be) while main forks: the fork stops waiting for it after 1.5 s.
+STALL_THEN_FORK = """
+import daemonize_deco._health as health
+handle = health.Connections.handle
+stalled = []
+
+def stalling(self, poller, ready):
+    if not stalled and self.open:
+        stalled.append(1)
+        open(os.path.join(here, "stalling"), "w").close()
+        time.sleep(2)
+    return handle(self, poller, ready)
+
+health.Connections.handle = stalling
+while not os.path.exists(os.path.join(here, "fork")):
+    sleep(0.02)
+child = os.fork()
+if child == 0:
+    os._exit(0)
+os.waitpid(child, 0)
+print("forked", flush=True)
+while not should_stop():
+    sleep(0.05)
+"""
+
+
+@pytest.mark.scenario(
+    "Faults",
+    "os.fork() in main while the health endpoint's thread is stalled past the fork's wait",
+    lost="nothing: the thread forks alive and answers on (it took the pause it was no longer "
+    "asked for, and quit for good)",
+)
+def test_a_fork_that_gives_up_waiting_leaves_the_endpoint_answering(make_service):
+    from test_health import get  # noqa: PLC0415
+    from test_kvserver import free_port  # noqa: PLC0415
+
+    port = free_port()
+    svc = make_service(
+        body=STALL_THEN_FORK, prelude="here = os.path.dirname(__file__)",
+        health=f"tcp://127.0.0.1:{port}",
+    )  # fmt: skip
+    pid = svc.start()
+    stalling = socket.create_connection(("127.0.0.1", port), timeout=10)
+    stalling.sendall(b"GET /livez")  # the round that reads it stalls
+    wait_for((svc.dir / "stalling").exists, what="the endpoint's thread to stall")
+    (svc.dir / "fork").touch()
+    wait_for(lambda: "forked" in svc.log_text(), what="the fork")
+    stalling.close()
+    for _ in range(3):
+        assert get(port, "/livez", timeout=5) == (200, "alive\n")
+    svc.stop_gracefully(pid)
