@@ -206,6 +206,7 @@ def test_a_stale_socket_file_of_another_user_fails_the_start_in_one_line(shared,
         sticky.chmod(0o1777)
         path = sticky / "app.sock"
         socket.socket(socket.AF_UNIX).bind(str(path))  # root's, and nothing listens on it
+        path.chmod(0o777)  # connectable by anyone: a probe finds nothing listening
         address = f"unix:{path}"
         svc = shared(
             pidfile=str(sticky / "svc.pid"),
