@@ -267,8 +267,11 @@ CRASH_LEAVING_A_STUBBORN_WORKER = """
 ready()
 if not os.path.exists(os.path.join(here, "crashed")):
     open(os.path.join(here, "crashed"), "w").close()
-    subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 1004"], start_new_session=True)
-    time.sleep(0.3)  # the shell's trap set (not synchronisation of the test)
+    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 1004"],
+                                start_new_session=True)
+    # Crash only once the trap is set: the shell has exec'd sleep.
+    while not open(f"/proc/{stubborn.pid}/cmdline", "rb").read().startswith(b"sleep"):
+        time.sleep(0.01)
     print(f"crash at {time.time():.6f}", flush=True)
     raise SystemExit(1)
 print(f"run began at {time.time():.6f}", flush=True)
